@@ -1,0 +1,184 @@
+"""Datasets as compact uint8 tensor files, preloaded whole for fast exact evaluation.
+
+Default profile: real Fashion-MNIST (70k 28x28 grey images, 10 classes), read from `data.root`, else the Debian package
+dataset-fashion-mnist (/usr/share/datasets/fashion-mnist), else a torchvision download in <workspace>/data/raw.
+Paper profile: CIFAR-10 in torchvision's python format (cifar-10-batches-py), local or downloaded.
+`prepare()` writes one file, data/images.pt, that every later stage reads with `load_prepared()`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from llmc_utils.config import Section
+from llmc_utils.io import load_checkpoint, save_torch
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                       "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
+
+HOW_TO_GET = {
+    "fashion_mnist": (
+        "Fashion-MNIST not found. Get it one of these ways:\n"
+        "  * Debian/Ubuntu: sudo apt-get update && sudo apt-get install dataset-fashion-mnist\n"
+        "    (files land in /usr/share/datasets/fashion-mnist)\n"
+        "  * set data.root in params.yaml to a folder holding train-images-idx3-ubyte(.gz), train-labels-idx1-ubyte(.gz),\n"
+        "    t10k-images-idx3-ubyte(.gz) and t10k-labels-idx1-ubyte(.gz)\n"
+        "  * set data.download: true to let torchvision download it into <workspace>/data/raw"),
+    "cifar10": (
+        "CIFAR-10 not found. Get it one of these ways:\n"
+        "  * set data.root to a folder containing cifar-10-batches-py/ (the python version of CIFAR-10:\n"
+        "    data_batch_1..5, test_batch, batches.meta)\n"
+        "  * set data.download: true to let torchvision download it into <workspace>/data/raw"),
+}
+
+
+class DataConfig(Section):
+    dataset: Literal["fashion_mnist", "cifar10"] = "fashion_mnist"
+    root: str | None = None  # folder with the raw files; None = Debian copy (Fashion-MNIST) or <workspace>/data/raw
+    download: bool = False  # allow torchvision to download when no local copy is found
+
+
+class DatasetNotFound(FileNotFoundError):
+    pass
+
+
+@dataclass
+class ImageData:
+    """A whole dataset in memory: uint8 images (N, C, H, W) and int64 labels, plus train-set channel statistics."""
+
+    name: str
+    classes: list[str]
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def split(self, split: Literal["train", "test"], n: int = 0, seed: int = 0, device="cpu"):
+        """Normalised float32 images and labels of a split; n > 0 takes a fixed random subset of that size."""
+        x, y = (self.train_x, self.train_y) if split == "train" else (self.test_x, self.test_y)
+        if 0 < n < len(y):
+            idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:n]
+            x, y = x[idx], y[idx]
+        return self.normalize(x).to(device), y.to(device)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() / 255.0 - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_x.shape[1:])
+
+
+def _find_files(candidates: list[Path], names: tuple[str, ...]) -> Path | None:
+    """First folder holding every file in `names`, plain or gzipped."""
+    for folder in candidates:
+        if all((folder / n).is_file() or (folder / f"{n}.gz").is_file() for n in names):
+            return folder
+    return None
+
+
+def read_fashion_mnist(folder: Path) -> dict:
+    """Read the four idx files through torchvision's FashionMNIST (it wants them un-gzipped in <root>/FashionMNIST/raw)."""
+    from torchvision.datasets import FashionMNIST
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "FashionMNIST" / "raw"
+        raw.mkdir(parents=True)
+        for name in FASHION_MNIST_FILES:
+            src = folder / name
+            if src.is_file():
+                shutil.copyfile(src, raw / name)
+            else:
+                with gzip.open(folder / f"{name}.gz", "rb") as fin, open(raw / name, "wb") as fout:
+                    shutil.copyfileobj(fin, fout)
+        train, test = FashionMNIST(tmp, train=True), FashionMNIST(tmp, train=False)
+        return dict(classes=list(train.classes), train_x=train.data.unsqueeze(1), train_y=train.targets.long(),
+                    test_x=test.data.unsqueeze(1), test_y=test.targets.long())
+
+
+def read_cifar10(folder: Path) -> dict:
+    """Read CIFAR-10's python pickles (the format torchvision.datasets.CIFAR10 downloads) into NCHW uint8 tensors."""
+
+    def load(name):
+        with open(folder / name, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+
+    def stack(batches):
+        x = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32)
+        y = np.concatenate([b["labels"] for b in batches])
+        return torch.from_numpy(x.copy()), torch.from_numpy(y).long()
+
+    train_x, train_y = stack([load(f"data_batch_{i}") for i in range(1, 6)])
+    test_x, test_y = stack([load("test_batch")])
+    return dict(classes=list(load("batches.meta")["label_names"]), train_x=train_x, train_y=train_y,
+                test_x=test_x, test_y=test_y)
+
+
+def locate(cfg: DataConfig, workspace: Path) -> Path:
+    """The folder holding the raw files, downloading only if allowed; raises DatasetNotFound with instructions."""
+    raw_root = workspace / "data" / "raw"
+    if cfg.dataset == "fashion_mnist":
+        names, sub = FASHION_MNIST_FILES, "FashionMNIST/raw"
+        candidates = [Path(cfg.root)] if cfg.root else [DEBIAN_FASHION_MNIST, raw_root / sub]
+    else:
+        names, sub = CIFAR10_FILES, "cifar-10-batches-py"
+        base = Path(cfg.root) if cfg.root else raw_root
+        candidates = [base / sub, base]
+    found = _find_files(candidates, names)
+    if found is None and cfg.download:
+        download(cfg.dataset, raw_root)
+        found = _find_files([raw_root / sub], names)
+    if found is None:
+        looked = ", ".join(str(c) for c in candidates)
+        raise DatasetNotFound(f"{HOW_TO_GET[cfg.dataset]}\n(looked in: {looked})")
+    return found
+
+
+def download(dataset: str, raw_root: Path) -> None:
+    """torchvision download into raw_root (needs internet)."""
+    from torchvision.datasets import CIFAR10, FashionMNIST
+
+    print(f"downloading {dataset} with torchvision into {raw_root} ...")
+    (FashionMNIST if dataset == "fashion_mnist" else CIFAR10)(str(raw_root), train=True, download=True)
+
+
+def prepare(cfg: DataConfig, workspace: Path) -> Path:
+    """Materialise data/<dataset>.pt from the raw files and return its path."""
+    folder = locate(cfg, workspace)
+    tensors = read_fashion_mnist(folder) if cfg.dataset == "fashion_mnist" else read_cifar10(folder)
+    pixels = tensors["train_x"].float() / 255.0
+    mean, std = pixels.mean(dim=(0, 2, 3)), pixels.std(dim=(0, 2, 3))
+    out = prepared_path(workspace)
+    save_torch(dict(dataset=cfg.dataset, source=str(folder), mean=mean, std=std, **tensors), out)
+    return out
+
+
+def prepared_path(workspace: str | Path) -> Path:
+    """The one file every later stage reads, whatever the dataset (its name is stored inside)."""
+    return Path(workspace) / "data" / "images.pt"
+
+
+def load_prepared(path: str | Path) -> ImageData:
+    ckpt = load_checkpoint(path, required_keys=("dataset", "classes", "train_x", "train_y", "test_x", "test_y"))
+    return ImageData(name=ckpt["dataset"], classes=ckpt["classes"], train_x=ckpt["train_x"], train_y=ckpt["train_y"],
+                     test_x=ckpt["test_x"], test_y=ckpt["test_y"], mean=ckpt["mean"], std=ckpt["std"])
+
+
+def summary(data: ImageData) -> dict:
+    """Rounded facts worth printing (and checking under nbval)."""
+    return dict(dataset=data.name, image_shape=list(data.shape), n_train=len(data.train_y), n_test=len(data.test_y),
+                n_classes=len(data.classes), train_label_counts=torch.bincount(data.train_y).tolist(),
+                mean=[round(float(m), 4) for m in data.mean], std=[round(float(s), 4) for s in data.std])

@@ -1,0 +1,82 @@
+"""Atomic file output and checked checkpoint loading.
+
+Every result a stage writes goes through a temporary file in the same folder and os.replace, so an interrupted stage
+never leaves a half-written file behind that a rerun (or DVC) could mistake for a finished one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success it replaces `path` in one step, on failure it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def save_torch(obj: Any, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def save_json(obj: Any, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def save_table(df, path: str | Path) -> None:
+    """Write a tidy pandas table as CSV (float precision kept, no index)."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def save_text(text: str, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable or not what the caller expected."""
+
+
+def load_checkpoint(path: str | Path, required_keys: tuple[str, ...] = (), **expected: Any) -> dict:
+    """Load a dict checkpoint, naming the file in every error.
+
+    `required_keys` must be present; each keyword in `expected` must equal the stored value (e.g. arch="cnn"), which
+    catches a checkpoint written by another configuration.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; run the stage that writes it (dvc repro)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file ({type(exc).__name__}: {exc}); "
+                              "delete it and rerun the stage") from exc
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict")
+    missing = [k for k in required_keys if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing}; it was written by another version or stage")
+    for key, value in expected.items():
+        if ckpt.get(key) != value:
+            raise CheckpointError(f"checkpoint {path} has {key}={ckpt.get(key)!r}, expected {value!r}; "
+                                  "it belongs to another configuration: delete it and rerun the stage")
+    return ckpt

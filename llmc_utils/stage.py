@@ -1,0 +1,105 @@
+"""What every notebook does first: validate params, fix threads and seeds, print the config, locate outputs.
+
+A notebook's `parameters` cell holds two strings, `params_file` and `workspace`; DVC passes `params.yaml` and `.`,
+while the committed defaults point at the tiny test profile and a scratch folder, so nbval reruns stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from llmc_utils.config import RuntimeConfig, Section, get_section, load_params, to_yaml
+
+_progress_enabled = True
+
+
+def quiet() -> bool:
+    """Tests set LLMC_QUIET=1 (inherited by notebook kernels): no bars, no warnings."""
+    return os.environ.get("LLMC_QUIET", "") not in ("", "0")
+
+
+def progress(iterable=None, **kwargs):
+    """tqdm (notebook-aware) that follows runtime.progress and LLMC_QUIET."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, disable=not _progress_enabled or quiet(), dynamic_ncols=True, **kwargs)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python and torch; return a dedicated generator for callers that need their own stream."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"runtime.device = {spec!r} but CUDA is not available; use 'auto' or 'cpu'")
+    return torch.device(spec)
+
+
+@dataclass
+class Stage:
+    """A running stage: its validated config, the other sections it may read, and where its files go."""
+
+    name: str
+    config: Section
+    runtime: RuntimeConfig
+    workspace: Path
+    params: dict = field(repr=False)
+    device: torch.device = torch.device("cpu")
+
+    def section(self, name: str) -> Section:
+        return get_section(self.params, name)
+
+    def _dir(self, kind: str) -> Path:
+        path = self.workspace / kind
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def data_dir(self) -> Path:
+        return self._dir("data")
+
+    @property
+    def models_dir(self) -> Path:
+        return self._dir("models")
+
+    @property
+    def results_dir(self) -> Path:
+        return self._dir(f"results/{self.name}")
+
+    @property
+    def figures_dir(self) -> Path:
+        return self._dir("figures")
+
+    @property
+    def metrics_path(self) -> Path:
+        return self._dir("metrics") / f"{self.name}.json"
+
+
+def setup(name: str, params_file: str | Path, workspace: str | Path, verbose: bool = True) -> Stage:
+    """Validate the whole params file, configure torch, print this stage's config, and return the Stage."""
+    global _progress_enabled
+    params = load_params(params_file)
+    runtime = get_section(params, "runtime")
+    config = get_section(params, name)
+    torch.set_num_threads(runtime.num_threads)
+    _progress_enabled = runtime.progress
+    if quiet():
+        warnings.filterwarnings("ignore")
+    stage = Stage(name=name, config=config, runtime=runtime, workspace=Path(workspace), params=params,
+                  device=resolve_device(runtime.device))
+    if verbose:
+        print(to_yaml(runtime))
+        print(to_yaml(config))
+        print(f"workspace: {stage.workspace.resolve()}  device: {stage.device}  threads: {torch.get_num_threads()}")
+    return stage

@@ -1,0 +1,138 @@
+"""One SGD training run with checkpoints at chosen epochs, written atomically and resumable.
+
+Used by every stage that trains (CNN pairs, ViT pairs, MLPs, federated clients, the char-level GPT). The initial
+weights come from `init_seed`, the data order and augmentation from `data_seed` (a private torch.Generator), so
+"same init, different data order" is two runs with equal init_seed and different data_seed.
+
+A checkpoint stores model, optimizer, scheduler and generator state: a run interrupted after checkpoint e resumes
+from e and produces the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from llmc_utils.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Section
+from llmc_utils.io import load_checkpoint, save_torch
+from llmc_utils.stage import progress
+
+
+class OptimConfig(Section):
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 64
+    lr: PositiveFloat = 0.05
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: NonNegativeFloat = 5e-4
+    schedule: Literal["constant", "cosine", "step"] = "constant"  # step: x0.1 at 50% and 75% of training
+    warmup_epochs: NonNegativeInt = 0
+    augment: bool = False  # random crop (pad 2 for 28px, 4 for 32px) + horizontal flip
+    grad_clip: NonNegativeFloat = 0.0  # 0 = off
+
+
+def lr_factor(cfg: OptimConfig, step: int, steps_per_epoch: int) -> float:
+    total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return (step + 1) / warmup
+    progress_frac = (step - warmup) / max(1, total - warmup)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress_frac))
+    if cfg.schedule == "step":
+        return 0.1 ** ((progress_frac >= 0.5) + (progress_frac >= 0.75))
+    return 1.0
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Per-sample random crop with zero padding and random horizontal flip, vectorised (images N, C, H, W)."""
+    n, c, h, w = x.shape
+    pad = 2 if h <= 28 else 4
+    padded = F.pad(x, (pad, pad, pad, pad))
+    di = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dj = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    rows = (di[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (dj[:, None] + torch.arange(w))[:, None, None, :]
+    out = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    flip = torch.rand(n, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(-1), out)
+
+
+def checkpoint_path(run_dir: Path, epoch: int) -> Path:
+    return Path(run_dir) / f"epoch_{epoch:04d}.pt"
+
+
+def train_model(make_model: Callable[[], torch.nn.Module], x: torch.Tensor, y: torch.Tensor, cfg: OptimConfig, *,
+                init_seed: int, data_seed: int, checkpoint_epochs: Sequence[int], run_dir: Path,
+                meta: dict | None = None, desc: str = "train",
+                loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> list[Path]:
+    """Train one model for cfg.epochs epochs and return the checkpoint paths (one per entry of checkpoint_epochs).
+
+    `meta` (anything JSON-like describing the run) is stored in each checkpoint and checked on resume, so a
+    checkpoint left by a different configuration is reported instead of silently reused.
+    """
+    checkpoint_epochs = sorted(set(checkpoint_epochs))
+    if checkpoint_epochs[0] < 0 or checkpoint_epochs[-1] > cfg.epochs:
+        raise ValueError(f"checkpoint epochs must lie in [0, {cfg.epochs}], got {checkpoint_epochs}")
+    meta = dict(meta or {}, init_seed=init_seed, data_seed=data_seed, optim=cfg.model_dump())
+    paths = [checkpoint_path(run_dir, e) for e in checkpoint_epochs]
+    if all(p.is_file() for p in paths):
+        for p in paths:  # cheap guard against a stale run directory from another configuration
+            load_checkpoint(p, ("model", "epoch"), meta=meta)
+        return paths
+    loss_fn = loss_fn or (lambda logits, target: F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1)))
+
+    torch.manual_seed(init_seed)
+    model = make_model()
+    generator = torch.Generator().manual_seed(data_seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(y) / cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch))
+
+    start = 0
+    done = [e for e, p in zip(checkpoint_epochs, paths) if p.is_file()]
+    if done:  # resume from the latest finished checkpoint
+        ckpt = load_checkpoint(checkpoint_path(run_dir, done[-1]),
+                               ("model", "optimizer", "scheduler", "generator", "epoch"), meta=meta)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        generator.set_state(ckpt["generator"])
+        start = ckpt["epoch"]
+
+    def save(epoch: int) -> None:
+        save_torch(dict(epoch=epoch, meta=meta, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(), generator=generator.get_state()),
+                   checkpoint_path(run_dir, epoch))
+
+    if start == 0 and 0 in checkpoint_epochs:
+        save(0)
+    bar = progress(total=(cfg.epochs - start) * steps_per_epoch, desc=desc, leave=False)
+    model.train()
+    for epoch in range(start + 1, cfg.epochs + 1):
+        order = torch.randperm(len(y), generator=generator)
+        for i in range(0, len(y), cfg.batch_size):
+            idx = order[i:i + cfg.batch_size]
+            xb = augment_batch(x[idx], generator) if cfg.augment else x[idx]
+            loss = loss_fn(model(xb), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            bar.update(1)
+        bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+        if epoch in checkpoint_epochs:
+            save(epoch)
+    bar.close()
+    return paths
+
+
+def load_weights(path: Path, meta: dict | None = None) -> dict[str, torch.Tensor]:
+    """The model state dict of a checkpoint written by train_model."""
+    expected = {"meta": meta} if meta is not None else {}
+    return load_checkpoint(path, ("model", "epoch"), **expected)["model"]

@@ -1,0 +1,25 @@
+"""Re-execute notebooks in place with their committed (tiny) defaults, so the outputs nbval compares are current.
+
+Run after editing a notebook or the code its checked cells print:  python scripts/refresh_notebooks.py [NN ...]
+Notebooks run in file order, since each reads what the previous ones wrote to build/nbval/.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+if __name__ == "__main__":
+    os.environ["LLMC_QUIET"] = "1"  # no progress bars or warnings in stored outputs
+    wanted = sys.argv[1:]
+    for path in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
+        if wanted and not any(path.name.startswith(w) for w in wanted):
+            continue
+        print(f"executing {path.name} ...", flush=True)
+        nb = nbformat.read(path, as_version=4)
+        NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+        nbformat.write(nb, path)

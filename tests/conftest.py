@@ -1,0 +1,22 @@
+"""Shared test setup: quiet notebooks and code, a clean nbval workspace, the repository root."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Inherited by notebook kernels that nbval and papermill start: no progress bars, no warnings.
+os.environ["LLMC_QUIET"] = "1"
+
+
+def pytest_sessionstart(session):
+    # notebooks run in file order and hand results to each other through build/nbval: start from nothing
+    shutil.rmtree(ROOT / "build" / "nbval", ignore_errors=True)
+
+
+@pytest.fixture
+def root() -> Path:
+    return ROOT
