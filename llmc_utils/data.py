@@ -1,7 +1,8 @@
 """Datasets as compact uint8 tensor files, preloaded whole for fast exact evaluation.
 
 Default profile: real Fashion-MNIST (70k 28x28 grey images, 10 classes), read from `data.root`, else the Debian package
-dataset-fashion-mnist (/usr/share/datasets/fashion-mnist), else a torchvision download in <workspace>/data/raw.
+dataset-fashion-mnist (/usr/share/datasets/fashion-mnist), else a torchvision download in $LLMC_DATA_HOME
+(default ~/.cache/llmc_data).
 Paper profile: CIFAR-10 in torchvision's python format (cifar-10-batches-py), local or downloaded.
 `prepare()` writes one file, data/images.pt, that every later stage reads with `load_prepared()`.
 """
@@ -9,6 +10,7 @@ Paper profile: CIFAR-10 in torchvision's python format (cifar-10-batches-py), lo
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import shutil
 import tempfile
@@ -23,6 +25,8 @@ from llmc_utils.config import Section
 from llmc_utils.io import load_checkpoint, save_torch
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+# Where downloads go (scripts/setup.sh falls back to it when apt is unavailable); shared by every workspace.
+DATA_HOME = Path(os.environ.get("LLMC_DATA_HOME", Path.home() / ".cache" / "llmc_data"))
 FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
@@ -34,18 +38,18 @@ HOW_TO_GET = {
         "    (files land in /usr/share/datasets/fashion-mnist)\n"
         "  * set data.root in params.yaml to a folder holding train-images-idx3-ubyte(.gz), train-labels-idx1-ubyte(.gz),\n"
         "    t10k-images-idx3-ubyte(.gz) and t10k-labels-idx1-ubyte(.gz)\n"
-        "  * set data.download: true to let torchvision download it into <workspace>/data/raw"),
+        "  * set data.download: true to let torchvision download it into $LLMC_DATA_HOME (~/.cache/llmc_data)"),
     "cifar10": (
         "CIFAR-10 not found. Get it one of these ways:\n"
         "  * set data.root to a folder containing cifar-10-batches-py/ (the python version of CIFAR-10:\n"
         "    data_batch_1..5, test_batch, batches.meta)\n"
-        "  * set data.download: true to let torchvision download it into <workspace>/data/raw"),
+        "  * set data.download: true to let torchvision download it into $LLMC_DATA_HOME (~/.cache/llmc_data)"),
 }
 
 
 class DataConfig(Section):
     dataset: Literal["fashion_mnist", "cifar10"] = "fashion_mnist"
-    root: str | None = None  # folder with the raw files; None = Debian copy (Fashion-MNIST) or <workspace>/data/raw
+    root: str | None = None  # folder with the raw files; None = Debian copy (Fashion-MNIST) or $LLMC_DATA_HOME
     download: bool = False  # allow torchvision to download when no local copy is found
 
 
@@ -127,37 +131,36 @@ def read_cifar10(folder: Path) -> dict:
                 test_x=test_x, test_y=test_y)
 
 
-def locate(cfg: DataConfig, workspace: Path) -> Path:
+def locate(cfg: DataConfig) -> Path:
     """The folder holding the raw files, downloading only if allowed; raises DatasetNotFound with instructions."""
-    raw_root = workspace / "data" / "raw"
     if cfg.dataset == "fashion_mnist":
         names, sub = FASHION_MNIST_FILES, "FashionMNIST/raw"
-        candidates = [Path(cfg.root)] if cfg.root else [DEBIAN_FASHION_MNIST, raw_root / sub]
+        candidates = [Path(cfg.root)] if cfg.root else [DEBIAN_FASHION_MNIST, DATA_HOME / sub]
     else:
         names, sub = CIFAR10_FILES, "cifar-10-batches-py"
-        base = Path(cfg.root) if cfg.root else raw_root
+        base = Path(cfg.root) if cfg.root else DATA_HOME
         candidates = [base / sub, base]
     found = _find_files(candidates, names)
     if found is None and cfg.download:
-        download(cfg.dataset, raw_root)
-        found = _find_files([raw_root / sub], names)
+        download(cfg.dataset)
+        found = _find_files([DATA_HOME / sub], names)
     if found is None:
         looked = ", ".join(str(c) for c in candidates)
         raise DatasetNotFound(f"{HOW_TO_GET[cfg.dataset]}\n(looked in: {looked})")
     return found
 
 
-def download(dataset: str, raw_root: Path) -> None:
-    """torchvision download into raw_root (needs internet)."""
+def download(dataset: str, root: Path = DATA_HOME) -> None:
+    """torchvision download into `root` (needs internet)."""
     from torchvision.datasets import CIFAR10, FashionMNIST
 
-    print(f"downloading {dataset} with torchvision into {raw_root} ...")
-    (FashionMNIST if dataset == "fashion_mnist" else CIFAR10)(str(raw_root), train=True, download=True)
+    print(f"downloading {dataset} with torchvision into {root} ...")
+    (FashionMNIST if dataset == "fashion_mnist" else CIFAR10)(str(root), train=True, download=True)
 
 
 def prepare(cfg: DataConfig, workspace: Path) -> Path:
     """Materialise data/<dataset>.pt from the raw files and return its path."""
-    folder = locate(cfg, workspace)
+    folder = locate(cfg)
     tensors = read_fashion_mnist(folder) if cfg.dataset == "fashion_mnist" else read_cifar10(folder)
     pixels = tensors["train_x"].float() / 255.0
     mean, std = pixels.mean(dim=(0, 2, 3)), pixels.std(dim=(0, 2, 3))

@@ -1,0 +1,100 @@
+"""Image classifiers WITHOUT normalization layers, as the paper trains them (so no BatchNorm statistics to re-fit).
+
+* `cnn` (default profile): 6 conv + 3 linear = 9 logical layers, ReLU, strided convs instead of pooling; about 0.2M
+  parameters at width 16, so a pair trains on two CPU cores in about a minute on a Fashion-MNIST subset.
+  Accepts any square input (1x28x28 Fashion-MNIST, 3x32x32 CIFAR-10).
+* `resnet18` (paper profile): torchvision resnet18 with norm_layer=nn.Identity, a 3x3 stride-1 CIFAR stem and no
+  max-pool: 21 logical layers (conv1, 16 block convs, 3 downsample convs, fc), as in the paper.
+* `vgg11` (paper appendix): the CIFAR-style VGG11 (8 conv + 1 linear = 9 logical layers) without BatchNorm.
+
+Every parameterised module is one logical layer (llmc_utils.layers): weight and bias of one module go together.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+import llmc_utils  # noqa: F401  (applies the torchvision compatibility step before torchvision is imported)
+
+ARCHS = ("cnn", "resnet18", "vgg11")
+
+
+def _after_stride2(size: int, times: int) -> int:
+    for _ in range(times):
+        size = (size + 2 - 3) // 2 + 1  # 3x3 conv, padding 1, stride 2
+    return size
+
+
+class CNN(nn.Sequential):
+    """conv(w) conv(w,/2) conv(2w) conv(2w,/2) conv(4w) conv(4w,/2) -> fc(128) -> fc(64) -> fc(classes), ReLU.
+
+    An nn.Sequential with named children (conv1..conv6, fc1..fc3), so the barrier engine can reuse the activations
+    in front of a layer that an interpolation leaves unchanged (llmc_utils.barriers).
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28, width: int = 16):
+        w = width
+        plan = [(in_channels, w, 1), (w, w, 2), (w, 2 * w, 1), (2 * w, 2 * w, 2), (2 * w, 4 * w, 1), (4 * w, 4 * w, 2)]
+        children: dict[str, nn.Module] = {}
+        for i, (cin, cout, stride) in enumerate(plan, start=1):
+            children[f"conv{i}"] = nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
+            children[f"relu{i}"] = nn.ReLU()
+        side = _after_stride2(image_size, 3)
+        children["flatten"] = nn.Flatten()
+        children["fc1"], children["relu7"] = nn.Linear(4 * w * side * side, 128), nn.ReLU()
+        children["fc2"], children["relu8"] = nn.Linear(128, 64), nn.ReLU()
+        children["fc3"] = nn.Linear(64, num_classes)
+        super().__init__(OrderedDict(children))
+
+
+def resnet18(in_channels: int = 3, num_classes: int = 10, width: int = 64) -> nn.Module:
+    """torchvision resnet18 without normalization, CIFAR stem (3x3 conv, stride 1, no max-pool)."""
+    from torchvision.models import resnet18 as tv_resnet18
+
+    if width != 64:
+        raise ValueError(f"resnet18 has a fixed width of 64, got width={width}")
+    model = tv_resnet18(num_classes=num_classes, norm_layer=nn.Identity)
+    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+class VGG11(nn.Module):
+    """CIFAR-style VGG11 without BatchNorm: 8 conv layers (widths 1,2,4,4,8,8,8,8 x width/1), max-pools, 1 linear."""
+
+    PLAN = (1, "M", 2, "M", 4, 4, "M", 8, 8, "M", 8, 8, "M")
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 64):
+        super().__init__()
+        layers, cin = [], in_channels
+        for item in self.PLAN:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))  # ceil: 28px inputs still reach 1x1
+            else:
+                layers += [nn.Conv2d(cin, item * width, 3, padding=1), nn.ReLU()]
+                cin = item * width
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def build_model(name: str, in_channels: int, num_classes: int, image_size: int, **kw) -> nn.Module:
+    """The model named `name` for images (in_channels, image_size, image_size); kw: width."""
+    if name == "cnn":
+        return CNN(in_channels, num_classes, image_size, width=kw.get("width", 16))
+    if name == "resnet18":
+        return resnet18(in_channels, num_classes, width=kw.get("width", 64))
+    if name == "vgg11":
+        return VGG11(in_channels, num_classes, width=kw.get("width", 64))
+    raise ValueError(f"unknown architecture {name!r}; known: {', '.join(ARCHS)}")
+
+
+def has_normalization(model: nn.Module) -> bool:
+    norm_types = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+    return any(isinstance(m, norm_types) for m in model.modules())

@@ -1,0 +1,101 @@
+"""A tiny vision transformer for the robustness experiment (paper Fig. 4), built from scratch (no external weights).
+
+Paper Fig. 4 uses two ViTs trained with different learning rates and augmentations; here the same architecture at
+toy size (28x28 Fashion-MNIST, 7x7 patches -> 16 tokens + a class token, width 32, 2 blocks) trains to roughly 80%
+test accuracy in a few CPU seconds per epoch.
+
+Logical layers (llmc_utils.layers.logical_layers groups state-dict keys by module) follow the module structure, so each
+Linear, LayerNorm, the patch embedding and the token parameters (class token + position embedding) is one layer:
+  patch_embed, tokens, blocks.i.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2} for every block, norm, head
+= 2 + 6 * depth + 2 logical layers (16 for depth 2), in forward order.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmc_utils.config import PositiveInt, Section
+
+
+class ViTConfig(Section):
+    patch: PositiveInt = 7  # must divide the image side
+    dim: PositiveInt = 32
+    depth: PositiveInt = 2
+    heads: PositiveInt = 4  # must divide dim
+    mlp_ratio: PositiveInt = 2
+
+
+class Tokens(nn.Module):
+    """The learned class token and position embedding: one logical layer named `tokens`."""
+
+    def __init__(self, n_tokens: int, dim: int):
+        super().__init__()
+        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.pos = nn.Parameter(torch.randn(1, n_tokens, dim) * 0.02)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        cls = self.cls.expand(patches.shape[0], -1, -1)
+        return torch.cat([cls, patches], dim=1) + self.pos
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(n, t, d))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, dim * mlp_ratio)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyViT(nn.Module):
+    def __init__(self, cfg: ViTConfig, image_shape: tuple[int, int, int] = (1, 28, 28), n_classes: int = 10):
+        super().__init__()
+        channels, height, width = image_shape
+        if height % cfg.patch or width % cfg.patch:
+            raise ValueError(f"vit.patch = {cfg.patch} must divide the image size {height}x{width}")
+        if cfg.dim % cfg.heads:
+            raise ValueError(f"vit.heads = {cfg.heads} must divide vit.dim = {cfg.dim}")
+        n_patches = (height // cfg.patch) * (width // cfg.patch)
+        self.patch_embed = nn.Conv2d(channels, cfg.dim, kernel_size=cfg.patch, stride=cfg.patch)
+        self.tokens = Tokens(n_patches + 1, cfg.dim)
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.head = nn.Linear(cfg.dim, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.tokens(self.patch_embed(x).flatten(2).transpose(1, 2))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x[:, 0]))  # classify from the class token

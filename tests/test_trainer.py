@@ -1,0 +1,61 @@
+"""The shared trainer: deterministic, resumable, schedules and augmentation as documented."""
+
+import pytest
+import torch
+
+from llmc_utils.io import CheckpointError
+from llmc_utils.trainer import OptimConfig, augment_batch, load_weights, lr_factor, train_model
+
+
+def make_mlp():
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+
+
+@pytest.fixture
+def toy():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(96, 1, 4, 4, generator=g), torch.randint(0, 3, (96,), generator=g)
+
+
+def run(toy, tmp_path, name, **kw):
+    cfg = OptimConfig(epochs=4, batch_size=16, lr=0.1, schedule="cosine", augment=False)
+    return train_model(make_mlp, *toy, cfg, init_seed=0, data_seed=kw.pop("data_seed", 1),
+                       checkpoint_epochs=[0, 2, 4], run_dir=tmp_path / name, **kw)
+
+
+def test_resume_after_interruption_gives_identical_weights(toy, tmp_path):
+    full = load_weights(run(toy, tmp_path, "full")[-1])
+    paths = run(toy, tmp_path, "cut")
+    paths[-1].unlink()  # as if killed between epoch 2 and 4
+    resumed = load_weights(run(toy, tmp_path, "cut")[-1])
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_same_init_different_order(toy, tmp_path):
+    a, b = run(toy, tmp_path, "a", data_seed=1), run(toy, tmp_path, "b", data_seed=2)
+    init_a, init_b = load_weights(a[0]), load_weights(b[0])
+    assert all(torch.equal(init_a[k], init_b[k]) for k in init_a)
+    end_a, end_b = load_weights(a[-1]), load_weights(b[-1])
+    assert not torch.equal(end_a["1.weight"], end_b["1.weight"])
+
+
+def test_stale_checkpoints_of_another_config_are_reported(toy, tmp_path):
+    run(toy, tmp_path, "x", data_seed=1)
+    with pytest.raises(CheckpointError, match="another configuration"):
+        run(toy, tmp_path, "x", data_seed=5)
+
+
+def test_lr_schedules():
+    cfg = OptimConfig(epochs=10, schedule="step")
+    assert [round(lr_factor(cfg, s, 1), 6) for s in (0, 4, 5, 7, 8, 9)] == [1, 1, 0.1, 0.1, 0.01, 0.01]
+    cos = OptimConfig(epochs=10, schedule="cosine", warmup_epochs=2)
+    assert lr_factor(cos, 0, 1) == 0.5 and lr_factor(cos, 2, 1) == 1.0 and lr_factor(cos, 10, 1) == pytest.approx(0)
+
+
+def test_augmentation_is_crop_and_flip():
+    x = torch.arange(2 * 28 * 28, dtype=torch.float32).view(2, 1, 28, 28)
+    out = augment_batch(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    for img, orig in zip(out, x):  # every output row is a (possibly flipped) shifted piece of the input or padding
+        values = set(img.flatten().tolist()) - {0.0}
+        assert values <= set(orig.flatten().tolist())
