@@ -2,74 +2,80 @@
 
 Paper (Adilova et al. 2024, Sec. 4): for a deep linear network f(X) = X W1 ... WL with squared loss, interpolating ONE
 layer k between two parameter settings leaves every other factor fixed, so the output is affine in alpha,
-    f(alpha) = P + alpha * Q,   P = X W1..A_k..WL,   Q = X W1..(B_k - A_k)..WL,
+    f(alpha) = P + alpha * Q,   P = f(alpha = 0),   Q = f(alpha = 1) - f(alpha = 0),
 and the loss L(alpha) = mean_i ||P_i + alpha Q_i - Y_i||^2 = c0 + c1 alpha + c2 alpha^2 with
     c0 = mean ||P - Y||^2,   c1 = 2 mean <P - Y, Q>,   c2 = mean ||Q||^2 >= 0,
-a convex quadratic: no barrier above the chord of the cut is possible. Interpolating two or more layers makes the
-output a polynomial of higher degree in alpha and L(alpha) can be non-convex.
+a convex quadratic (its second difference on a grid of step h is exactly 2 c2 h^2 >= 0). Interpolating two or more
+layers makes the output a polynomial of higher degree in alpha, and L(alpha) can be non-convex.
 
 What this module produces:
-* minimal example: the 1-D diagonal network y = w2 * w1 * x, target y = x, so L(w1, w2) = mean(x^2) (w1 w2 - 1)^2 and
-  every point of the hyperbola w1 w2 = 1 is a global minimum. With w = (1/s, s), w' = (s, 1/s) and s = 3 the full path
-  has a barrier of mean(x^2) * 256/81 (about 3.2 mean(x^2)) at alpha = 0.5, the layer-2 path (w1 = 1/s fixed) only
-  mean(x^2) * 16/81 (about 0.2 mean(x^2)), while the layer-1 path is HIGHER than the full one (16 mean(x^2)): for any
-  pair on the hyperbola one of the two single-layer paths is low and the other high.
-* Theorem 4.1 check: many random deep linear networks (depths x widths x replicates), endpoint pairs random (two
-  initialisations) and trained (those two initialisations after full-batch gradient descent on the same data, via
-  llmc_utils.trainer). Every single-layer cut must have second differences >= -tol and match the closed form to
-  rounding error (expected: 0 violations, errors ~1e-15 relative); cuts of two layers or all layers are searched for
-  negative second differences (expected: frequent for trained pairs, a counterexample always found).
+* minimal example: the 1-D diagonal network y = w2 * w1 * x with target y = x, so L(w1, w2) = mean(x^2) (w1 w2 - 1)^2
+  and the hyperbola w1 w2 = 1 is a valley of global minima. With w = (1/s, s), w' = (s, 1/s), s = 3, the barriers at
+  alpha = 0.5 are mean(x^2) times: full path 256/81 = 3.16, layer-2 path (w1 = 1/s kept) 16/81 = 0.20, layer-1 path
+  (w2 = s kept) 16. One single-layer path is low, the other is even higher than the full one; that holds for any pair
+  on the hyperbola (the roles swap for the base "B").
+* Theorem 4.1 check: random deep linear networks (depths x widths x replicates); endpoint pairs "random" (two
+  initialisations) and "trained" (the same two after full-batch gradient descent on the same data, trained with
+  llmc_utils.trainer). Expected: every single-layer cut convex and equal to the closed form up to ~1e-15 relative;
+  cuts through two layers (or all layers) often non-convex for trained pairs, so a counterexample is found.
+  Default profile (seed 0): 384 network pairs, 2880 single-layer cuts, 0 violations, closed-form error <= 1e-15 x the
+  loss; two-layer cuts non-convex in 14 % (random pairs) and 64 % (trained pairs) of 2352 each; minimal example with
+  mean(x^2) = 1.045: barriers full 3.30, layer 2 0.21, layer 1 16.7. About 8 s of CPU.
 
-Conventions: a network is a state dict {"layer1.weight": W1, ..., "layerL.weight": WL} of (d_in, d_out) float64
-matrices (f = X W1 ... WL as in the paper); logical layers, interpolation and barriers come from llmc_utils.layers /
-llmc_utils.evaluation, so "layer k" means exactly what it means for the real networks.
+Conventions: one network is a state dict {"layer1.weight": W1, ..., "layerL.weight": WL} of (d_in, d_out) float64
+matrices (f = X W1 ... WL as in the paper). Logical layers, interpolation (layers.mix) and barriers
+(evaluation.barrier) are the ones the real networks use, so "layer k into A" means the same thing everywhere.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
 import torch
 from pydantic import Field, model_validator
 
+from llmc_utils import plotting
 from llmc_utils.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Section
 from llmc_utils.evaluation import barrier
 from llmc_utils.layers import logical_layers, mix
 from llmc_utils.stage import progress
 from llmc_utils.trainer import OptimConfig, load_weights, train_model
 
-DTYPE = torch.float64  # second differences of a quadratic are ~h^2 * L''; float32 rounding would swamp them
-
+DTYPE = torch.float64  # second differences are ~h^2 L''; float32 rounding of L would swamp them
+Depth = Annotated[int, Field(ge=2)]  # depth 1 has no second layer, so nothing to compare
 State = dict[str, torch.Tensor]
 
 
 class DeepLinearConfig(Section):
     seed: NonNegativeInt = 0
-    # --- minimal example: y = w2 * w1 * x with target y = x; minima w = (1/s, s) and w' = (s, 1/s)
-    minimum_scale: PositiveFloat = 3.0  # s; s = 3 gives full barrier 3.2 and layer-2 barrier 0.2 (x mean(x^2))
+    # --- minimal example: y = w2 * w1 * x, target y = x; minima w = (1/s, s) and w' = (s, 1/s)
+    minimum_scale: PositiveFloat = 3.0  # s; s = 3: full barrier 3.16, layer-2 barrier 0.20 (times mean x^2)
     n_points: PositiveInt = 32  # 1-D inputs x ~ N(0, 1)
     landscape_range: tuple[float, float] = (-1.0, 4.0)  # (low, high) of both axes of the loss landscape
     landscape_resolution: int = Field(201, ge=11)
-    # --- Theorem 4.1 check
-    depths: list[Annotated_depth := int] = Field(default_factory=lambda: [2, 3, 4, 6], min_length=1)  # noqa
+    # --- Theorem 4.1 check on random deep linear networks
+    depths: list[Depth] = Field(default_factory=lambda: [2, 3, 4, 6], min_length=1)
     widths: list[PositiveInt] = Field(default_factory=lambda: [2, 8, 32], min_length=1)
     input_dim: PositiveInt = 8
     output_dim: PositiveInt = 4
     n_samples: PositiveInt = 32
-    label_noise: NonNegativeFloat = 0.1  # Y = X T + noise * N(0, 1), teacher T ~ N(0, 1/input_dim)
+    label_noise: NonNegativeFloat = 0.1  # Y = X T + noise * N(0, 1), teacher T ~ N(0, 1 / input_dim)
     replicates: PositiveInt = 16  # networks per (depth, width); each gives one random and one trained pair
     pair_kinds: list[Literal["random", "trained"]] = Field(default_factory=lambda: ["random", "trained"], min_length=1)
     bases: list[Literal["A", "B"]] = Field(default_factory=lambda: ["A", "B"], min_length=1)
-    n_alphas: int = Field(51, ge=5)  # alpha grid on [0, 1] of the cuts
-    convexity_tolerance: PositiveFloat = 1e-9  # second difference >= -tol * max |L| counts as convex
-    closed_form_tolerance: PositiveFloat = 1e-9  # |closed form - numeric| <= tol * max |L| counts as a match
-    # full-batch gradient descent of the trained pairs (batch_size is set to n_samples)
-    optim: OptimConfig = OptimConfig(epochs=100, batch_size=1, lr=0.02, momentum=0.9, weight_decay=0.0)
+    n_alphas: int = Field(51, ge=5)  # alpha grid on [0, 1] for every cut and path
+    convexity_tolerance: PositiveFloat = 1e-9  # a second difference >= -tol * max|L| counts as convex
+    closed_form_tolerance: PositiveFloat = 1e-9  # |closed form - numeric| <= tol * max|L| counts as a match
+    # trained pairs: full-batch gradient descent (llmc_utils.trainer with batch = all samples)
+    train_steps: PositiveInt = 100
+    learning_rate: PositiveFloat = 0.03  # divided by the depth: the sharpness grows ~linearly with depth
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _check(self):
@@ -77,16 +83,392 @@ class DeepLinearConfig(Section):
         if abs(s - 1.0) < 1e-6:
             raise ValueError("minimum_scale must differ from 1 (else both minima are the same point (1, 1))")
         low, high = self.landscape_range
-        if not low < min(s, 1 / s) and max(s, 1 / s) < high:
-            raise ValueError(f"landscape_range {self.landscape_range} must contain both minima (1/s, s) and (s, 1/s) "
-                             f"with s = {s}")
         if not (low < min(s, 1 / s) and max(s, 1 / s) < high):
-            raise ValueError(f"landscape_range {self.landscape_range} must contain both minima (1/s, s) and (s, 1/s) "
-                             f"with s = {s}")
-        if min(self.depths) < 2:
-            raise ValueError(f"depths must be >= 2 (a depth-1 network has no second layer to compare), got {self.depths}")
-        if len(set(self.depths)) != len(self.depths) or len(set(self.widths)) != len(self.widths):
-            raise ValueError("depths and widths must not repeat values")
-        if len(set(self.pair_kinds)) != len(self.pair_kinds) or len(set(self.bases)) != len(self.bases):
-            raise ValueError("pair_kinds and bases must not repeat values")
+            raise ValueError(f"landscape_range {list(self.landscape_range)} must contain both minima (1/s, s) and "
+                             f"(s, 1/s) with s = minimum_scale = {s}")
+        for name in ("depths", "widths", "pair_kinds", "bases"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} must not repeat values, got {values}")
         return self
+
+    def optim(self, depth: int) -> OptimConfig:
+        return OptimConfig(epochs=self.train_steps, batch_size=self.n_samples, lr=self.learning_rate / depth,
+                           momentum=self.momentum, weight_decay=0.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Deep linear networks as state dicts
+
+
+def key(layer: int) -> str:
+    return f"layer{layer}.weight"
+
+
+def depth_of(state: State) -> int:
+    return len(logical_layers(state))
+
+
+def weights(state: State) -> list[torch.Tensor]:
+    """W1, ..., WL in forward order (each (d_in, d_out), or (G, d_in, d_out) for a batch of G networks)."""
+    return [state[key(k)] for k in range(1, depth_of(state) + 1)]
+
+
+def forward(ws: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """X W1 ... WL; a leading batch dimension on any W broadcasts (used to evaluate a whole alpha grid at once)."""
+    h = x
+    for w in ws:
+        h = h @ w
+    return h
+
+
+def squared_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """mean over samples of ||f(x) - y||^2 (sum over output dimensions); keeps leading batch dimensions."""
+    return ((out - y) ** 2).sum(-1).mean(-1)
+
+
+def network_loss(state: State, x: torch.Tensor, y: torch.Tensor) -> float:
+    return squared_loss(forward(weights(state), x), y).item()
+
+
+def cut_losses(state_a: State, state_b: State, layers: tuple[int, ...], base: str, x: torch.Tensor, y: torch.Tensor,
+               alphas: torch.Tensor) -> torch.Tensor:
+    """L(alpha) on the grid for the cut that interpolates `layers` (1-based) and keeps the rest from `base`.
+
+    Built numerically: one interpolated state dict per alpha (layers.mix), then all of them in one batched product.
+    """
+    keys = [key(k) for k in layers]
+    states = [mix(state_a, state_b, t, keys, base) for t in alphas.tolist()]
+    layer_keys = [key(i) for i in range(1, depth_of(state_a) + 1)]
+    ws = [torch.stack([s[k] for s in states]) if k in keys else states[0][k] for k in layer_keys]
+    return squared_loss(forward(ws, x), y)
+
+
+def quadratic_coefficients(state_a: State, state_b: State, layer: int, base: str, x: torch.Tensor,
+                           y: torch.Tensor) -> tuple[float, float, float]:
+    """Theorem 4.1 closed form (c0, c1, c2) of L(alpha) = c0 + c1 alpha + c2 alpha^2 for the single-layer cut."""
+    keys = [key(layer)]
+    f0 = forward(weights(mix(state_a, state_b, 0.0, keys, base)), x)
+    f1 = forward(weights(mix(state_a, state_b, 1.0, keys, base)), x)
+    p, q = f0 - y, f1 - f0
+    return (p * p).sum(-1).mean().item(), 2 * (p * q).sum(-1).mean().item(), (q * q).sum(-1).mean().item()
+
+
+def second_differences(values: torch.Tensor) -> torch.Tensor:
+    return values[2:] - 2 * values[1:-1] + values[:-2]
+
+
+def alpha_grid(n: int) -> torch.Tensor:
+    return torch.linspace(0.0, 1.0, n, dtype=DTYPE)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Minimal example (Fig. 3): y = w2 * w1 * x with target y = x
+
+
+def minimal_pair(scale: float) -> tuple[State, State]:
+    """w = (1/s, s) and w' = (s, 1/s): two global minima on the hyperbola w1 w2 = 1."""
+    def net(w1, w2):
+        return {key(1): torch.tensor([[w1]], dtype=DTYPE), key(2): torch.tensor([[w2]], dtype=DTYPE)}
+    return net(1.0 / scale, scale), net(scale, 1.0 / scale)
+
+
+def minimal_data(cfg: DeepLinearConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(cfg.seed)
+    x = torch.randn(cfg.n_points, 1, generator=generator, dtype=DTYPE)
+    return x, x.clone()  # target y = x: the network must learn w1 * w2 = 1
+
+
+MINIMAL_PATHS = {"full": (1, 2), "layer 1": (1,), "layer 2": (2,)}
+
+
+def minimal_example(cfg: DeepLinearConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(paths, barriers): L(alpha) along the full, layer-1 and layer-2 paths (both bases) and their barriers.
+
+    Barriers follow SPEC section 2: against the two FULL models, at alpha = 0.5 and as the max over the grid.
+    """
+    a, b = minimal_pair(cfg.minimum_scale)
+    x, y = minimal_data(cfg)
+    alphas = alpha_grid(cfg.n_alphas)
+    loss_a, loss_b = network_loss(a, x, y), network_loss(b, x, y)
+    path_rows, barrier_rows = [], []
+    for path, layers in MINIMAL_PATHS.items():
+        for base in (("A",) if len(layers) == 2 else ("A", "B")):  # the full path does not depend on the base
+            losses = cut_losses(a, b, layers, base, x, y, alphas)
+            for t, loss in zip(alphas.tolist(), losses.tolist()):
+                state = mix(a, b, t, [key(k) for k in layers], base)
+                path_rows.append(dict(path=path, base=base, alpha=t, w1=state[key(1)].item(),
+                                      w2=state[key(2)].item(), loss=loss))
+            mid = cut_losses(a, b, layers, base, x, y, torch.tensor([0.5], dtype=DTYPE)).item()
+            barrier_rows.append(dict(path=path, base=base, loss_a=loss_a, loss_b=loss_b, loss_mid=mid,
+                                     barrier_mid=barrier(mid, loss_a, loss_b, 0.5),
+                                     barrier_max=barrier(losses, loss_a, loss_b, alphas).max().item(),
+                                     mean_x2=(x ** 2).mean().item()))
+    return pd.DataFrame(path_rows), pd.DataFrame(barrier_rows)
+
+
+def minimal_landscape(cfg: DeepLinearConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(w1 grid, w2 grid, loss) over landscape_range^2, evaluated with the same forward/loss as the paths."""
+    x, y = minimal_data(cfg)
+    axis = torch.linspace(*cfg.landscape_range, cfg.landscape_resolution, dtype=DTYPE)
+    w1, w2 = torch.meshgrid(axis, axis, indexing="xy")
+    loss = squared_loss(forward([w1.reshape(-1, 1, 1), w2.reshape(-1, 1, 1)], x), y).reshape(w1.shape)
+    return w1.numpy(), w2.numpy(), loss.numpy()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Theorem 4.1 on many random deep linear networks
+
+
+class LinearStack(torch.nn.Module):
+    """R independent deep linear networks trained as one module: weights (R, d_in, d_out), inputs (n, R, d_in).
+
+    Their losses add, so each network follows its own gradient; one train_model call trains all replicates.
+    Init N(0, 1/d_in) keeps the output scale ~1 at every depth (the default Linear init shrinks it by 3^(L/2)).
+    """
+
+    def __init__(self, dims: list[int], replicates: int):
+        super().__init__()
+        for k, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:]), start=1):
+            layer = torch.nn.Module()
+            layer.weight = torch.nn.Parameter(torch.randn(replicates, d_in, d_out, dtype=DTYPE) / d_in ** 0.5)
+            self.add_module(f"layer{k}", layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return forward([layer.weight for layer in self.children()], x.transpose(0, 1)).transpose(0, 1)
+
+
+def stacked_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return ((out - y) ** 2).sum(-1).mean(0).sum()  # sum over replicates of each network's own mean loss
+
+
+def network_pairs(cfg: DeepLinearConfig, depth: int, width: int, run_seed: int) -> dict[str, list[tuple]]:
+    """{"random": [(A, B, x, y)] * R, "trained": [...]} for one (depth, width): replicate r has its own data.
+
+    A and B start from init seeds run_seed + 1 and run_seed + 2; "trained" = both after full-batch gradient descent
+    on the same data.
+    """
+    generator = torch.Generator().manual_seed(run_seed)
+    r, n = cfg.replicates, cfg.n_samples
+    x = torch.randn(n, r, cfg.input_dim, generator=generator, dtype=DTYPE)
+    teacher = torch.randn(r, cfg.input_dim, cfg.output_dim, generator=generator, dtype=DTYPE) / cfg.input_dim ** 0.5
+    y = forward([teacher], x.transpose(0, 1)).transpose(0, 1)
+    y = y + cfg.label_noise * torch.randn(y.shape, generator=generator, dtype=DTYPE)
+    dims = [cfg.input_dim] + [width] * (depth - 1) + [cfg.output_dim]
+    steps = cfg.train_steps
+    states = {}
+    with tempfile.TemporaryDirectory() as tmp:  # the endpoints are cheap to remake from their seeds; keep none
+        for member, init_seed in (("A", run_seed + 1), ("B", run_seed + 2)):
+            paths = train_model(lambda: LinearStack(dims, r), x, y, cfg.optim(depth), init_seed=init_seed,
+                                data_seed=run_seed, checkpoint_epochs=[0, steps], run_dir=Path(tmp) / member,
+                                desc=f"GD depth {depth} width {width} {member}", loss_fn=stacked_loss)
+            states[member] = {"random": load_weights(paths[0]), "trained": load_weights(paths[-1])}
+    pairs = {}
+    for kind in cfg.pair_kinds:
+        pairs[kind] = []
+        for i in range(r):
+            a = {k: v[i].to(DTYPE) for k, v in states["A"][kind].items()}
+            b = {k: v[i].to(DTYPE) for k, v in states["B"][kind].items()}
+            pairs[kind].append((a, b, x[:, i], y[:, i]))
+    if "trained" in pairs:
+        for a, b, xi, yi in pairs["trained"]:
+            for state in (a, b):
+                if not np.isfinite(network_loss(state, xi, yi)):
+                    raise FloatingPointError(f"gradient descent diverged (depth {depth}, width {width}); lower "
+                                             f"deep_linear.learning_rate ({cfg.learning_rate}) or momentum")
+    return pairs
+
+
+def cuts_of(depth: int, bases: list[str]) -> list[tuple[tuple[int, ...], str]]:
+    """Every single layer and every pair of layers in each base, plus all layers at once (base-independent)."""
+    layers = range(1, depth + 1)
+    groups = [(k,) for k in layers] + list(itertools.combinations(layers, 2))
+    if depth > 2:
+        groups.append(tuple(layers))
+    return [(g, base) for g in groups for base in (bases[:1] if len(g) == depth else bases)]
+
+
+def group_name(n_layers: int) -> str:
+    """A depth-2 network's full interpolation counts as 'two layers'."""
+    return "single layer" if n_layers == 1 else ("two layers" if n_layers == 2 else "all layers")
+
+
+def analyse_cut(cfg: DeepLinearConfig, a: State, b: State, x: torch.Tensor, y: torch.Tensor, layers: tuple[int, ...],
+                base: str, alphas: torch.Tensor) -> tuple[dict, torch.Tensor]:
+    """One row of the cut table (and the L(alpha) values): convexity verdict and, for one layer, closed-form error."""
+    losses = cut_losses(a, b, layers, base, x, y, alphas)
+    h = (alphas[1] - alphas[0]).item()
+    scale = losses.abs().max().item()
+    min_sd = second_differences(losses).min().item()
+    chord_gap = barrier(losses, losses[0], losses[-1], alphas).max().item()  # height above the cut's own chord
+    error = float("nan")
+    if len(layers) == 1:
+        c0, c1, c2 = quadratic_coefficients(a, b, layers[0], base, x, y)
+        error = (c0 + c1 * alphas + c2 * alphas ** 2 - losses).abs().max().item()
+    row = dict(layers="+".join(map(str, layers)), n_layers=len(layers), group=group_name(len(layers)),
+               base=base if len(layers) < depth_of(a) else "-", min_second_difference=min_sd, loss_scale=scale,
+               min_curvature_rel=min_sd / (h * h * scale), max_above_chord=chord_gap,
+               closed_form_max_error=error, convex=bool(min_sd >= -cfg.convexity_tolerance * scale),
+               closed_form_match=bool(error <= cfg.closed_form_tolerance * scale) if len(layers) == 1 else None)
+    return row, losses
+
+
+@contextlib.contextmanager
+def single_thread():
+    """Run on one intra-op thread, then restore. The matrices here are tiny (<= 51 x 32 x 32): a second thread only
+    adds synchronisation, and on a busy 2-core machine it made the check 15x slower in CPU time (60 s vs 4 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def theorem_check(cfg: DeepLinearConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(cuts, counterexample curves). cuts: one row per network x cut; curves: L(alpha) of the most non-convex
+    two-layer cut and of the single-layer cuts of its two layers (same network, same base)."""
+    with single_thread():
+        return _theorem_check(cfg)
+
+
+def _theorem_check(cfg: DeepLinearConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    alphas = alpha_grid(cfg.n_alphas)
+    rows, most_negative = [], None
+    configs = list(itertools.product(cfg.depths, cfg.widths))
+    for run, (depth, width) in enumerate(progress(configs, desc="deep linear networks")):
+        pairs = network_pairs(cfg, depth, width, run_seed=1000 * cfg.seed + 10 * run)
+        for kind, replicate_pairs in pairs.items():
+            for replicate, (a, b, x, y) in enumerate(replicate_pairs):
+                loss_a, loss_b = network_loss(a, x, y), network_loss(b, x, y)
+                for layers, base in cuts_of(depth, cfg.bases):
+                    row, _ = analyse_cut(cfg, a, b, x, y, layers, base, alphas)
+                    rows.append(dict(depth=depth, width=width, pair_kind=kind, replicate=replicate,
+                                     loss_a=loss_a, loss_b=loss_b, **row))
+                    # the counterexample shown: a non-convex pair of layers inside a deeper network (the rest of the
+                    # network fixed, not the full interpolation of a depth-2 net) with the highest bump above its
+                    # chord relative to the loss scale, so the non-convexity is visible by eye
+                    rank = (row["convex"], depth == 2, -row["max_above_chord"] / row["loss_scale"],
+                            row["min_curvature_rel"])
+                    if row["n_layers"] == 2 and (most_negative is None or rank < most_negative[0]):
+                        most_negative = (rank, rows[-1], (a, b, x, y), layers, base)
+    cuts = pd.DataFrame(rows)
+    curves = []
+    if most_negative is not None:
+        _, row, (a, b, x, y), layers, base = most_negative
+        label = f"depth {row['depth']}, width {row['width']}, {row['pair_kind']} pair {row['replicate']}"
+        h = (alphas[1] - alphas[0]).item()
+        for cut in (layers, (layers[0],), (layers[1],)):
+            losses = cut_losses(a, b, cut, base, x, y, alphas)
+            curvature = second_differences(losses).min().item() / (h * h * losses.abs().max().item())
+            for t, loss in zip(alphas.tolist(), losses.tolist()):
+                curves.append(dict(network=label, base=base, layers="+".join(map(str, cut)), n_layers=len(cut),
+                                   min_curvature_rel=curvature, alpha=t, loss=loss))
+    return cuts, pd.DataFrame(curves)
+
+
+def summary(cuts: pd.DataFrame) -> dict:
+    """Headline numbers (DVC metrics): single-layer verdicts and how often multi-layer cuts are non-convex."""
+    single, two, full = (cuts[cuts.group == g] for g in ("single layer", "two layers", "all layers"))
+    rel_error = single.closed_form_max_error / single.loss_scale
+    out = dict(n_networks=int(cuts.groupby(["depth", "width", "pair_kind", "replicate"]).ngroups),
+               n_single_layer_cuts=len(single), n_single_layer_violations=int((~single.convex).sum()),
+               n_closed_form_mismatches=int((~single.closed_form_match.astype(bool)).sum()),
+               max_closed_form_error=float(single.closed_form_max_error.max()),
+               max_closed_form_error_rel=float(rel_error.max()),
+               min_single_layer_curvature_rel=float(single.min_curvature_rel.min()),
+               n_two_layer_cuts=len(two), n_two_layer_nonconvex=int((~two.convex).sum()),
+               n_all_layer_cuts=len(full), n_all_layer_nonconvex=int((~full.convex).sum()),
+               two_layer_counterexample_found=bool((~two.convex).any()))
+    for kind, part in two.groupby("pair_kind"):
+        out[f"fraction_two_layer_nonconvex_{kind}"] = float((~part.convex).mean())
+    return out
+
+
+def nonconvex_table(cuts: pd.DataFrame) -> pd.DataFrame:
+    """Cuts, non-convex cuts and their fraction per pair kind and group (single / two / all layers)."""
+    table = cuts.groupby(["pair_kind", "group"]).convex.agg(cuts="size", convex="sum").reset_index()
+    table["nonconvex"] = table.cuts - table.convex
+    table["fraction_nonconvex"] = table.nonconvex / table.cuts
+    return table.drop(columns="convex")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Figures
+
+PATH_COLOURS = {"full": "tab:red", "layer 1": "tab:orange", "layer 2": "tab:blue"}
+
+
+def plot_minimal_example(paths: pd.DataFrame, barriers: pd.DataFrame, landscape, scale: float):
+    """Left: log loss over (w1, w2) with the three paths (base A); right: L(alpha) of each path."""
+    fig, (ax_map, ax_curve) = plotting.panels(2, width=5.0, height=4.3)
+    w1, w2, loss = landscape
+    mesh = ax_map.contourf(w1, w2, np.log10(loss + 1e-3), levels=30, cmap="viridis")
+    fig.colorbar(mesh, ax=ax_map, label="log10(loss + 1e-3)")
+    hyperbola = np.linspace(max(w1.min(), 0.2), w1.max(), 200)
+    ax_map.plot(hyperbola, 1 / hyperbola, "w--", lw=1, label="minima: w1 w2 = 1")
+    base_a = paths[paths.base == "A"]
+    for path, part in base_a.groupby("path", sort=False):
+        ax_map.plot(part.w1, part.w2, color=PATH_COLOURS[path], lw=2.5, label=f"{path} path")
+    ax_map.plot([1 / scale], [scale], "wo", ms=8)
+    ax_map.annotate("w", (1 / scale, scale), xytext=(6, 6), textcoords="offset points", color="w", fontsize=11)
+    ax_map.plot([scale], [1 / scale], "ws", ms=8)
+    ax_map.annotate("w'", (scale, 1 / scale), xytext=(6, 6), textcoords="offset points", color="w", fontsize=11)
+    ax_map.set(xlim=(w1.min(), w1.max()), ylim=(w2.min(), w2.max()), xlabel="w1 (layer 1)", ylabel="w2 (layer 2)",
+               title="loss landscape of y = w2 w1 x (target y = x)")
+    ax_map.legend(loc="lower left", fontsize=7)
+    for path, part in base_a.groupby("path", sort=False):
+        b = barriers[(barriers.path == path) & (barriers.base == "A")].iloc[0]
+        ax_curve.plot(part.alpha, part.loss, color=PATH_COLOURS[path], lw=2,
+                      label=f"{path}: barrier {b.barrier_mid:.2f}")
+    ax_curve.set_yscale("symlog", linthresh=0.1)
+    ax_curve.set(xlabel="alpha (0 = w, 1 = w')", ylabel="loss L(alpha)", title="loss along each path (base w)")
+    ax_curve.legend(fontsize=8)
+    return fig
+
+
+def plot_theorem_check(cuts: pd.DataFrame, curves: pd.DataFrame):
+    """Left: histogram of min second difference / (h^2 max|L|) per group; middle: non-convex fraction; right: the
+    counterexample's L(alpha) next to its single-layer cuts."""
+    fig, (ax_hist, ax_bar, ax_curve) = plotting.panels(3, width=4.8, height=4.0)
+    values = cuts.min_curvature_rel
+    linthresh = 1e-3
+    bins = np.concatenate([-np.logspace(np.log10(max(-values.min(), 10 * linthresh)), np.log10(linthresh), 15),
+                           np.linspace(-linthresh, linthresh, 5)[1:-1],
+                           np.logspace(np.log10(linthresh), np.log10(max(values.max(), 10 * linthresh)), 15)])
+    for group, colour in (("single layer", "tab:blue"), ("two layers", "tab:orange"), ("all layers", "tab:red")):
+        part = values[cuts.group == group]
+        if len(part):
+            ax_hist.hist(part, bins=bins, alpha=0.55, color=colour, label=f"{group} ({len(part)} cuts)")
+    ax_hist.axvline(0, color="k", lw=0.8)
+    ax_hist.set_xscale("symlog", linthresh=linthresh)
+    ax_hist.set_xticks([-10, -0.1, -1e-3, 0, 1e-3, 0.1, 10])
+    ax_hist.set_yscale("log")
+    ax_hist.set(xlabel="min second difference / (h^2 max L)", ylabel="cuts",
+                title="curvature of L(alpha): < 0 = non-convex")
+    ax_hist.legend(fontsize=7)
+    table = nonconvex_table(cuts)
+    pivot = table.pivot(index="group", columns="pair_kind", values="fraction_nonconvex")
+    pivot = pivot.reindex([g for g in ("single layer", "two layers", "all layers") if g in pivot.index])
+    pivot.plot.bar(ax=ax_bar, rot=0)
+    ax_bar.set(ylabel="fraction of cuts non-convex", xlabel="", title="non-convex cuts per group", ylim=(0, 1))
+    for container in ax_bar.containers:
+        ax_bar.bar_label(container, fmt="%.2f", fontsize=7)
+    if len(curves):
+        for layers, part in curves.groupby("layers", sort=False):
+            n = part.n_layers.iloc[0]
+            ax_curve.plot(part.alpha, part.loss, lw=2.5 if n > 1 else 1.5, ls="-" if n > 1 else "--",
+                          label=f"layers {layers}" if n > 1 else f"layer {layers} only")
+            if n > 1:
+                ends = part.loss.iloc[[0, -1]].to_numpy()
+                ax_curve.plot([0, 1], ends, "k:", lw=1, label=f"chord of layers {layers}")
+                top = part.loss.max()
+        ax_curve.set_ylim(0, 1.6 * top)  # focus on the two-layer cut; single-layer cuts may leave the frame
+        negative = curves[curves.n_layers == 2].min_curvature_rel.iloc[0] < 0
+        what = "two-layer counterexample (non-convex)" if negative else "most curved two-layer cut (convex)"
+        ax_curve.set(xlabel="alpha", ylabel="loss L(alpha)",
+                     title=f"{what}\n{curves.network.iloc[0]}, base {curves.base.iloc[0]}")
+        ax_curve.legend(fontsize=8)
+    else:
+        ax_curve.set_title("no two-layer cut was analysed")
+    return fig

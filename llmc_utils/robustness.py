@@ -12,6 +12,9 @@ above the random ones: the direction toward the other model is a "bad" direction
 tiny ViT pair trained in this stage (model A: lr_a, no augmentation; model B: lr_b, with augmentation) and, as a
 heatmap over layers x checkpoints, on the CNN pair of Fig. 1 (stage train_pairs).
 Headline: fraction of layers where the interpolation hurts more than the mean random direction, per direction.
+Default profile (A: 13.9/17.8 % train/test error, B: 27.3/29.6 %; alpha = 1): A->B 15/16 layers (train and test loss),
+B->A only 9/16 (train) and 8/16 (test): the augmented, weaker model B is hurt less by A's embedding, token and head
+layers than by random moves of equal norm. CNN pair (alpha 0.5, trained checkpoints): 93 % (A->B), 76 % (B->A) of cells.
 """
 
 from __future__ import annotations
@@ -34,21 +37,22 @@ DIRECTIONS = {"A->B": "A", "B->A": "B"}  # direction -> base model (the one whos
 
 class RobustnessConfig(Section):
     vit: ViTConfig = ViTConfig()
-    n_train: PositiveInt = 10000  # Fashion-MNIST training subset both ViTs train on
+    n_train: PositiveInt = 8000  # Fashion-MNIST training subset both ViTs train on
     n_eval: PositiveInt = 1000  # samples per split (train without augmentation, test) in every evaluation
     subset_seed: NonNegativeInt = 0
     init_seed: NonNegativeInt = 0  # both ViTs start from the same initialisation ...
     data_seed_a: NonNegativeInt = 1  # ... and see different data orders
     data_seed_b: NonNegativeInt = 2
     # paper: model A lr1 without augmentation, model B lr2 with augmentation
-    optim_a: OptimConfig = OptimConfig(epochs=12, batch_size=128, lr=0.1, weight_decay=1e-4, schedule="cosine",
+    optim_a: OptimConfig = OptimConfig(epochs=10, batch_size=128, lr=0.1, weight_decay=1e-4, schedule="cosine",
                                        warmup_epochs=1, grad_clip=1.0, augment=False)
-    optim_b: OptimConfig = OptimConfig(epochs=12, batch_size=128, lr=0.03, weight_decay=1e-4, schedule="cosine",
+    optim_b: OptimConfig = OptimConfig(epochs=10, batch_size=128, lr=0.03, weight_decay=1e-4, schedule="cosine",
                                        warmup_epochs=1, grad_clip=1.0, augment=True)
     alphas: list[Alpha] = Field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], min_length=2)
     random_seeds: list[NonNegativeInt] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     compare_alpha: Alpha = 1.0  # where the headline compares interpolation with random (must be on the alpha grid)
     cnn_alpha: Alpha = 0.5  # alpha of the CNN-pair heatmap (layers x checkpoints)
+    cnn_n_eval: PositiveInt = 500  # samples per split for the CNN heatmap (a CNN evaluation costs ~6x a ViT one)
     cnn_checkpoints: Literal["all", "last"] = "all"
 
     @model_validator(mode="after")
@@ -57,6 +61,9 @@ class RobustnessConfig(Section):
             raise ValueError("alphas must contain 0.0 (the unmoved base model)")
         if self.compare_alpha not in self.alphas:
             raise ValueError(f"compare_alpha = {self.compare_alpha} must be one of alphas {self.alphas}")
+        if self.cnn_n_eval > self.n_eval:
+            raise ValueError(f"cnn_n_eval = {self.cnn_n_eval} must not exceed n_eval = {self.n_eval} (a prefix of "
+                             "the same evaluation subsets)")
         if len(set(self.random_seeds)) != len(self.random_seeds):
             raise ValueError(f"random_seeds must be distinct, got {self.random_seeds}")
         if self.optim_a == self.optim_b:

@@ -79,6 +79,8 @@ def train_model(make_model: Callable[[], torch.nn.Module], x: torch.Tensor, y: t
         raise ValueError(f"checkpoint epochs must lie in [0, {cfg.epochs}], got {checkpoint_epochs}")
     meta = dict(meta or {}, init_seed=init_seed, data_seed=data_seed, optim=cfg.model_dump())
     paths = [checkpoint_path(run_dir, e) for e in checkpoint_epochs]
+    for stale in Path(run_dir).glob(".*.tmp"):  # left by a run killed mid-write (SIGKILL skips atomic_path's cleanup)
+        stale.unlink()
     if all(p.is_file() for p in paths):
         for p in paths:  # cheap guard against a stale run directory from another configuration
             load_checkpoint(p, ("model", "epoch"), meta=meta)

@@ -4,21 +4,16 @@ Checks that `dvc repro` produces every declared output, that a second `dvc repro
 parameter reruns only the stage that uses it (downstream stages are skipped when its outputs did not change).
 """
 
-import os
 import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
+from llmc_utils import profiles
 
-def dvc(cwd: Path, *args: str) -> str:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    out = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True)
-    assert out.returncode == 0, f"dvc {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
+
+def dvc(cwd, *args: str) -> str:
+    out = profiles.dvc(cwd, *args)
     return out.stdout + out.stderr
 
 
@@ -36,17 +31,7 @@ def declared_outputs(pipeline: dict) -> list[str]:
 
 @pytest.fixture(scope="module")
 def pipeline_copy(tmp_path_factory):
-    root = Path(__file__).resolve().parent.parent
-    work = tmp_path_factory.mktemp("pipeline")
-    for name in ("notebooks", "llmc_utils", "profiles"):
-        if (root / name).exists():
-            shutil.copytree(root / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(root / "dvc.yaml", work / "dvc.yaml")
-    shutil.copy(root / "tests" / "params_tiny.yaml", work / "params.yaml")
-    dvc(work, "init", "--no-scm", "-q")
-    dvc(work, "config", "core.analytics", "false")
-    dvc(work, "config", "core.check_update", "false")
-    return work
+    return profiles.make_workspace(profiles.profile_path("tiny"), tmp_path_factory.mktemp("pipeline"))
 
 
 def test_repro_produces_every_output(pipeline_copy):

@@ -119,9 +119,10 @@ def test_vit_rejects_bad_shapes():
     ({"random_seeds": []}, "random_seeds"),
     ({"random_seeds": [1, 1]}, "distinct"),
     ({"vit": {"depth": 0}}, "robustness.vit.depth"),
-    ({"optim_b": {"epochs": 12, "batch_size": 128, "lr": 0.1, "weight_decay": 1e-4, "schedule": "cosine",
+    ({"optim_b": {"epochs": 10, "batch_size": 128, "lr": 0.1, "weight_decay": 1e-4, "schedule": "cosine",
                   "warmup_epochs": 1, "grad_clip": 1.0}}, "identical"),
     ({"n_evall": 5}, "unknown key robustness.n_evall"),
+    ({"n_eval": 100, "cnn_n_eval": 200}, "must not exceed"),
 ])
 def test_config_errors(section, needle):
     with pytest.raises(ParamsError, match=needle.replace(".", r"\.")):

@@ -1,0 +1,74 @@
+"""Run the pipeline on another parameter profile, in a workspace of its own, leaving params.yaml untouched.
+
+    python -m llmc_utils.profiles paper                 # CIFAR-10, ResNet18 without norm, 200 epochs (GPU)
+    python -m llmc_utils.profiles my_params.yaml --dest runs/mine -- cumulative_averaging
+
+The workspace (default runs/<profile>/) gets copies of dvc.yaml, the notebooks and the package sources the stages
+depend on, the profile as its params.yaml, and an offline DVC config; then `dvc repro [targets]` runs there. The
+tiny-profile pipeline test and the budget benchmark use the same two functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PROFILES = {"default": REPO / "params.yaml", "paper": REPO / "profiles" / "paper.yaml",
+            "tiny": REPO / "tests" / "params_tiny.yaml"}
+
+
+def profile_path(profile: str | Path) -> Path:
+    path = PROFILES.get(str(profile), Path(profile))
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"unknown profile {profile!r}: give one of {', '.join(PROFILES)} or a params file")
+    return Path(path)
+
+
+def dvc(workspace: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the DVC of this Python environment in `workspace` (its bin folder first on PATH, for papermill)."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    out = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=workspace, env=env, capture_output=True, text=True)
+    if check and out.returncode != 0:
+        raise RuntimeError(f"dvc {' '.join(args)} failed in {workspace}:\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+def make_workspace(params_file: str | Path, dest: str | Path) -> Path:
+    """A fresh (or refreshed) pipeline workspace at `dest` running on `params_file`. Outputs already there are kept."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("notebooks", "llmc_utils"):
+        shutil.copytree(REPO / name, dest / name, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", dest / "dvc.yaml")
+    shutil.copy(params_file, dest / "params.yaml")
+    if not (dest / ".dvc").is_dir():
+        dvc(dest, "init", "--no-scm", "-q")
+    dvc(dest, "config", "core.analytics", "false")
+    dvc(dest, "config", "core.check_update", "false")
+    return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("profile", help=f"one of {', '.join(PROFILES)}, or a params YAML file")
+    parser.add_argument("--dest", help="workspace folder (default runs/<profile name>)")
+    parser.add_argument("targets", nargs="*", help="dvc repro targets (default: the whole pipeline)")
+    args = parser.parse_args(argv)
+    params = profile_path(args.profile)
+    from llmc_utils.config import load_params
+
+    load_params(params)  # fail before copying anything
+    dest = Path(args.dest or REPO / "runs" / Path(str(args.profile)).stem)
+    make_workspace(params, dest)
+    print(f"workspace {dest}: dvc repro {' '.join(args.targets)}", flush=True)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    return subprocess.call([sys.executable, "-m", "dvc", "repro", *args.targets], cwd=dest, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

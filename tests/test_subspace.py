@@ -1,0 +1,118 @@
+"""Subspace perturbations (Fig. 5): bases, null-space vectors, copied snapshots, a quadratic toy, config errors."""
+
+import pytest
+import torch
+
+from llmc_utils import subspace
+from llmc_utils.config import ParamsError, validate_params
+from llmc_utils.evaluation import Evaluator
+from llmc_utils.layers import flat, logical_layers
+
+
+def test_basis_is_orthonormal_with_numerical_rank():
+    e = torch.eye(5, dtype=torch.float64)
+    columns = torch.stack([e[0], e[1], e[0] + 2 * e[1], 3 * e[0]], dim=1)  # rank 2: span{e0, e1}
+    basis = subspace.orthonormal_basis(columns)
+    assert basis.shape == (5, 2)
+    assert torch.allclose(basis.T @ basis, torch.eye(2, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(basis[2:], torch.zeros(3, 2, dtype=torch.float64))
+    gen = torch.Generator().manual_seed(0)
+    null = subspace.null_space_vector(basis, gen)
+    assert null.norm().item() == pytest.approx(1.0) and torch.allclose(null[:2], torch.zeros(2, dtype=torch.float64))
+    inside = subspace.subspace_vector(basis, gen)
+    assert inside.norm().item() == pytest.approx(1.0) and torch.allclose(inside[2:], torch.zeros(3, dtype=torch.float64))
+    full = subspace.orthonormal_basis(torch.eye(3))
+    assert subspace.null_space_vector(full, gen) is None  # span = whole space: no null space
+
+
+def tiny_runs(tmp_path, epochs=3):
+    cfg = subspace.SubspacePerturbationsConfig(
+        datasets=["synthetic"], synthetic_samples=80, hidden=[6], n_draws=2, sigmas=[0.0, 1.0],
+        optim=dict(epochs=epochs, batch_size=8, lr=0.05, weight_decay=0.0))
+    tensors = subspace.synthetic_data(cfg)
+    make, runs = subspace.train_halves(cfg, tensors, cfg.synthetic_classes, tmp_path)
+    return cfg, tensors, make, runs
+
+
+def test_snapshots_are_copies_and_null_vectors_are_orthogonal_to_all(tmp_path):
+    cfg, tensors, make, runs = tiny_runs(tmp_path)
+    snaps_a, snaps_b = subspace.load_snapshots(runs["A"]), subspace.load_snapshots(runs["B"])
+    assert len(snaps_a) == len(snaps_b) == cfg.optim.epochs + 1
+    keys = list(snaps_a[0])
+    # same init, then different halves: epoch 0 equal, later snapshots all distinct (no aliasing of live weights)
+    assert torch.equal(flat(snaps_a[0], keys), flat(snaps_b[0], keys))
+    vectors = [flat(s, keys) for s in snaps_a[1:] + snaps_b[1:]]
+    assert all(not torch.equal(u, v) for i, u in enumerate(vectors) for v in vectors[i + 1:])
+    snaps_a[-1][keys[0]].add_(1.0)  # mutating one loaded snapshot leaves the others (and a fresh load) untouched
+    assert not torch.equal(subspace.load_snapshots(runs["A"])[-1][keys[0]], snaps_a[-1][keys[0]])
+
+    columns = subspace.snapshot_columns(snaps_a, snaps_b, "snapshots")
+    final = subspace.snapshot_columns(snaps_a, snaps_b, "final_only")
+    assert len(columns) == 2 * len(snaps_a) and len(final) == 2 and final[1] is snaps_b[-1]
+    matrix = torch.stack([flat(c, keys).double() for c in columns], dim=1)
+    basis = subspace.orthonormal_basis(matrix)
+    assert basis.shape[1] == 2 * len(snaps_a) - 1  # the shared init counts once
+    found, rank = subspace.directions(columns, snaps_a[-1], snaps_b[-1], keys, 3, 0, 1e-6)
+    assert rank == basis.shape[1]
+    for v in found["null space"]:
+        assert v.norm().item() == pytest.approx(1.0)
+        assert (matrix.T @ v).abs().max().item() < 1e-9 * matrix.norm().item()  # orthogonal to every snapshot
+    avg = found["averaging direction"]
+    expected = flat(snaps_a[-1], keys).double() - flat(snaps_b[-1], keys).double()
+    assert torch.allclose(avg[0], expected / expected.norm()) and torch.allclose(avg[1], -avg[0])
+
+
+def test_curves_on_a_real_mlp(tmp_path):
+    cfg, tensors, make, runs = tiny_runs(tmp_path, epochs=2)
+    snaps_a, snaps_b = subspace.load_snapshots(runs["A"]), subspace.load_snapshots(runs["B"])
+    evaluator = Evaluator(make(), {"test": (tensors["x_test"], tensors["y_test"])})
+    curves, spans = subspace.perturbation_curves(evaluator, subspace.snapshot_columns(snaps_a, snaps_b, "final_only"),
+                                                 snaps_a[-1], snaps_b[-1], cfg.sigmas, cfg.n_draws, 0)
+    assert list(spans.scope) == ["all", *logical_layers(snaps_a[-1])] and (spans.subspace_rank == 2).all()
+    base = evaluator(snaps_a[-1])["test"]["loss"]
+    zero = curves[(curves.sigma == 0.0) & (curves.metric == "loss")]
+    assert zero.value.eq(base).all()
+    moved = curves[(curves.sigma == 1.0) & (curves.metric == "loss")]
+    assert not moved.value.eq(base).any()
+    assert set(moved.kind) == set(subspace.KINDS)
+
+
+def test_toy_quadratic_feels_only_the_training_subspace():
+    """Loss = ||P (theta - theta*)||^2 with P the projector onto the span of the 'snapshots' and theta* in that span:
+    null-space moves cost nothing, subspace moves cost exactly sigma^2."""
+    gen = torch.Generator().manual_seed(1)
+    snaps = [{"w.weight": torch.randn(4, 3, generator=gen, dtype=torch.float64)} for _ in range(3)]
+    keys = ["w.weight"]
+    basis = subspace.orthonormal_basis(torch.stack([flat(s, keys).double() for s in snaps], dim=1))
+    projector = basis @ basis.T
+    final_a, final_b = snaps[-1], snaps[-2]
+
+    def evaluate(state):
+        d = flat(state, keys).double() - flat(final_a, keys).double()
+        return {"test": {"loss": float(d @ projector @ d)}}
+
+    curves, _ = subspace.perturbation_curves(evaluate, snaps, final_a, final_b, [0.0, 2.0], n_draws=4, seed=0)
+    at2 = curves[curves.sigma == 2.0].groupby("kind").value
+    assert at2.max()["null space"] == pytest.approx(0.0, abs=1e-9)
+    assert at2.min()["training subspace"] == pytest.approx(4.0)
+    assert at2.min()["averaging direction"] == pytest.approx(4.0)  # A - B lies in the span of the snapshots
+
+
+@pytest.mark.parametrize("section, needle", [
+    ({"sigmas": [1.0, 2.0]}, "must contain 0.0"),
+    ({"sigmas": [0.0, -1.0]}, "subspace_perturbations.sigmas.1"),
+    ({"variants": ["snapshots", "aliased"]}, "subspace_perturbations.variants.1"),
+    ({"datasets": ["cifar"]}, "subspace_perturbations.datasets.0"),
+    ({"data_seed_a": 3, "data_seed_b": 3}, "must differ"),
+    ({"synthetic_informative": 20}, "exceeds"),
+    ({"n_draws": 0}, "subspace_perturbations.n_draws"),
+    ({"snapshot_every": 2, "extra": 1}, "unknown key subspace_perturbations.extra"),
+])
+def test_config_errors(section, needle):
+    with pytest.raises(ParamsError, match=needle.replace(".", r"\.")):
+        validate_params({"subspace_perturbations": section})
+
+
+def test_snapshot_epochs_include_the_end():
+    cfg = subspace.SubspacePerturbationsConfig(snapshot_every=3, optim=dict(epochs=7))
+    assert cfg.snapshot_epochs() == [0, 3, 6, 7]
