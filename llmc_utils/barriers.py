@@ -20,7 +20,6 @@ from typing import Iterable, Literal, Mapping
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch.func import functional_call
 
@@ -77,7 +76,7 @@ class LayerEvaluator(Evaluator):
                 for name, child in self.children:
                     inputs.append(self._child(name, child, state, inputs[-1]))
             self.cache[tag][split] = inputs[:-1]
-            out[split] = self._metrics(inputs[-1], y)
+            out[split] = self.logits_metrics(inputs[-1], y)
         return out
 
     def partial(self, state, tag: str, keys: Iterable[str]):
@@ -91,19 +90,13 @@ class LayerEvaluator(Evaluator):
             with torch.inference_mode():
                 for name, child in self.children[start:]:
                     h = self._child(name, child, state, h)
-            out[split] = self._metrics(h, y)
+            out[split] = self.logits_metrics(h, y)
         return out
 
     def _child(self, name, child, state, h):
         own = {k[len(name) + 1:]: v.to(self.device) for k, v in state.items() if k.startswith(name + ".")}
         return torch.cat([functional_call(child, own, (h[i:i + self.batch_size],))
                           for i in range(0, len(h), self.batch_size)])
-
-    def _metrics(self, logits, y):
-        self.calls += 1
-        logits, y = logits.reshape(-1, logits.shape[-1]), y.reshape(-1)
-        loss = F.cross_entropy(logits.float(), y, reduction="sum").double().item()  # exact: sum / n
-        return {"loss": loss / y.numel(), "error": 100.0 * (1.0 - (logits.argmax(-1) == y).sum().item() / y.numel())}
 
 
 def eval_splits(images, cfg: LayerwiseBarriersConfig, device="cpu") -> dict:

@@ -29,7 +29,6 @@ matrices (f = X W1 ... WL as in the paper). Logical layers, interpolation (layer
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import tempfile
 from pathlib import Path
@@ -53,6 +52,9 @@ State = dict[str, torch.Tensor]
 
 
 class DeepLinearConfig(Section):
+    # torch threads for this stage (stage.setup applies it): the matrices are tiny (<= 51 x 32 x 32), a second thread
+    # only adds synchronisation (on a busy 2-core machine 15x more CPU time: 60 s vs 4 s)
+    threads: PositiveInt = 1
     seed: NonNegativeInt = 0
     # --- minimal example: y = w2 * w1 * x, target y = x; minima w = (1/s, s) and w' = (s, 1/s)
     minimum_scale: PositiveFloat = 3.0  # s; s = 3: full barrier 3.16, layer-2 barrier 0.20 (times mean x^2)
@@ -313,26 +315,9 @@ def analyse_cut(cfg: DeepLinearConfig, a: State, b: State, x: torch.Tensor, y: t
     return row, losses
 
 
-@contextlib.contextmanager
-def single_thread():
-    """Run on one intra-op thread, then restore. The matrices here are tiny (<= 51 x 32 x 32): a second thread only
-    adds synchronisation, and on a busy 2-core machine it made the check 15x slower in CPU time (60 s vs 4 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def theorem_check(cfg: DeepLinearConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(cuts, counterexample curves). cuts: one row per network x cut; curves: L(alpha) of the most non-convex
     two-layer cut and of the single-layer cuts of its two layers (same network, same base)."""
-    with single_thread():
-        return _theorem_check(cfg)
-
-
-def _theorem_check(cfg: DeepLinearConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     alphas = alpha_grid(cfg.n_alphas)
     rows, most_negative = [], None
     configs = list(itertools.product(cfg.depths, cfg.widths))

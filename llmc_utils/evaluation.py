@@ -17,6 +17,16 @@ from torch.func import functional_call
 Metrics = dict[str, float]  # {"loss": mean cross-entropy, "error": 100 - accuracy in %}
 
 
+def _sums(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of cross-entropies in float64, number correct) of one batch; sequence logits are flattened per token."""
+    logits, y = logits.reshape(-1, logits.shape[-1]), y.reshape(-1)
+    return F.cross_entropy(logits.float(), y, reduction="sum").double(), (logits.argmax(-1) == y).sum()
+
+
+def _metrics(loss_sum: torch.Tensor, correct: torch.Tensor, n: int) -> Metrics:
+    return {"loss": loss_sum.item() / n, "error": 100.0 * (1.0 - correct.item() / n)}
+
+
 class Evaluator:
     """Evaluate `model` with arbitrary state dicts on fixed named splits, e.g. {"train": (x, y), "test": (x, y)}.
 
@@ -39,13 +49,16 @@ class Evaluator:
         with torch.inference_mode():
             for start in range(0, len(y), self.batch_size):
                 xb, yb = x[start:start + self.batch_size], y[start:start + self.batch_size]
-                logits = functional_call(self.model, state, (xb,))
-                logits, yb = logits.reshape(-1, logits.shape[-1]), yb.reshape(-1)
-                loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").double()
-                correct += (logits.argmax(-1) == yb).sum()
+                batch_loss, batch_correct = _sums(functional_call(self.model, state, (xb,)), yb)
+                loss_sum += batch_loss
+                correct += batch_correct
         self.calls += 1
-        n = y.numel()
-        return {"loss": loss_sum.item() / n, "error": 100.0 * (1.0 - correct.item() / n)}
+        return _metrics(loss_sum, correct, y.numel())
+
+    def logits_metrics(self, logits: torch.Tensor, y: torch.Tensor) -> Metrics:
+        """Metrics of logits computed elsewhere (e.g. from cached activations), counted like an evaluation."""
+        self.calls += 1
+        return _metrics(*_sums(logits, y), y.numel())
 
     def __call__(self, state: Mapping[str, torch.Tensor]) -> dict[str, Metrics]:
         return {split: self.split_metrics(state, split) for split in self.splits}

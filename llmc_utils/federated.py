@@ -17,7 +17,6 @@ paper, whose Dirichlet split did not reward partial averaging).
 
 from __future__ import annotations
 
-import contextlib
 from typing import Literal
 
 import numpy as np
@@ -27,7 +26,8 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from llmc_utils.config import NonNegativeInt, PositiveFloat, PositiveInt, Section
-from llmc_utils.evaluation import Evaluator, barrier
+from llmc_utils.barriers import LayerEvaluator, checkpoint_barriers
+from llmc_utils.evaluation import Evaluator
 from llmc_utils.layers import keys_of, logical_layers, mix
 from llmc_utils.stage import progress
 
@@ -52,7 +52,10 @@ class FederatedConfig(Section):
     lr: PositiveFloat = 0.02  # 0.05 with momentum 0.9 made a pathological local client diverge
     momentum: float = Field(0.9, ge=0.0, lt=1.0)  # buffers restart each round (a fresh optimizer per round)
     barrier_clients: tuple[NonNegativeInt, NonNegativeInt] = (0, 1)  # the pair whose layer-wise barriers are shown
-    threads: PositiveInt = 1  # torch threads while training/evaluating (see `torch_threads`), overrides runtime's
+    # torch threads for this stage (stage.setup applies it, overriding runtime.num_threads): thousands of tiny steps
+    # (batch 32, small layers) gain nothing from intra-op threads and lose a lot when cores are shared (measured on 2
+    # busy cores: 2 rounds of 10 clients took 45 s of CPU with 2 threads, 1.2 s with 1)
+    threads: PositiveInt = 1
 
     @model_validator(mode="after")
     def _check(self):
@@ -95,18 +98,6 @@ class MLP(torch.nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------------- partitions
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Run a block with n torch threads, then restore. Thousands of tiny steps (batch 32, small layers) gain nothing
-    from intra-op threads and lose a lot when cores are shared: measured here with 2 threads on 2 busy cores, 2 rounds
-    of 10 clients took 45 s of CPU against 1.2 s with 1 thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
 
 SPLIT_IDS = {"iid": 0, "dirichlet": 1, "pathological": 2}  # stable per-split seed offsets (str hashes are salted)
 
@@ -225,29 +216,8 @@ def train_federated(make_model, clients: list[tuple[torch.Tensor, torch.Tensor]]
 
 
 # ------------------------------------------------------------------------------------------------------ experiment
-def midpoint_barriers(evaluator: Evaluator, state_a: dict, state_b: dict) -> list[dict]:
-    """Tidy rows of alpha = 0.5 barriers of the full average and of every single logical layer, both bases, for every
-    split of the evaluator and both metrics; always measured against the two FULL endpoint models (SPEC section 2)."""
-    ends_a, ends_b = evaluator(state_a), evaluator(state_b)
-    full = evaluator(mix(state_a, state_b, 0.5))  # the same model for either base: evaluated once
-    rows = []
-    for base in ("A", "B"):
-        for name, keys in [("full", None), *logical_layers(state_a).items()]:
-            mids = full if keys is None else evaluator(mix(state_a, state_b, 0.5, keys, base=base))
-            for split, mid in mids.items():
-                for metric in ("loss", "error"):
-                    rows.append(dict(base=base, layer=name, split=split, metric=metric, value_mid=mid[metric],
-                                     barrier=barrier(mid[metric], ends_a[split][metric], ends_b[split][metric])))
-    return rows
-
-
 def run(cfg: FederatedConfig, images) -> dict[str, pd.DataFrame]:
     """Every split x strategy: per-client accuracy on its own test distribution, partition counts, pair barriers."""
-    with torch_threads(cfg.threads):
-        return _run(cfg, images)
-
-
-def _run(cfg: FederatedConfig, images) -> dict[str, pd.DataFrame]:
     train_x, train_y = images.split("train", cfg.n_train, cfg.seed)
     test_x, test_y = images.split("test", cfg.n_test, cfg.seed)
     n_classes = len(images.classes)
@@ -273,8 +243,9 @@ def _run(cfg: FederatedConfig, images) -> dict[str, pd.DataFrame]:
                                          test_accuracy=100.0 - m["error"]))
             a, b = cfg.barrier_clients
             pair = np.concatenate([test_parts[a], test_parts[b]])
-            pair_evaluator = Evaluator(make_model(), {"test": (test_x[pair], test_y[pair])})
-            for row in midpoint_barriers(pair_evaluator, states[a], states[b]):
+            pair_evaluator = LayerEvaluator(make_model(), {"test": (test_x[pair], test_y[pair])})
+            for row in checkpoint_barriers(pair_evaluator, cfg.rounds, states[a], states[b],
+                                           logical_layers(states[a]), alphas=[0.5], bases=["A", "B"]):
                 barrier_rows.append(dict(row, split=split, strategy=strategy))  # evaluated on the pair's test data
     return dict(clients=pd.DataFrame(clients_rows), partition=pd.DataFrame(count_rows),
                 barriers=pd.DataFrame(barrier_rows))

@@ -7,6 +7,7 @@ never leaves a half-written file behind that a rerun (or DVC) could mistake for 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
@@ -32,8 +33,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def save_torch(obj: Any, path: str | Path) -> None:
+    # Serialise to memory first: torch.save names the archive after the file it writes, so saving straight to the
+    # random temporary name would make identical content hash differently, and DVC would rerun downstream stages.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def save_json(obj: Any, path: str | Path) -> None:

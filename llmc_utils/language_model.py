@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from llmc_utils.config import NonNegativeInt, PositiveInt, Section
-from llmc_utils.evaluation import Evaluator
-from llmc_utils.federated import midpoint_barriers, torch_threads
+from llmc_utils.barriers import LayerEvaluator, checkpoint_barriers
+from llmc_utils.layers import logical_layers
 from llmc_utils.trainer import OptimConfig, load_weights, train_model
 
 
@@ -42,7 +42,7 @@ class LanguageModelConfig(Section):
     data_seeds: tuple[NonNegativeInt, NonNegativeInt] = (1, 2)
     optim: OptimConfig = OptimConfig(epochs=8, batch_size=32, lr=0.3, weight_decay=0.0, grad_clip=1.0)
     checkpoint_epochs: list[NonNegativeInt] = Field(default_factory=lambda: [0, 1, 2, 4, 6, 8], min_length=2)
-    threads: PositiveInt = 1  # torch threads for training and evaluation (tiny ops: see federated.torch_threads)
+    threads: PositiveInt = 1  # torch threads for training and evaluation (applied by stage.setup; tiny ops: see FederatedConfig.threads)
 
     @model_validator(mode="after")
     def _check(self):
@@ -188,23 +188,17 @@ def train_pair(cfg: LanguageModelConfig, prepared: dict, run_root: Path) -> dict
                                           "window_seed", "text_file", "max_chars", "test_fraction"}))
     paths = {}
     for name, init_seed, data_seed in zip("AB", cfg.init_seeds, cfg.data_seeds):
-        with torch_threads(cfg.threads):
-            paths[name] = train_model(make_model, x, y, cfg.optim, init_seed=init_seed, data_seed=data_seed,
-                                      checkpoint_epochs=cfg.checkpoint_epochs, run_dir=run_root / f"model_{name}",
-                                      meta=meta, desc=f"GPT {name}")
+        paths[name] = train_model(make_model, x, y, cfg.optim, init_seed=init_seed, data_seed=data_seed,
+                                  checkpoint_epochs=cfg.checkpoint_epochs, run_dir=run_root / f"model_{name}",
+                                  meta=meta, desc=f"GPT {name}")
     return paths
 
 
 def barriers_over_training(cfg: LanguageModelConfig, prepared: dict,
                            paths: dict[str, list[Path]]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(barriers, endpoints): tidy tables over checkpoints; barrier rows = full + every logical layer, both bases."""
-    with torch_threads(cfg.threads):
-        return _barriers_over_training(cfg, prepared, paths)
-
-
-def _barriers_over_training(cfg: LanguageModelConfig, prepared: dict,
-                            paths: dict[str, list[Path]]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    evaluator = Evaluator(model_factory(cfg, prepared["tokenizer"].vocab_size)(), prepared["splits"], batch_size=512)
+    evaluator = LayerEvaluator(model_factory(cfg, prepared["tokenizer"].vocab_size)(), prepared["splits"],
+                               batch_size=512)
     steps_per_epoch = -(-cfg.train_windows // cfg.optim.batch_size)
     barrier_rows, end_rows = [], []
     for epoch, path_a, path_b in zip(sorted(set(cfg.checkpoint_epochs)), paths["A"], paths["B"]):
@@ -213,5 +207,6 @@ def _barriers_over_training(cfg: LanguageModelConfig, prepared: dict,
         for model, state in (("A", state_a), ("B", state_b)):
             for split, m in evaluator(state).items():
                 end_rows.append(dict(where, model=model, split=split, loss=m["loss"], error=m["error"]))
-        barrier_rows += [dict(where, **row) for row in midpoint_barriers(evaluator, state_a, state_b)]
+        barrier_rows += [dict(row, step=where["step"]) for row in checkpoint_barriers(
+            evaluator, epoch, state_a, state_b, logical_layers(state_a), alphas=[0.5], bases=["A", "B"])]
     return pd.DataFrame(barrier_rows), pd.DataFrame(end_rows)

@@ -17,6 +17,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
+from llmc_utils.config import validate_params
+
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = {"default": REPO / "params.yaml", "paper": REPO / "profiles" / "paper.yaml",
             "tiny": REPO / "tests" / "params_tiny.yaml"}
@@ -29,6 +33,21 @@ def profile_path(profile: str | Path) -> Path:
     return Path(path)
 
 
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def load_profile(path: str | Path) -> dict:
+    """A profile's full parameters: the file itself, merged onto the file its `extends` key names (recursively)."""
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    parent = raw.pop("extends", None)
+    return _merge(load_profile(path.parent / parent), raw) if parent else raw
+
+
 def dvc(workspace: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run the DVC of this Python environment in `workspace` (its bin folder first on PATH, for papermill)."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -38,14 +57,17 @@ def dvc(workspace: Path, *args: str, check: bool = True) -> subprocess.Completed
     return out
 
 
-def make_workspace(params_file: str | Path, dest: str | Path) -> Path:
-    """A fresh (or refreshed) pipeline workspace at `dest` running on `params_file`. Outputs already there are kept."""
+def make_workspace(params_file: str | Path, dest: str | Path, overrides: dict | None = None) -> Path:
+    """A fresh (or refreshed) pipeline workspace at `dest` running on the profile `params_file` (with `overrides`
+    merged on top). Outputs already there are kept, so DVC reruns only what changed."""
+    params = _merge(load_profile(params_file), overrides or {})
+    validate_params(params, source=str(params_file))  # fail before copying anything
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("notebooks", "llmc_utils"):
         shutil.copytree(REPO / name, dest / name, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", dest / "dvc.yaml")
-    shutil.copy(params_file, dest / "params.yaml")
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if not (dest / ".dvc").is_dir():
         dvc(dest, "init", "--no-scm", "-q")
     dvc(dest, "config", "core.analytics", "false")
@@ -59,12 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dest", help="workspace folder (default runs/<profile name>)")
     parser.add_argument("targets", nargs="*", help="dvc repro targets (default: the whole pipeline)")
     args = parser.parse_args(argv)
-    params = profile_path(args.profile)
-    from llmc_utils.config import load_params
-
-    load_params(params)  # fail before copying anything
     dest = Path(args.dest or REPO / "runs" / Path(str(args.profile)).stem)
-    make_workspace(params, dest)
+    make_workspace(profile_path(args.profile), dest)
     print(f"workspace {dest}: dvc repro {' '.join(args.targets)}", flush=True)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     return subprocess.call([sys.executable, "-m", "dvc", "repro", *args.targets], cwd=dest, env=env)

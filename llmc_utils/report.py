@@ -87,6 +87,24 @@ CLAIMS: list[Claim] = [
           "counterexample exists", "fraction of two-layer cuts that are non-convex > 0",
           lambda m, c: m["deep_linear"]["n_two_layer_nonconvex"] / m["deep_linear"]["n_two_layer_cuts"],
           lambda v, c: v > 0),
+    Claim("Fig. 4", "ViT pair: moving a layer toward the other model (A->B) hurts more than an equal-norm random move",
+          "holds for most layers", "fraction of layers (train loss, alpha = compare_alpha) > majority",
+          lambda m, c: m["robustness"]["vit"]["fraction_interpolation_worse"]["A->B"]["train"],
+          lambda v, c: v > c.majority),
+    Claim("Fig. 4", "ViT pair, other direction (B->A): the same",
+          "holds for most layers", "fraction of layers (train loss) > majority",
+          lambda m, c: m["robustness"]["vit"]["fraction_interpolation_worse"]["B->A"]["train"],
+          lambda v, c: v > c.majority),
+    Claim("Fig. 4 (CNN)", "CNN pair of Fig. 1: interpolation hurts more than random, over layers x checkpoints",
+          "holds for most layers", "fraction of trained (layer, checkpoint) cells, both directions' minimum > majority",
+          lambda m, c: min(d["all_trained_checkpoints"]
+                           for d in m["robustness"]["cnn"]["fraction_interpolation_worse"].values()),
+          lambda v, c: v > c.majority),
+    Claim("Fig. 5", "Training-subspace and averaging-direction perturbations hurt more than null-space ones",
+          "null space flattest", "fraction of panels (datasets x whole net / layers, copied-snapshot subspace) where "
+          "both beat the null space at the largest sigma; minimum of the two > majority",
+          lambda m, c: min(m["subspace_perturbations"]["fraction_above_null_space"]["snapshots"].values()),
+          lambda v, c: v > c.majority),
     Claim("Table 1", "IID clients: averaging only a group of layers does not beat full averaging",
           "full averaging best", "best partial-averaging accuracy - full-averaging accuracy <= 0 (points)",
           _federated_gap("iid"), lambda v, c: v <= 0),
@@ -122,3 +140,38 @@ def claims_table(metrics: dict[str, dict], cfg: ReportConfig, claims: list[Claim
                          measured=round(measured, 4),
                          verdict="reproduced" if claim.holds(measured, cfg) else "NOT reproduced"))
     return pd.DataFrame(rows)
+
+
+# Every figure the pipeline draws, in reading order, with the caption the report prints under it.
+FIGURES: list[tuple[str, str]] = [
+    ("data_samples", "Data: six training images per class of the default dataset."),
+    ("fig_pair_training_curves", "Training pair: loss and error of A and B at every checkpoint."),
+    ("fig1_layerwise_barriers", "Fig. 1: train-loss barrier of full averaging (top row) and of averaging one layer, "
+                                "per checkpoint, into A and into B."),
+    ("fig1_layerwise_barriers_test_loss", "Fig. 1, test loss panel."),
+    ("fig1_layerwise_barriers_train_error", "Fig. 1, train error panel."),
+    ("fig1_layerwise_barriers_test_error", "Fig. 1, test error panel."),
+    ("fig_layer_geometry", "Appendix: per-layer distance and cosine between A and B over training."),
+    ("fig2_cumulative_averaging", "Fig. 2: barrier when the first j layers (shallow->deep, deep->shallow) are "
+                                  "averaged."),
+    ("fig2_cumulative_controls", "Fig. 2 controls: random order, outer-first, sliding window."),
+    ("fig2_cumulative_last_checkpoint", "Fig. 2 at the last checkpoint: every order on one axis."),
+    ("fig3_minimal_example", "Fig. 3: the 1-D network y = w2 w1 x, its loss landscape and the three paths."),
+    ("fig3_theorem_check", "Theorem 4.1: curvature of L(alpha) for single-layer, two-layer and all-layer cuts."),
+    ("fig4_robustness", "Fig. 4: ViT pair, one layer moved toward the other model vs equal-norm random directions."),
+    ("fig4_robustness_cnn", "Fig. 4 for the CNN pair: interpolation minus random loss per layer and checkpoint."),
+    ("fig5_subspace_perturbations", "Fig. 5: MLP test loss under training-subspace, null-space and "
+                                    "averaging-direction perturbations."),
+    ("fig6_federated_table", "Table 1: per-client test accuracy of full, partial and no averaging."),
+    ("fig6_federated_barriers", "Table 1 companion: layer-wise barriers between two clients at the end."),
+    ("fig7_language_model", "Language model: layer-wise barriers of a char-level GPT pair over training."),
+]
+
+
+def figure_paths(figures_dir: str | Path) -> list[tuple[Path, str]]:
+    """(png path, caption) of every figure; a missing one is an error naming it."""
+    paths = [(Path(figures_dir) / f"{stem}.png", caption) for stem, caption in FIGURES]
+    missing = [str(p) for p, _ in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"figures missing (run the whole pipeline): {missing}")
+    return paths

@@ -92,7 +92,9 @@ def setup(name: str, params_file: str | Path, workspace: str | Path, verbose: bo
     params = load_params(params_file)
     runtime = get_section(params, "runtime")
     config = get_section(params, name)
-    torch.set_num_threads(runtime.num_threads)
+    # runtime.num_threads for every stage, unless the stage's own section sets `threads` (tiny-op stages run faster
+    # on one thread); fixed either way, so numbers and timings are reproducible
+    torch.set_num_threads(getattr(config, "threads", None) or runtime.num_threads)
     _progress_enabled = runtime.progress
     if quiet():
         warnings.filterwarnings("ignore")
@@ -101,5 +103,5 @@ def setup(name: str, params_file: str | Path, workspace: str | Path, verbose: bo
     if verbose:
         print(to_yaml(runtime))
         print(to_yaml(config))
-        print(f"workspace: {stage.workspace.resolve()}  device: {stage.device}  threads: {torch.get_num_threads()}")
+        print(f"workspace: {stage.workspace}  device: {stage.device}  threads: {torch.get_num_threads()}")
     return stage

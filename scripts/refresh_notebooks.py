@@ -2,6 +2,8 @@
 
 Run after editing a notebook or the code its checked cells print:  python scripts/refresh_notebooks.py [NN ...]
 Notebooks run in file order, since each reads what the previous ones wrote to build/nbval/.
+Image outputs of the tiny run are dropped before saving: they are not checked, would bloat every diff, and the real
+figures live in figures/ and in the executed notebooks of `dvc repro` (reports/executed/).
 """
 
 import os
@@ -22,4 +24,7 @@ if __name__ == "__main__":
         print(f"executing {path.name} ...", flush=True)
         nb = nbformat.read(path, as_version=4)
         NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                cell.outputs = [o for o in cell.outputs if not any(k.startswith("image/") for k in o.get("data", {}))]
         nbformat.write(nb, path)

@@ -34,3 +34,11 @@ def test_mismatched_checkpoint_named(tmp_path):
         load_checkpoint(path, ("model", "epoch"))
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_same_content_gives_identical_bytes(tmp_path):
+    # DVC compares hashes: saving equal objects twice must give equal files, whatever the temporary name was
+    obj = {"w": torch.arange(5.0)}
+    save_torch(obj, tmp_path / "a.pt")
+    save_torch(obj, tmp_path / "b.pt")
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()

@@ -84,9 +84,9 @@ def test_pair_trains_with_core_trainer_and_barriers_cover_every_layer(tmp_path):
     assert [p.name for p in paths["A"]] == ["epoch_0000.pt", "epoch_0001.pt"]
     barriers, endpoints = lm.barriers_over_training(cfg, prepared, paths)
     # 2 checkpoints x 2 bases x (full + 10 layers) x 2 splits x 2 metrics
-    assert len(barriers) == 2 * 2 * 11 * 2 * 2 and barriers.layer.iloc[0] == "full"
+    assert len(barriers) == 2 * 2 * 11 * 2 * 2 and barriers.layer_set.iloc[0] == "full"
     assert set(endpoints.model) == {"A", "B"} and len(endpoints) == 2 * 2 * 2
-    full = barriers[barriers.layer == "full"]
+    full = barriers[barriers.layer_set == "full"]
     for _, rows in full.groupby(["epoch", "split", "metric"]):
         assert rows.barrier.nunique() == 1  # the full midpoint is the same model for either base
     assert lm.train_pair(cfg, prepared, tmp_path) == paths  # finished checkpoints are reused, not retrained
