@@ -3,8 +3,9 @@
 For every checkpoint, layer set ("full" + every logical layer), base ("into A" / "into B"), alpha, split and metric:
 value = metric of the interpolated model, barrier = value - [(1 - alpha) * metric(A) + alpha * metric(B)], always
 against the two FULL endpoint models (SPEC section 2). Paper (ResNet18 without norm, CIFAR-10): full barrier 0.0 at
-init, then 1.9-2.3 in train loss; every single-layer barrier within [-0.1, 0.1]. Default profile: the CNN pair of
-train_pairs; notebook 02 prints what this reproduces.
+init, then 1.9-2.3 in train loss; every single-layer barrier within [-0.1, 0.1]. Default profile (CNN pair of
+train_pairs, 30 epochs): full train-loss barrier 0.9 after one epoch, 1.66 at epoch 30; largest |single-layer|
+barrier at epoch 30 about 0.10 (fc3), larger (up to 0.7, fc3 into A) early in training. Notebook 02 prints it.
 
 Engine (why it is fast, benchmarks/bench_engine.py measures it):
 * endpoints are evaluated once per checkpoint and reused by every layer set, base and alpha;
@@ -20,6 +21,7 @@ from typing import Iterable, Literal, Mapping
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch.func import functional_call
 
@@ -37,7 +39,7 @@ class LayerwiseBarriersConfig(Section):
     alphas: list[Alpha] = Field(default_factory=lambda: [0.25, 0.5, 0.75], min_length=1)  # grid for max-over-alpha
     heatmap_alpha: Alpha = 0.5  # the paper's figures: the midpoint
     bases: list[Literal["A", "B"]] = Field(default_factory=lambda: ["A", "B"], min_length=1)
-    eval_batch_size: PositiveInt = 2048
+    eval_batch_size: PositiveInt = 256  # measured on 2 CPU cores: 2048 is 2.4x slower per image than 256
     epochs: list[NonNegativeInt] | None = None  # checkpoints to evaluate; null = every checkpoint of the pair
     layer_groups: dict[str, list[str]] | None = None  # override of the logical layers: {name: [state-dict keys]}
     cache_activations: bool = True  # prefix caching for nn.Sequential models (same numbers, fewer FLOPs)
@@ -51,6 +53,20 @@ class LayerwiseBarriersConfig(Section):
         return self
 
 
+def _apply(child: torch.nn.Module, params: dict, h: torch.Tensor) -> torch.Tensor:
+    """child(h) with `params` in place of its own tensors. Conv2d and Linear call the functional op directly:
+    torch.func.functional_call's parameter swap is a large share of a small layer's cost (measured on the default
+    grid, 3 checkpoints: 3.0 s with functional_call everywhere, 2.6 s with the direct ops)."""
+    if not params:
+        return child(h)
+    if type(child) is torch.nn.Conv2d and child.padding_mode == "zeros":
+        return F.conv2d(h, params["weight"], params.get("bias"), child.stride, child.padding, child.dilation,
+                        child.groups)
+    if type(child) is torch.nn.Linear:
+        return F.linear(h, params["weight"], params.get("bias"))
+    return functional_call(child, params, (h,))
+
+
 class LayerEvaluator(Evaluator):
     """Evaluator that evaluates 'base model with some layers changed' from cached base activations when it can.
 
@@ -59,24 +75,39 @@ class LayerEvaluator(Evaluator):
     at the first child that owns one of `keys`. Any other model falls back to a full evaluation.
     """
 
-    def __init__(self, model, splits, batch_size=2048, device="cpu", cache_activations=True):
+    def __init__(self, model, splits, batch_size=256, device="cpu", cache_activations=True):
         super().__init__(model, splits, batch_size, device)
         self.children = list(self.model.named_children()) if isinstance(self.model, torch.nn.Sequential) else []
         self.enabled = cache_activations and bool(self.children)
-        self.cache: dict[str, dict[str, list[torch.Tensor]]] = {}
+        # cache[tag][split] = one {child index: input of that child} per batch, kept only for children with parameters
+        # (the only places partial() can start): about half the memory of keeping every activation
+        self.cache: dict[str, dict[str, list[dict[int, torch.Tensor]]]] = {}
+
+    def _own(self, state, start: int) -> list[dict]:
+        """Per child from `start` on: its own tensors of `state`, keys relative to the child."""
+        return [{k[len(name) + 1:]: v.to(self.device) for k, v in state.items() if k.startswith(name + ".")}
+                for name, _ in self.children[start:]]
+
+    def _run(self, own: list[dict], h: torch.Tensor, start: int, kept: dict | None = None) -> torch.Tensor:
+        for j, ((_, child), params) in enumerate(zip(self.children[start:], own), start):
+            if kept is not None and params:
+                kept[j] = h
+            h = _apply(child, params, h)
+        return h
 
     def endpoint(self, state, tag: str):
         if not self.enabled:
             return self(state)
+        own, out = self._own(state, 0), {}
         self.cache[tag] = {}
-        out = {}
         for split, (x, y) in self.splits.items():
-            inputs = [x]
+            batches, logits = [], []
             with torch.inference_mode():
-                for name, child in self.children:
-                    inputs.append(self._child(name, child, state, inputs[-1]))
-            self.cache[tag][split] = inputs[:-1]
-            out[split] = self.logits_metrics(inputs[-1], y)
+                for i in range(0, len(x), self.batch_size):
+                    batches.append({})
+                    logits.append(self._run(own, x[i:i + self.batch_size], 0, kept=batches[-1]))
+            self.cache[tag][split] = batches
+            out[split] = self.logits_metrics(torch.cat(logits), y)
         return out
 
     def partial(self, state, tag: str, keys: Iterable[str]):
@@ -84,19 +115,12 @@ class LayerEvaluator(Evaluator):
             return self(state)
         keys = set(keys)
         start = next(i for i, (name, _) in enumerate(self.children) if any(k.startswith(name + ".") for k in keys))
-        out = {}
+        own, out = self._own(state, start), {}
         for split, (_, y) in self.splits.items():
-            h = self.cache[tag][split][start]
             with torch.inference_mode():
-                for name, child in self.children[start:]:
-                    h = self._child(name, child, state, h)
-            out[split] = self.logits_metrics(h, y)
+                logits = [self._run(own, kept[start], start) for kept in self.cache[tag][split]]
+            out[split] = self.logits_metrics(torch.cat(logits), y)
         return out
-
-    def _child(self, name, child, state, h):
-        own = {k[len(name) + 1:]: v.to(self.device) for k, v in state.items() if k.startswith(name + ".")}
-        return torch.cat([functional_call(child, own, (h[i:i + self.batch_size],))
-                          for i in range(0, len(h), self.batch_size)])
 
 
 def eval_splits(images, cfg: LayerwiseBarriersConfig, device="cpu") -> dict:

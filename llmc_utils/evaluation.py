@@ -34,7 +34,7 @@ class Evaluator:
     """
 
     def __init__(self, model: torch.nn.Module, splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
-                 batch_size: int = 2048, device: torch.device | str = "cpu"):
+                 batch_size: int = 512, device: torch.device | str = "cpu"):
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.splits = {name: (x.to(self.device), y.to(self.device)) for name, (x, y) in splits.items()}

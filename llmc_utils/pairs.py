@@ -3,7 +3,7 @@
 Paper (Adilova et al. 2024, Sec. 3): ResNet18 without normalization on CIFAR-10, same initialization and different
 data order, SGD (momentum 0.9, wd 5e-4, batch 64, lr 0.05), 200 epochs, checkpoints every 20; the full barrier then
 reaches about ln(10) = 2.3 in train loss. Default profile: a 9-layer CNN on a Fashion-MNIST subset (see params.yaml for
-the scheme chosen and why); both models should reach roughly 10-15 % test error.
+the scheme chosen and why): 30 epochs, both models at about 15 % test error.
 
 Files: models/pair/{A,B}/epoch_NNNN.pt (written by llmc_utils.trainer.train_model: atomic and resumable). Each
 checkpoint's `meta` holds everything needed to rebuild the architecture (`pair_model`), so stages downstream (layer-wise
@@ -41,7 +41,7 @@ class TrainPairsConfig(Section):
     # training curves (notebook 01): loss / error of A and B at every checkpoint on fixed subsets
     curve_train_subset: NonNegativeInt = 2000
     curve_test_subset: NonNegativeInt = 2000
-    eval_batch_size: PositiveInt = 2048
+    eval_batch_size: PositiveInt = 256  # fastest per image on 2 CPU cores (2048: 2.4x slower)
 
     @model_validator(mode="after")
     def _check(self):

@@ -25,6 +25,7 @@ if __name__ == "__main__":
         nb = nbformat.read(path, as_version=4)
         NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
         for cell in nb.cells:
+            cell.metadata.pop("execution", None)  # timestamps: noise in every diff
             if cell.cell_type == "code":
                 cell.outputs = [o for o in cell.outputs if not any(k.startswith("image/") for k in o.get("data", {}))]
         nbformat.write(nb, path)
