@@ -28,7 +28,8 @@ from pydantic import Field, model_validator
 from llmc_utils.config import NonNegativeInt, PositiveFloat, PositiveInt, Section
 from llmc_utils.barriers import LayerEvaluator, checkpoint_barriers
 from llmc_utils.evaluation import Evaluator
-from llmc_utils.layers import keys_of, logical_layers, mix
+from llmc_utils.layers import keys_of, logical_layers
+from llmc_utils.models import MLP
 from llmc_utils.stage import progress
 
 SplitName = Literal["iid", "dirichlet", "pathological"]
@@ -76,25 +77,6 @@ class FederatedConfig(Section):
     def strategies(self) -> dict[str, list[str] | None]:
         """Strategy name -> averaged layers; None = all layers (FedAvg), [] = none (local only)."""
         return {"full": None, **self.layer_groups, "local": []}
-
-
-class MLP(torch.nn.Module):
-    """784 -> hidden... -> 10 with ReLU, no normalization; logical layers fc1 .. fc{L}."""
-
-    def __init__(self, in_features: int, hidden: list[int], n_classes: int):
-        super().__init__()
-        widths = [in_features, *hidden, n_classes]
-        self.n_layers = len(widths) - 1
-        for i in range(self.n_layers):
-            setattr(self, f"fc{i + 1}", torch.nn.Linear(widths[i], widths[i + 1]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.flatten(1)
-        for i in range(1, self.n_layers + 1):
-            x = getattr(self, f"fc{i}")(x)
-            if i < self.n_layers:
-                x = F.relu(x)
-        return x
 
 
 # --------------------------------------------------------------------------------------------------------- partitions

@@ -13,6 +13,7 @@ Every parameterised module is one logical layer (llmc_utils.layers): weight and 
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -104,3 +105,17 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int, 
 def has_normalization(model: nn.Module) -> bool:
     norm_types = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
     return any(isinstance(m, norm_types) for m in model.modules())
+
+
+class MLP(nn.Sequential):
+    """flatten -> fc1 -> ReLU -> ... -> fc{L}, no normalization: one logical layer per Linear (weight + bias).
+    Used by the federated clients and the subspace-perturbation pair; nn.Sequential, so the barrier engine caches
+    activations in front of each layer."""
+
+    def __init__(self, in_features: int, hidden: Sequence[int], n_classes: int):
+        modules: dict[str, nn.Module] = {"flatten": nn.Flatten()}
+        widths = [in_features, *hidden]
+        for i, (w_in, w_out) in enumerate(zip(widths, widths[1:]), start=1):
+            modules[f"fc{i}"], modules[f"relu{i}"] = nn.Linear(w_in, w_out), nn.ReLU()
+        modules[f"fc{len(widths)}"] = nn.Linear(widths[-1], n_classes)
+        super().__init__(OrderedDict(modules))

@@ -22,7 +22,6 @@ averaging direction exceed the null space in 8/8 (dataset, scope) panels; with t
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Literal, Mapping, Sequence
 
@@ -33,6 +32,7 @@ from torch import nn
 
 from llmc_utils.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Section
 from llmc_utils.layers import StateDict, flat, logical_layers
+from llmc_utils.models import MLP
 from llmc_utils.trainer import OptimConfig, load_weights, train_model
 
 Dataset = Literal["synthetic", "fashion_mnist"]
@@ -80,18 +80,6 @@ class SubspacePerturbationsConfig(Section):
 
     def snapshot_epochs(self) -> list[int]:
         return sorted(set(range(0, self.optim.epochs + 1, self.snapshot_every)) | {self.optim.epochs})
-
-
-class MLP(nn.Sequential):
-    """flatten -> fc1 -> ReLU -> ... -> fc{L}: one logical layer per Linear (weight + bias)."""
-
-    def __init__(self, in_features: int, hidden: Sequence[int], n_classes: int):
-        modules: dict[str, nn.Module] = {"flatten": nn.Flatten()}
-        widths = [in_features, *hidden]
-        for i, (w_in, w_out) in enumerate(zip(widths, widths[1:]), start=1):
-            modules[f"fc{i}"], modules[f"relu{i}"] = nn.Linear(w_in, w_out), nn.ReLU()
-        modules[f"fc{len(widths)}"] = nn.Linear(widths[-1], n_classes)
-        super().__init__(OrderedDict(modules))
 
 
 def synthetic_data(cfg: SubspacePerturbationsConfig) -> dict[str, torch.Tensor]:

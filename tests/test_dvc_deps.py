@@ -1,0 +1,49 @@
+"""Every DVC stage depends on every llmc_utils module its notebook imports, directly or through other modules, so
+editing the package reruns exactly the stages it can change."""
+
+import ast
+import json
+import re
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+ALWAYS_SKIPPED = {"__init__", "_torchvision_compat"}  # import plumbing, not logic
+PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def imported_modules(source: str) -> set[str]:
+    """llmc_utils modules named by `import llmc_utils.x`, `from llmc_utils import x`, `from llmc_utils.x import y`."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("llmc_utils"):
+            if node.module == "llmc_utils":
+                found |= {a.name for a in node.names}
+            else:
+                found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("llmc_utils.")}
+    return {m for m in found if (ROOT / "llmc_utils" / f"{m}.py").is_file()}
+
+
+def closure(modules: set[str]) -> set[str]:
+    todo, seen = list(modules), set()
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += imported_modules((ROOT / "llmc_utils" / f"{module}.py").read_text())
+    return seen - ALWAYS_SKIPPED
+
+
+@pytest.mark.parametrize("name", list(PIPELINE))
+def test_stage_depends_on_every_module_it_runs(name):
+    stage = PIPELINE[name]
+    notebook = re.search(r"papermill (notebooks/\S+\.ipynb)", stage["cmd"]).group(1)
+    cells = json.loads((ROOT / notebook).read_text())["cells"]
+    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    needed = {f"llmc_utils/{m}.py" for m in closure(imported_modules(code))}
+    assert notebook in stage["deps"]
+    assert needed <= set(stage["deps"]), f"stage {name} misses deps {sorted(needed - set(stage['deps']))}"
