@@ -31,6 +31,7 @@ from llmc_utils.evaluation import Evaluator
 from llmc_utils.layers import keys_of, logical_layers
 from llmc_utils.models import MLP
 from llmc_utils.stage import progress
+from llmc_utils.trainer import sgd_epoch
 
 SplitName = Literal["iid", "dirichlet", "pathological"]
 
@@ -178,13 +179,7 @@ def train_federated(make_model, clients: list[tuple[torch.Tensor, torch.Tensor]]
             optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
             model.train()
             for _ in range(cfg.local_epochs):
-                order = torch.randperm(len(y), generator=generator)
-                for start in range(0, len(y), cfg.batch_size):
-                    idx = order[start:start + cfg.batch_size]
-                    loss = F.cross_entropy(model(x[idx]), y[idx])
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                sgd_epoch(model, optimizer, x, y, cfg.batch_size, generator, F.cross_entropy)
             bar.update(1)
         if keys:
             averaged_state = weighted_average([m.state_dict() for m in models], sizes, keys)

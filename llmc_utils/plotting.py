@@ -57,6 +57,8 @@ def save(fig, stem: str | Path, formats: Sequence[str] = ("png", "pdf"), dpi: in
     for fmt in formats:
         path = stem.with_suffix(f".{fmt}")
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
+            # no creation date in PDFs: a rerun with the same numbers then writes the same bytes
+            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight",
+                        metadata={"CreationDate": None} if fmt == "pdf" else None)
         paths.append(path)
     return paths

@@ -29,7 +29,7 @@ from pydantic import Field, model_validator
 from llmc_utils.config import Alpha, NonNegativeInt, PositiveInt, Section
 from llmc_utils.layers import StateDict, flat, mix
 from llmc_utils.stage import progress
-from llmc_utils.trainer import OptimConfig
+from llmc_utils.trainer import OptimConfig, train_model
 from llmc_utils.vit import ViTConfig
 
 DIRECTIONS = {"A->B": "A", "B->A": "B"}  # direction -> base model (the one whose layer moves)
@@ -160,8 +160,6 @@ def checkpoint_gap(table: pd.DataFrame, split: str = "train", metric: str = "los
 def train_pair(cfg: RobustnessConfig, make_model: Callable[[], torch.nn.Module], x: torch.Tensor, y: torch.Tensor,
                run_root: Path) -> dict[str, Path]:
     """Train the ViT pair with llmc_utils.trainer (resumable); returns {"A": final checkpoint, "B": ...}."""
-    from llmc_utils.trainer import train_model
-
     out = {}
     for name, optim, data_seed in (("A", cfg.optim_a, cfg.data_seed_a), ("B", cfg.optim_b, cfg.data_seed_b)):
         paths = train_model(make_model, x, y, optim, init_seed=cfg.init_seed, data_seed=data_seed,

@@ -61,6 +61,25 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
+def sgd_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+              batch_size: int, generator: torch.Generator, loss_fn: Callable, augment: bool = False,
+              grad_clip: float = 0.0, after_step: Callable[[], None] = lambda: None) -> torch.Tensor:
+    """One pass over (x, y) in an order drawn from `generator`; returns the last batch's loss. Shared by
+    train_model and the federated clients, so both draw data order and augmentation the same way."""
+    order = torch.randperm(len(y), generator=generator)
+    for i in range(0, len(y), batch_size):
+        idx = order[i:i + batch_size]
+        xb = augment_batch(x[idx], generator) if augment else x[idx]
+        loss = loss_fn(model(xb), y[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        after_step()
+    return loss
+
+
 def checkpoint_path(run_dir: Path, epoch: int) -> Path:
     return Path(run_dir) / f"epoch_{epoch:04d}.pt"
 
@@ -115,18 +134,8 @@ def train_model(make_model: Callable[[], torch.nn.Module], x: torch.Tensor, y: t
     bar = progress(total=(cfg.epochs - start) * steps_per_epoch, desc=desc, leave=False)
     model.train()
     for epoch in range(start + 1, cfg.epochs + 1):
-        order = torch.randperm(len(y), generator=generator)
-        for i in range(0, len(y), cfg.batch_size):
-            idx = order[i:i + cfg.batch_size]
-            xb = augment_batch(x[idx], generator) if cfg.augment else x[idx]
-            loss = loss_fn(model(xb), y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            bar.update(1)
+        loss = sgd_epoch(model, optimizer, x, y, cfg.batch_size, generator, loss_fn, cfg.augment, cfg.grad_clip,
+                         after_step=lambda: (scheduler.step(), bar.update(1)))
         bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
         if epoch in checkpoint_epochs:
             save(epoch)
