@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # section name -> "module:Class"; imported lazily so a stage only pays for the modules it uses
 SECTIONS: dict[str, str] = {
     "runtime": "llmc_utils.config:RuntimeConfig",
+    "repetitions": "llmc_utils.config:RepetitionsConfig",
     "data": "llmc_utils.data:DataConfig",
     "train_pairs": "llmc_utils.pairs:TrainPairsConfig",
     "layerwise_barriers": "llmc_utils.barriers:LayerwiseBarriersConfig",
@@ -47,6 +48,39 @@ class RuntimeConfig(Section):
     num_threads: PositiveInt = 2  # torch.set_num_threads; fixed so numbers and timings are reproducible
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")  # auto = CUDA when present
     progress: bool = True  # tqdm bars; tests turn them off
+
+
+Seeds = Annotated[list[NonNegativeInt], Field(min_length=1)]
+
+
+class RepetitionsConfig(Section):
+    """Repetition indices r of every repeated stage; dvc.yaml runs one stage per index (`foreach`), so adding an
+    index runs only that repetition, and the report's intervals are taken across them. Repetition r of a stage
+    derives all its seeds from r (see each stage module)."""
+
+    train_pairs: Seeds = Field(default_factory=lambda: [0, 1, 2, 3, 4])  # Fig. 1/2 pairs (>= 5 for the claims)
+    robustness: Seeds = Field(default_factory=lambda: [0, 1, 2])  # ViT pairs; CNN heatmap of pair r
+    subspace_perturbations: Seeds = Field(default_factory=lambda: [0, 1, 2])
+    federated: Seeds = Field(default_factory=lambda: [0, 1, 2])
+    language_model: Seeds = Field(default_factory=lambda: [0, 1, 2])
+
+    @model_validator(mode="after")
+    def _check(self):
+        for name in type(self).model_fields:
+            seeds = getattr(self, name)
+            if len(set(seeds)) != len(seeds):
+                raise ValueError(f"{name}: repetition indices must not repeat, got {seeds}")
+        missing = sorted(set(self.robustness) - set(self.train_pairs))
+        if missing:
+            raise ValueError(f"robustness repetitions {missing} need the CNN pairs of the same index, which "
+                             f"train_pairs {self.train_pairs} does not train")
+        return self
+
+
+def repetition_seed(base: int, repetition: int) -> int:
+    """The seed that `base` becomes in repetition r: base + 100 r (r = 0 keeps the configured seeds). One rule for
+    every stage, so the seeds of all repetitions are distinct as long as configured seeds stay below 100."""
+    return base + 100 * repetition
 
 
 class ParamsError(ValueError):

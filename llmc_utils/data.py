@@ -53,6 +53,13 @@ class DataConfig(Section):
     download: bool = False  # allow torchvision to download when no local copy is found
 
 
+def subset_indices(total: int, n: int, seed: int) -> torch.Tensor:
+    """Indices of a fixed random subset of size n out of `total` (n = 0 or n >= total: all, in order)."""
+    if 0 < n < total:
+        return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
+    return torch.arange(total)
+
+
 class DatasetNotFound(FileNotFoundError):
     pass
 
@@ -70,13 +77,20 @@ class ImageData:
     mean: torch.Tensor
     std: torch.Tensor
 
-    def split(self, split: Literal["train", "test"], n: int = 0, seed: int = 0, device="cpu"):
-        """Normalised float32 images and labels of a split; n > 0 takes a fixed random subset of that size."""
+    def split(self, split: Literal["train", "test"], n: int = 0, seed: int = 0, device="cpu",
+              within: tuple[int, int] | None = None):
+        """Normalised float32 images and labels of a split; n > 0 takes a fixed random subset of that size.
+
+        within=(train_subset, subset_seed) restricts the train split to the images a model was trained on (the
+        subset drawn with that size and seed) before taking n of them: "train" numbers then describe the training
+        data itself, as in the paper, not unseen images of the same split.
+        """
         x, y = (self.train_x, self.train_y) if split == "train" else (self.test_x, self.test_y)
-        if 0 < n < len(y):
-            idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:n]
+        if within is not None and split == "train":
+            idx = subset_indices(len(y), *within)
             x, y = x[idx], y[idx]
-        return self.normalize(x).to(device), y.to(device)
+        idx = subset_indices(len(y), n, seed)
+        return self.normalize(x[idx]).to(device), y[idx].to(device)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() / 255.0 - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)

@@ -1,19 +1,20 @@
-"""The claims table of the final report: each claim of the paper (SPEC section 3), the number this run measured,
-the paper's number where known, and a verdict computed here with a stated tolerance.
+"""The claims table of the final report: each claim of the paper, measured over repetitions, as a mean with a 95 %
+interval and a three-state verdict (llmc_utils.claims), plus the sanity checks of the setup listed apart.
 
-Every measured value is read from the metrics JSON files the stages wrote (metrics/<stage>.json); nothing is typed in.
-A claim whose metric is missing makes the report fail loudly rather than print a stale or invented number.
+Every measured value is read from the metrics JSON files the stages wrote (metrics/<stage>.json for a stage that runs
+once, metrics/<stage>/seed_<r>.json per repetition); nothing is typed in. A claim whose metric is missing makes the
+report fail loudly rather than print a stale or invented number.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
+from pydantic import Field
 
+from llmc_utils.claims import Claim, SanityCheck, all_claims, check, evaluate
 from llmc_utils.config import NonNegativeFloat, PositiveFloat, PositiveInt, Section
 
 
@@ -24,122 +25,32 @@ class ReportConfig(Section):
     minimal_example_ratio: PositiveFloat = 2.0  # Fig. 3: full-path barrier at least this many times the layer-2 one
     min_theorem_cuts: PositiveInt = 1000  # Theorem 4.1 check must cover at least this many single-layer cuts
     majority: float = 0.5  # "most layers": a fraction strictly above this
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)  # of the Student-t interval over repetitions
 
 
-@dataclass(frozen=True)
-class Claim:
-    source: str  # figure or table of the paper
-    statement: str
-    paper: str  # the paper's number or statement
-    criterion: str  # what "reproduced" means here, in words
-    measure: Callable[[dict, ReportConfig], float]  # reads the measured value from all metrics
-    holds: Callable[[float, ReportConfig], bool]
+def load_metrics(metrics_dir: str | Path) -> dict[str, dict[int | None, dict]]:
+    """{stage: {seed: metrics}} from metrics/<stage>.json (seed None: a stage that runs once) and
+    metrics/<stage>/seed_<r>.json (one file per repetition)."""
+    metrics_dir = Path(metrics_dir)
+    out: dict[str, dict[int | None, dict]] = {}
+    for path in sorted(metrics_dir.glob("*.json")):
+        if path.stem not in ("report", "aggregate"):
+            out.setdefault(path.stem, {})[None] = json.loads(path.read_text())
+    for path in sorted(metrics_dir.glob("*/seed_*.json")):
+        out.setdefault(path.parent.name, {})[int(path.stem.split("_")[1])] = json.loads(path.read_text())
+    return out
 
 
-def _single_over_full(m: dict, _cfg) -> float:
-    lw = m["layerwise_barriers"]
-    return lw["max_abs_single_layer_barrier_train_loss_last"] / lw["full_barrier_train_loss_last"]
+def claims_table(metrics: dict, cfg: ReportConfig, claims: list[Claim] | None = None) -> pd.DataFrame:
+    """One row per claim: source, statement, paper, criterion, n, mean, 95 % interval, three-state verdict."""
+    claims = all_claims()[0] if claims is None else claims
+    return pd.DataFrame([evaluate(c, metrics, cfg, cfg.confidence) for c in claims])
 
 
-def _onsets_inside(m: dict, _cfg) -> float:
-    """Fraction of the two main orders (x 2 bases) whose onset lies strictly between a single layer and all layers."""
-    c = m["cumulative_averaging"]
-    keys = [f"onset_{o}_into_{b}" for o in ("shallow_to_deep", "deep_to_shallow") for b in "AB"]
-    return sum(1 < (c[k] or 0) <= c["n_layers"] for k in keys) / len(keys)
-
-
-def _federated_gap(split: str) -> Callable[[dict, ReportConfig], float]:
-    """Best partial-averaging accuracy minus full-averaging accuracy on one split (percentage points)."""
-    def measure(m: dict, _cfg) -> float:
-        acc = m["federated"]["accuracy"]
-        partial = [v for k, v in acc.items() if k.startswith(f"{split}/") and k.split("/")[1] not in ("full", "local")]
-        return max(partial) - acc[f"{split}/full"]
-    return measure
-
-
-CLAIMS: list[Claim] = [
-    Claim("Fig. 1", "Averaging all layers creates a clear loss barrier once training is under way",
-          "1.9-2.3 (-> ln 10) on CIFAR-10 / ResNet18", "full train-loss barrier at the last checkpoint >= clear_barrier",
-          lambda m, c: m["layerwise_barriers"]["full_barrier_train_loss_last"], lambda v, c: v >= c.clear_barrier),
-    Claim("Fig. 1", "Averaging any single layer creates (almost) no barrier",
-          "every single-layer barrier within [-0.1, 0.1]", "max |single-layer barrier| (last checkpoint, both bases) "
-          "<= single_layer_tolerance",
-          lambda m, c: m["layerwise_barriers"]["max_abs_single_layer_barrier_train_loss_last"],
-          lambda v, c: v <= c.single_layer_tolerance),
-    Claim("Fig. 1", "Single-layer barriers are small next to the full barrier",
-          "< 5 % of the full barrier", "max |single-layer barrier| / full barrier <= single_layer_relative",
-          _single_over_full, lambda v, c: v <= c.single_layer_relative),
-    Claim("Fig. 2", "A barrier appears only once a group of layers (reaching the middle) is averaged",
-          "barrier appears when middle layers join", "fraction of {shallow->deep, deep->shallow} x {into A, into B} "
-          "whose onset (first j over half the full barrier) is > 1 layer; must be 1",
-          _onsets_inside, lambda v, c: v == 1.0),
-    Claim("Fig. 3", "1-D linear net: the full path has a barrier, the layer-2 path a much lower one",
-          "layer-2 path much lower", "full-path barrier / layer-2-path barrier >= minimal_example_ratio",
-          lambda m, c: m["deep_linear"]["minimal_full_barrier"] / m["deep_linear"]["minimal_layer2_barrier"],
-          lambda v, c: v >= c.minimal_example_ratio),
-    Claim("Thm. 4.1", "Deep linear nets: the loss along a single-layer interpolation is convex",
-          "holds for every layer (theorem)", "0 violations and 0 closed-form mismatches over >= min_theorem_cuts cuts; "
-          "measured = number of violations",
-          lambda m, c: (m["deep_linear"]["n_single_layer_violations"] + m["deep_linear"]["n_closed_form_mismatches"]
-                        if m["deep_linear"]["n_single_layer_cuts"] >= c.min_theorem_cuts else float("inf")),
-          lambda v, c: v == 0),
-    Claim("Thm. 4.1", "Interpolating two layers at once can be non-convex",
-          "counterexample exists", "fraction of two-layer cuts that are non-convex > 0",
-          lambda m, c: m["deep_linear"]["n_two_layer_nonconvex"] / m["deep_linear"]["n_two_layer_cuts"],
-          lambda v, c: v > 0),
-    Claim("Fig. 4", "ViT pair: moving a layer toward the other model (A->B) hurts more than an equal-norm random move",
-          "holds for most layers", "fraction of layers (train loss, alpha = compare_alpha) > majority",
-          lambda m, c: m["robustness"]["vit"]["fraction_interpolation_worse"]["A->B"]["train"],
-          lambda v, c: v > c.majority),
-    Claim("Fig. 4", "ViT pair, other direction (B->A): the same",
-          "holds for most layers", "fraction of layers (train loss) > majority",
-          lambda m, c: m["robustness"]["vit"]["fraction_interpolation_worse"]["B->A"]["train"],
-          lambda v, c: v > c.majority),
-    Claim("Fig. 4 (CNN)", "CNN pair of Fig. 1: interpolation hurts more than random, over layers x checkpoints",
-          "holds for most layers", "fraction of trained (layer, checkpoint) cells, both directions' minimum > majority",
-          lambda m, c: min(d["all_trained_checkpoints"]
-                           for d in m["robustness"]["cnn"]["fraction_interpolation_worse"].values()),
-          lambda v, c: v > c.majority),
-    Claim("Fig. 5", "Training-subspace and averaging-direction perturbations hurt more than null-space ones",
-          "null space flattest", "fraction of panels (datasets x whole net / layers, copied-snapshot subspace) where "
-          "both beat the null space at the largest sigma; minimum of the two > majority",
-          lambda m, c: min(m["subspace_perturbations"]["fraction_above_null_space"]["snapshots"].values()),
-          lambda v, c: v > c.majority),
-    Claim("Table 1", "IID clients: averaging only a group of layers does not beat full averaging",
-          "full averaging best", "best partial-averaging accuracy - full-averaging accuracy <= 0 (points)",
-          _federated_gap("iid"), lambda v, c: v <= 0),
-    Claim("Table 1", "Dirichlet non-IID clients: partial averaging does not beat full averaging",
-          "full averaging best", "best partial - full accuracy <= 0 (points)",
-          _federated_gap("dirichlet"), lambda v, c: v <= 0),
-    Claim("Table 1", "Pathological non-IID clients: partial averaging beats full averaging",
-          "partial averaging best", "best partial - full accuracy > 0 (points)",
-          _federated_gap("pathological"), lambda v, c: v > 0),
-    Claim("Sec. 7 (LM)", "Language model: full barrier present, single-layer barriers small",
-          "single layers far below full", "max single-layer barrier / full barrier (train loss, last checkpoint) "
-          "<= single_layer_relative",
-          lambda m, c: (m["language_model"]["final_max_single_layer_barrier"]
-                        / m["language_model"]["final_full_barrier_train_loss"]),
-          lambda v, c: v <= c.single_layer_relative),
-]
-
-
-def load_metrics(metrics_dir: str | Path) -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted(Path(metrics_dir).glob("*.json")) if p.stem != "report"}
-
-
-def claims_table(metrics: dict[str, dict], cfg: ReportConfig, claims: list[Claim] = CLAIMS) -> pd.DataFrame:
-    """One row per claim: source, statement, paper, criterion, measured, verdict."""
-    rows = []
-    for claim in claims:
-        try:
-            measured = float(claim.measure(metrics, cfg))
-        except KeyError as exc:
-            raise KeyError(f"claim {claim.statement!r} needs metric {exc} which no stage wrote; "
-                           "run the whole pipeline (dvc repro)") from exc
-        rows.append(dict(source=claim.source, claim=claim.statement, paper=claim.paper, criterion=claim.criterion,
-                         measured=round(measured, 4),
-                         verdict="reproduced" if claim.holds(measured, cfg) else "NOT reproduced"))
-    return pd.DataFrame(rows)
+def sanity_table(metrics: dict, cfg: ReportConfig, checks: list[SanityCheck] | None = None) -> pd.DataFrame:
+    """One row per identity of the setup: must hold in every run; not counted as evidence for the paper."""
+    checks = all_claims()[1] if checks is None else checks
+    return pd.DataFrame([check(c, metrics, cfg) for c in checks])
 
 
 # Every figure the pipeline draws, in reading order, with the caption the report prints under it.

@@ -1,13 +1,15 @@
-"""What every notebook does first: validate params, fix threads and seeds, print the config, locate outputs.
+"""What every notebook does first: validate params, fix the thread count, print the config, locate outputs.
 
-A notebook's `parameters` cell holds two strings, `params_file` and `workspace`; DVC passes `params.yaml` and `.`,
-while the committed defaults point at the tiny test profile and a scratch folder, so nbval reruns stay fast.
+A notebook's `parameters` cell holds `params_file` and `workspace` (DVC passes `params.yaml` and `.`; the committed
+defaults point at the tiny test profile and a scratch folder, so nbval reruns stay fast) and, for stages repeated
+over seeds, `seed`: the repetition index r. DVC runs one stage per repetition (dvc.yaml `foreach` over the
+`repetitions` section of params.yaml); each writes its own results/<stage>/seed_<r>/ and metrics/<stage>/seed_<r>.json,
+and the aggregate and report stages read them all.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +33,6 @@ def progress(iterable=None, **kwargs):
     return tqdm(iterable, disable=not _progress_enabled or quiet(), dynamic_ncols=True, **kwargs)
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python and torch; return a dedicated generator for callers that need their own stream."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
 def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -56,9 +51,7 @@ class Stage:
     workspace: Path
     params: dict = field(repr=False)
     device: torch.device = torch.device("cpu")
-
-    def section(self, name: str) -> Section:
-        return get_section(self.params, name)
+    seed: int | None = None  # repetition index of a repeated stage; None for a stage that runs once
 
     def _dir(self, kind: str) -> Path:
         path = self.workspace / kind
@@ -66,16 +59,17 @@ class Stage:
         return path
 
     @property
-    def data_dir(self) -> Path:
-        return self._dir("data")
+    def tag(self) -> str:
+        """'seed_<r>' for a repetition, '' for a stage that runs once."""
+        return "" if self.seed is None else f"seed_{self.seed}"
 
     @property
     def models_dir(self) -> Path:
-        return self._dir("models")
+        return self._dir(f"models/{self.name}/{self.tag}" if self.tag else f"models/{self.name}")
 
     @property
     def results_dir(self) -> Path:
-        return self._dir(f"results/{self.name}")
+        return self._dir(f"results/{self.name}/{self.tag}" if self.tag else f"results/{self.name}")
 
     @property
     def figures_dir(self) -> Path:
@@ -83,11 +77,16 @@ class Stage:
 
     @property
     def metrics_path(self) -> Path:
+        if self.tag:
+            return self._dir(f"metrics/{self.name}") / f"{self.tag}.json"
         return self._dir("metrics") / f"{self.name}.json"
 
 
-def setup(name: str, params_file: str | Path, workspace: str | Path, verbose: bool = True) -> Stage:
-    """Validate the whole params file, configure torch, print this stage's config, and return the Stage."""
+def setup(name: str, params_file: str | Path, workspace: str | Path, verbose: bool = True,
+          seed: int | None = None) -> Stage:
+    """Validate the whole params file, configure torch, print this stage's config, and return the Stage.
+
+    `seed` is the repetition index of a repeated stage (see the module docstring)."""
     global _progress_enabled
     params = load_params(params_file)
     runtime = get_section(params, "runtime")
@@ -99,9 +98,10 @@ def setup(name: str, params_file: str | Path, workspace: str | Path, verbose: bo
     if quiet():
         warnings.filterwarnings("ignore")
     stage = Stage(name=name, config=config, runtime=runtime, workspace=Path(workspace), params=params,
-                  device=resolve_device(runtime.device))
+                  device=resolve_device(runtime.device), seed=seed)
     if verbose:
         print(to_yaml(runtime))
         print(to_yaml(config))
-        print(f"workspace: {stage.workspace}  device: {stage.device}  threads: {torch.get_num_threads()}")
+        print(f"workspace: {stage.workspace}  device: {stage.device}  threads: {torch.get_num_threads()}"
+              + ("" if seed is None else f"  repetition: {seed}"))
     return stage

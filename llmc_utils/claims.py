@@ -1,0 +1,143 @@
+"""Claims of the paper as testable statements over repetitions: a value per repetition, a 95 % interval, a verdict.
+
+A claim reads one number per repetition (seed) of the stage that measures it, e.g. "largest |single-layer barrier|
+of pair r". Across the n repetitions it reports the mean and a Student-t confidence interval
+(mean +- t_{n-1, (1+c)/2} * sd / sqrt(n)), and compares the whole interval with the criterion `value REL threshold`:
+
+* reproduced      - every value in the interval satisfies the criterion;
+* not reproduced  - every value in the interval violates it;
+* inconclusive    - the interval straddles the threshold (or n < 2: one run has no interval).
+
+So a verdict never rests on one run that sits on its threshold, and a different CPU (other rounding, other last
+digits) moves the interval a little but not the verdict unless the interval itself touches the threshold.
+
+Thresholds are read from the `report` section of params.yaml by name, so the criterion printed in the claims table is
+the one applied. Identities of the setup (e.g. a ratio fixed by the chosen minima, a theorem checked numerically)
+are `SanityCheck`s: listed apart, they must hold exactly and are not evidence for the paper.
+
+Each stage module owns its claims (`CLAIMS`, `SANITY_CHECKS`) next to the metrics they read; `all_claims()` collects
+them in the paper's order.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+from scipy import stats
+
+Relation = Literal["<=", "<", ">=", ">"]
+_OPS: dict[str, Callable[[float, float], bool]] = {"<=": operator.le, "<": operator.lt, ">=": operator.ge,
+                                                   ">": operator.gt}
+VERDICTS = ("reproduced", "inconclusive", "not reproduced")
+
+# stage modules that define CLAIMS / SANITY_CHECKS, in the paper's order
+CLAIM_MODULES = ("llmc_utils.barriers", "llmc_utils.cumulative", "llmc_utils.deep_linear", "llmc_utils.robustness",
+                 "llmc_utils.subspace", "llmc_utils.federated", "llmc_utils.language_model")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """`measure(metrics of one repetition of `stage`, report config)` gives that repetition's value; the claim is
+    `value relation threshold`, with the threshold read from the report config field `threshold`. A measure may
+    also return a list: then each element is one repetition (e.g. many random pairs inside one deterministic stage).
+    """
+
+    source: str  # figure or table of the paper
+    statement: str
+    paper: str  # the paper's number or statement
+    stage: str  # whose per-repetition metrics `measure` reads
+    measure: Callable[[dict, Any], float | Sequence[float]]
+    relation: Relation
+    threshold: str  # field of ReportConfig
+    quantity: str  # what the measured value is, in words (shown in the criterion column)
+
+    def criterion(self, cfg) -> str:
+        return f"{self.quantity} {self.relation} {self.threshold} = {getattr(cfg, self.threshold):g}"
+
+
+@dataclass(frozen=True)
+class SanityCheck:
+    """An identity of the setup that must hold in every run (value relation threshold, no interval)."""
+
+    source: str
+    statement: str
+    stage: str
+    measure: Callable[[dict, Any], float]
+    relation: Relation
+    threshold: str
+    quantity: str
+
+    def criterion(self, cfg) -> str:
+        return f"{self.quantity} {self.relation} {self.threshold} = {getattr(cfg, self.threshold):g}"
+
+
+def interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): Student-t confidence interval of the mean of independent repetitions.
+    One value gives (v, -inf, inf): a single run bounds nothing."""
+    v = np.asarray(values, dtype=float)
+    if v.size == 0 or not np.all(np.isfinite(v)):
+        raise ValueError(f"claim values must be finite and non-empty, got {list(v)}")
+    mean = float(v.mean())
+    if v.size < 2:
+        return mean, -math.inf, math.inf
+    half = float(stats.t.ppf(0.5 + confidence / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+    return mean, mean - half, mean + half
+
+
+def verdict(low: float, high: float, relation: Relation, threshold: float) -> str:
+    """Three-state verdict of an interval [low, high] against `x relation threshold`."""
+    holds = _OPS[relation]
+    if holds(low, threshold) and holds(high, threshold):
+        return "reproduced"
+    if not holds(low, threshold) and not holds(high, threshold):
+        return "not reproduced"
+    return "inconclusive"
+
+
+def claim_values(claim: Claim, metrics: dict[str, dict[int | None, dict]], cfg) -> list[float]:
+    """One value per repetition; `metrics[stage][seed]` is one repetition's metrics (seed None: a single run)."""
+    if claim.stage not in metrics or not metrics[claim.stage]:
+        raise KeyError(f"claim {claim.statement!r} needs the metrics of stage {claim.stage!r}, which no run wrote; "
+                       "run the whole pipeline (dvc repro)")
+    values: list[float] = []
+    for seed, m in sorted(metrics[claim.stage].items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
+        try:
+            value = claim.measure(m, cfg)
+        except KeyError as exc:
+            raise KeyError(f"claim {claim.statement!r} needs metric {exc} in {claim.stage} (seed {seed}); "
+                           "rerun that stage") from exc
+        values += [float(x) for x in value] if isinstance(value, (list, tuple, np.ndarray)) else [float(value)]
+    return values
+
+
+def evaluate(claim: Claim, metrics: dict, cfg, confidence: float = 0.95) -> dict:
+    """One row of the claims table."""
+    values = claim_values(claim, metrics, cfg)
+    mean, low, high = interval(values, confidence)
+    threshold = float(getattr(cfg, claim.threshold))
+    return dict(source=claim.source, claim=claim.statement, paper=claim.paper, criterion=claim.criterion(cfg),
+                n=len(values), mean=mean, low=low, high=high, verdict=verdict(low, high, claim.relation, threshold))
+
+
+def check(sanity: SanityCheck, metrics: dict, cfg) -> dict:
+    """One row of the sanity-check table: every repetition's value must satisfy the relation."""
+    values = claim_values(sanity, metrics, cfg)  # same lookup rules as a claim
+    threshold = float(getattr(cfg, sanity.threshold))
+    ok = all(_OPS[sanity.relation](v, threshold) for v in values)
+    return dict(source=sanity.source, check=sanity.statement, criterion=sanity.criterion(cfg), n=len(values),
+                worst=max(values) if sanity.relation in ("<=", "<") else min(values), holds=ok)
+
+
+def all_claims() -> tuple[list[Claim], list[SanityCheck]]:
+    """Every stage module's CLAIMS and SANITY_CHECKS, in CLAIM_MODULES order."""
+    claims, checks = [], []
+    for name in CLAIM_MODULES:
+        module = importlib.import_module(name)
+        claims += list(getattr(module, "CLAIMS", []))
+        checks += list(getattr(module, "SANITY_CHECKS", []))
+    return claims, checks
