@@ -26,6 +26,10 @@ class ReportConfig(Section):
     min_theorem_cuts: PositiveInt = 1000  # Theorem 4.1 check must cover at least this many single-layer cuts
     majority: float = 0.5  # "most layers": a fraction strictly above this
     confidence: float = Field(0.95, gt=0.0, lt=1.0)  # of the Student-t interval over repetitions
+    # --- thresholds of the deep_linear claims ---
+    # --- thresholds of the robustness and subspace_perturbations claims ---
+    # --- thresholds of the federated claims ---
+    # --- thresholds of the language_model claims ---
 
 
 def load_metrics(metrics_dir: str | Path) -> dict[str, dict[int | None, dict]]:
