@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from llmc_utils import barriers, data, pairs
+from llmc_utils import barriers, data, evaluation, pairs
 from llmc_utils.config import get_section, load_params
 from llmc_utils.evaluation import barrier
 from llmc_utils.layers import logical_layers
@@ -110,7 +110,7 @@ def main():
     for epoch in epochs:
         load_pair(epoch)
     module = pairs.pair_model(args.workspace)
-    evaluator = barriers.LayerEvaluator(copy.deepcopy(module), splits, cfg.eval_batch_size)
+    evaluator = evaluation.LayerEvaluator(copy.deepcopy(module), splits, cfg.eval_batch_size)
     print(f"grid: checkpoints {epochs}, {len(logical_layers(cache[epochs[0]][0]))} layers + full, bases A/B, "
           f"alpha 0.5, splits { {s: len(y) for s, (x, y) in splits.items()} }, threads {torch.get_num_threads()}")
 

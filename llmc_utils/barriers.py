@@ -20,13 +20,10 @@ from __future__ import annotations
 from typing import Iterable, Literal, Mapping
 
 import pandas as pd
-import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
-from torch.func import functional_call
 
 from llmc_utils.config import Alpha, NonNegativeInt, PositiveInt, Section
-from llmc_utils.evaluation import Evaluator, barrier
+from llmc_utils.evaluation import LayerEvaluator, barrier
 from llmc_utils.layers import layer_geometry, logical_layers, mix
 
 FULL = "full"
@@ -51,76 +48,6 @@ class LayerwiseBarriersConfig(Section):
         if len(set(self.alphas)) != len(self.alphas):
             raise ValueError(f"alphas must not repeat, got {self.alphas}")
         return self
-
-
-def _apply(child: torch.nn.Module, params: dict, h: torch.Tensor) -> torch.Tensor:
-    """child(h) with `params` in place of its own tensors. Conv2d and Linear call the functional op directly:
-    torch.func.functional_call's parameter swap is a large share of a small layer's cost (measured on the default
-    grid, 3 checkpoints: 3.0 s with functional_call everywhere, 2.6 s with the direct ops)."""
-    if not params:
-        return child(h)
-    if type(child) is torch.nn.Conv2d and child.padding_mode == "zeros":
-        return F.conv2d(h, params["weight"], params.get("bias"), child.stride, child.padding, child.dilation,
-                        child.groups)
-    if type(child) is torch.nn.Linear:
-        return F.linear(h, params["weight"], params.get("bias"))
-    return functional_call(child, params, (h,))
-
-
-class LayerEvaluator(Evaluator):
-    """Evaluator that evaluates 'base model with some layers changed' from cached base activations when it can.
-
-    `endpoint(state, tag)` evaluates a model and (for nn.Sequential) keeps the input of every child per split under
-    `tag`; `partial(state, tag, keys)` evaluates `state`, which equals the cached model except on `keys`, starting
-    at the first child that owns one of `keys`. Any other model falls back to a full evaluation.
-    """
-
-    def __init__(self, model, splits, batch_size=256, device="cpu", cache_activations=True):
-        super().__init__(model, splits, batch_size, device)
-        self.children = list(self.model.named_children()) if isinstance(self.model, torch.nn.Sequential) else []
-        self.enabled = cache_activations and bool(self.children)
-        # cache[tag][split] = one {child index: input of that child} per batch, kept only for children with parameters
-        # (the only places partial() can start): about half the memory of keeping every activation
-        self.cache: dict[str, dict[str, list[dict[int, torch.Tensor]]]] = {}
-
-    def _own(self, state, start: int) -> list[dict]:
-        """Per child from `start` on: its own tensors of `state`, keys relative to the child."""
-        return [{k[len(name) + 1:]: v.to(self.device) for k, v in state.items() if k.startswith(name + ".")}
-                for name, _ in self.children[start:]]
-
-    def _run(self, own: list[dict], h: torch.Tensor, start: int, kept: dict | None = None) -> torch.Tensor:
-        for j, ((_, child), params) in enumerate(zip(self.children[start:], own), start):
-            if kept is not None and params:
-                kept[j] = h
-            h = _apply(child, params, h)
-        return h
-
-    def endpoint(self, state, tag: str):
-        if not self.enabled:
-            return self(state)
-        own, out = self._own(state, 0), {}
-        self.cache[tag] = {}
-        for split, (x, y) in self.splits.items():
-            batches, logits = [], []
-            with torch.inference_mode():
-                for i in range(0, len(x), self.batch_size):
-                    batches.append({})
-                    logits.append(self._run(own, x[i:i + self.batch_size], 0, kept=batches[-1]))
-            self.cache[tag][split] = batches
-            out[split] = self.logits_metrics(torch.cat(logits), y)
-        return out
-
-    def partial(self, state, tag: str, keys: Iterable[str]):
-        if not self.enabled or tag not in self.cache:
-            return self(state)
-        keys = set(keys)
-        start = next(i for i, (name, _) in enumerate(self.children) if any(k.startswith(name + ".") for k in keys))
-        own, out = self._own(state, start), {}
-        for split, (_, y) in self.splits.items():
-            with torch.inference_mode():
-                logits = [self._run(own, kept[start], start) for kept in self.cache[tag][split]]
-            out[split] = self.logits_metrics(torch.cat(logits), y)
-        return out
 
 
 def eval_splits(images, cfg: LayerwiseBarriersConfig, device="cpu") -> dict:

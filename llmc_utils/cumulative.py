@@ -20,7 +20,7 @@ from typing import Literal, Sequence
 import pandas as pd
 from pydantic import Field, model_validator
 
-from llmc_utils.barriers import LayerEvaluator
+from llmc_utils.evaluation import LayerEvaluator
 from llmc_utils.config import Alpha, NonNegativeInt, PositiveFloat, PositiveInt, Section
 from llmc_utils.evaluation import barrier
 from llmc_utils.layers import keys_of, logical_layers, mix

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from llmc_utils.config import NonNegativeInt, PositiveFloat, PositiveInt, Section
-from llmc_utils.barriers import LayerEvaluator, checkpoint_barriers
+from llmc_utils.barriers import checkpoint_barriers
+from llmc_utils.evaluation import LayerEvaluator
 from llmc_utils.evaluation import Evaluator
 from llmc_utils.layers import keys_of, logical_layers
 from llmc_utils.models import MLP

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from llmc_utils.config import NonNegativeInt, PositiveInt, Section
-from llmc_utils.barriers import LayerEvaluator, checkpoint_barriers
+from llmc_utils.barriers import checkpoint_barriers
+from llmc_utils.evaluation import LayerEvaluator
 from llmc_utils.layers import logical_layers
 from llmc_utils.trainer import OptimConfig, load_weights, train_model
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from llmc_utils.barriers import LayerEvaluator, LayerwiseBarriersConfig, barrier_table
+from llmc_utils.barriers import LayerwiseBarriersConfig, barrier_table
+from llmc_utils.evaluation import LayerEvaluator
 from llmc_utils.config import ParamsError, validate_params
 from llmc_utils.cumulative import (CumulativeAveragingConfig, cumulative_table, groups, layer_order, onset,
                                    outer_first, sliding_windows)
