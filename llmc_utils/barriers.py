@@ -2,10 +2,10 @@
 
 For every checkpoint, layer set ("full" + every logical layer), base ("into A" / "into B"), alpha, split and metric:
 value = metric of the interpolated model, barrier = value - [(1 - alpha) * metric(A) + alpha * metric(B)], always
-against the two FULL endpoint models (SPEC section 2). Paper (ResNet18 without norm, CIFAR-10): full barrier 0.0 at
-init, then 1.9-2.3 in train loss; every single-layer barrier within [-0.1, 0.1]. Default profile (CNN pair of
-train_pairs, 30 epochs): full train-loss barrier 0.9 after one epoch, 1.66 at epoch 30; largest |single-layer|
-barrier at epoch 30 about 0.10 (fc3), larger (up to 0.7, fc3 into A) early in training. Notebook 02 prints it.
+against the two FULL endpoint models. Paper (ResNet18 without norm, CIFAR-10): full barrier 0.0 at init, then
+1.9-2.3 in train loss; every single-layer barrier within [-0.1, 0.1]. Each repetition (pair r of train_pairs) writes
+its own table; `CLAIMS` state the paper's findings as criteria on one pair's headline metrics, and the report takes
+intervals across pairs. "train" = a fixed subset of the images the pair was trained on.
 
 Engine (why it is fast, benchmarks/bench_engine.py measures it):
 * endpoints are evaluated once per checkpoint and reused by every layer set, base and alpha;
@@ -23,7 +23,9 @@ import pandas as pd
 from pydantic import Field, model_validator
 
 from llmc_utils.config import Alpha, NonNegativeInt, PositiveInt, Section
+from llmc_utils.claims import Claim
 from llmc_utils.evaluation import LayerEvaluator, barrier
+from llmc_utils.io import read_seed_tables
 from llmc_utils.layers import layer_geometry, logical_layers, mix
 
 FULL = "full"
@@ -40,6 +42,7 @@ class LayerwiseBarriersConfig(Section):
     epochs: list[NonNegativeInt] | None = None  # checkpoints to evaluate; null = every checkpoint of the pair
     layer_groups: dict[str, list[str]] | None = None  # override of the logical layers: {name: [state-dict keys]}
     cache_activations: bool = True  # prefix caching for nn.Sequential models (same numbers, fewer FLOPs)
+    claim_from_epoch: NonNegativeInt = 1  # single-layer claim: checkpoints from this epoch on (0 = init, trivial)
 
     @model_validator(mode="after")
     def _check(self):
@@ -50,8 +53,10 @@ class LayerwiseBarriersConfig(Section):
         return self
 
 
-def eval_splits(images, cfg: LayerwiseBarriersConfig, device="cpu") -> dict:
-    return {"train": images.split("train", cfg.train_subset, cfg.subset_seed, device=device),
+def eval_splits(images, cfg, trained_on: tuple[int, int], device="cpu") -> dict:
+    """"train": cfg.train_subset of the images the pair trained on (trained_on = (train_subset, subset_seed) of
+    train_pairs); "test": cfg.test_subset held-out images. Any config with train_subset/test_subset/subset_seed."""
+    return {"train": images.split("train", cfg.train_subset, cfg.subset_seed, device=device, within=trained_on),
             "test": images.split("test", cfg.test_subset, cfg.subset_seed, device=device)}
 
 
@@ -112,3 +117,86 @@ def wide(table: pd.DataFrame, base: str, split: str = "train", metric: str = "lo
         sel = sel[sel.alpha == alpha]
     order = list(dict.fromkeys(sel[rows]))
     return sel.pivot(index=rows, columns="epoch", values=value).loc[order]
+
+
+def headline_metrics(table: pd.DataFrame, alpha: float = 0.5, from_epoch: int = 1) -> dict:
+    """One pair's numbers behind the Fig. 1 claims (train loss unless named): the full barrier at the last
+    checkpoint; the largest |single-layer barrier| at `alpha` over every checkpoint with epoch >= from_epoch and
+    both bases, and at the last checkpoint alone; the largest single-layer barrier over the whole alpha grid (away
+    from 0.5 the "into A" path tends to the hybrid A-with-B_k, so it is reported, not claimed)."""
+    last = int(table.epoch.max())
+    loss = table[(table.split == "train") & (table.metric == "loss")]
+    at_alpha = loss[loss.alpha == alpha]
+    full = at_alpha[at_alpha.layer_set == FULL]
+    single = at_alpha[(at_alpha.layer_set != FULL) & (at_alpha.epoch >= from_epoch)]
+    single_last = single[single.epoch == last]
+    grid = loss[(loss.layer_set != FULL) & (loss.epoch >= from_epoch)]
+    full_last = float(full[full.epoch == last].barrier.iloc[0])
+    worst = single.loc[single.barrier.abs().idxmax()]
+    test_full = table[(table.layer_set == FULL) & (table.epoch == last) & (table.split == "test")
+                      & (table.metric == "loss") & (table.alpha == alpha)]
+    errors = table[(table.epoch == last) & (table.split == "test") & (table.metric == "error")].iloc[0]
+    return dict(
+        last_epoch=last, alpha=alpha, from_epoch=from_epoch,
+        full_barrier_train_loss_last=full_last,
+        full_barrier_test_loss_last=float(test_full.barrier.iloc[0]),
+        max_abs_single_layer_barrier=float(single.barrier.abs().max()),
+        max_abs_single_layer_barrier_last=float(single_last.barrier.abs().max()),
+        max_single_layer_barrier_over_alpha_grid=float(grid.barrier.max()),
+        worst_single_layer=f"{worst.layer_set} into {worst.base} at epoch {int(worst.epoch)}",
+        test_error_A_last=float(errors.value_a), test_error_B_last=float(errors.value_b))
+
+
+CLAIMS = [
+    Claim("Fig. 1", "Averaging all layers creates a clear loss barrier once training is under way",
+          "1.9-2.3 (-> ln 10) on CIFAR-10 / ResNet18", "layerwise_barriers",
+          lambda m, c: m["full_barrier_train_loss_last"], ">=", "clear_barrier",
+          "full train-loss barrier at the last checkpoint"),
+    Claim("Fig. 1", "Averaging any single layer creates (almost) no barrier",
+          "every single-layer barrier within [-0.1, 0.1]", "layerwise_barriers",
+          lambda m, c: m["max_abs_single_layer_barrier"], "<=", "single_layer_tolerance",
+          "max |single-layer train-loss barrier| at alpha 0.5, every checkpoint from epoch 1, both bases"),
+    Claim("Fig. 1", "Single-layer barriers are small next to the full barrier",
+          "< 5 % of the full barrier", "layerwise_barriers",
+          lambda m, c: m["max_abs_single_layer_barrier_last"] - c.single_layer_relative * m["full_barrier_train_loss_last"],
+          "<=", 0.0, "max |single-layer barrier| - single_layer_relative x full barrier, last checkpoint"),
+]
+
+
+def aggregate(workspace, seeds) -> pd.DataFrame:
+    """Every repetition's barrier table, with a `seed` column."""
+    return read_seed_tables(workspace, "layerwise_barriers", "barriers.csv", seeds)
+
+
+def mean_sd_wide(tables: pd.DataFrame, base: str, split: str = "train", metric: str = "loss",
+                 alpha: float = 0.5) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Heatmap layout of the mean and the sd across repetitions (sd NaN with a single repetition)."""
+    per_seed = [wide(t, base, split, metric, alpha) for _, t in tables.groupby("seed", sort=True)]
+    stacked = pd.concat(per_seed, keys=range(len(per_seed)))
+    grouped = stacked.groupby(level=1, sort=False)
+    order = per_seed[0].index
+    return grouped.mean().loc[order], grouped.std(ddof=1).loc[order]
+
+
+def figure(tables: pd.DataFrame, bases, split: str = "train", metric: str = "loss", alpha: float = 0.5):
+    """Fig. 1: per base a heatmap (rows "full" then every layer, columns checkpoints) of the mean barrier across
+    repetitions, cells "mean ±sd"; beside it a strip of the full row, one line per repetition."""
+    from llmc_utils import plotting
+
+    means = {base: mean_sd_wide(tables, base, split, metric, alpha) for base in bases}
+    n_rows, n_cols = means[bases[0]][0].shape
+    fig, axes = plotting.panels(len(bases) + 1, width=0.9 * n_cols + 3, height=0.45 * n_rows + 1.5)
+    n = tables.seed.nunique()
+    for ax, base in zip(axes, bases):
+        mean, sd = means[base]
+        plotting.heatmap(ax, mean, spread=sd if n > 1 else None, cbar_label=f"{metric} barrier",
+                         title=f"{split} {metric} barrier, into {base} (alpha={alpha}; "
+                               + (f"mean ± sd over {n} pairs)" if n > 1 else "one pair)"))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("averaged layers")
+    full = tables[(tables.layer_set == FULL) & (tables.split == split) & (tables.metric == metric)
+                  & (tables.alpha == alpha) & (tables.base == bases[0])]
+    plotting.curves(axes[-1], full.assign(pair=full.seed.astype(str)), x="epoch", y="barrier", hue="pair",
+                    errorbar=None, title=f"full-averaging {split} {metric} barrier, per pair")
+    axes[-1].axhline(0, color="grey", lw=0.5)
+    return fig

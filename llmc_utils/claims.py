@@ -43,7 +43,7 @@ CLAIM_MODULES = ("llmc_utils.barriers", "llmc_utils.cumulative", "llmc_utils.dee
 @dataclass(frozen=True)
 class Claim:
     """`measure(metrics of one repetition of `stage`, report config)` gives that repetition's value; the claim is
-    `value relation threshold`, with the threshold read from the report config field `threshold`. A measure may
+    `value relation threshold`, the threshold being a report config field (by name) or a number of the statement. A measure may
     also return a list: then each element is one repetition (e.g. many random pairs inside one deterministic stage).
     """
 
@@ -53,11 +53,16 @@ class Claim:
     stage: str  # whose per-repetition metrics `measure` reads
     measure: Callable[[dict, Any], float | Sequence[float]]
     relation: Relation
-    threshold: str  # field of ReportConfig
+    threshold: str | float  # a field of ReportConfig, or a number that is part of the statement (e.g. 0)
     quantity: str  # what the measured value is, in words (shown in the criterion column)
 
+    def threshold_value(self, cfg) -> float:
+        return float(getattr(cfg, self.threshold) if isinstance(self.threshold, str) else self.threshold)
+
     def criterion(self, cfg) -> str:
-        return f"{self.quantity} {self.relation} {self.threshold} = {getattr(cfg, self.threshold):g}"
+        if isinstance(self.threshold, str):
+            return f"{self.quantity} {self.relation} {self.threshold} = {self.threshold_value(cfg):g}"
+        return f"{self.quantity} {self.relation} {self.threshold:g}"
 
 
 @dataclass(frozen=True)
@@ -69,11 +74,11 @@ class SanityCheck:
     stage: str
     measure: Callable[[dict, Any], float]
     relation: Relation
-    threshold: str
+    threshold: str | float
     quantity: str
 
-    def criterion(self, cfg) -> str:
-        return f"{self.quantity} {self.relation} {self.threshold} = {getattr(cfg, self.threshold):g}"
+    threshold_value = Claim.threshold_value
+    criterion = Claim.criterion
 
 
 def interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
@@ -119,7 +124,7 @@ def evaluate(claim: Claim, metrics: dict, cfg, confidence: float = 0.95) -> dict
     """One row of the claims table."""
     values = claim_values(claim, metrics, cfg)
     mean, low, high = interval(values, confidence)
-    threshold = float(getattr(cfg, claim.threshold))
+    threshold = claim.threshold_value(cfg)
     return dict(source=claim.source, claim=claim.statement, paper=claim.paper, criterion=claim.criterion(cfg),
                 n=len(values), mean=mean, low=low, high=high, verdict=verdict(low, high, claim.relation, threshold))
 
@@ -127,7 +132,7 @@ def evaluate(claim: Claim, metrics: dict, cfg, confidence: float = 0.95) -> dict
 def check(sanity: SanityCheck, metrics: dict, cfg) -> dict:
     """One row of the sanity-check table: every repetition's value must satisfy the relation."""
     values = claim_values(sanity, metrics, cfg)  # same lookup rules as a claim
-    threshold = float(getattr(cfg, sanity.threshold))
+    threshold = sanity.threshold_value(cfg)
     ok = all(_OPS[sanity.relation](v, threshold) for v in values)
     return dict(source=sanity.source, check=sanity.statement, criterion=sanity.criterion(cfg), n=len(values),
                 worst=max(values) if sanity.relation in ("<=", "<") else min(values), holds=ok)

@@ -27,6 +27,7 @@ SECTIONS: dict[str, str] = {
     "subspace_perturbations": "llmc_utils.subspace:SubspacePerturbationsConfig",
     "federated": "llmc_utils.federated:FederatedConfig",
     "language_model": "llmc_utils.language_model:LanguageModelConfig",
+    "aggregate": "llmc_utils.config:AggregateConfig",
     "report": "llmc_utils.report:ReportConfig",
 }
 
@@ -75,6 +76,10 @@ class RepetitionsConfig(Section):
             raise ValueError(f"robustness repetitions {missing} need the CNN pairs of the same index, which "
                              f"train_pairs {self.train_pairs} does not train")
         return self
+
+
+class AggregateConfig(Section):
+    """The aggregate stage (figures over all repetitions) reads the `repetitions` section; nothing of its own."""
 
 
 def repetition_seed(base: int, repetition: int) -> int:

@@ -10,6 +10,11 @@ endpoint models, as in the layer-wise table. Orders:
   paper; the 9-layer CNN: k = 2);
 * window (control asked for by a reviewer): w consecutive layers only, one row per window start.
 Paper: the barrier appears once the middle layers join the group; shallow or deep groups alone stay near zero.
+
+The claims test "middle" directly against the controls, per pair and base at the last checkpoint: the outer group
+(first k + last k layers, the outer_first order just before any middle layer joins) stays below onset_fraction x the
+full barrier, and the largest sliding-window barrier over windows inside the middle exceeds the largest over windows
+that touch the first or the last layer.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ import pandas as pd
 from pydantic import Field, model_validator
 
 from llmc_utils.evaluation import LayerEvaluator
+from llmc_utils.claims import Claim
 from llmc_utils.config import Alpha, NonNegativeInt, PositiveFloat, PositiveInt, Section
-from llmc_utils.evaluation import barrier
+from llmc_utils.evaluation import LayerEvaluator, barrier
+from llmc_utils.io import read_seed_tables
 from llmc_utils.layers import keys_of, logical_layers, mix
 
 ORDERS = ("shallow_to_deep", "deep_to_shallow", "random", "outer_first")
@@ -135,3 +142,111 @@ def onset(table: pd.DataFrame, order: str, base: str = "A", split: str = "train"
         return None
     above = sel[sel.barrier > fraction * full]
     return int(above.j.iloc[0]) if len(above) else None
+
+
+def _last_loss(table: pd.DataFrame, split: str) -> pd.DataFrame:
+    last = table.epoch.max()
+    return table[(table.epoch == last) & (table.split == split) & (table.metric == "loss")]
+
+
+def headline_metrics(table: pd.DataFrame, cfg: CumulativeAveragingConfig) -> dict:
+    """One pair's numbers behind the Fig. 2 claims, at the last checkpoint on the first configured split: the full
+    barrier (j = L); per base the outer-group barrier (outer_first at j = 2k) and the largest middle-window minus the
+    largest end-window barrier; and every order's onset (descriptive)."""
+    split = cfg.splits[0]
+    sel = _last_loss(table, split)
+    n_layers = int(table[table.order == "shallow_to_deep"].j.max()) if "shallow_to_deep" in set(table.order) \
+        else int(table[~table.order.str.startswith("window")].j.max())
+    full = sel[(sel.j == n_layers) & ~sel.order.str.startswith("window")].barrier.iloc[0]
+    k = min(cfg.outer_count, n_layers // 4)
+    out = dict(last_epoch=int(table.epoch.max()), n_layers=n_layers, outer_k=k, split=split,
+               full_barrier_last=float(full), onset_fraction=cfg.onset_fraction)
+    names = list(dict.fromkeys(table[table.order == "shallow_to_deep"].sort_values("j").last_layer)) \
+        if "shallow_to_deep" in set(table.order) else None
+    for base in cfg.bases:
+        mine = sel[sel.base == base]
+        if "outer_first" in cfg.orders and k > 0:
+            outer = mine[(mine.order == "outer_first") & (mine.j == 2 * k)].barrier.iloc[0]
+            out[f"outer_group_barrier_into_{base}"] = float(outer)
+        windows = mine[mine.order == f"window_{cfg.window}"]
+        if len(windows) and names:
+            touches_end = windows.layers.str.split("+").map(lambda ls: names[0] in ls or names[-1] in ls)
+            middle, ends = windows[~touches_end], windows[touches_end]
+            if len(middle) and len(ends):
+                out[f"middle_minus_end_window_into_{base}"] = float(middle.barrier.max() - ends.barrier.max())
+        for order in dict.fromkeys(mine.order):
+            if not order.startswith("window"):
+                out[f"onset_{order}_into_{base}"] = onset(table, order, base, split, "loss", cfg.onset_fraction)
+    return out
+
+
+def _worst(m: dict, prefix: str, pick) -> float:
+    values = [v for k, v in m.items() if k.startswith(prefix)]
+    if not values:
+        raise KeyError(prefix)
+    return pick(values)
+
+
+CLAIMS = [
+    Claim("Fig. 2", "Averaging the outer layers together (first k + last k) creates little barrier",
+          "barrier appears only when middle layers join", "cumulative_averaging",
+          lambda m, c: _worst(m, "outer_group_barrier_into_", max) - m["onset_fraction"] * m["full_barrier_last"],
+          "<=", 0.0, "outer-group barrier - onset_fraction x full barrier (last checkpoint, worse base)"),
+    Claim("Fig. 2", "Windows of consecutive middle layers carry more barrier than windows at either end",
+          "barrier appears when middle layers join", "cumulative_averaging",
+          lambda m, c: _worst(m, "middle_minus_end_window_into_", min), ">", 0.0,
+          "largest middle-window barrier - largest end-window barrier (last checkpoint, worse base)"),
+]
+
+
+def aggregate(workspace, seeds) -> pd.DataFrame:
+    """Every repetition's cumulative table, with a `seed` column."""
+    return read_seed_tables(workspace, "cumulative_averaging", "cumulative.csv", seeds)
+
+
+def _label(row) -> str:
+    return f"{row.j}: {row.layers}" if row.order.startswith("window") else f"{row.j}: +{row.last_layer}"
+
+
+def wide(tables: pd.DataFrame, order: str, base: str, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(mean, sd) across repetitions of the barrier, rows = j (with the layer added), columns = epochs."""
+    sel = tables[(tables.order == order) & (tables.base == base) & (tables.split == split) & (tables.metric == "loss")]
+    sel = sel.assign(row=sel.apply(_label, axis=1))
+    rows = list(dict.fromkeys(sel.sort_values("j").row))
+    stats = sel.groupby(["row", "epoch"]).barrier.agg(["mean", "std"]).reset_index()
+    mean = stats.pivot(index="row", columns="epoch", values="mean").loc[rows]
+    sd = stats.pivot(index="row", columns="epoch", values="std").loc[rows]
+    return mean, sd
+
+
+def heatmaps(tables: pd.DataFrame, orders, bases, split: str):
+    """Fig. 2: one heatmap per (order, base), cells "mean ±sd" of the barrier across repetitions."""
+    from llmc_utils import plotting
+
+    n = tables.seed.nunique()
+    n_rows, n_cols = wide(tables, orders[0], bases[0], split)[0].shape
+    fig, axes = plotting.panels(len(orders) * len(bases), ncols=len(orders), width=0.9 * n_cols + 3.6,
+                                height=0.45 * n_rows + 1.5)
+    for ax, (base, order) in zip(axes, [(b, o) for b in bases for o in orders]):
+        mean, sd = wide(tables, order, base, split)
+        plotting.heatmap(ax, mean, spread=sd if n > 1 else None, cbar_label=f"{split} loss barrier",
+                         title=f"{order.replace('_to_', '->')}, into {base}"
+                               + (f" (mean ± sd, {n} pairs)" if n > 1 else ""))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("layers averaged (j: layer added)")
+    return fig
+
+
+def last_checkpoint_curves(tables: pd.DataFrame, bases, split: str):
+    """Barrier against j at the last checkpoint for every order (window: start position), mean and sd band."""
+    from llmc_utils import plotting
+
+    fig, axes = plotting.panels(len(bases), width=5.5, height=3.8)
+    sel = _last_loss(tables, split)
+    for ax, base in zip(axes, bases):
+        plotting.curves(ax, sel[sel.base == base], x="j", y="barrier", hue="order",
+                        title=f"epoch {int(tables.epoch.max())}, into {base} (mean ± sd over pairs)")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_xlabel("layers averaged j (window: start)")
+        ax.set_ylabel(f"{split} loss barrier")
+    return fig

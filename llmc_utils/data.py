@@ -173,7 +173,7 @@ def download(dataset: str, root: Path = DATA_HOME) -> None:
 
 
 def prepare(cfg: DataConfig, workspace: Path) -> Path:
-    """Materialise data/<dataset>.pt from the raw files and return its path."""
+    """Materialise data/images.pt from the raw files and return its path."""
     folder = locate(cfg)
     tensors = read_fashion_mnist(folder) if cfg.dataset == "fashion_mnist" else read_cifar10(folder)
     pixels = tensors["train_x"].float() / 255.0

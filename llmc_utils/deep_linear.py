@@ -1,4 +1,5 @@
-"""Deep linear networks: the paper's minimal example (Fig. 3) and a numeric check of Theorem 4.1.
+"""Deep linear networks: the paper's minimal example (Fig. 3), how often a single layer beats the full path, and a
+numeric check of Theorem 4.1.
 
 Paper (Adilova et al. 2024, Sec. 4): for a deep linear network f(X) = X W1 ... WL with squared loss, interpolating ONE
 layer k between two parameter settings leaves every other factor fixed, so the output is affine in alpha,
@@ -9,18 +10,32 @@ a convex quadratic (its second difference on a grid of step h is exactly 2 c2 h^
 layers makes the output a polynomial of higher degree in alpha, and L(alpha) can be non-convex.
 
 What this module produces:
-* minimal example: the 1-D diagonal network y = w2 * w1 * x with target y = x, so L(w1, w2) = mean(x^2) (w1 w2 - 1)^2
-  and the hyperbola w1 w2 = 1 is a valley of global minima. With w = (1/s, s), w' = (s, 1/s), s = 3, the barriers at
-  alpha = 0.5 are mean(x^2) times: full path 256/81 = 3.16, layer-2 path (w1 = 1/s kept) 16/81 = 0.20, layer-1 path
-  (w2 = s kept) 16. One single-layer path is low, the other is even higher than the full one; that holds for any pair
-  on the hyperbola (the roles swap for the base "B").
+* minimal example: the 1-D diagonal network y = w2 * w1 * x with target y = x, so L(w1, w2) = m (w1 w2 - 1)^2 with
+  m = mean(x^2), and the hyperbola w1 w2 = 1 is a valley of global minima (two branches: w1, w2 > 0 and < 0). For two
+  minima w = (a, 1/a), w' = (a', 1/a') with r = a'/a, the barriers at alpha = 0.5 (SPEC: loss at the midpoint minus
+  the mean of the two endpoint losses, here 0) are, by hand:
+      full path                        m (r - 1)^4 / (16 r^2)
+      layer 1 into A = layer 2 into B  m (r - 1)^2 / 4
+      layer 2 into A = layer 1 into B  m (r - 1)^2 / (4 r^2)
+  so full / best single = (r - 1)^2 / (4 min(r^2, 1)): the best single-layer path is lower than the full path exactly
+  when r < 0 (minima on opposite branches, r != -1) or |log r| > log 3 (same branch, scales more than 3x apart); for
+  minima closer than that the full path hugs the valley (4th order in r - 1) and beats every single-layer path
+  (2nd order). Never are both single-layer paths lower than the full one. The paper's pair w = (1/s, s), w' = (s, 1/s)
+  has r = s^2 and full / layer-2 ratio (s^2 - 1)^2 / 4 (16 for s = 3) whatever the data: an identity of the chosen
+  pair, checked as a sanity check, not evidence.
+* random pairs (the Fig. 3 claim, one that can fail): many random pairs of 1-D global minima, w1 = sign * exp(u) with
+  u ~ U(-log S, log S) and sign = +-1 with probability 1/2 each (independently per minimum), w2 = 1 / w1; S =
+  random_minima_scale. By the formulas above the expected fraction of pairs whose best single-layer barrier is below
+  the full one is 1/2 + 1/2 (1 - log 3 / (2 log S))_+^2 (`expected_fraction_random_minima`): the 1-D answer is a
+  property of the distribution of minima, stated here so that nobody mistakes it for a discovery. The same question
+  on the trained deep linear pairs of the theorem check (several depths and widths) has no closed form.
 * Theorem 4.1 check: random deep linear networks (depths x widths x replicates); endpoint pairs "random" (two
   initialisations) and "trained" (the same two after full-batch gradient descent on the same data, trained with
-  llmc_utils.trainer). Expected: every single-layer cut convex and equal to the closed form up to ~1e-15 relative;
-  cuts through two layers (or all layers) often non-convex for trained pairs, so a counterexample is found.
-  Default profile (seed 0): 384 network pairs, 2880 single-layer cuts, 0 violations, closed-form error <= 1e-15 x the
-  loss; two-layer cuts non-convex in 14 % (random pairs) and 64 % (trained pairs) of 2352 each; minimal example with
-  mean(x^2) = 1.045: barriers full 3.30, layer 2 0.21, layer 1 16.7. About 8 s of CPU.
+  llmc_utils.trainer). Expected: every single-layer cut convex and equal to the closed form up to rounding; cuts
+  through two layers (or all layers) can be non-convex, so a counterexample is searched for.
+
+Claims (`CLAIMS`) and identities of the setup (`SANITY_CHECKS`) read the metrics built by `stage_metrics`
+(metrics/deep_linear.json; the stage runs once: float64, deterministic, no repetitions).
 
 Conventions: one network is a state dict {"layer1.weight": W1, ..., "layerL.weight": WL} of (d_in, d_out) float64
 matrices (f = X W1 ... WL as in the paper). Logical layers, interpolation (layers.mix) and barriers
@@ -40,6 +55,7 @@ import torch
 from pydantic import Field, model_validator
 
 from llmc_utils import plotting
+from llmc_utils.claims import Claim, SanityCheck
 from llmc_utils.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Section
 from llmc_utils.evaluation import barrier
 from llmc_utils.layers import logical_layers, mix
@@ -61,6 +77,12 @@ class DeepLinearConfig(Section):
     n_points: PositiveInt = 32  # 1-D inputs x ~ N(0, 1)
     landscape_range: tuple[float, float] = (-1.0, 4.0)  # (low, high) of both axes of the loss landscape
     landscape_resolution: int = Field(201, ge=11)
+    # --- random pairs of 1-D global minima: w1 = sign * exp(u), u ~ U(-log S, log S), sign = +-1, w2 = 1 / w1
+    random_minima: int = Field(400, ge=2)  # number of pairs (one claim value each)
+    random_minima_scale: float = Field(3.0, gt=1.0)  # S; S = minimum_scale puts the Fig. 3 pair at the range's ends
+    # a single-layer barrier counts as lower than the full one only if below it by > tie_rtol * max(|full|, |single|):
+    # exact ties (identical endpoints, the sign flip w' = -w) must not be decided by the last bit
+    tie_rtol: NonNegativeFloat = 1e-9
     # --- Theorem 4.1 check on random deep linear networks
     depths: list[Depth] = Field(default_factory=lambda: [2, 3, 4, 6], min_length=1)
     widths: list[PositiveInt] = Field(default_factory=lambda: [2, 8, 32], min_length=1)
@@ -71,7 +93,7 @@ class DeepLinearConfig(Section):
     replicates: PositiveInt = 16  # networks per (depth, width); each gives one random and one trained pair
     pair_kinds: list[Literal["random", "trained"]] = Field(default_factory=lambda: ["random", "trained"], min_length=1)
     bases: list[Literal["A", "B"]] = Field(default_factory=lambda: ["A", "B"], min_length=1)
-    n_alphas: int = Field(51, ge=5)  # alpha grid on [0, 1] for every cut and path
+    n_alphas: int = Field(51, ge=5)  # alpha grid on [0, 1] for every cut and path; odd, so it holds alpha = 0.5
     convexity_tolerance: PositiveFloat = 1e-9  # a second difference >= -tol * max|L| counts as convex
     closed_form_tolerance: PositiveFloat = 1e-9  # |closed form - numeric| <= tol * max|L| counts as a match
     # trained pairs: full-batch gradient descent (llmc_utils.trainer with batch = all samples)
@@ -88,6 +110,9 @@ class DeepLinearConfig(Section):
         if not (low < min(s, 1 / s) and max(s, 1 / s) < high):
             raise ValueError(f"landscape_range {list(self.landscape_range)} must contain both minima (1/s, s) and "
                              f"(s, 1/s) with s = minimum_scale = {s}")
+        if self.n_alphas % 2 == 0:
+            raise ValueError(f"n_alphas must be odd so that the grid holds alpha = 0.5 (where barriers are read), "
+                             f"got {self.n_alphas}")
         for name in ("depths", "widths", "pair_kinds", "bases"):
             values = getattr(self, name)
             if len(set(values)) != len(values):
@@ -164,6 +189,22 @@ def alpha_grid(n: int) -> torch.Tensor:
     return torch.linspace(0.0, 1.0, n, dtype=DTYPE)
 
 
+def midpoint(alphas: torch.Tensor) -> int:
+    """Index of alpha = 0.5 in the grid, where SPEC barriers are read; the grid must hold it exactly."""
+    mid = (len(alphas) - 1) // 2
+    if len(alphas) % 2 == 0 or alphas[mid].item() != 0.5:
+        raise ValueError(f"the alpha grid must hold 0.5 at its middle (odd length), got {len(alphas)} points")
+    return mid
+
+
+def path_barriers(losses: torch.Tensor, loss_a, loss_b, alphas: torch.Tensor) -> tuple:
+    """(barrier at alpha = 0.5, max barrier over the grid) of L(alpha) against the chord of the two FULL models.
+    losses: (n_alphas, ...) with loss_a, loss_b broadcasting over the trailing dimensions (floats or tensors)."""
+    shape = (-1,) + (1,) * (losses.dim() - 1)
+    over_chord = barrier(losses, loss_a, loss_b, alphas.reshape(shape))
+    return over_chord[midpoint(alphas)], over_chord.max(0).values
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Minimal example (Fig. 3): y = w2 * w1 * x with target y = x
 
@@ -201,11 +242,10 @@ def minimal_example(cfg: DeepLinearConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
                 state = mix(a, b, t, [key(k) for k in layers], base)
                 path_rows.append(dict(path=path, base=base, alpha=t, w1=state[key(1)].item(),
                                       w2=state[key(2)].item(), loss=loss))
-            mid = cut_losses(a, b, layers, base, x, y, torch.tensor([0.5], dtype=DTYPE)).item()
-            barrier_rows.append(dict(path=path, base=base, loss_a=loss_a, loss_b=loss_b, loss_mid=mid,
-                                     barrier_mid=barrier(mid, loss_a, loss_b, 0.5),
-                                     barrier_max=barrier(losses, loss_a, loss_b, alphas).max().item(),
-                                     mean_x2=(x ** 2).mean().item()))
+            barrier_mid, barrier_max = path_barriers(losses, loss_a, loss_b, alphas)
+            barrier_rows.append(dict(path=path, base=base, loss_a=loss_a, loss_b=loss_b,
+                                     loss_mid=losses[midpoint(alphas)].item(), barrier_mid=barrier_mid.item(),
+                                     barrier_max=barrier_max.item(), mean_x2=(x ** 2).mean().item()))
     return pd.DataFrame(path_rows), pd.DataFrame(barrier_rows)
 
 
@@ -296,9 +336,13 @@ def group_name(n_layers: int) -> str:
 
 
 def analyse_cut(cfg: DeepLinearConfig, a: State, b: State, x: torch.Tensor, y: torch.Tensor, layers: tuple[int, ...],
-                base: str, alphas: torch.Tensor) -> tuple[dict, torch.Tensor]:
-    """One row of the cut table (and the L(alpha) values): convexity verdict and, for one layer, closed-form error."""
+                base: str, alphas: torch.Tensor, ends: tuple[float, float] | None = None) -> tuple[dict, torch.Tensor]:
+    """One row of the cut table (and the L(alpha) values): convexity verdict, for one layer the closed-form error,
+    and the SPEC barriers against the two full models (at alpha = 0.5 and the max over the grid). `ends`: the full
+    models' losses (L(A), L(B)) when already known."""
     losses = cut_losses(a, b, layers, base, x, y, alphas)
+    loss_a, loss_b = ends if ends is not None else (network_loss(a, x, y), network_loss(b, x, y))
+    barrier_mid, barrier_max = path_barriers(losses, loss_a, loss_b, alphas)
     h = (alphas[1] - alphas[0]).item()
     scale = losses.abs().max().item()
     min_sd = second_differences(losses).min().item()
@@ -310,9 +354,18 @@ def analyse_cut(cfg: DeepLinearConfig, a: State, b: State, x: torch.Tensor, y: t
     row = dict(layers="+".join(map(str, layers)), n_layers=len(layers), group=group_name(len(layers)),
                base=base if len(layers) < depth_of(a) else "-", min_second_difference=min_sd, loss_scale=scale,
                min_curvature_rel=min_sd / (h * h * scale), max_above_chord=chord_gap,
-               closed_form_max_error=error, convex=bool(min_sd >= -cfg.convexity_tolerance * scale),
+               closed_form_max_error=error, barrier_mid=barrier_mid.item(), barrier_max=barrier_max.item(),
+               convex=bool(min_sd >= -cfg.convexity_tolerance * scale),
                closed_form_match=bool(error <= cfg.closed_form_tolerance * scale) if len(layers) == 1 else None)
     return row, losses
+
+
+def pair_cuts(cfg: DeepLinearConfig, a: State, b: State, x: torch.Tensor, y: torch.Tensor, alphas: torch.Tensor):
+    """(row, layers, base) of every cut of one network pair (`cuts_of`); rows carry the full models' losses."""
+    loss_a, loss_b = network_loss(a, x, y), network_loss(b, x, y)
+    for layers, base in cuts_of(depth_of(a), cfg.bases):
+        row, _ = analyse_cut(cfg, a, b, x, y, layers, base, alphas, ends=(loss_a, loss_b))
+        yield dict(loss_a=loss_a, loss_b=loss_b, **row), layers, base
 
 
 def theorem_check(cfg: DeepLinearConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -325,11 +378,8 @@ def theorem_check(cfg: DeepLinearConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
         pairs = network_pairs(cfg, depth, width, run_seed=1000 * cfg.seed + 10 * run)
         for kind, replicate_pairs in pairs.items():
             for replicate, (a, b, x, y) in enumerate(replicate_pairs):
-                loss_a, loss_b = network_loss(a, x, y), network_loss(b, x, y)
-                for layers, base in cuts_of(depth, cfg.bases):
-                    row, _ = analyse_cut(cfg, a, b, x, y, layers, base, alphas)
-                    rows.append(dict(depth=depth, width=width, pair_kind=kind, replicate=replicate,
-                                     loss_a=loss_a, loss_b=loss_b, **row))
+                for row, layers, base in pair_cuts(cfg, a, b, x, y, alphas):
+                    rows.append(dict(depth=depth, width=width, pair_kind=kind, replicate=replicate, **row))
                     # the counterexample shown: a non-convex pair of layers inside a deeper network (the rest of the
                     # network fixed, not the full interpolation of a depth-2 net) with the highest bump above its
                     # chord relative to the loss scale, so the non-convexity is visible by eye
@@ -376,6 +426,179 @@ def nonconvex_table(cuts: pd.DataFrame) -> pd.DataFrame:
     table["nonconvex"] = table.cuts - table.convex
     table["fraction_nonconvex"] = table.nonconvex / table.cuts
     return table.drop(columns="convex")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Does the best single layer beat the full path? Random 1-D minima and the deep linear pairs of the theorem check
+
+RANDOM_MINIMA_STREAM = 0x1D  # numpy seed stream (seed, stream) of the random minima, apart from every torch seed
+# population (the pair_kind of a cut row) -> prefix of its metrics
+POPULATIONS = {"1-D minima": "random_minima", "trained": "trained", "random": "random_init"}
+PAIR_KEYS = ["pair_kind", "depth", "width", "replicate"]  # one network pair of a cut table
+
+
+def expected_fraction_random_minima(scale: float) -> float:
+    """P(best single-layer barrier < full barrier) for the random 1-D minima (module docstring): opposite branches
+    (probability 1/2) always; the same branch when |u - u'| > log 3, u, u' ~ U(-log S, log S) independent."""
+    same_branch = max(0.0, 1.0 - np.log(3.0) / (2.0 * np.log(scale))) ** 2
+    return float(0.5 + 0.5 * same_branch)
+
+
+def random_minima(cfg: DeepLinearConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(minima, cuts) of `random_minima` random pairs of global minima of the 1-D network (distribution in the module
+    docstring), on the data of the minimal example; see `one_d_pairs`."""
+    rng = np.random.default_rng((cfg.seed, RANDOM_MINIMA_STREAM))
+    log_s = float(np.log(cfg.random_minima_scale))
+    u = rng.uniform(-log_s, log_s, size=(2, cfg.random_minima))
+    sign = rng.choice([-1.0, 1.0], size=(2, cfg.random_minima))
+    x, y = minimal_data(cfg)
+    return one_d_pairs(sign[0] * np.exp(u[0]), sign[1] * np.exp(u[1]), x, y, alpha_grid(cfg.n_alphas), cfg.bases)
+
+
+def one_d_pairs(w1_a: np.ndarray, w1_b: np.ndarray, x: torch.Tensor, y: torch.Tensor, alphas: torch.Tensor,
+                bases: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(minima, cuts) for the pairs of 1-D minima (w1_a, 1 / w1_a), (w1_b, 1 / w1_b) of y = w2 w1 x, target y = x.
+
+    minima: one row per pair (w1, w2 of both minima, same branch?, |log |r||, endpoint losses). cuts: the rows
+    `pair_barriers` reads, one per pair and path (each single layer in each base, and the full path), with the SPEC
+    barriers at alpha = 0.5 and the max over the grid. All pairs are evaluated at once (a leading batch dimension on
+    every weight) with the same cut_losses / mix as the deep networks.
+    """
+    n = len(w1_a)
+    w1 = torch.tensor(np.stack([w1_a, w1_b]), dtype=DTYPE)
+    a, b = ({key(1): w1[i].reshape(n, 1, 1), key(2): (1.0 / w1[i]).reshape(n, 1, 1)} for i in (0, 1))
+    loss_a, loss_b = (squared_loss(forward(weights(state), x), y).reshape(n) for state in (a, b))
+    ids = dict(pair_kind="1-D minima", depth=2, width=1, replicate=np.arange(n))
+    minima = pd.DataFrame(dict(**ids, w1_a=w1_a, w2_a=1.0 / w1_a, w1_b=w1_b, w2_b=1.0 / w1_b,
+                               same_branch=np.sign(w1_a) == np.sign(w1_b),
+                               log_abs_ratio=np.abs(np.log(np.abs(w1_b / w1_a))),
+                               loss_a=loss_a.numpy(), loss_b=loss_b.numpy()))
+    parts = []
+    for layers, base in cuts_of(2, bases):
+        losses = cut_losses(a, b, layers, base, x, y, alphas).reshape(len(alphas), n)
+        barrier_mid, barrier_max = path_barriers(losses, loss_a, loss_b, alphas)
+        parts.append(pd.DataFrame(dict(**ids, layers="+".join(map(str, layers)), n_layers=len(layers),
+                                       base=base if len(layers) == 1 else "-", barrier_mid=barrier_mid.numpy(),
+                                       barrier_max=barrier_max.numpy())))
+    return minima, pd.concat(parts, ignore_index=True)
+
+
+def lower(single, full, tie_rtol: float):
+    """single < full by more than tie_rtol * max(|full|, |single|) (elementwise on arrays): a tie is not 'lower'."""
+    single, full = np.asarray(single, dtype=float), np.asarray(full, dtype=float)
+    return single < full - tie_rtol * np.maximum(np.abs(full), np.abs(single))
+
+
+def pair_barriers(*cut_tables: pd.DataFrame, tie_rtol: float) -> pd.DataFrame:
+    """One row per network pair of the cut tables (theorem check, random minima): the full path's barrier, the
+    lowest and highest single-layer barrier (over layers and bases), at alpha = 0.5 and as the max over the grid, and
+    whether the best (every) single-layer path is lower than the full one (`lower`, same tie rule for both)."""
+    columns = PAIR_KEYS + ["layers", "n_layers", "base", "barrier_mid", "barrier_max"]
+    cuts = pd.concat([table[columns] for table in cut_tables], ignore_index=True)
+    full = cuts[cuts.n_layers == cuts.depth].set_index(PAIR_KEYS)
+    single = cuts[cuts.n_layers == 1]
+    if full.index.has_duplicates:
+        raise ValueError("a network pair has more than one full-path row")
+    grouped = single.groupby(PAIR_KEYS, sort=False)
+    out = pd.DataFrame({f"{which}_single_{at}": getattr(grouped[f"barrier_{at}"], fn)()
+                        for which, fn in (("best", "min"), ("worst", "max")) for at in ("mid", "max")})
+    out["best_single_cut"] = single.loc[grouped.barrier_mid.idxmin(), ["layers", "base"]].agg(
+        " into ".join, axis=1).to_numpy()
+    out = out.join(full[["barrier_mid", "barrier_max"]].rename(columns=lambda c: c.replace("barrier", "full")),
+                   how="inner")
+    if len(out) != grouped.ngroups:
+        raise ValueError("every network pair needs its full-path row and at least one single-layer row")
+    for at in ("mid", "max"):
+        out[f"best_single_lower_{at}"] = lower(out[f"best_single_{at}"], out[f"full_{at}"], tie_rtol)
+        out[f"every_single_lower_{at}"] = lower(out[f"worst_single_{at}"], out[f"full_{at}"], tie_rtol)
+    return out.reset_index()
+
+
+def lower_table(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Per population: pairs, and the fraction where the best / every single-layer path is lower than the full one,
+    with the barrier read at alpha = 0.5 ("mid") and as the max over the grid ("max")."""
+    columns = [f"{w}_single_lower_{at}" for w in ("best", "every") for at in ("mid", "max")]
+    table = pairs.groupby("pair_kind", sort=False)[columns].mean()
+    table.insert(0, "pairs", pairs.groupby("pair_kind", sort=False).size())
+    return table.rename(index=lambda k: POPULATIONS.get(k, k)).rename_axis("population").reset_index()
+
+
+def stage_metrics(cfg: DeepLinearConfig, minimal_barriers: pd.DataFrame, cuts: pd.DataFrame,
+                  pairs: pd.DataFrame) -> dict:
+    """The stage's metrics (metrics/deep_linear.json), built in one place from its result tables.
+
+    Scalars: the theorem check (`summary`), the minimal example's barriers and its ratio identity, and per population
+    (random_minima, trained, random_init) the number of pairs and the fractions of `lower_table`. Lists (one element
+    per pair, what the claims read): full and best single-layer barrier at alpha = 0.5 and the 0/1 indicator
+    "best single lower" (`<prefix>_best_single_lower`).
+    """
+    by_path = minimal_barriers[minimal_barriers.base == "A"].set_index("path").barrier_mid  # the paper's view: from w
+    s = cfg.minimum_scale
+    out = dict(summary(cuts))
+    out.update(minimum_scale=s, minimal_full_barrier=float(by_path["full"]),
+               minimal_layer1_barrier=float(by_path["layer 1"]), minimal_layer2_barrier=float(by_path["layer 2"]),
+               minimal_ratio_full_over_layer2=float(by_path["full"] / by_path["layer 2"]),
+               minimal_ratio_expected=(s * s - 1) ** 2 / 4,
+               random_minima_scale=cfg.random_minima_scale,
+               expected_fraction_random_minima=expected_fraction_random_minima(cfg.random_minima_scale))
+    out.update(population_metrics(pairs))
+    return out
+
+
+def population_metrics(pairs: pd.DataFrame) -> dict:
+    """Per population of a `pair_barriers` table (metrics prefix from POPULATIONS): number of pairs, the fractions
+    of `lower_table`, and the per-pair lists (full and best single-layer barrier at alpha = 0.5, 0/1 "best single
+    lower") that the claims read."""
+    out = {}
+    for kind, part in pairs.groupby("pair_kind", sort=False):
+        prefix = POPULATIONS[kind]
+        out[f"{prefix}_pairs"] = len(part)
+        for which in ("best", "every"):
+            for at in ("mid", "max"):
+                out[f"{prefix}_fraction_{which}_single_lower_{at}"] = float(part[f"{which}_single_lower_{at}"].mean())
+        out[f"{prefix}_full_barrier"] = [float(v) for v in part.full_mid]
+        out[f"{prefix}_best_single_barrier"] = [float(v) for v in part.best_single_mid]
+        out[f"{prefix}_best_single_lower"] = [int(v) for v in part.best_single_lower_mid]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Claims and sanity checks (read by the report; thresholds in ReportConfig)
+
+
+def _best_single_lower(prefix: str):
+    def measure(m: dict, _cfg) -> list[float]:
+        return [float(v) for v in m[f"{prefix}_best_single_lower"]]
+    return measure
+
+
+CLAIMS = [
+    Claim("Fig. 3", "1-D network y = w2 w1 x, random pairs of global minima (|w1| log-uniform in [1/S, S], random "
+          "branch): the best single-layer path has a lower barrier than the full path",
+          "one pair w, w': the layer-2 path avoids the full path's barrier", "deep_linear",
+          _best_single_lower("random_minima"), ">", "majority",
+          "fraction of pairs with min single-layer barrier < full barrier (alpha = 0.5)"),
+    Claim("Sec. 4", "Trained deep linear networks (all depths and widths of the theorem check): the best single-layer "
+          "path has a lower barrier than the full path",
+          "single-layer interpolation avoids barriers of full interpolation", "deep_linear",
+          _best_single_lower("trained"), ">", "majority",
+          "fraction of trained pairs with min single-layer barrier < full barrier (alpha = 0.5)"),
+]
+
+SANITY_CHECKS = [
+    SanityCheck("Fig. 3", "Minimal example: full / layer-2 barrier ratio equals (s^2 - 1)^2 / 4 (fixed by the pair)",
+                "deep_linear",
+                lambda m, c: abs(m["minimal_ratio_full_over_layer2"] / m["minimal_ratio_expected"] - 1.0),
+                "<=", "minimal_ratio_rtol", "relative deviation of the ratio from (s^2 - 1)^2 / 4"),
+    SanityCheck("Thm. 4.1", "Every single-layer cut is convex and equals the closed-form quadratic", "deep_linear",
+                lambda m, c: m["n_single_layer_violations"] + m["n_closed_form_mismatches"],
+                "<=", "max_theorem_violations", "convexity violations + closed-form mismatches"),
+    SanityCheck("Thm. 4.1", "The theorem check covers enough single-layer cuts", "deep_linear",
+                lambda m, c: m["n_single_layer_cuts"], ">=", "min_theorem_cuts", "single-layer cuts checked"),
+    SanityCheck("Thm. 4.1", "Interpolating two layers at once can be non-convex: a counterexample exists",
+                "deep_linear", lambda m, c: m["n_two_layer_nonconvex"], ">=", "min_nonconvex_two_layer_cuts",
+                "non-convex two-layer cuts"),
+]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -456,4 +679,62 @@ def plot_theorem_check(cuts: pd.DataFrame, curves: pd.DataFrame):
         ax_curve.legend(fontsize=8)
     else:
         ax_curve.set_title("no two-layer cut was analysed")
+    return fig
+
+
+POPULATION_LABELS = {"1-D minima": "1-D random minima", "trained": "deep linear, trained",
+                     "random": "deep linear, init"}
+
+
+def plot_random_minima(minima: pd.DataFrame, pairs: pd.DataFrame, tie_rtol: float):
+    """Left: 1-D random minima, best single-layer vs full barrier (alpha = 0.5), by branch; middle: the same for the
+    trained deep linear pairs, by depth; right: per population, the fraction of pairs whose best / every single-layer
+    path is lower than the full one (alpha = 0.5 and max over the grid). Points below the diagonal: single layer
+    lower."""
+    fig, (ax_1d, ax_deep, ax_bar) = plotting.panels(3, width=4.8, height=4.2)
+
+    def diagonal(ax, values):
+        low, high = np.nanmin(values), np.nanmax(values)
+        ax.plot([low, high], [low, high], "k--", lw=1, label="single = full")
+
+    one_d = pairs[pairs.pair_kind == "1-D minima"].merge(minima[["replicate", "same_branch"]], on="replicate")
+    for same, colour, label in ((True, "tab:blue", "same branch"), (False, "tab:red", "opposite branches")):
+        part = one_d[one_d.same_branch == same]
+        if len(part):
+            ax_1d.scatter(part.full_mid, part.best_single_mid, s=8, alpha=0.6, color=colour,
+                          label=f"{label} ({len(part)})")
+    if len(one_d):
+        diagonal(ax_1d, np.concatenate([one_d.full_mid, one_d.best_single_mid]))
+        ax_1d.set_xscale("symlog", linthresh=1e-3)
+        ax_1d.set_yscale("symlog", linthresh=1e-3)
+    ax_1d.set(xlabel="full-path barrier", ylabel="best single-layer barrier",
+              title="1-D network: random pairs of minima")
+    ax_1d.legend(fontsize=7)
+
+    trained = pairs[pairs.pair_kind == "trained"]
+    for depth, part in trained.groupby("depth"):
+        ax_deep.scatter(part.full_mid, part.best_single_mid, s=10, alpha=0.7, label=f"depth {depth}")
+    if len(trained):
+        values = np.concatenate([trained.full_mid, trained.best_single_mid])
+        diagonal(ax_deep, values)
+        linthresh = max(1e-3, float(np.nanpercentile(np.abs(values), 5)))
+        ax_deep.set_xscale("symlog", linthresh=linthresh)
+        ax_deep.set_yscale("symlog", linthresh=linthresh)
+    ax_deep.set(xlabel="full-path barrier", ylabel="best single-layer barrier (layers x bases)",
+                title="trained deep linear pairs")
+    ax_deep.legend(fontsize=7)
+
+    table = lower_table(pairs).set_index("population")
+    table = table.rename(index={v: POPULATION_LABELS[k] for k, v in POPULATIONS.items()})
+    columns = {"best_single_lower_mid": "best single lower (alpha 0.5)",
+               "best_single_lower_max": "best single lower (max over alpha)",
+               "every_single_lower_mid": "every single lower (alpha 0.5)"}
+    table[list(columns)].rename(columns=columns).plot.bar(ax=ax_bar, rot=0, width=0.8)
+    ax_bar.axhline(0.5, color="k", lw=0.8, ls=":")
+    ax_bar.set_xticks(range(len(table)), [f"{name}\n({n} pairs)" for name, n in table.pairs.items()], fontsize=7)
+    ax_bar.set(ylim=(0, 1.25), ylabel="fraction of pairs", xlabel="",
+               title=f"single layer lower than full path\n(ties within {tie_rtol:g} relative)")
+    for container in ax_bar.containers:
+        ax_bar.bar_label(container, fmt="%.2f", fontsize=6, rotation=90, padding=2)
+    ax_bar.legend(fontsize=6, loc="upper left")
     return fig

@@ -85,3 +85,18 @@ def load_checkpoint(path: str | Path, required_keys: tuple[str, ...] = (), **exp
             raise CheckpointError(f"checkpoint {path} has {key}={ckpt.get(key)!r}, expected {value!r}; "
                                   "it belongs to another configuration: delete it and rerun the stage")
     return ckpt
+
+
+def read_seed_tables(workspace: str | Path, stage: str, filename: str, seeds) -> "pd.DataFrame":
+    """Concatenate results/<stage>/seed_<r>/<filename> over repetitions r, with a `seed` column; a missing
+    repetition is an error naming the stage to run."""
+    import pandas as pd
+
+    frames = []
+    for seed in seeds:
+        path = Path(workspace) / "results" / stage / f"seed_{seed}" / filename
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: run repetition {seed} of stage {stage} "
+                                    f"(dvc repro {stage}@{seed})")
+        frames.append(pd.read_csv(path).assign(seed=seed))
+    return pd.concat(frames, ignore_index=True)

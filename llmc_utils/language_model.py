@@ -4,28 +4,56 @@ Text: Python's own help topics (`pydoc_data.topics`, ~465k characters, concatena
 named in params; the first (1 - test_fraction) of the characters train, the rest test. Inputs are random windows of
 `context` characters, targets the same windows shifted by one (x, y: (N, T) int64), trained with the core trainer.
 
-Two runs form the pair (init and data seeds from params); checkpoints over training; at every checkpoint the core
-engine evaluates the midpoint of the full interpolation and of each single logical layer, into A and into B.
-Expected (paper, GPT-2-like models): a clear full barrier after the first checkpoints while single-layer barriers stay
-near zero. Default profile (different inits, 1536 SGD steps, test loss ~1.6 nats/char): full train-loss barrier ~1.8 at
-the end; LayerNorms and most second-block layers far below it, but the token embedding (~1.6) and the first block's
-attention qkv (~1.3) alone nearly reproduce it, so the finding appears only in part. A same-init pair reaches only ~0.1.
+Repetition r (the notebook's `seed`) draws its training windows with repetition_seed(window_seed, r) and trains three
+models from the seeds a = repetition_seed(seed_a, r), b = repetition_seed(seed_b, r):
+
+* A  - init a, data order a;
+* B  - init b, data order b;
+* B' - init a (A's initial weights), data order b (B's order).
+
+So every repetition gives both pair schemes, differing in the initialization only: the *different-init* pair (A, B)
+and the *same-init* pair (A, B'). At every checkpoint the core engine evaluates the midpoint (alpha = 0.5) of the full
+interpolation and of each single logical layer, into A and into B, against the two full endpoint models, on fixed
+"train" windows (a subset of the windows every model trained on) and held-out "test" windows. `same_init_epochs` may
+restrict the same-init pair to fewer checkpoints (its epoch-0 pair is one model twice: barrier 0 by construction).
+
+Scheme of the claims (`scheme`, default "different_init"), chosen before any verdict was computed: the claims contrast
+single-layer barriers with the full one, so they need a pair whose full barrier is clearly present (SPEC section 4:
+"choose the pair scheme so the full barrier is clearly present"). A char-level GPT of this size trained from one
+initialization stayed almost linearly connected in an earlier run (its full barrier was a small fraction of the
+different-init one), which leaves nothing to contrast; the same-init pair is still trained and measured in every
+repetition, so the figure and the summary show how much of the full barrier the shared initialization removes.
+Expected (paper): a clear full barrier while single-layer barriers stay near zero. For different inits the two runs
+may learn unrelated embedding tables and attention features, so some single layers can carry a large part of the full
+barrier: the second claim can fail, and the report then says so.
+
+A run is stopped loudly when it diverges (non-finite loss, trainer.train_model) or degenerates: final loss on the train
+or test windows no better than the unigram entropy of the training text (`check_not_degenerate`).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Literal, Sequence
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from llmc_utils.config import NonNegativeInt, PositiveInt, Section
-from llmc_utils.barriers import checkpoint_barriers
-from llmc_utils.evaluation import LayerEvaluator
+from llmc_utils.barriers import FULL, checkpoint_barriers
+from llmc_utils.claims import Claim
+from llmc_utils.config import NonNegativeInt, PositiveInt, Section, repetition_seed
+from llmc_utils.evaluation import Evaluator, LayerEvaluator
+from llmc_utils.io import read_seed_tables
 from llmc_utils.layers import logical_layers
-from llmc_utils.trainer import OptimConfig, load_weights, train_model
+from llmc_utils.trainer import OptimConfig, TrainingDiverged, load_weights, train_model
+
+STAGE = "language_model"
+MODELS = ("A", "B", "B'")
+PAIRS: dict[str, tuple[str, str]] = {"different_init": ("A", "B"), "same_init": ("A", "B'")}
+Scheme = Literal["different_init", "same_init"]
 
 
 class LanguageModelConfig(Section):
@@ -36,23 +64,38 @@ class LanguageModelConfig(Section):
     d_model: PositiveInt = 48
     n_heads: PositiveInt = 4
     n_blocks: PositiveInt = 2
-    train_windows: PositiveInt = 6144  # random windows drawn once from the train text: one epoch
+    train_windows: PositiveInt = 6144  # random windows drawn once per repetition from the train text: one epoch
     eval_windows: PositiveInt = 128  # windows of each split (train, test) on which barriers are measured
-    window_seed: NonNegativeInt = 0
-    init_seeds: tuple[NonNegativeInt, NonNegativeInt] = (0, 1)  # model A, model B (same init: barrier ~0.1 only)
-    data_seeds: tuple[NonNegativeInt, NonNegativeInt] = (1, 2)
+    window_seed: NonNegativeInt = 0  # base seed of the window draw; repetition r uses window_seed + 100 r
+    seed_a: NonNegativeInt = 0  # base seed of A (init and data order) and of B's init in the same-init pair B'
+    seed_b: NonNegativeInt = 1  # base seed of B (init and data order) and of B''s data order
+    scheme: Scheme = "different_init"  # the pair the claims and the heatmap use (module docstring says why)
     optim: OptimConfig = OptimConfig(epochs=8, batch_size=32, lr=0.3, weight_decay=0.0, grad_clip=1.0)
     checkpoint_epochs: list[NonNegativeInt] = Field(default_factory=lambda: [0, 1, 2, 4, 6, 8], min_length=2)
+    same_init_epochs: list[NonNegativeInt] | None = None  # checkpoints where the same-init pair is measured; None = all
+    eval_batch_size: PositiveInt = 512  # windows per evaluation batch
     threads: PositiveInt = 1  # torch threads for training and evaluation (applied by stage.setup; tiny ops: see FederatedConfig.threads)
 
     @model_validator(mode="after")
     def _check(self):
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model = {self.d_model} must be a multiple of n_heads = {self.n_heads}")
-        if max(self.checkpoint_epochs) > self.optim.epochs:
-            raise ValueError(f"checkpoint_epochs {self.checkpoint_epochs} go past optim.epochs = {self.optim.epochs}")
-        if self.init_seeds[0] == self.init_seeds[1] and self.data_seeds[0] == self.data_seeds[1]:
-            raise ValueError("init_seeds and data_seeds are both equal: the two runs would be identical")
+        epochs = list(self.checkpoint_epochs)
+        if epochs != sorted(set(epochs)):
+            raise ValueError(f"checkpoint_epochs must be strictly increasing, got {epochs}")
+        if epochs[-1] != self.optim.epochs:
+            raise ValueError(f"checkpoint_epochs {epochs} must end at optim.epochs = {self.optim.epochs} (the claims "
+                             "and the degeneracy check read the final models); none may go past it")
+        if self.same_init_epochs is not None:
+            outside = sorted(set(self.same_init_epochs) - set(epochs))
+            if outside or epochs[-1] not in self.same_init_epochs:
+                raise ValueError(f"same_init_epochs {self.same_init_epochs} must be checkpoint_epochs {epochs} and "
+                                 "include the last one")
+        if self.eval_windows > self.train_windows:
+            raise ValueError(f"eval_windows = {self.eval_windows} exceeds train_windows = {self.train_windows}: the "
+                             "train split is a subset of the training windows")
+        if self.seed_a == self.seed_b:
+            raise ValueError("seed_a and seed_b are equal: A and B would be identical")
         return self
 
 
@@ -101,18 +144,31 @@ def windows(ids: torch.Tensor, n: int, context: int, generator: torch.Generator)
     return chunks[:, :-1].contiguous(), chunks[:, 1:].contiguous()
 
 
-def prepare(cfg: LanguageModelConfig) -> dict:
-    """Tokenizer, training windows and the fixed train/test evaluation windows."""
+def unigram_entropy(ids: torch.Tensor, vocab_size: int) -> float:
+    """Entropy (nats per character) of the character frequencies of `ids`: the loss of the best model that ignores
+    context. A language model that does not get below it has learnt nothing a histogram could not."""
+    p = torch.bincount(ids, minlength=vocab_size).double()
+    p = p[p > 0] / p.sum()
+    return float(-(p * p.log()).sum())
+
+
+def prepare(cfg: LanguageModelConfig, repetition: int = 0) -> dict:
+    """Tokenizer, the training windows of repetition r and its fixed train/test evaluation windows.
+
+    The windows are drawn with repetition_seed(window_seed, r). Evaluation "train" = the first eval_windows training
+    windows (the draw is random, so they are a fixed random subset of what every model trains on); "test" = windows
+    of the held-out end of the text."""
     text = load_text(cfg)
     tokenizer = CharTokenizer(text)
     ids = tokenizer.encode(text)
     cut = int(len(ids) * (1.0 - cfg.test_fraction))
-    generator = torch.Generator().manual_seed(cfg.window_seed)
+    generator = torch.Generator().manual_seed(repetition_seed(cfg.window_seed, repetition))
     train_x, train_y = windows(ids[:cut], cfg.train_windows, cfg.context, generator)
     eval_train = (train_x[:cfg.eval_windows], train_y[:cfg.eval_windows])  # windows the models trained on
     eval_test = windows(ids[cut:], cfg.eval_windows, cfg.context, generator)
     return dict(tokenizer=tokenizer, n_chars=len(ids), n_train_chars=cut, train=(train_x, train_y),
-                splits={"train": eval_train, "test": eval_test})
+                splits={"train": eval_train, "test": eval_test}, repetition=repetition,
+                unigram_entropy=unigram_entropy(ids[:cut], tokenizer.vocab_size))
 
 
 # --------------------------------------------------------------------------------------------------------- model
@@ -179,35 +235,210 @@ def model_factory(cfg: LanguageModelConfig, vocab_size: int):
     return lambda: CharGPT(vocab_size, cfg.context, cfg.d_model, cfg.n_heads, cfg.n_blocks)
 
 
-# ------------------------------------------------------------------------------------------------ pair + barriers
-def train_pair(cfg: LanguageModelConfig, prepared: dict, run_root: Path) -> dict[str, list[Path]]:
-    """Train models A and B with the core trainer; {"A": checkpoint paths, "B": ...} in checkpoint_epochs order."""
+# ------------------------------------------------------------------------------------------ training the three models
+def model_seeds(cfg: LanguageModelConfig, repetition: int = 0) -> dict[str, tuple[int, int]]:
+    """(init seed, data seed) of A, B and B' in repetition r: A = (a, a), B = (b, b), B' = (a, b)."""
+    a, b = repetition_seed(cfg.seed_a, repetition), repetition_seed(cfg.seed_b, repetition)
+    return {"A": (a, a), "B": (b, b), "B'": (a, b)}
+
+
+def run_dir_name(model: str) -> str:
+    return model.replace("'", "_prime")
+
+
+def check_not_degenerate(losses: dict[str, float], entropy: float, desc: str, epoch: int) -> None:
+    """Stop when a trained LM's loss on some split ({split: loss in nats per character}) is not below the unigram
+    entropy of the training text: such a model predicts no better than character frequencies."""
+    for split, loss in losses.items():
+        if not loss < entropy:
+            raise TrainingDiverged(f"{desc}: {split} loss {loss:.3f} nats/char at epoch {epoch} is no better than the "
+                                   f"unigram entropy {entropy:.3f} of the training text; the run degenerated: lower "
+                                   "the learning rate or train longer (language_model.optim in params.yaml)")
+
+
+def train_models(cfg: LanguageModelConfig, prepared: dict, run_root: Path) -> dict[str, list[Path]]:
+    """Train A, B and B' of the repetition `prepared` was made for, with the core trainer (resumes what is on disk);
+    {model: checkpoint paths in checkpoint_epochs order}. Each final model must beat the unigram entropy."""
+    repetition = prepared["repetition"]
     make_model = model_factory(cfg, prepared["tokenizer"].vocab_size)
     x, y = prepared["train"]
     meta = dict(arch="char_gpt", vocab=prepared["tokenizer"].vocab_size, n_chars=prepared["n_chars"],
+                repetition=repetition,
                 **cfg.model_dump(include={"context", "d_model", "n_heads", "n_blocks", "train_windows",
                                           "window_seed", "text_file", "max_chars", "test_fraction"}))
+    evaluator = Evaluator(make_model(), prepared["splits"], cfg.eval_batch_size)
     paths = {}
-    for name, init_seed, data_seed in zip("AB", cfg.init_seeds, cfg.data_seeds):
+    for name, (init_seed, data_seed) in model_seeds(cfg, repetition).items():
         paths[name] = train_model(make_model, x, y, cfg.optim, init_seed=init_seed, data_seed=data_seed,
-                                  checkpoint_epochs=cfg.checkpoint_epochs, run_dir=run_root / f"model_{name}",
+                                  checkpoint_epochs=cfg.checkpoint_epochs, run_dir=run_root / run_dir_name(name),
                                   meta=meta, desc=f"GPT {name}")
+        final = evaluator(load_weights(paths[name][-1]))
+        check_not_degenerate({split: m["loss"] for split, m in final.items()}, prepared["unigram_entropy"],
+                             f"GPT {name} of repetition {repetition} (init seed {init_seed}, data seed {data_seed})",
+                             cfg.checkpoint_epochs[-1])
     return paths
+
+
+# ---------------------------------------------------------------------------------------------- barriers over training
+def steps_per_epoch(cfg: LanguageModelConfig) -> int:
+    return math.ceil(cfg.train_windows / cfg.optim.batch_size)
 
 
 def barriers_over_training(cfg: LanguageModelConfig, prepared: dict,
                            paths: dict[str, list[Path]]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(barriers, endpoints): tidy tables over checkpoints; barrier rows = full + every logical layer, both bases."""
+    """(barriers, endpoints): tidy tables over checkpoints. Barrier rows: both pairs (column `pair`), full + every
+    logical layer, both bases, alpha 0.5, train and test windows, loss and error. Endpoint rows: A, B, B' at every
+    checkpoint."""
     evaluator = LayerEvaluator(model_factory(cfg, prepared["tokenizer"].vocab_size)(), prepared["splits"],
-                               batch_size=512)
-    steps_per_epoch = -(-cfg.train_windows // cfg.optim.batch_size)
+                               batch_size=cfg.eval_batch_size)
+    same_init_epochs = set(cfg.same_init_epochs if cfg.same_init_epochs is not None else cfg.checkpoint_epochs)
     barrier_rows, end_rows = [], []
-    for epoch, path_a, path_b in zip(sorted(set(cfg.checkpoint_epochs)), paths["A"], paths["B"]):
-        state_a, state_b = load_weights(path_a), load_weights(path_b)
-        where = dict(epoch=epoch, step=epoch * steps_per_epoch)
-        for model, state in (("A", state_a), ("B", state_b)):
+    for i, epoch in enumerate(cfg.checkpoint_epochs):
+        states = {name: load_weights(paths[name][i]) for name in MODELS}
+        where = dict(epoch=epoch, step=epoch * steps_per_epoch(cfg))
+        for name, state in states.items():
             for split, m in evaluator(state).items():
-                end_rows.append(dict(where, model=model, split=split, loss=m["loss"], error=m["error"]))
-        barrier_rows += [dict(row, step=where["step"]) for row in checkpoint_barriers(
-            evaluator, epoch, state_a, state_b, logical_layers(state_a), alphas=[0.5], bases=["A", "B"])]
+                end_rows.append(dict(where, model=name, split=split, loss=m["loss"], error=m["error"]))
+        for pair, (a, b) in PAIRS.items():
+            if pair == "same_init" and epoch not in same_init_epochs:
+                continue
+            rows = checkpoint_barriers(evaluator, epoch, states[a], states[b], logical_layers(states[a]),
+                                       alphas=[0.5], bases=["A", "B"])
+            barrier_rows += [dict(pair=pair, **row, step=where["step"]) for row in rows]
     return pd.DataFrame(barrier_rows), pd.DataFrame(end_rows)
+
+
+def barrier_curves(barriers: pd.DataFrame, split: str = "train", metric: str = "loss") -> pd.DataFrame:
+    """Per (seed,) pair and checkpoint: the full barrier and the largest single-layer barrier over every layer and
+    both bases, with that layer and base (alpha 0.5). Works on one repetition's table and on the aggregate."""
+    sel = barriers[(barriers.split == split) & (barriers.metric == metric) & (barriers.alpha == 0.5)]
+    keys = [k for k in ("seed", "pair", "epoch", "step") if k in sel]
+    full = sel[sel.layer_set == FULL].groupby(keys).barrier.max().rename("full_barrier")
+    single = sel[sel.layer_set != FULL]
+    top = single.loc[single.groupby(keys).barrier.idxmax()].set_index(keys)
+    top = top[["barrier", "layer_set", "base"]].rename(columns={"barrier": "max_single_layer_barrier",
+                                                               "layer_set": "max_single_layer",
+                                                               "base": "max_single_layer_base"})
+    return pd.concat([full, top], axis=1).reset_index()
+
+
+def seed_metrics(cfg: LanguageModelConfig, barriers: pd.DataFrame, endpoints: pd.DataFrame,
+                 prepared: dict) -> dict:
+    """The flat per-repetition metrics the claims read. At the last checkpoint (train loss, alpha 0.5), per pair
+    scheme: full barrier and largest single-layer barrier over layers and both bases (also on test loss); the claim
+    scheme's two values again under scheme-free keys; final losses of A, B, B' and the unigram entropy."""
+    last = cfg.checkpoint_epochs[-1]
+    metrics = {}
+    for split in ("train", "test"):
+        curves = barrier_curves(barriers, split).set_index(["pair", "epoch"])
+        for pair in PAIRS:
+            row = curves.loc[(pair, last)]
+            metrics[f"{pair}_full_barrier_{split}_loss"] = float(row.full_barrier)
+            metrics[f"{pair}_max_single_layer_barrier_{split}_loss"] = float(row.max_single_layer_barrier)
+    metrics["full_barrier_train_loss"] = metrics[f"{cfg.scheme}_full_barrier_train_loss"]
+    metrics["max_single_layer_barrier_train_loss"] = metrics[f"{cfg.scheme}_max_single_layer_barrier_train_loss"]
+    final = endpoints[endpoints.epoch == last].set_index(["model", "split"])
+    for name in MODELS:
+        for split in ("train", "test"):
+            metrics[f"final_{split}_loss_{run_dir_name(name)}"] = float(final.loc[(name, split), "loss"])
+    metrics.update(unigram_entropy=float(prepared["unigram_entropy"]), last_epoch=int(last),
+                   last_step=int(last * steps_per_epoch(cfg)),
+                   n_layers=int(barriers[barriers.layer_set != FULL].layer_set.nunique()))
+    return {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}
+
+
+# --------------------------------------------------------------------------------------------------------------- claims
+def single_to_full_ratio(m: dict, cfg=None) -> float:
+    """Largest single-layer barrier over the full barrier (last checkpoint, train loss). The full barrier is
+    floored at 1e-6 nats to stay finite; when it is that small the first claim already fails."""
+    return m["max_single_layer_barrier_train_loss"] / max(m["full_barrier_train_loss"], 1e-6)
+
+
+CLAIMS = [
+    Claim("Fig. 7 (LM)", "Char-level GPT pair (scheme: language_model.scheme): averaging all layers creates a clear "
+          "barrier at the end of training", "full barrier present", STAGE,
+          lambda m, c: m["full_barrier_train_loss"], ">=", "clear_barrier",
+          "full train-loss barrier at the last checkpoint (nats)"),
+    Claim("Fig. 7 (LM)", "Char-level GPT pair (scheme: language_model.scheme): averaging any single layer creates a "
+          "much smaller barrier than averaging all", "single-layer barriers near zero", STAGE,
+          single_to_full_ratio, "<=", "single_layer_relative",
+          "max single-layer barrier (both bases) / full barrier, train loss, last checkpoint"),
+]
+
+
+# ------------------------------------------------------------------------------------- aggregate over repetitions
+def aggregate_language_model(workspace: str | Path, seeds: Sequence[int]) -> pd.DataFrame:
+    """Barrier rows of every repetition (results/language_model/seed_<r>/barriers.csv) with a `seed` column."""
+    return read_seed_tables(workspace, STAGE, "barriers.csv", seeds)
+
+
+def _checkpoint_labels(table: pd.DataFrame) -> dict[int, str]:
+    steps = table.drop_duplicates("epoch").set_index("epoch")["step"]
+    return {e: f"ep {e}\n(step {s})" for e, s in steps.items()}
+
+
+def mean_layer_barriers(table: pd.DataFrame, pair: str, split: str = "train", metric: str = "loss") -> pd.DataFrame:
+    """Heatmap layout for one pair scheme: rows "full" then every layer in forward order, columns = checkpoints;
+    cell = mean over repetitions of the larger of the two bases' barriers (alpha 0.5)."""
+    sel = table[(table.pair == pair) & (table.split == split) & (table.metric == metric) & (table.alpha == 0.5)]
+    if "seed" not in sel:
+        sel = sel.assign(seed=0)
+    per_seed = sel.groupby(["seed", "layer_set", "epoch"], sort=False).barrier.max().reset_index()
+    wide = per_seed.groupby(["layer_set", "epoch"], sort=False).barrier.mean().unstack("epoch")
+    wide = wide.loc[list(dict.fromkeys(sel.layer_set))]
+    return wide.rename(columns=_checkpoint_labels(table))
+
+
+def plot_language_model(table: pd.DataFrame, scheme: str = "different_init",
+                        heatmap_pairs: Sequence[str] | None = None):
+    """Fig. 7: (left) full and largest single-layer train-loss barrier vs epoch for both pair schemes, mean and
+    +-1 sd band over repetitions; (right) layer x checkpoint heatmap of mean barriers of the `scheme` pairs (or of
+    each of `heatmap_pairs`). `table`: aggregate_language_model's rows, or one repetition's barriers."""
+    from llmc_utils import plotting
+
+    heatmap_pairs = list(heatmap_pairs or [scheme])
+    curves = barrier_curves(table)
+    n_seeds = curves.seed.nunique() if "seed" in curves else 1
+    long = curves.melt(id_vars=[k for k in ("seed", "pair", "epoch") if k in curves],
+                       value_vars=["full_barrier", "max_single_layer_barrier"], var_name="interpolation",
+                       value_name="barrier")
+    long["interpolation"] = long.interpolation.map({"full_barrier": "full",
+                                                    "max_single_layer_barrier": "max single layer"})
+    long["pair"] = long.pair.str.replace("_", " ")
+    fig, axes = plotting.panels(1 + len(heatmap_pairs), width=6.0, height=5.0)
+    plotting.curves(axes[0], long, x="epoch", y="barrier", hue="pair", style="interpolation",
+                    title=f"train-loss barrier (alpha 0.5), mean +- 1 sd over {n_seeds} repetition(s)")
+    axes[0].axhline(0.0, color="grey", lw=0.8)
+    axes[0].set_xlabel(f"epoch ({int(curves.step.max() / max(curves.epoch.max(), 1))} SGD steps each)")
+    axes[0].set_ylabel("barrier (nats per character)")
+    for ax, pair in zip(axes[1:], heatmap_pairs):
+        plotting.heatmap(ax, mean_layer_barriers(table, pair), fmt=".2f", cbar_label="barrier (nats)",
+                         title=f"{pair.replace('_', ' ')} pairs: mean train-loss barrier, max over bases")
+    return fig
+
+
+def summary(table: pd.DataFrame, scheme: str = "different_init") -> str:
+    """One computed sentence for the report: the last checkpoint's full barrier of both schemes and the largest
+    single-layer barrier of the claim scheme (mean +- sd over repetitions), and the layer that most often carries it."""
+    curves = barrier_curves(table)
+    if "seed" not in curves:
+        curves = curves.assign(seed=0)
+    last = curves[curves.epoch == curves.epoch.max()]
+    n = last.seed.nunique()
+
+    def stat(values: pd.Series) -> str:
+        return f"{values.mean():.2f}" + (f" +- {values.std(ddof=1):.2f}" if len(values) > 1 else "")
+
+    by_pair = {pair: rows for pair, rows in last.groupby("pair")}
+    own = by_pair[scheme]
+    ratio = (own.max_single_layer_barrier / own.full_barrier.clip(lower=1e-6)).mean()
+    counts = own.max_single_layer.value_counts()
+    layer, k = counts.index[0], int(counts.iloc[0])
+    others = ", ".join(f"{stat(rows.full_barrier)} nats for {pair.replace('_', ' ')} pairs"
+                       for pair, rows in by_pair.items() if pair != scheme)
+    return (f"Char-level GPT ({n} repetition{'s' * (n > 1)}, last checkpoint: epoch {int(last.epoch.iloc[0])}, "
+            f"step {int(last.step.iloc[0])}): the full train-loss barrier is {stat(own.full_barrier)} nats for "
+            f"{scheme.replace('_', ' ')} pairs" + (f" and {others}" if others else "") +
+            f"; for the {scheme.replace('_', ' ')} pairs the largest single-layer barrier is "
+            f"{stat(own.max_single_layer_barrier)} nats ({ratio:.0%} of the full one on average), carried by {layer} "
+            f"in {k} of {n}.")

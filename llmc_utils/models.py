@@ -20,7 +20,7 @@ from torch import nn
 
 import llmc_utils  # noqa: F401  (applies the torchvision compatibility step before torchvision is imported)
 
-ARCHS = ("cnn", "resnet18", "vgg11")
+ARCHS = ("cnn", "rescnn", "resnet18", "vgg11")
 
 
 def _after_stride2(size: int, times: int) -> int:
@@ -55,6 +55,47 @@ class CNN(nn.Sequential):
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
                 nn.init.zeros_(module.bias)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block without normalization: relu(conv2(relu(conv1(x))) + shortcut(x)); the shortcut is a 1x1
+    strided conv when the shape changes, else the identity."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.shortcut = nn.Conv2d(cin, cout, 1, stride=stride) if stride != 1 or cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv2(torch.relu(self.conv1(x))) + self.shortcut(x))
+
+
+class ResCNN(nn.Sequential):
+    """A small ResNet without normalization, the paper's architecture class at CPU size: stem conv(w, stride 2),
+    three stages of one basic block (w, 2w stride 2, 4w stride 2), global average pool, linear head. Logical layers:
+    stem, block1.conv1/conv2, block2.conv1/conv2/shortcut, block3.conv1/conv2/shortcut, fc = 10. The strided stem
+    (as in ImageNet ResNets) keeps the cost per image at that of the plain 9-layer CNN.
+
+    An nn.Sequential of blocks, so the barrier engine caches the input of every block and re-runs only from the
+    block that holds the averaged layer. Initialization as for ResNets without normalization (Fixup's idea, Zhang
+    et al. 2019): He init everywhere except the last conv of each residual branch, which starts at a tenth of its He
+    scale, so that the residual sums do not grow with depth at the start of training.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16):
+        w = width
+        super().__init__(OrderedDict(
+            stem=nn.Conv2d(in_channels, w, 3, stride=2, padding=1), relu=nn.ReLU(),
+            block1=BasicBlock(w, w, 1), block2=BasicBlock(w, 2 * w, 2), block3=BasicBlock(2 * w, 4 * w, 2),
+            pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(4 * w, num_classes)))
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+        for block in (self.block1, self.block2, self.block3):
+            with torch.no_grad():
+                block.conv2.weight.mul_(0.1)
 
 
 def resnet18(in_channels: int = 3, num_classes: int = 10, width: int = 64) -> nn.Module:
@@ -95,6 +136,8 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int, 
     """The model named `name` for images (in_channels, image_size, image_size); kw: width."""
     if name == "cnn":
         return CNN(in_channels, num_classes, image_size, width=kw.get("width", 16))
+    if name == "rescnn":
+        return ResCNN(in_channels, num_classes, width=kw.get("width", 16))
     if name == "resnet18":
         return resnet18(in_channels, num_classes, width=kw.get("width", 64))
     if name == "vgg11":

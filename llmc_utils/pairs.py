@@ -34,7 +34,7 @@ def pair_dir(workspace: str | Path, repetition: int) -> Path:
 
 
 class TrainPairsConfig(Section):
-    arch: Literal["cnn", "resnet18", "vgg11"] = "cnn"
+    arch: Literal["cnn", "rescnn", "resnet18", "vgg11"] = "cnn"
     width: PositiveInt = 16  # base channel count (cnn: 16; resnet18: must be 64; vgg11: 64 in the paper)
     train_subset: NonNegativeInt = 10000  # training images used (fixed random subset); 0 = the whole training set
     subset_seed: NonNegativeInt = 0
@@ -132,3 +132,10 @@ def training_curves(workspace: str | Path, evaluator, repetition: int = 0) -> li
             for split, metrics in evaluator(load_weights(path)).items():
                 rows += [dict(epoch=epoch, member=member, split=split, metric=k, value=v) for k, v in metrics.items()]
     return rows
+
+
+def headline_metrics(curves, cfg: TrainPairsConfig) -> dict:
+    """Final loss and error of A and B on the training subset and the test subset (from training_curves rows)."""
+    last = curves[curves.epoch == curves.epoch.max()]
+    out = {f"final_{r.split}_{r.metric}_{r.member}": float(r.value) for r in last.itertuples()}
+    return dict(out, arch=cfg.arch, width=cfg.width, scheme=cfg.scheme, epochs=cfg.optim.epochs)

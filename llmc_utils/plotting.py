@@ -20,10 +20,17 @@ sns.set_theme(style="white", context="paper")
 
 def heatmap(ax, table: pd.DataFrame, title: str = "", fmt: str = ".1f", center: float | None = 0.0,
             vmin: float | None = None, vmax: float | None = None, cmap: str = "RdBu_r", cbar_label: str = "",
-            annot: bool = True):
-    """Annotated heatmap of a wide table (rows x columns as in the table's index and columns)."""
+            annot: bool = True, spread: pd.DataFrame | None = None):
+    """Annotated heatmap of a wide table (rows x columns as in the table's index and columns). With `spread` (same
+    shape, e.g. the sd across repetitions) each cell reads "mean\n±spread"; cells whose spread is NaN (one
+    repetition) show the mean alone."""
+    if spread is not None and annot:
+        spread = spread.reindex(index=table.index, columns=table.columns)
+        annot = table.map(lambda v: format(v, fmt)) + spread.map(lambda v: "" if pd.isna(v) else "\n±" + format(v, fmt))
+        fmt = ""
     sns.heatmap(table, ax=ax, annot=annot, fmt=fmt, center=center, vmin=vmin, vmax=vmax, cmap=cmap,
-                cbar_kws={"label": cbar_label}, annot_kws={"fontsize": 7}, linewidths=0.3, linecolor="white")
+                cbar_kws={"label": cbar_label}, annot_kws={"fontsize": 6 if spread is not None else 7},
+                linewidths=0.3, linecolor="white")
     ax.set_title(title)
     ax.tick_params(axis="y", rotation=0)
     return ax

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from pydantic import Field
 
-from llmc_utils.claims import Claim, SanityCheck, all_claims, check, evaluate
+from llmc_utils.claims import VERDICTS, Claim, SanityCheck, all_claims, check, evaluate
 from llmc_utils.config import NonNegativeFloat, PositiveFloat, PositiveInt, Section
 
 
@@ -27,8 +27,21 @@ class ReportConfig(Section):
     majority: float = 0.5  # "most layers": a fraction strictly above this
     confidence: float = Field(0.95, gt=0.0, lt=1.0)  # of the Student-t interval over repetitions
     # --- thresholds of the deep_linear claims ---
+    minimal_ratio_rtol: PositiveFloat = 1e-9  # Fig. 3 identity: full/layer-2 ratio = (s^2-1)^2/4 to this relative error
+    max_theorem_violations: int = Field(0, ge=0)  # Thm. 4.1: convexity violations + closed-form mismatches allowed
+    min_nonconvex_two_layer_cuts: PositiveInt = 1  # Thm. 4.1 counterexample: at least this many non-convex 2-layer cuts
     # --- thresholds of the robustness and subspace_perturbations claims ---
+    # Loss gap (nats) a comparison must exceed to count as a win (Fig. 4: interpolation vs random increase; Fig. 5:
+    # a direction vs the null space); a smaller gap is a tie, not a win. Fixed before any result: 0.01 nats is 1 % of
+    # the base losses of these models (0.3-1 nats), far above float rounding of exact means over >= 500 fixed images,
+    # far below the effects the paper describes (0.1 to several nats).
+    tie_margin: NonNegativeFloat = 0.01
+    step_norm_tolerance: PositiveFloat = 1e-4  # Fig. 4: |norm(random step) / norm(interpolation step) - 1| (float32)
+    orthogonality_tolerance: PositiveFloat = 1e-6  # Fig. 5: max |cos(null-space vector, snapshot)| (float64)
     # --- thresholds of the federated claims ---
+    # Table 1: accuracy of averaging federated.claim_group minus full averaging, in points of mean client accuracy;
+    # IID and Dirichlet: gap <= this; pathological: gap > this. 0 is the paper's statement ("does not beat")
+    partial_minus_full_points: float = 0.0
     # --- thresholds of the language_model claims ---
 
 
@@ -55,6 +68,21 @@ def sanity_table(metrics: dict, cfg: ReportConfig, checks: list[SanityCheck] | N
     """One row per identity of the setup: must hold in every run; not counted as evidence for the paper."""
     checks = all_claims()[1] if checks is None else checks
     return pd.DataFrame([check(c, metrics, cfg) for c in checks])
+
+
+def summary(claims: pd.DataFrame, sanity: pd.DataFrame) -> dict:
+    """Counts per verdict and the verdict of every claim (metrics/report.json; `dvc metrics diff` compares them)."""
+    return dict(n_claims=len(claims), **{f"n_{v.replace(' ', '_')}": int((claims.verdict == v).sum()) for v in VERDICTS},
+                n_sanity_checks=len(sanity), n_sanity_failed=int((~sanity.holds).sum()) if len(sanity) else 0,
+                verdicts={f"{r.source}: {r.claim}": r.verdict for r in claims.itertuples()})
+
+
+def styled(claims: pd.DataFrame):
+    """The claims table for display: numbers to 3 digits, verdicts coloured."""
+    colours = {"reproduced": "color: #070", "not reproduced": "color: #b00; font-weight: bold",
+               "inconclusive": "color: #a60"}
+    return (claims.style.hide(axis="index").format(precision=3)
+            .map(lambda v: colours.get(v, ""), subset=["verdict"]))
 
 
 # Every figure the pipeline draws, in reading order, with the caption the report prints under it.

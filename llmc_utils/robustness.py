@@ -11,10 +11,17 @@ The paper (ViTs trained with different learning rates and augmentations) finds t
 above the random ones: the direction toward the other model is a "bad" direction. Here the same comparison runs on a
 tiny ViT pair trained in this stage (model A: lr_a, no augmentation; model B: lr_b, with augmentation) and, as a
 heatmap over layers x checkpoints, on the CNN pair of Fig. 1 (stage train_pairs).
-Headline: fraction of layers where the interpolation hurts more than the mean random direction, per direction.
-Default profile (A: 13.9/17.8 % train/test error, B: 27.3/29.6 %; alpha = 1): A->B 15/16 layers (train and test loss),
-B->A only 9/16 (train) and 8/16 (test): the augmented, weaker model B is hurt less by A's embedding, token and head
-layers than by random moves of equal norm. CNN pair (alpha 0.5, trained checkpoints of the 30-epoch pair): 93 % (A->B), 91 % (B->A) of cells.
+
+Repetitions: repetition r trains its own ViT pair, with every seed of this section (init, both data orders, the
+training/evaluation subsets, the random directions) offset by config.repetition_seed, and draws the CNN heatmap of
+CNN pair r. "train" numbers are measured on images the models trained on: the ViTs on a fixed subset of their
+`n_train` training images, the CNN pair on a fixed subset of its own training subset (train_pairs.train_subset,
+train_pairs.subset_seed); "test" numbers on held-out test images.
+
+Headline per layer (and, for the CNN, per checkpoint): the gap = loss increase of the interpolation minus the mean loss
+increase of the random directions at one alpha. A layer counts as "the direction toward the other model hurts more"
+only when the gap exceeds the report's tie margin (report.tie_margin): a tie is not a win. The claims (CLAIMS) read
+one fraction per repetition and direction from the per-seed metrics (`seed_metrics`).
 """
 
 from __future__ import annotations
@@ -22,24 +29,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Literal, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from pydantic import Field, model_validator
 
-from llmc_utils.config import Alpha, NonNegativeInt, PositiveInt, Section
+from llmc_utils.claims import Claim, SanityCheck
+from llmc_utils.config import Alpha, NonNegativeInt, PositiveInt, Section, repetition_seed
+from llmc_utils.io import CheckpointError, load_checkpoint, read_seed_tables
 from llmc_utils.layers import StateDict, flat, mix
 from llmc_utils.stage import progress
-from llmc_utils.trainer import OptimConfig, train_model
+from llmc_utils.trainer import OptimConfig, check_not_chance, train_model
 from llmc_utils.vit import ViTConfig
 
+STAGE = "robustness"
 DIRECTIONS = {"A->B": "A", "B->A": "B"}  # direction -> base model (the one whose layer moves)
+SPLITS = ("train", "test")
 
 
 class RobustnessConfig(Section):
     vit: ViTConfig = ViTConfig()
     n_train: PositiveInt = 8000  # Fashion-MNIST training subset both ViTs train on
-    n_eval: PositiveInt = 1000  # samples per split (train without augmentation, test) in every evaluation
-    subset_seed: NonNegativeInt = 0
+    n_eval: PositiveInt = 1000  # samples per split behind every ViT curve point ("train": drawn from the n_train)
+    subset_seed: NonNegativeInt = 0  # training subset and evaluation subsets (offset per repetition)
     init_seed: NonNegativeInt = 0  # both ViTs start from the same initialisation ...
     data_seed_a: NonNegativeInt = 1  # ... and see different data orders
     data_seed_b: NonNegativeInt = 2
@@ -52,7 +64,7 @@ class RobustnessConfig(Section):
     random_seeds: list[NonNegativeInt] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     compare_alpha: Alpha = 1.0  # where the headline compares interpolation with random (must be on the alpha grid)
     cnn_alpha: Alpha = 0.5  # alpha of the CNN-pair heatmap (layers x checkpoints)
-    cnn_n_eval: PositiveInt = 500  # samples per split for the CNN heatmap (a CNN evaluation costs ~6x a ViT one)
+    cnn_n_eval: PositiveInt = 500  # samples per split for the CNN heatmap ("train": from the pair's training subset)
     cnn_checkpoints: Literal["all", "last"] = "all"
 
     @model_validator(mode="after")
@@ -61,15 +73,83 @@ class RobustnessConfig(Section):
             raise ValueError("alphas must contain 0.0 (the unmoved base model)")
         if self.compare_alpha not in self.alphas:
             raise ValueError(f"compare_alpha = {self.compare_alpha} must be one of alphas {self.alphas}")
-        if self.cnn_n_eval > self.n_eval:
-            raise ValueError(f"cnn_n_eval = {self.cnn_n_eval} must not exceed n_eval = {self.n_eval} (a prefix of "
-                             "the same evaluation subsets)")
+        if self.cnn_alpha == 0.0:
+            raise ValueError("cnn_alpha must be > 0 (alpha 0 is the unmoved model: nothing to compare)")
+        if self.n_eval > self.n_train:
+            raise ValueError(f"n_eval = {self.n_eval} must not exceed n_train = {self.n_train}: the 'train' curves "
+                             "are measured on images the ViTs trained on")
         if len(set(self.random_seeds)) != len(self.random_seeds):
             raise ValueError(f"random_seeds must be distinct, got {self.random_seeds}")
         if self.optim_a == self.optim_b:
             raise ValueError("optim_a and optim_b are identical; the pair must differ in lr and/or augmentation")
         return self
 
+    def for_repetition(self, repetition: int) -> "RobustnessConfig":
+        """This section as repetition r runs it: every seed offset by config.repetition_seed (r = 0: unchanged)."""
+        shift = lambda s: repetition_seed(s, repetition)  # noqa: E731
+        return self.model_copy(update=dict(
+            subset_seed=shift(self.subset_seed), init_seed=shift(self.init_seed), data_seed_a=shift(self.data_seed_a),
+            data_seed_b=shift(self.data_seed_b), random_seeds=[shift(s) for s in self.random_seeds]))
+
+    def seeds(self) -> dict[str, int | list[int]]:
+        return dict(subset_seed=self.subset_seed, init_seed=self.init_seed, data_seed_a=self.data_seed_a,
+                    data_seed_b=self.data_seed_b, random_seeds=list(self.random_seeds))
+
+
+# ----------------------------------------------------------------------------------------------------------- data ---
+
+def vit_data(cfg: RobustnessConfig, images, device="cpu") -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(x_train, y_train, evaluation splits) of the ViT pair: `n_train` training images; "train" evaluation = `n_eval`
+    of those very images (without augmentation), "test" = `n_eval` test images."""
+    x_train, y_train = images.split("train", cfg.n_train, cfg.subset_seed, device=device)
+    splits = {"train": images.split("train", cfg.n_eval, cfg.subset_seed, device=device,
+                                    within=(cfg.n_train, cfg.subset_seed)),
+              "test": images.split("test", cfg.n_eval, cfg.subset_seed, device=device)}
+    return x_train, y_train, splits
+
+
+def cnn_splits(cfg: RobustnessConfig, pair_cfg, images, device="cpu") -> dict:
+    """Evaluation splits of the CNN heatmap: "train" = `cnn_n_eval` images of the pair's own training subset
+    (train_pairs.train_subset, train_pairs.subset_seed), "test" = `cnn_n_eval` test images."""
+    return {"train": images.split("train", cfg.cnn_n_eval, cfg.subset_seed, device=device,
+                                  within=(pair_cfg.train_subset, pair_cfg.subset_seed)),
+            "test": images.split("test", cfg.cnn_n_eval, cfg.subset_seed, device=device)}
+
+
+def check_pair_subset(checkpoint: Path, pair_cfg) -> None:
+    """Stop when the CNN checkpoints were trained on another subset than the params say: the heatmap's "train"
+    images would not be the ones the pair trained on."""
+    meta = load_checkpoint(checkpoint, ("meta",))["meta"]
+    stored = (meta.get("train_subset"), meta.get("subset_seed"))
+    if stored != (pair_cfg.train_subset, pair_cfg.subset_seed):
+        raise CheckpointError(f"{checkpoint} was trained on train_subset/subset_seed {stored}, but train_pairs says "
+                              f"{(pair_cfg.train_subset, pair_cfg.subset_seed)}; rerun the train_pairs stage")
+
+
+# ------------------------------------------------------------------------------------------------------- training ---
+
+def train_pair(cfg: RobustnessConfig, make_model: Callable[[], torch.nn.Module], x: torch.Tensor, y: torch.Tensor,
+               run_root: Path) -> dict[str, Path]:
+    """Train the ViT pair with llmc_utils.trainer (resumable); returns {"A": final checkpoint, "B": ...}."""
+    out = {}
+    for name, optim, data_seed in (("A", cfg.optim_a, cfg.data_seed_a), ("B", cfg.optim_b, cfg.data_seed_b)):
+        paths = train_model(make_model, x, y, optim, init_seed=cfg.init_seed, data_seed=data_seed,
+                            checkpoint_epochs=[0, optim.epochs], run_dir=Path(run_root) / name,
+                            meta=dict(arch="vit", vit=cfg.vit.model_dump(), n_train=cfg.n_train,
+                                      subset_seed=cfg.subset_seed), desc=f"ViT {name}")
+        out[name] = paths[-1]
+    return out
+
+
+def check_endpoints(cfg: RobustnessConfig, endpoints: Mapping[str, dict], n_classes: int, repetition: int) -> None:
+    """trainer.check_not_chance on the final test error of both ViTs: a degenerate model stops the stage."""
+    for member, optim, data_seed in (("A", cfg.optim_a, cfg.data_seed_a), ("B", cfg.optim_b, cfg.data_seed_b)):
+        check_not_chance(endpoints[member]["test"]["error"], n_classes,
+                         f"ViT {member} of repetition {repetition} (init seed {cfg.init_seed}, data seed {data_seed})",
+                         optim.epochs)
+
+
+# --------------------------------------------------------------------------------------------------------- curves ---
 
 def draw_seed(seed: int, layer_index: int, direction: str) -> int:
     """A distinct, reproducible stream per (draw, layer, direction)."""
@@ -85,9 +165,17 @@ def random_endpoint(base: StateDict, other: StateDict, keys: Sequence[str], seed
     out, start = {}, 0
     for key in keys:
         size = base[key].numel()
-        out[key] = base[key] + step[start:start + size].view_as(base[key])
+        out[key] = base[key] + step[start:start + size].view_as(base[key]).to(base[key].device)
         start += size
     return out
+
+
+def _evaluators(evaluate, tag: str):
+    """(evaluate the base model, evaluate 'base with `keys` changed'): with an evaluation.LayerEvaluator the second
+    re-runs only the layers from the first changed one on (same numbers, fewer FLOPs); else both evaluate fully."""
+    if hasattr(evaluate, "endpoint") and hasattr(evaluate, "partial"):
+        return (lambda state: evaluate.endpoint(state, tag)), (lambda state, keys: evaluate.partial(state, tag, keys))
+    return evaluate, (lambda state, keys: evaluate(state))
 
 
 def layer_curves(evaluate: Callable[[Mapping[str, torch.Tensor]], dict], state_a: StateDict, state_b: StateDict,
@@ -95,13 +183,14 @@ def layer_curves(evaluate: Callable[[Mapping[str, torch.Tensor]], dict], state_a
                  directions: Sequence[str] = tuple(DIRECTIONS), desc: str = "layers") -> pd.DataFrame:
     """Tidy table: layer x direction x kind (interpolation|random) x draw x alpha x split x metric -> value.
 
-    `evaluate(state)` returns {split: {metric: value}} (an evaluation.Evaluator). alpha = 0 is the base model itself and
-    is evaluated once per direction.
+    `evaluate(state)` returns {split: {metric: value}} (an evaluation.Evaluator; a LayerEvaluator is used
+    incrementally). alpha = 0 is the base model itself and is evaluated once per direction.
     """
     rows = []
     for direction in directions:
         base, other = (state_a, state_b) if DIRECTIONS[direction] == "A" else (state_b, state_a)
-        at_zero = evaluate(base)
+        full, partial = _evaluators(evaluate, tag=direction)
+        at_zero = full(base)
         for index, (name, keys) in enumerate(progress(layers.items(), desc=f"{desc} {direction}", leave=False)):
             targets = [("interpolation", 0, other)]
             for draw, seed in enumerate(random_seeds):
@@ -110,15 +199,32 @@ def layer_curves(evaluate: Callable[[Mapping[str, torch.Tensor]], dict], state_a
             for kind, draw, target in targets:
                 for alpha in alphas:
                     # mix(base, target, alpha, keys): base with only layer k moved alpha of the way to target
-                    result = at_zero if alpha == 0.0 else evaluate(mix(base, target, alpha, keys))
+                    result = at_zero if alpha == 0.0 else partial(mix(base, target, alpha, keys), keys)
                     rows += [dict(layer=name, layer_index=index, direction=direction, kind=kind, draw=draw,
                                   alpha=alpha, split=split, metric=metric, value=value)
                              for split, metrics in result.items() for metric, value in metrics.items()]
     return pd.DataFrame(rows)
 
 
+def step_norm_mismatch(state_a: StateDict, state_b: StateDict, layers: Mapping[str, Sequence[str]],
+                       random_seeds: Sequence[int]) -> float:
+    """Largest |‖random step‖ - ‖interpolation step‖| / ‖interpolation step‖ over layers, directions and draws (the
+    absolute difference where the two models coincide on a layer): the equal-norm construction, checked."""
+    worst = 0.0
+    for direction in DIRECTIONS:
+        base, other = (state_a, state_b) if DIRECTIONS[direction] == "A" else (state_b, state_a)
+        for index, (name, keys) in enumerate(layers.items()):
+            distance = float((flat(other, keys).double() - flat(base, keys).double()).norm())
+            for seed in random_seeds:
+                r = random_endpoint(base, other, keys, draw_seed(seed, index, direction))
+                step = float((flat(r, keys).double() - flat(base, keys).double()).norm())
+                worst = max(worst, abs(step - distance) / (distance if distance > 0 else 1.0))
+    return worst
+
+
 def loss_increase(curves: pd.DataFrame, alpha: float, metric: str = "loss") -> pd.DataFrame:
-    """Per layer, direction, split: increase over the base model at `alpha`, interpolation vs mean (sd) of random draws."""
+    """Per layer, direction, split: increase over the base model at `alpha`, interpolation vs mean (sd) of random
+    draws, and gap = increase_interpolation - increase_random (> 0: toward the other model is worse)."""
     df = curves[curves.metric == metric]
     keys = ["layer", "layer_index", "direction", "split"]
     zero = df[df.alpha == 0.0].groupby(keys).value.first().rename("base")
@@ -128,14 +234,8 @@ def loss_increase(curves: pd.DataFrame, alpha: float, metric: str = "loss") -> p
     out = pd.concat([zero, interp, rand.mean().rename("random_mean"), rand.std(ddof=0).rename("random_sd")], axis=1)
     out["increase_interpolation"] = out.interpolation - out.base
     out["increase_random"] = out.random_mean - out.base
-    out["interpolation_worse"] = out.interpolation > out.random_mean
+    out["gap"] = out.increase_interpolation - out.increase_random
     return out.reset_index().sort_values(["direction", "split", "layer_index"], ignore_index=True)
-
-
-def fraction_worse(summary: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """{direction: {split: fraction of layers where moving toward the other model hurts more than random}}."""
-    grouped = summary.groupby(["direction", "split"]).interpolation_worse.mean()
-    return {d: {s: float(v) for (dd, s), v in grouped.items() if dd == d} for d in summary.direction.unique()}
 
 
 def checkpoint_comparison(evaluate, pairs: Sequence[tuple[int, StateDict, StateDict]],
@@ -150,25 +250,183 @@ def checkpoint_comparison(evaluate, pairs: Sequence[tuple[int, StateDict, StateD
     return pd.concat(frames, ignore_index=True)
 
 
-def checkpoint_gap(table: pd.DataFrame, split: str = "train", metric: str = "loss") -> pd.DataFrame:
-    """Per (direction, layer, epoch): loss toward the other model minus mean loss toward random directions."""
-    df = table[(table.split == split) & (table.metric == metric) & (table.kind != "base")]
-    mean = df.groupby(["direction", "layer", "layer_index", "epoch", "kind"]).value.mean().unstack("kind")
+def checkpoint_gap(table: pd.DataFrame, metric: str = "loss") -> pd.DataFrame:
+    """Per (direction, split, layer, epoch): loss toward the other model minus mean loss toward random directions
+    (both against the same unmoved base, so this equals the gap of loss increases)."""
+    df = table[(table.metric == metric) & (table.kind != "base")]
+    mean = df.groupby(["direction", "split", "layer", "layer_index", "epoch", "kind"]).value.mean().unstack("kind")
     return (mean.interpolation - mean.random).rename("gap").reset_index()
 
 
-def train_pair(cfg: RobustnessConfig, make_model: Callable[[], torch.nn.Module], x: torch.Tensor, y: torch.Tensor,
-               run_root: Path) -> dict[str, Path]:
-    """Train the ViT pair with llmc_utils.trainer (resumable); returns {"A": final checkpoint, "B": ...}."""
-    out = {}
-    for name, optim, data_seed in (("A", cfg.optim_a, cfg.data_seed_a), ("B", cfg.optim_b, cfg.data_seed_b)):
-        paths = train_model(make_model, x, y, optim, init_seed=cfg.init_seed, data_seed=data_seed,
-                            checkpoint_epochs=[0, optim.epochs], run_dir=Path(run_root) / name,
-                            meta=dict(arch="vit", vit=cfg.vit.model_dump(), n_train=cfg.n_train,
-                                      subset_seed=cfg.subset_seed), desc=f"ViT {name}")
-        out[name] = paths[-1]
+def trained_epochs(epochs: Sequence[int]) -> list[int]:
+    """Checkpoints after training started: all but the first (the initialisation, where a same-init pair coincides
+    and every move has length 0); the only one when just one is evaluated."""
+    epochs = sorted(set(epochs))
+    return epochs[1:] if len(epochs) > 1 else epochs
+
+
+# -------------------------------------------------------------------------------------------- per-seed metrics ---
+
+def seed_metrics(endpoints: Mapping[str, dict], vit_summary: pd.DataFrame, cnn_gap: pd.DataFrame | None,
+                 cfg: RobustnessConfig, step_mismatch: float) -> dict[str, float]:
+    """The flat metrics of one repetition that the claims read (keys 'group/direction/split/...').
+
+    vit_gap/<dir>/<split>/<layer>: ViT gap at compare_alpha; cnn_gap/<dir>/train/<epoch>/<layer>: CNN gap (train
+    loss, cnn_alpha) at every trained checkpoint; vit_<metric>/<member>/<split>: the two ViTs; the mean loss increases
+    per direction and split; the equal-norm check. No threshold is applied here: the claims apply report.tie_margin.
+    """
+    m: dict[str, float] = dict(compare_alpha=float(cfg.compare_alpha), cnn_alpha=float(cfg.cnn_alpha),
+                               n_vit_layers=float(vit_summary.layer.nunique()), max_step_norm_mismatch=step_mismatch)
+    for member, result in endpoints.items():
+        for split, values in result.items():
+            for metric, value in values.items():
+                m[f"vit_{metric}/{member}/{split}"] = float(value)
+    for row in vit_summary.itertuples():
+        m[f"vit_gap/{row.direction}/{row.split}/{row.layer}"] = float(row.gap)
+    means = vit_summary.groupby(["direction", "split"])[["increase_interpolation", "increase_random"]].mean()
+    for (direction, split), row in means.iterrows():
+        m[f"vit_mean_increase_interpolation/{direction}/{split}"] = float(row.increase_interpolation)
+        m[f"vit_mean_increase_random/{direction}/{split}"] = float(row.increase_random)
+    if cnn_gap is not None:
+        epochs = trained_epochs(cnn_gap.epoch.unique())
+        m["n_cnn_checkpoints"] = float(len(epochs))
+        for row in cnn_gap[(cnn_gap.split == "train") & cnn_gap.epoch.isin(epochs)].itertuples():
+            m[f"cnn_gap/{row.direction}/train/{int(row.epoch)}/{row.layer}"] = float(row.gap)
+    if not all(np.isfinite(v) for v in m.values()):
+        raise ValueError(f"non-finite robustness metrics: {[k for k, v in m.items() if not np.isfinite(v)]}")
+    return m
+
+
+# ------------------------------------------------------------------------------------------------------- claims ---
+
+def fraction_beyond_margin(prefix: str) -> Callable[[dict, object], float]:
+    """Measure: fraction of the metrics under `prefix` (one per layer, or per layer x checkpoint) whose gap exceeds
+    report.tie_margin: those layers count as "toward the other model hurts more than random"; ties do not."""
+    def measure(m: dict, cfg) -> float:
+        gaps = [v for k, v in m.items() if k.startswith(prefix)]
+        if not gaps:
+            raise KeyError(prefix)
+        return sum(g > cfg.tie_margin for g in gaps) / len(gaps)
+    return measure
+
+
+_PAPER = "the interpolation curve lies above the random-direction curves for most layers"
+CLAIMS: list[Claim] = [
+    *[Claim("Fig. 4", f"ViT pair, {d} ({s} loss): moving one layer toward the other model hurts more than an "
+                      "equal-norm random move, in most layers", _PAPER, STAGE,
+            fraction_beyond_margin(f"vit_gap/{d}/{s}/"), ">", "majority",
+            f"fraction of layers with {s}-loss gap (interpolation - random increase, alpha = compare_alpha) "
+            "> tie_margin")
+      for d in DIRECTIONS for s in SPLITS],
+    *[Claim("Fig. 4 (CNN)", f"CNN pair of Fig. 1, {d}: toward the other model hurts more than random, over layers "
+                            "x trained checkpoints", _PAPER, STAGE,
+            fraction_beyond_margin(f"cnn_gap/{d}/train/"), ">", "majority",
+            "fraction of (layer, trained checkpoint) cells with train-loss gap (alpha = cnn_alpha) > tie_margin")
+      for d in DIRECTIONS],
+]
+
+SANITY_CHECKS: list[SanityCheck] = [
+    SanityCheck("Fig. 4", "Random directions have exactly the length of the move toward the other model", STAGE,
+                lambda m, c: m["max_step_norm_mismatch"], "<=", "step_norm_tolerance",
+                "max relative |norm(random step) - norm(interpolation step)| (ViT, all layers, both directions)"),
+]
+
+
+# ------------------------------------------------------------------------------------------ aggregation, figures ---
+
+def aggregate_vit_curves(workspace: str | Path, seeds: Sequence[int]) -> pd.DataFrame:
+    """All repetitions' ViT curves (results/robustness/seed_<r>/vit_curves.csv) with a `seed` column."""
+    return read_seed_tables(workspace, STAGE, "vit_curves.csv", seeds)
+
+
+def aggregate_cnn_gaps(workspace: str | Path, seeds: Sequence[int]) -> pd.DataFrame:
+    """All repetitions' CNN gaps (results/robustness/seed_<r>/cnn_gap.csv) with a `seed` column."""
+    return read_seed_tables(workspace, STAGE, "cnn_gap.csv", seeds)
+
+
+def vit_gap_table(curves: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    """Per direction, split, layer: mean and sd over seeds of the gap at `alpha` (curves with a `seed` column), and
+    "mean ± sd" as text."""
+    gaps = pd.concat([loss_increase(g, alpha).assign(seed=s) for s, g in curves.groupby("seed")], ignore_index=True)
+    out = (gaps.groupby(["direction", "split", "layer_index", "layer"]).gap.agg(["mean", "std", "count"])
+           .reset_index().rename(columns={"count": "n_seeds"}))
+    out["std"] = out["std"].fillna(0.0)
+    out["mean ± sd"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(out["mean"], out["std"])]
     return out
 
 
-__all__ = ["RobustnessConfig", "DIRECTIONS", "random_endpoint", "layer_curves", "loss_increase", "fraction_worse",
-           "checkpoint_comparison", "checkpoint_gap", "train_pair"]
+def _seed_means(df: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, str]:
+    """With several seeds: mean over random draws within each seed, so the band is +-1 sd over seeds; with one seed
+    the draws stay, so the band is +-1 sd over the random draws."""
+    if df.seed.nunique() > 1:
+        return df.groupby([*keys, "seed"]).value.mean().reset_index(), f"±1 sd over {df.seed.nunique()} seeds"
+    return df, "±1 sd over random draws"
+
+
+def fig4_robustness(curves: pd.DataFrame, compare_alpha: float, split: str = "train", margin: float | None = None):
+    """Fig. 4: one panel per logical layer, `split` loss against alpha (colour = direction, solid = toward the other
+    model, dashed = random directions of equal norm; line = mean, band = +-1 sd over seeds, or over the random draws
+    for a single seed), then per direction the gap (interpolation - random loss increase) at compare_alpha per
+    layer, train and test (bars: mean over seeds, error bars: sd). `curves` has a `seed` column."""
+    from llmc_utils import plotting  # imported here: config validation imports this module, seaborn is slow
+
+    order = curves.drop_duplicates("layer").sort_values("layer_index").layer.tolist()
+    loss, band = _seed_means(curves[(curves.split == split) & (curves.metric == "loss")],
+                             ["layer", "direction", "kind", "alpha"])
+    fig, axes = plotting.panels(len(order) + 2, ncols=6, width=3.0, height=2.5)
+    for ax, name in zip(axes, order):
+        plotting.curves(ax, loss[loss.layer == name], x="alpha", y="value", hue="direction", style="kind",
+                        hue_order=list(DIRECTIONS), style_order=["interpolation", "random"], title=name,
+                        legend=ax is axes[0])
+        ax.set_ylabel(f"{split} loss")
+    table = vit_gap_table(curves, compare_alpha)
+    for ax, direction in zip(axes[-2:], DIRECTIONS):
+        for offset, (s, colour) in zip((-0.2, 0.2), (("train", "tab:red"), ("test", "tab:blue"))):
+            part = table[(table.direction == direction) & (table.split == s)].sort_values("layer_index")
+            ax.bar(part.layer_index + offset, part["mean"], width=0.4, yerr=part["std"], color=colour, label=s)
+        ax.axhline(0.0, color="black", lw=0.6)
+        if margin is not None:
+            ax.axhline(margin, color="gray", lw=0.6, ls=":", label=f"tie margin {margin:g}")
+        ax.set_xlabel("layer index")
+        ax.set_ylabel(f"gap at alpha={compare_alpha}")
+        ax.set_title(f"{direction}: interpolation - random\nloss increase", fontsize=8)
+        ax.legend(fontsize=6)
+    n = curves.seed.nunique()
+    fig.suptitle(f"Fig. 4  tiny ViT pair: one layer moved toward the other model vs equal-norm random directions "
+                 f"({n} seed{'s' if n > 1 else ''}, {band})", y=1.01)
+    fig.tight_layout()
+    return fig
+
+
+def fig4_robustness_cnn(gaps: pd.DataFrame, alpha: float, split: str = "train"):
+    """Fig. 4 for the CNN pair: per direction a heatmap of layers x checkpoints, cell = L(layer moved toward the
+    other model) - mean L(moved as far in random directions) at `alpha`, mean over seeds, annotated "mean ± sd"
+    (sd over seeds). Red: toward the other model is worse. `gaps` has a `seed` column."""
+    from llmc_utils import plotting
+
+    df = gaps[gaps.split == split]
+    stats = df.groupby(["direction", "layer", "layer_index", "epoch"]).gap.agg(["mean", "std"]).reset_index()
+    layers = stats.drop_duplicates("layer").sort_values("layer_index").layer.tolist()
+    epochs = sorted(stats.epoch.unique())
+    n = df.seed.nunique()
+    fig, axes = plotting.panels(2, ncols=2, width=0.9 * len(epochs) + 3, height=0.45 * len(layers) + 1.5)
+    limit = float(stats["mean"].abs().max()) or 1.0
+    for ax, direction in zip(axes, DIRECTIONS):
+        part = stats[stats.direction == direction]
+        wide = lambda col: part.pivot(index="layer", columns="epoch", values=col).reindex(  # noqa: E731
+            index=layers, columns=epochs)
+        # sd over seeds is NaN with one seed: the cells then show the value alone
+        plotting.heatmap(ax, wide("mean"), title=f"CNN {direction}: alpha={alpha}", fmt=".2f", vmin=-limit,
+                         vmax=limit, spread=wide("std"), cbar_label=f"L(toward other) - mean L(random), {split}")
+        ax.set_xlabel("checkpoint epoch")
+    fig.suptitle(f"Fig. 4 (CNN pair of Fig. 1): one layer moved toward the other model vs equal-norm random "
+                 f"directions; red = toward the other model is worse ({n} seed{'s' if n > 1 else ''}"
+                 f"{', mean ± sd' if n > 1 else ''})", y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+__all__ = ["RobustnessConfig", "DIRECTIONS", "CLAIMS", "SANITY_CHECKS", "vit_data", "cnn_splits", "check_pair_subset",
+           "train_pair", "check_endpoints", "random_endpoint", "layer_curves", "step_norm_mismatch", "loss_increase",
+           "checkpoint_comparison", "checkpoint_gap", "trained_epochs", "seed_metrics", "fraction_beyond_margin",
+           "aggregate_vit_curves", "aggregate_cnn_gaps", "vit_gap_table", "fig4_robustness", "fig4_robustness_cnn"]

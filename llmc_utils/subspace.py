@@ -6,8 +6,8 @@ subset). Snapshots of both runs are real copies: train_model writes a checkpoint
 snapshots are read back from those files, so no snapshot can alias the live weights.
   * training subspace: orthonormal basis (SVD, relative rank tolerance) of the span of all snapshots of both runs;
   * null space: its orthogonal complement (a Gaussian vector with its component in the span projected out);
-  * averaging direction: d = (theta_A - theta_B) / ||theta_A - theta_B||; draw 0 is +d (away from B), draw 1 is -d
-    (toward B, the direction averaging moves A in).
+  * averaging direction: d = (theta_A - theta_B) / ||theta_A - theta_B||, with its sign named: +d moves A away from
+    B, -d moves A toward B (the direction averaging moves A in). The two signs are separate kinds everywhere.
 Model A is perturbed to theta_A + sigma * v for a unit vector v of each kind, for the whole network and for each
 layer alone (v restricted to that layer's coordinates, the subspace built from the snapshots' restriction to it).
 Variant "final_only" builds the subspace from the two final models only: what the reference notebooks compute,
@@ -15,9 +15,9 @@ because their snapshots alias the live weights (every stored "snapshot" ends up 
 
 Paper: training-subspace and averaging-direction perturbations raise the test loss far more than null-space ones of the
 same size. Null-space directions are, in these dimensions, essentially random directions, to which MLPs are robust.
-Default profile (2 x 21 snapshots, subspace rank 41; sigma = 8): whole network, synthetic test loss 0.72 -> 14.9
-(training subspace), 2.5 (averaging), 1.4 (null space); Fashion-MNIST 0.95 -> 5.1, 1.4, 1.0. Training subspace and
-averaging direction exceed the null space in 8/8 (dataset, scope) panels; with the final-models-only span, 7/8 and 6/8.
+Claims (CLAIMS): per variant and kind, the fraction of (dataset, scope) panels where that kind's mean test loss at the
+largest sigma exceeds the null space's by more than report.tie_margin. Repetition r offsets every seed of the section
+(dataset, subsets, init, data orders, draws) by config.repetition_seed.
 """
 
 from __future__ import annotations
@@ -25,19 +25,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Literal, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from llmc_utils.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Section
+from llmc_utils.claims import Claim, SanityCheck
+from llmc_utils.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Section, repetition_seed
+from llmc_utils.io import read_seed_tables
 from llmc_utils.layers import StateDict, flat, logical_layers
 from llmc_utils.models import MLP
-from llmc_utils.trainer import OptimConfig, load_weights, train_model
+from llmc_utils.trainer import OptimConfig, check_not_chance, load_weights, train_model
 
 Dataset = Literal["synthetic", "fashion_mnist"]
 Variant = Literal["snapshots", "final_only"]
-KINDS = ("training subspace", "null space", "averaging direction")
+STAGE = "subspace_perturbations"
+TOWARD_B, AWAY_FROM_B = "averaging -d (A toward B)", "averaging +d (A away from B)"
+KINDS = ("training subspace", "null space", TOWARD_B, AWAY_FROM_B)
+COMPARED = ("training subspace", TOWARD_B, AWAY_FROM_B)  # each compared with the null space by the claims
 VARIANT_LABELS = {"snapshots": "span of all snapshots (copies)", "final_only": "span of the two final models only"}
 
 
@@ -61,7 +67,7 @@ class SubspacePerturbationsConfig(Section):
     snapshot_every: PositiveInt = 1  # epochs between snapshots (an epoch is a few steps on these small halves)
     variants: list[Variant] = Field(default_factory=lambda: ["snapshots", "final_only"], min_length=1)
     sigmas: list[NonNegativeFloat] = Field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0], min_length=2)
-    n_draws: PositiveInt = 5  # random unit vectors per kind (the averaging direction has its two signs)
+    n_draws: PositiveInt = 5  # random unit vectors per random kind (each averaging sign is one fixed vector)
     draw_seed: NonNegativeInt = 0
     rank_rtol: PositiveFloat = 1e-6  # singular values below rtol * largest do not count toward the span
 
@@ -77,6 +83,18 @@ class SubspacePerturbationsConfig(Section):
         if len(set(self.variants)) != len(self.variants) or len(set(self.datasets)) != len(self.datasets):
             raise ValueError("variants and datasets must not repeat")
         return self
+
+    def for_repetition(self, repetition: int) -> "SubspacePerturbationsConfig":
+        """This section as repetition r runs it: every seed offset by config.repetition_seed (r = 0: unchanged)."""
+        shift = lambda s: repetition_seed(s, repetition)  # noqa: E731
+        return self.model_copy(update=dict(
+            synthetic_seed=shift(self.synthetic_seed), subset_seed=shift(self.subset_seed),
+            init_seed=shift(self.init_seed), data_seed_a=shift(self.data_seed_a),
+            data_seed_b=shift(self.data_seed_b), draw_seed=shift(self.draw_seed)))
+
+    def seeds(self) -> dict[str, int]:
+        return dict(synthetic_seed=self.synthetic_seed, subset_seed=self.subset_seed, init_seed=self.init_seed,
+                    data_seed_a=self.data_seed_a, data_seed_b=self.data_seed_b, draw_seed=self.draw_seed)
 
     def snapshot_epochs(self) -> list[int]:
         return sorted(set(range(0, self.optim.epochs + 1, self.snapshot_every)) | {self.optim.epochs})
@@ -166,17 +184,29 @@ def perturb(state: StateDict, keys: Sequence[str], direction: torch.Tensor, sigm
     return out
 
 
+def stack(columns: Sequence[StateDict], keys: Sequence[str]) -> torch.Tensor:
+    """P x m float64 matrix of the states restricted to `keys`."""
+    return torch.stack([flat(c, keys).double() for c in columns], dim=1)
+
+
 def directions(columns: Sequence[StateDict], final_a: StateDict, final_b: StateDict, keys: Sequence[str],
                n_draws: int, seed: int, rtol: float) -> tuple[dict[str, list[torch.Tensor]], int]:
     """{kind: unit vectors over `keys`} and the dimension of the training subspace restricted to `keys`."""
-    basis = orthonormal_basis(torch.stack([flat(c, keys).double() for c in columns], dim=1), rtol)
+    basis = orthonormal_basis(stack(columns, keys), rtol)
     generator = torch.Generator().manual_seed(seed)
     inside = [subspace_vector(basis, generator) for _ in range(n_draws)]
     outside = [null_space_vector(basis, generator) for _ in range(n_draws)]
-    avg = unit(flat(final_a, keys).double() - flat(final_b, keys).double())
+    d = unit(flat(final_a, keys).double() - flat(final_b, keys).double())  # +d: A away from B
     found = {"training subspace": inside, "null space": [v for v in outside if v is not None],
-             "averaging direction": [avg, -avg]}
+             TOWARD_B: [-d], AWAY_FROM_B: [d]}
     return found, basis.shape[1]
+
+
+def max_cosine(vectors: Sequence[torch.Tensor], columns: torch.Tensor) -> float:
+    """Largest |cos| between any of `vectors` and any column (0 for no vectors): a null-space vector must be
+    orthogonal to every snapshot."""
+    norms = columns.norm(dim=0).clamp_min(torch.finfo(columns.dtype).tiny)
+    return max((float(((v @ columns) / norms).abs().max()) for v in vectors), default=0.0)
 
 
 def perturbation_curves(evaluate: Callable[[StateDict], dict], columns: Sequence[StateDict], final_a: StateDict,
@@ -184,7 +214,8 @@ def perturbation_curves(evaluate: Callable[[StateDict], dict], columns: Sequence
                         ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Perturb model A (final_a) along each kind of direction, for the whole network ("all") and each layer.
 
-    Returns (curves: scope x kind x draw x sigma x split x metric -> value, spans: scope -> n_params, subspace rank).
+    Returns (curves: scope x kind x draw x sigma x split x metric -> value, spans: scope -> n_params, subspace rank,
+    null_max_cosine = largest |cos| between a null-space vector and a column, the orthogonality check).
     """
     layers = logical_layers(final_a)
     scopes = {"all": [k for keys in layers.values() for k in keys], **{n: list(k) for n, k in layers.items()}}
@@ -192,7 +223,8 @@ def perturbation_curves(evaluate: Callable[[StateDict], dict], columns: Sequence
     rows, spans = [], []
     for s_index, (scope, keys) in enumerate(scopes.items()):
         found, rank = directions(columns, final_a, final_b, keys, n_draws, seed * 1000 + s_index, rtol)
-        spans.append(dict(scope=scope, n_params=sum(final_a[k].numel() for k in keys), subspace_rank=rank))
+        spans.append(dict(scope=scope, n_params=sum(final_a[k].numel() for k in keys), subspace_rank=rank,
+                          null_max_cosine=max_cosine(found["null space"], stack(columns, keys))))
         for kind, vectors in found.items():
             for draw, v in enumerate(vectors):
                 for sigma in sigmas:
@@ -208,3 +240,126 @@ def loss_at(curves: pd.DataFrame, sigma: float, metric: str = "loss") -> pd.Data
     keys = [c for c in ("dataset", "variant", "scope", "split", "kind") if c in curves]
     df = curves[(curves.sigma == sigma) & (curves.metric == metric)]
     return df.groupby(keys).value.agg(["mean", "std"]).reset_index()
+
+
+def check_endpoints(endpoints: Mapping[str, Mapping[str, dict]], n_classes: Mapping[str, int],
+                    cfg: SubspacePerturbationsConfig, repetition: int) -> None:
+    """trainer.check_not_chance on the final test error of both MLPs of every dataset: a degenerate model stops the
+    stage. `endpoints[dataset][member]` = {"loss", "error"} on the test split."""
+    for dataset, members in endpoints.items():
+        for member, data_seed in (("A", cfg.data_seed_a), ("B", cfg.data_seed_b)):
+            check_not_chance(members[member]["error"], n_classes[dataset],
+                             f"MLP {member} on {dataset}, repetition {repetition} (init seed {cfg.init_seed}, "
+                             f"data seed {data_seed})", cfg.optim.epochs)
+
+
+# -------------------------------------------------------------------------------------------- per-seed metrics ---
+
+def seed_metrics(at_max: pd.DataFrame, spans: pd.DataFrame, endpoints: Mapping[str, Mapping[str, dict]],
+                 sigma_max: float) -> dict[str, float]:
+    """The flat metrics of one repetition that the claims read.
+
+    loss/<dataset>/<variant>/<scope>/<kind>: mean test loss over draws at the largest sigma (one "panel" per
+    dataset, variant and scope); endpoint_<metric>/<dataset>/<member>: the unperturbed MLPs; subspace_rank/...;
+    null_max_cosine: the orthogonality check. No threshold is applied here: the claims apply report.tie_margin.
+    """
+    m: dict[str, float] = dict(sigma_max=float(sigma_max), null_max_cosine=float(spans.null_max_cosine.max()))
+    for dataset, members in endpoints.items():
+        for member, values in members.items():
+            for metric, value in values.items():
+                m[f"endpoint_{metric}/{dataset}/{member}"] = float(value)
+    for row in spans.itertuples():
+        m[f"subspace_rank/{row.dataset}/{row.variant}/{row.scope}"] = float(row.subspace_rank)
+    for row in at_max[at_max.split == "test"].itertuples():
+        m[f"loss/{row.dataset}/{row.variant}/{row.scope}/{row.kind}"] = float(row.mean)
+    if not all(np.isfinite(v) for v in m.values()):
+        raise ValueError(f"non-finite subspace metrics: {[k for k, v in m.items() if not np.isfinite(v)]}")
+    return m
+
+
+# ------------------------------------------------------------------------------------------------------- claims ---
+
+def fraction_above_null(variant: str, kind: str) -> Callable[[dict, object], float]:
+    """Measure: fraction of the (dataset, scope) panels of `variant` where `kind`'s test loss at the largest sigma
+    exceeds the null space's by more than report.tie_margin (panels without a null space are left out)."""
+    def measure(m: dict, cfg) -> float:
+        null = "null space"
+        panels = [k[:-len(null)] for k in m if k.startswith("loss/") and k.endswith("/" + null)
+                  and k.split("/")[2] == variant]
+        if not panels:
+            raise KeyError(f"loss/<dataset>/{variant}/<scope>/{null}")
+        return sum(m[p + kind] - m[p + null] > cfg.tie_margin for p in panels) / len(panels)
+    return measure
+
+
+_CLAIM_TEXT = {
+    "training subspace": ("Perturbations inside the training subspace hurt more than null-space ones of the same size",
+                          "training-subspace curves far above the null-space curves"),
+    TOWARD_B: ("Moving A along the averaging direction toward B (-d, what averaging does) hurts more than null-space "
+               "perturbations", "averaging-direction curves above the null-space curves"),
+    AWAY_FROM_B: ("Moving A along the averaging direction away from B (+d) hurts more than null-space perturbations",
+                  "averaging-direction curves above the null-space curves"),
+}
+CLAIMS: list[Claim] = [
+    Claim("Fig. 5", f"{_CLAIM_TEXT[kind][0]} [subspace: {VARIANT_LABELS[variant]}]", _CLAIM_TEXT[kind][1], STAGE,
+          fraction_above_null(variant, kind), ">", "majority",
+          f"fraction of (dataset, scope) panels where test loss at the largest sigma exceeds the null space's by "
+          f"> tie_margin ({variant})")
+    for variant in ("snapshots", "final_only") for kind in COMPARED
+]
+
+SANITY_CHECKS: list[SanityCheck] = [
+    SanityCheck("Fig. 5", "Null-space directions are orthogonal to every snapshot that spans the training subspace",
+                STAGE, lambda m, c: m["null_max_cosine"], "<=", "orthogonality_tolerance",
+                "max |cos(null-space vector, snapshot)| over datasets, variants, scopes"),
+]
+
+
+# ------------------------------------------------------------------------------------------ aggregation, figure ---
+
+def aggregate_curves(workspace: str | Path, seeds: Sequence[int]) -> pd.DataFrame:
+    """All repetitions' curves (results/subspace_perturbations/seed_<r>/curves.csv) with a `seed` column."""
+    return read_seed_tables(workspace, STAGE, "curves.csv", seeds)
+
+
+def loss_at_table(curves: pd.DataFrame, sigma: float) -> pd.DataFrame:
+    """Per dataset, variant, scope, kind: test loss at `sigma`, mean over draws per seed, then mean, sd and
+    "mean ± sd" over seeds (curves with a `seed` column)."""
+    df = curves[(curves.sigma == sigma) & (curves.metric == "loss") & (curves.split == "test")]
+    keys = ["dataset", "variant", "scope", "kind"]
+    per_seed = df.groupby([*keys, "seed"], sort=False).value.mean().reset_index()
+    out = per_seed.groupby(keys, sort=False).value.agg(["mean", "std", "count"]).reset_index()
+    out = out.rename(columns={"count": "n_seeds"})
+    out["mean ± sd"] = [f"{m:.3f} ± {0.0 if pd.isna(s) else s:.3f}" for m, s in zip(out["mean"], out["std"])]
+    return out
+
+
+def fig5_subspace_perturbations(curves: pd.DataFrame):
+    """Fig. 5: one row per dataset and variant, one column per scope (whole network, then each layer); test loss of
+    model A against sigma per kind of direction (the two signs of the averaging direction apart). Line = mean, band =
+    +-1 sd over seeds (for a single seed: over the random draws). `curves` has a `seed` column."""
+    from llmc_utils import plotting  # imported here: config validation imports this module, seaborn is slow
+
+    loss = curves[(curves.metric == "loss") & (curves.split == "test")]
+    keys = ["dataset", "variant", "scope", "kind", "sigma"]
+    n = loss.seed.nunique()
+    if n > 1:
+        loss, band = loss.groupby([*keys, "seed"]).value.mean().reset_index(), f"±1 sd over {n} seeds"
+    else:
+        band = "±1 sd over random draws"
+    scopes = list(dict.fromkeys(loss.scope))
+    rows = list(dict.fromkeys(zip(loss.dataset, loss.variant)))
+    fig, axes = plotting.panels(len(rows) * len(scopes), ncols=len(scopes), width=3.2, height=2.6)
+    for r, (name, variant) in enumerate(rows):
+        for c, scope in enumerate(scopes):
+            ax = axes[r * len(scopes) + c]
+            part = loss[(loss.dataset == name) & (loss.variant == variant) & (loss.scope == scope)]
+            plotting.curves(ax, part, x="sigma", y="value", hue="kind", hue_order=list(KINDS),
+                            title=f"{name} · {scope}\nsubspace: {VARIANT_LABELS[variant]}",
+                            legend=(r == 0 and c == 0))
+            ax.title.set_fontsize(7)
+            ax.set_ylabel("test loss")
+    fig.suptitle(f"Fig. 5  perturbing model A by sigma x unit vector: training subspace vs null space vs averaging "
+                 f"direction (-d: toward B, +d: away from B); {n} seed{'s' if n > 1 else ''}, {band}", y=1.01)
+    fig.tight_layout()
+    return fig

@@ -64,14 +64,14 @@ def perturb_init(model: torch.nn.Module) -> torch.nn.Module:
 
 def check_finite(loss: torch.Tensor | float, desc: str, epoch: int) -> None:
     """Stop a run whose loss is NaN or infinite, naming the run (desc holds model and seeds) and the epoch."""
-    value = float(loss)
+    value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
     if not math.isfinite(value):
         raise TrainingDiverged(f"{desc}: training diverged at epoch {epoch} (loss {value}); lower the learning rate "
                                "or add gradient clipping in params.yaml")
 
 
-def check_not_chance(error: float, n_classes: int, desc: str, epoch: int, margin: float = 0.9) -> None:
-    """Stop when a trained classifier's error (%) is within `margin` of chance (100 (1 - 1/C)): a run that fell off
+def check_not_chance(error: float, n_classes: int, desc: str, epoch: int, margin: float = 0.95) -> None:
+    """Stop when a trained classifier's error (%) is at least `margin` x chance (100 (1 - 1/C)): a run that fell off
     the stable training regime must never reach a figure."""
     chance = 100.0 * (1.0 - 1.0 / n_classes)
     if error >= margin * chance:

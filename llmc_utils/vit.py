@@ -1,8 +1,9 @@
 """A tiny vision transformer for the robustness experiment (paper Fig. 4), built from scratch (no external weights).
 
 Paper Fig. 4 uses two ViTs trained with different learning rates and augmentations; here the same architecture at
-toy size (28x28 Fashion-MNIST, 7x7 patches -> 16 tokens + a class token, width 32, 2 blocks) trains to roughly 80%
-test accuracy in a few CPU seconds per epoch.
+toy size (28x28 Fashion-MNIST, 7x7 patches -> 16 tokens + a class token, width 32, 2 blocks), small enough to train
+on a CPU within the stage's budget. Its weights are initialised inside trainer.train_model (seeded there, and
+perturbed by trainer.perturb_init in the portability test).
 
 Logical layers (llmc_utils.layers.logical_layers groups state-dict keys by module) follow the module structure, so each
 Linear, LayerNorm, the patch embedding and the token parameters (class token + position embedding) is one layer:

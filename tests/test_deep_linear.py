@@ -1,11 +1,19 @@
 """Deep linear networks: Theorem 4.1's closed form, convexity of single-layer cuts, the 1-D minimal example by hand,
-a two-layer counterexample, and config validation."""
+a two-layer counterexample, single layer vs full path (random 1-D minima against their closed form; pairs that must
+make the claim fail), the stage's claims and sanity checks on synthetic metrics, and config validation."""
 
+import json
+import math
+
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from llmc_utils import claims
 from llmc_utils import deep_linear as dl
 from llmc_utils.config import ParamsError, validate_params
+from llmc_utils.report import ReportConfig
 
 DT = dl.DTYPE
 
@@ -125,7 +133,8 @@ def test_two_layer_counterexample_is_not_convex():
 
 
 def test_theorem_check_on_a_small_run():
-    cfg = dl.DeepLinearConfig(depths=[2, 3], widths=[3], replicates=2, n_alphas=21, train_steps=30)
+    cfg = dl.DeepLinearConfig(depths=[2, 3], widths=[3], replicates=2, n_alphas=21, train_steps=30,
+                              random_minima=50, landscape_resolution=11)
     cuts, curves = dl.theorem_check(cfg)
     # per network pair: depth 2 -> 4 single + 1 pair; depth 3 -> 6 single + 6 pairs + 1 all; x 2 kinds x 2 replicates
     assert len(cuts) == (5 + 13) * 2 * 2
@@ -140,6 +149,27 @@ def test_theorem_check_on_a_small_run():
     assert trained < 0.5 * random  # gradient descent really trained the endpoints
     table = dl.nonconvex_table(cuts)
     assert set(table.group) == {"single layer", "two layers", "all layers"}
+    # SPEC barriers against the full models: the full path's max over the grid is at least its midpoint value
+    full = cuts[cuts.n_layers == cuts.depth]
+    assert (full.barrier_max >= full.barrier_mid - 1e-12).all()
+    pairs = dl.pair_barriers(cuts, tie_rtol=cfg.tie_rtol)
+    assert len(pairs) == 8 and (pairs.best_single_mid <= pairs.worst_single_mid).all()
+    assert (pairs.every_single_lower_mid <= pairs.best_single_lower_mid).all()  # every lower implies best lower
+    # the stage's metrics: the lists the claims read, one element per pair, and the sanity checks' inputs
+    _, barriers = dl.minimal_example(cfg)
+    _, minima_cuts = dl.random_minima(cfg)
+    metrics = dl.stage_metrics(cfg, barriers, cuts, dl.pair_barriers(minima_cuts, cuts, tie_rtol=cfg.tie_rtol))
+    assert len(metrics["random_minima_best_single_lower"]) == len(metrics["random_minima_full_barrier"]) == 50
+    assert len(metrics["trained_best_single_lower"]) == len(metrics["random_init_best_single_lower"]) == 4
+    assert set(metrics["trained_best_single_lower"]) <= {0, 1}
+    assert metrics["minimal_ratio_expected"] == 16.0
+    assert metrics["minimal_ratio_full_over_layer2"] == pytest.approx(16.0, rel=1e-12)
+    json.dumps(metrics)  # plain JSON types only
+    everything = {"deep_linear": {None: metrics}}
+    for claim in dl.CLAIMS:
+        assert claims.evaluate(claim, everything, ReportConfig())["n"] > 1
+    for check in dl.SANITY_CHECKS:  # this small run has fewer cuts than the default profile requires
+        assert claims.check(check, everything, ReportConfig(min_theorem_cuts=10))["holds"], check.statement
 
 
 @pytest.mark.parametrize("values, fragment", [
@@ -149,6 +179,9 @@ def test_theorem_check_on_a_small_run():
     ({"depths": [1, 2]}, "deep_linear.depths.0 = 1"),
     ({"widths": [4, 4]}, "widths must not repeat"),
     ({"n_alphas": 3}, "deep_linear.n_alphas = 3"),
+    ({"n_alphas": 50}, "n_alphas must be odd"),
+    ({"random_minima_scale": 1.0}, "deep_linear.random_minima_scale"),
+    ({"random_minima": 1}, "deep_linear.random_minima"),
     ({"pair_kinds": ["trained", "permuted"]}, "'random' or 'trained'"),
     ({"bases": []}, "deep_linear.bases"),
     ({"momentum": 1.0}, "deep_linear.momentum"),
@@ -166,3 +199,144 @@ def test_tiny_and_default_params_validate(root):
         section = yaml.safe_load(path.read_text())["deep_linear"]
         cfg = validate_params({"deep_linear": section}, source=str(path))["deep_linear"]
         assert isinstance(cfg, dl.DeepLinearConfig)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Single layer vs full path
+
+
+def one_d_formulas(r, m):
+    """Module docstring: barriers at alpha = 0.5 of the 1-D minima (a, 1/a), (a', 1/a'), r = a'/a."""
+    full = m * (r - 1) ** 4 / (16 * r ** 2)
+    best = m * (r - 1) ** 2 / 4 * np.minimum(1.0, 1.0 / r ** 2)
+    return full, best
+
+
+def test_random_minima_match_the_closed_form():
+    cfg = dl.DeepLinearConfig(random_minima=3000, n_alphas=21, landscape_resolution=11)
+    minima, cuts = dl.random_minima(cfg)
+    assert len(minima) == 3000 and len(cuts) == 3000 * 5  # 2 layers x 2 bases + the full path
+    assert np.abs(minima.w1_a * minima.w2_a - 1).max() < 1e-15 and minima.loss_a.max() < 1e-28
+    assert (np.abs(np.log(np.abs(minima[["w1_a", "w1_b"]].to_numpy()))) <= math.log(3.0) + 1e-12).all()
+    assert 0.4 < minima.same_branch.mean() < 0.6  # random branch
+    pairs = dl.pair_barriers(cuts, tie_rtol=cfg.tie_rtol)
+    x, _ = dl.minimal_data(cfg)
+    r = (minima.w1_b / minima.w1_a).to_numpy()
+    full, best = one_d_formulas(r, (x ** 2).mean().item())
+    np.testing.assert_allclose(pairs.full_mid, full, rtol=1e-9, atol=1e-14)
+    np.testing.assert_allclose(pairs.best_single_mid, best, rtol=1e-9, atol=1e-14)
+    # best single lower exactly when r < 0 or |log r| > log 3 (away from the boundary, where rounding decides)
+    clear = np.abs(np.abs(np.log(np.abs(r))) - math.log(3.0)) > 1e-6
+    expected = (r < 0) | (np.abs(np.log(np.abs(r))) > math.log(3.0))
+    assert (pairs.best_single_lower_mid.to_numpy()[clear] == expected[clear]).all()
+    assert not pairs.every_single_lower_mid.any()  # one single-layer path always overshoots
+    p = dl.expected_fraction_random_minima(3.0)
+    assert p == pytest.approx(0.625)
+    assert abs(pairs.best_single_lower_mid.mean() - p) < 4 * math.sqrt(p * (1 - p) / 3000)
+    assert dl.expected_fraction_random_minima(math.sqrt(3.0)) == pytest.approx(0.5)
+
+
+def verdict_of(prefix, indicators):
+    claim = {"random_minima": dl.CLAIMS[0], "trained": dl.CLAIMS[1]}[prefix]
+    metrics = {"deep_linear": {None: {f"{prefix}_best_single_lower": list(indicators)}}}
+    return claims.evaluate(claim, metrics, ReportConfig(), ReportConfig().confidence)
+
+
+def test_claims_read_their_population():
+    assert [c.stage for c in dl.CLAIMS] == ["deep_linear"] * 2
+    assert dl.CLAIMS[0].measure({"random_minima_best_single_lower": [1, 0]}, None) == [1.0, 0.0]
+    assert dl.CLAIMS[1].measure({"trained_best_single_lower": [0, 0, 1]}, None) == [0.0, 0.0, 1.0]
+    for claim in dl.CLAIMS:
+        assert claim.relation == ">" and claim.threshold == "majority"
+
+
+@pytest.mark.parametrize("prefix", ["random_minima", "trained"])
+@pytest.mark.parametrize("ones, n, expected", [
+    (180, 200, "reproduced"),      # 90 %: the interval lies above one half
+    (105, 200, "inconclusive"),    # 52 %: the interval straddles one half
+    (40, 200, "not reproduced"),   # 20 %: below
+    (1, 1, "inconclusive"),        # one pair bounds nothing
+])
+def test_claim_verdicts_on_synthetic_metrics(prefix, ones, n, expected):
+    row = verdict_of(prefix, [1] * ones + [0] * (n - ones))
+    assert row["verdict"] == expected and row["n"] == n
+    assert row["mean"] == pytest.approx(ones / n)
+
+
+def test_identical_pairs_make_the_claim_fail():
+    # A = B: every barrier is exactly 0, a tie, so no single-layer path is "lower"
+    x = torch.randn(12, 1, generator=torch.Generator().manual_seed(0), dtype=DT)
+    w = np.array([0.5, 2.0, -1.5, 1.0, -0.7])
+    _, cuts = dl.one_d_pairs(w, w.copy(), x, x, dl.alpha_grid(11), ["A", "B"])
+    pairs = dl.pair_barriers(cuts, tie_rtol=1e-9)
+    assert (pairs[["full_mid", "best_single_mid"]].to_numpy() == 0).all()
+    metrics = dl.population_metrics(pairs)
+    assert metrics["random_minima_best_single_lower"] == [0] * 5
+    assert verdict_of("random_minima", metrics["random_minima_best_single_lower"])["verdict"] == "not reproduced"
+
+
+def test_sign_flip_is_a_tie_not_a_win():
+    # w' = -w (r = -1): full and best single-layer barrier are both m; rounding must not decide
+    x = torch.randn(12, 1, generator=torch.Generator().manual_seed(1), dtype=DT)
+    w = np.array([0.3, 1.7, 2.9])
+    _, cuts = dl.one_d_pairs(w, -w, x, x, dl.alpha_grid(11), ["A", "B"])
+    pairs = dl.pair_barriers(cuts, tie_rtol=1e-9)
+    np.testing.assert_allclose(pairs.full_mid, pairs.best_single_mid, rtol=1e-12)
+    assert not pairs.best_single_lower_mid.any()
+
+
+def test_rescaled_one_d_minima_make_the_claim_fail():
+    # same branch, scales less than 3x apart (w' = c w up to the symmetry w1 w2 = 1): the full path wins every time
+    x = torch.randn(16, 1, generator=torch.Generator().manual_seed(2), dtype=DT)
+    rng = np.random.default_rng(0)
+    w = rng.choice([-1.0, 1.0], 50) * np.exp(rng.uniform(-1, 1, 50))
+    c = np.exp(rng.uniform(-1.0, 1.0, 50))  # |log c| < log 3
+    _, cuts = dl.one_d_pairs(w, c * w, x, x, dl.alpha_grid(11), ["A", "B"])
+    metrics = dl.population_metrics(dl.pair_barriers(cuts, tie_rtol=1e-9))
+    assert metrics["random_minima_fraction_best_single_lower_mid"] == 0.0
+    assert verdict_of("random_minima", metrics["random_minima_best_single_lower"])["verdict"] == "not reproduced"
+
+
+def test_rescaled_deep_linear_pairs_make_the_claim_fail():
+    # depth 2, B = (c W1, W2 / c): the same function, so both are exact minima of Y = f_A(X); the full path's
+    # output is scaled by (2 + c + 1/c) / 4 (second order in c - 1), each single-layer path by (1 + c) / 2 or
+    # (1 + 1/c) / 2 (first order), so for 1 < c < 3 the full path is lower every time
+    cfg = dl.DeepLinearConfig(n_alphas=11)
+    g = torch.Generator().manual_seed(3)
+    rows = []
+    for replicate, c in enumerate(np.linspace(1.2, 2.5, 8)):
+        a = random_net(g, [4, 5, 3])
+        b = {dl.key(1): c * a[dl.key(1)], dl.key(2): a[dl.key(2)] / c}
+        x = torch.randn(20, 4, generator=g, dtype=DT)
+        y = dl.forward(dl.weights(a), x)
+        for row, _, _ in dl.pair_cuts(cfg, a, b, x, y, dl.alpha_grid(cfg.n_alphas)):
+            rows.append(dict(pair_kind="trained", depth=2, width=5, replicate=replicate, **row))
+    pairs = dl.pair_barriers(pd.DataFrame(rows), tie_rtol=cfg.tie_rtol)
+    assert len(pairs) == 8 and (pairs.full_mid > 0).all()
+    metrics = dl.population_metrics(pairs)
+    assert metrics["trained_best_single_lower"] == [0] * 8
+    assert verdict_of("trained", metrics["trained_best_single_lower"])["verdict"] == "not reproduced"
+
+
+def good_sanity_metrics():
+    return dict(minimal_ratio_full_over_layer2=16.0 * (1 + 1e-13), minimal_ratio_expected=16.0,
+                n_single_layer_violations=0, n_closed_form_mismatches=0, n_single_layer_cuts=2000,
+                n_two_layer_nonconvex=5)
+
+
+@pytest.mark.parametrize("change, failing", [
+    ({}, None),
+    ({"minimal_ratio_full_over_layer2": 16.0 * (1 + 1e-6)}, "ratio equals"),
+    ({"n_single_layer_violations": 1}, "is convex"),
+    ({"n_closed_form_mismatches": 2}, "is convex"),
+    ({"n_single_layer_cuts": 999}, "enough single-layer cuts"),
+    ({"n_two_layer_nonconvex": 0}, "counterexample exists"),
+])
+def test_sanity_checks_fail_on_bad_metrics(change, failing):
+    metrics = {"deep_linear": {None: dict(good_sanity_metrics(), **change)}}
+    rows = [claims.check(c, metrics, ReportConfig()) for c in dl.SANITY_CHECKS]
+    broken = [row["check"] for row in rows if not row["holds"]]
+    if failing is None:
+        assert broken == []
+    else:
+        assert len(broken) == 1 and failing in broken[0]

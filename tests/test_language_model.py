@@ -1,4 +1,7 @@
-"""Char tokenizer, windows, the tiny GPT (shapes, causal masking, logical layers), pair training and config errors."""
+"""Char tokenizer, windows, the tiny GPT (shapes, causal masking, logical layers), the three models of a repetition,
+barriers of both pairs, per-repetition metrics, aggregation, the degeneracy stop and config errors."""
+
+import math
 
 import pytest
 import torch
@@ -6,6 +9,7 @@ import torch
 from llmc_utils import language_model as lm
 from llmc_utils.config import ParamsError, validate_params
 from llmc_utils.layers import logical_layers
+from llmc_utils.trainer import TrainingDiverged, load_weights
 
 TEXT = "def f(x):\n    return x * 2  # doubles\n" * 20
 
@@ -74,32 +78,145 @@ def test_future_tokens_do_not_change_past_logits():
     assert not torch.allclose(out[:, 5:], out_changed[:, 5:])
 
 
-def test_pair_trains_with_core_trainer_and_barriers_cover_every_layer(tmp_path):
-    cfg = lm.LanguageModelConfig(text_file=None, max_chars=3000, context=8, d_model=8, n_heads=2, n_blocks=1,
-                                 train_windows=32, eval_windows=8, init_seeds=(0, 1), data_seeds=(0, 1),
-                                 optim=dict(epochs=1, batch_size=16, lr=0.1, weight_decay=0.0),
-                                 checkpoint_epochs=[0, 1])
-    prepared = lm.prepare(cfg)
-    paths = lm.train_pair(cfg, prepared, tmp_path)
-    assert [p.name for p in paths["A"]] == ["epoch_0000.pt", "epoch_0001.pt"]
+def small_cfg(**overrides):
+    base = dict(text_file=None, max_chars=3000, context=8, d_model=8, n_heads=2, n_blocks=1, train_windows=64,
+                eval_windows=8, optim=dict(epochs=2, batch_size=8, lr=0.3, weight_decay=0.0, grad_clip=1.0),
+                checkpoint_epochs=[0, 1, 2])
+    return lm.LanguageModelConfig(**{**base, **overrides})
+
+
+def test_repetition_derives_every_seed():
+    cfg = lm.LanguageModelConfig()
+    assert lm.model_seeds(cfg, 0) == {"A": (0, 0), "B": (1, 1), "B'": (0, 1)}
+    assert lm.model_seeds(cfg, 2) == {"A": (200, 200), "B": (201, 201), "B'": (200, 201)}
+    small = small_cfg()
+    first, second = lm.prepare(small, 0), lm.prepare(small, 1)
+    assert not torch.equal(first["train"][0], second["train"][0])  # windows drawn from repetition_seed(window_seed, r)
+    assert torch.equal(lm.prepare(small, 1)["train"][0], second["train"][0])  # and reproducibly
+    for prepared in (first, second):  # "train" = the first training windows: text the models trained on
+        x, y = prepared["train"]
+        ex, ey = prepared["splits"]["train"]
+        assert torch.equal(ex, x[:8]) and torch.equal(ey, y[:8])
+        assert prepared["splits"]["test"][0].shape == (8, 8)
+
+
+def test_unigram_entropy():
+    assert lm.unigram_entropy(torch.tensor([0, 1, 0, 1]), 3) == pytest.approx(math.log(2))
+    assert lm.unigram_entropy(torch.zeros(5, dtype=torch.int64), 4) == 0.0
+    text = lm.load_text(lm.LanguageModelConfig(max_chars=5000))
+    tok = lm.CharTokenizer(text)
+    assert 0 < lm.unigram_entropy(tok.encode(text), tok.vocab_size) < math.log(tok.vocab_size)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    cfg = small_cfg()
+    prepared = lm.prepare(cfg, 1)
+    paths = lm.train_models(cfg, prepared, tmp_path_factory.mktemp("lm"))
     barriers, endpoints = lm.barriers_over_training(cfg, prepared, paths)
-    # 2 checkpoints x 2 bases x (full + 10 layers) x 2 splits x 2 metrics
-    assert len(barriers) == 2 * 2 * 11 * 2 * 2 and barriers.layer_set.iloc[0] == "full"
-    assert set(endpoints.model) == {"A", "B"} and len(endpoints) == 2 * 2 * 2
+    return cfg, prepared, paths, barriers, endpoints
+
+
+def test_three_models_share_init_or_data_order_as_the_schemes_say(trained):
+    cfg, prepared, paths, _, _ = trained
+    assert set(paths) == {"A", "B", "B'"} and [p.name for p in paths["A"]] == [f"epoch_000{e}.pt" for e in (0, 1, 2)]
+    start = {name: load_weights(ps[0]) for name, ps in paths.items()}
+    end = {name: load_weights(ps[-1]) for name, ps in paths.items()}
+    assert all(torch.equal(start["A"][k], start["B'"][k]) for k in start["A"])  # same init
+    assert not torch.equal(start["A"]["head.weight"], start["B"]["head.weight"])  # different init
+    assert not torch.equal(end["A"]["head.weight"], end["B'"]["head.weight"])  # different data order
+    assert lm.train_models(cfg, prepared, paths["A"][0].parent.parent) == paths  # finished runs are reused
+
+
+def test_barriers_cover_both_pairs_every_layer_and_base(trained):
+    cfg, _, _, barriers, endpoints = trained
+    # 3 checkpoints x 2 pairs x 2 bases x (full + 10 layers) x 2 splits x 2 metrics
+    assert len(barriers) == 3 * 2 * 2 * 11 * 2 * 2 and barriers.layer_set.iloc[0] == "full"
+    assert set(barriers.pair) == set(lm.PAIRS) and set(barriers.alpha) == {0.5}
+    assert len(endpoints) == 3 * 3 * 2 and set(endpoints.model) == set(lm.MODELS)
     full = barriers[barriers.layer_set == "full"]
-    for _, rows in full.groupby(["epoch", "split", "metric"]):
+    for _, rows in full.groupby(["pair", "epoch", "split", "metric"]):
         assert rows.barrier.nunique() == 1  # the full midpoint is the same model for either base
-    assert lm.train_pair(cfg, prepared, tmp_path) == paths  # finished checkpoints are reused, not retrained
+    start = barriers[(barriers.pair == "same_init") & (barriers.epoch == 0)]
+    assert (start.barrier.abs() < 1e-9).all()  # A and B' at epoch 0 are one model: no barrier anywhere
+    assert (barriers.step == barriers.epoch * 8).all()  # 64 windows / batch 8
+
+
+def test_curves_metrics_and_summary_agree_with_the_table(trained):
+    cfg, prepared, _, barriers, endpoints = trained
+    curves = lm.barrier_curves(barriers)
+    assert len(curves) == 6 and set(curves.columns) >= {"pair", "epoch", "full_barrier", "max_single_layer_barrier"}
+    last = barriers[(barriers.epoch == 2) & (barriers.split == "train") & (barriers.metric == "loss")]
+    m = lm.seed_metrics(cfg, barriers, endpoints, prepared)
+    for pair in lm.PAIRS:
+        rows = last[last.pair == pair]
+        assert m[f"{pair}_full_barrier_train_loss"] == pytest.approx(rows[rows.layer_set == "full"].barrier.iloc[0],
+                                                                     abs=1e-6)
+        assert m[f"{pair}_max_single_layer_barrier_train_loss"] == pytest.approx(
+            rows[rows.layer_set != "full"].barrier.max(), abs=1e-6)
+    assert m["full_barrier_train_loss"] == m["different_init_full_barrier_train_loss"]  # default scheme
+    assert m["n_layers"] == 10 and m["last_epoch"] == 2 and m["last_step"] == 16
+    assert all(m[f"final_test_loss_{n}"] < m["unigram_entropy"] for n in ("A", "B", "B_prime"))
+    assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in m.values())
+    same = lm.seed_metrics(small_cfg(scheme="same_init"), barriers, endpoints, prepared)
+    assert same["full_barrier_train_loss"] == m["same_init_full_barrier_train_loss"]
+    sentence = lm.summary(barriers)
+    assert sentence.startswith("Char-level GPT (1 repetition") and "same init" in sentence
+
+
+def test_aggregate_reads_every_repetition_and_draws_fig7(trained, tmp_path):
+    _, _, _, barriers, _ = trained
+    for seed, shift in ((0, 0.0), (1, 0.2)):
+        path = tmp_path / "results" / "language_model" / f"seed_{seed}" / "barriers.csv"
+        path.parent.mkdir(parents=True)
+        barriers.assign(barrier=barriers.barrier + shift).to_csv(path, index=False)
+    table = lm.aggregate_language_model(tmp_path, [0, 1])
+    assert len(table) == 2 * len(barriers) and set(table.seed) == {0, 1}
+    curves = lm.barrier_curves(table)
+    assert len(curves) == 2 * 6
+    heat = lm.mean_layer_barriers(table, "different_init")
+    assert list(heat.index)[0] == "full" and heat.shape == (11, 3)
+    one = lm.mean_layer_barriers(barriers, "different_init")
+    assert abs((heat - one).values - 0.1).max() < 1e-9  # mean over repetitions of the larger base's barrier
+    fig = lm.plot_language_model(table)
+    assert len(fig.axes) >= 2
+    assert "2 repetitions" in lm.summary(table)
+    with pytest.raises(FileNotFoundError, match="language_model@2"):
+        lm.aggregate_language_model(tmp_path, [0, 2])
+
+
+def test_same_init_pair_can_skip_checkpoints(tmp_path):
+    cfg = small_cfg(same_init_epochs=[2], optim=dict(epochs=2, batch_size=8, lr=0.3, weight_decay=0.0))
+    prepared = lm.prepare(cfg)
+    barriers, _ = lm.barriers_over_training(cfg, prepared, lm.train_models(cfg, prepared, tmp_path))
+    assert barriers.groupby("pair").epoch.unique().map(list).to_dict() == {"different_init": [0, 1, 2],
+                                                                           "same_init": [2]}
+
+
+def test_degenerate_model_stops_naming_model_seed_and_epoch(tmp_path):
+    cfg = small_cfg(optim=dict(epochs=1, batch_size=8, lr=1e-6, weight_decay=0.0), checkpoint_epochs=[0, 1])
+    with pytest.raises(TrainingDiverged, match=r"GPT A of repetition 3 \(init seed 300, data seed 300\).*epoch 1.*"
+                                               r"unigram entropy"):
+        lm.train_models(cfg, lm.prepare(cfg, 3), tmp_path)
+    with pytest.raises(TrainingDiverged, match="test loss 4.000 .* epoch 7"):
+        lm.check_not_degenerate({"train": 1.0, "test": 4.0}, 3.5, "GPT B", 7)
+    lm.check_not_degenerate({"train": 1.0, "test": 3.4}, 3.5, "GPT B", 7)  # below the entropy: fine
 
 
 @pytest.mark.parametrize("section, message", [
     ({"d_model": 30, "n_heads": 4}, "multiple of n_heads"),
-    ({"checkpoint_epochs": [0, 50]}, "past optim.epochs"),
-    ({"init_seeds": [3, 3], "data_seeds": [1, 1]}, "identical"),
+    ({"checkpoint_epochs": [0, 50]}, "must end at optim.epochs"),
+    ({"checkpoint_epochs": [0, 4]}, "must end at optim.epochs"),
+    ({"checkpoint_epochs": [0, 4, 2, 8]}, "strictly increasing"),
+    ({"same_init_epochs": [3, 8]}, "same_init_epochs"),
+    ({"same_init_epochs": [0, 4]}, "include the last one"),
+    ({"seed_a": 3, "seed_b": 3}, "identical"),
+    ({"eval_windows": 10000}, "exceeds train_windows"),
+    ({"scheme": "same_order"}, "scheme"),
     ({"test_fraction": 1.0}, "test_fraction"),
     ({"context": 0}, "context"),
     ({"optim": {"lr": -1}}, "lr"),
-    ({"vocab": 10}, "unknown key"),
+    ({"init_seeds": [0, 1]}, "unknown key"),
 ])
 def test_config_errors_name_the_problem(section, message):
     with pytest.raises(ParamsError, match=message):

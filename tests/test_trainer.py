@@ -59,3 +59,40 @@ def test_augmentation_is_crop_and_flip():
     for img, orig in zip(out, x):  # every output row is a (possibly flipped) shifted piece of the input or padding
         values = set(img.flatten().tolist()) - {0.0}
         assert values <= set(orig.flatten().tolist())
+
+
+def test_perturb_init_moves_every_weight_by_the_relative_amount_asked(monkeypatch):
+    from llmc_utils.trainer import PERTURB_ENV, perturb_init
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(50, 40)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    monkeypatch.delenv(PERTURB_ENV, raising=False)
+    perturb_init(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # unset: no-op
+    monkeypatch.setenv(PERTURB_ENV, "1e-6")
+    perturb_init(model)
+    rel = (model.weight - before["weight"]).abs() / before["weight"].abs()
+    assert 0 < rel.median() < 1e-5 and rel.max() < 1e-4
+
+
+def test_divergence_and_chance_level_stop_the_run_naming_it():
+    from llmc_utils.trainer import TrainingDiverged, check_finite, check_not_chance
+
+    check_finite(torch.tensor(2.3), "model A (seed 0)", 3)  # finite: passes
+    with pytest.raises(TrainingDiverged, match=r"model A \(seed 0\).*epoch 3"):
+        check_finite(torch.tensor(float("nan")), "model A (seed 0)", 3)
+    check_not_chance(20.0, 10, "model B of pair 4", 30)
+    with pytest.raises(TrainingDiverged, match="model B of pair 4.*chance"):
+        check_not_chance(90.1, 10, "model B of pair 4", 30)
+
+
+def test_a_nan_learning_run_stops_train_model(tmp_path):
+    from llmc_utils.trainer import OptimConfig, TrainingDiverged, train_model
+
+    x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    x[5, 0] = float("inf")  # one bad input poisons the weights: every later loss is NaN
+    cfg = OptimConfig(epochs=2, batch_size=16, lr=0.1, momentum=0.0, weight_decay=0.0)
+    with pytest.raises(TrainingDiverged, match="diverged"):
+        train_model(lambda: torch.nn.Linear(4, 3), x, y, cfg, init_seed=0, data_seed=1, checkpoint_epochs=[0, 2],
+                    run_dir=tmp_path, desc="exploding model")

@@ -1,0 +1,146 @@
+"""Write dvc.yaml from the stage table below, with each stage's code dependencies computed from its notebook's
+imports (transitively through llmc_utils), so the pipeline reruns exactly the stages an edit can change.
+
+    python scripts/write_dvc_yaml.py        # rewrites dvc.yaml; tests/test_dvc_deps.py checks it stays complete
+
+Repeated stages (one per repetition index) use DVC's `foreach` over a list in the `repetitions` section of
+params.yaml; `${item}` is the repetition index r.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SKIPPED = {"__init__", "_torchvision_compat"}
+
+# name: (notebook, repetitions key or None, params sections, data/model deps, outs, metrics, extra options)
+R = "${item}"
+STAGES = {
+    "prepare_data": ("00_data", None, ["data"], [], ["data/images.pt"], ["metrics/data.json"],
+                     {"figures": ["data_samples"]}),
+    "deep_linear": ("04_deep_linear", None, ["deep_linear"], [], ["results/deep_linear"], ["metrics/deep_linear.json"],
+                    {"figures": ["fig3_minimal_example", "fig3_theorem_check", "fig3_random_minima"]}),
+    "train_pairs": ("01_train_pairs", "train_pairs", ["train_pairs"], ["data/images.pt"],
+                    [f"results/train_pairs/seed_{R}"], [f"metrics/train_pairs/seed_{R}.json"],
+                    {"persist": [f"models/pair/seed_{R}"]}),
+    "layerwise_barriers": ("02_layerwise_barriers", "train_pairs",
+                           ["layerwise_barriers", "train_pairs.train_subset", "train_pairs.subset_seed"],
+                           ["data/images.pt", f"models/pair/seed_{R}"],
+                           [f"results/layerwise_barriers/seed_{R}"], [f"metrics/layerwise_barriers/seed_{R}.json"], {}),
+    "cumulative_averaging": ("03_cumulative_averaging", "train_pairs",
+                             ["cumulative_averaging", "train_pairs.train_subset", "train_pairs.subset_seed"],
+                             ["data/images.pt", f"models/pair/seed_{R}"],
+                             [f"results/cumulative_averaging/seed_{R}"], [f"metrics/cumulative_averaging/seed_{R}.json"],
+                             {}),
+    "robustness": ("05_robustness", "robustness", ["robustness", "train_pairs.train_subset", "train_pairs.subset_seed"],
+                   ["data/images.pt", f"models/pair/seed_{R}"],
+                   [f"results/robustness/seed_{R}"], [f"metrics/robustness/seed_{R}.json"],
+                   {"models": [f"models/robustness/seed_{R}"]}),
+    "subspace_perturbations": ("06_subspace_perturbations", "subspace_perturbations", ["subspace_perturbations"],
+                               ["data/images.pt"], [f"results/subspace_perturbations/seed_{R}"],
+                               [f"metrics/subspace_perturbations/seed_{R}.json"],
+                               {"models": [f"models/subspace_perturbations/seed_{R}"]}),
+    "federated": ("07_federated", "federated", ["federated"], ["data/images.pt"], [f"results/federated/seed_{R}"],
+                  [f"metrics/federated/seed_{R}.json"], {}),
+    "language_model": ("08_language_model", "language_model", ["language_model"], [],
+                       [f"results/language_model/seed_{R}"], [f"metrics/language_model/seed_{R}.json"],
+                       {"models": [f"models/language_model/seed_{R}"]}),
+}
+
+
+def imported_modules(source: str) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("llmc_utils"):
+            found |= {a.name for a in node.names} if node.module == "llmc_utils" else {node.module.split(".")[1]}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("llmc_utils.")}
+    return {m for m in found if (ROOT / "llmc_utils" / f"{m}.py").is_file()}
+
+
+def code_deps(notebook: str) -> list[str]:
+    cells = json.loads((ROOT / "notebooks" / f"{notebook}.ipynb").read_text())["cells"]
+    todo = list(imported_modules("\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")))
+    seen: set[str] = set()
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += imported_modules((ROOT / "llmc_utils" / f"{module}.py").read_text())
+    return [f"notebooks/{notebook}.ipynb"] + [f"llmc_utils/{m}.py" for m in sorted(seen - SKIPPED)]
+
+
+def papermill(notebook: str, repeated: bool) -> str:
+    if repeated:
+        out = f"reports/executed/{notebook}/seed_{R}.ipynb"
+        return (f"mkdir -p reports/executed/{notebook} && papermill notebooks/{notebook}.ipynb {out} "
+                f"-p params_file params.yaml -p workspace . -p seed {R}")
+    return (f"mkdir -p reports/executed && papermill notebooks/{notebook}.ipynb reports/executed/{notebook}.ipynb "
+            "-p params_file params.yaml -p workspace .")
+
+
+def uncached(paths):
+    """Small results are committed to git (cache: false); prepared data stays in DVC's cache."""
+    return [p if p.startswith("data/") else {p: {"cache": False}} for p in paths]
+
+
+def figure_outs(stems):
+    return uncached([f"figures/{s}.{ext}" for s in stems for ext in ("png", "pdf")])
+
+
+def stage_entry(name, spec):
+    notebook, reps, params, data_deps, outs, metrics, extra = spec
+    executed = f"reports/executed/{notebook}/seed_{R}.ipynb" if reps else f"reports/executed/{notebook}.ipynb"
+    body = {
+        "cmd": papermill(notebook, bool(reps)),
+        "deps": code_deps(notebook) + data_deps,
+        "params": params + ["runtime.num_threads", "runtime.device"],
+        "outs": ([{p: {"persist": True}} for p in extra.get("persist", [])] + extra.get("models", []) + [executed]
+                 + uncached(outs) + figure_outs(extra.get("figures", []))),
+        "metrics": uncached(metrics),
+    }
+    return {"foreach": f"${{repetitions.{reps}}}", "do": body} if reps else body
+
+
+# figures drawn from all repetitions by the aggregate stage (notebook 09)
+AGGREGATE_FIGURES = ["fig1_layerwise_barriers", "fig1_layerwise_barriers_test_loss", "fig1_layerwise_barriers_train_error",
+                     "fig1_layerwise_barriers_test_error", "fig_pair_training_curves", "fig_layer_geometry",
+                     "fig2_cumulative_averaging", "fig2_cumulative_controls", "fig2_cumulative_last_checkpoint"]
+
+
+def gather_stages(aggregate_figures: list[str]) -> dict:
+    repeated = [n for n, s in STAGES.items() if s[1]]
+    aggregate = {
+        "cmd": papermill("09_aggregate", False),
+        "deps": code_deps("09_aggregate") + [f"results/{n}" for n in repeated],
+        "params": ["repetitions", "runtime.num_threads", "runtime.device"],
+        "outs": ["reports/executed/09_aggregate.ipynb"] + uncached(["results/aggregate"]) + figure_outs(aggregate_figures),
+    }
+    from llmc_utils.report import FIGURES
+
+    report = {
+        "cmd": (papermill("10_report", False) + " && jupyter nbconvert --to html --no-input --log-level WARN "
+                "--output-dir reports --output report reports/executed/10_report.ipynb"),
+        "deps": (code_deps("10_report") + [f"metrics/{n}" for n in repeated]
+                 + [f"metrics/{n}.json" for n, s in STAGES.items() if not s[1]] + ["results/aggregate"]
+                 + [f"figures/{stem}.png" for stem, _ in FIGURES]),
+        "params": ["report", "repetitions", "runtime.num_threads", "runtime.device"],
+        "outs": ["reports/executed/10_report.ipynb"] + uncached(["results/report", "reports/report.html"]),
+        "metrics": uncached(["metrics/report.json"]),
+    }
+    return {"aggregate": aggregate, "report": report}
+
+
+if __name__ == "__main__":
+    stages = {name: stage_entry(name, spec) for name, spec in STAGES.items()}
+    stages.update(gather_stages(AGGREGATE_FIGURES))
+    header = ("# Written by scripts/write_dvc_yaml.py (code deps computed from each notebook's imports); edit the table\n"
+              "# there and rerun it. `dvc repro` regenerates every figure of the default profile; repeated stages run\n"
+              "# once per index of the `repetitions` section of params.yaml (stage@index).\n")
+    (ROOT / "dvc.yaml").write_text(header + yaml.safe_dump({"stages": stages}, sort_keys=False, width=120))
+    print(f"wrote dvc.yaml: {len(stages)} stages")
