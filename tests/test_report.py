@@ -1,0 +1,120 @@
+"""Claims as intervals over repetitions: the interval, the three-state verdict, and for every claim of the pair family
+(Fig. 1 and Fig. 2) metrics that reproduce it and metrics that make it fail. The other stages' claims have the same
+kind of test in tests/test_claims_<stage>.py."""
+
+import json
+import math
+
+import pytest
+
+from llmc_utils import barriers, claims, cumulative, report
+from llmc_utils.claims import evaluate, interval, verdict
+
+CFG = report.ReportConfig()
+
+
+def test_student_t_interval_matches_the_textbook_value():
+    mean, low, high = interval([1.0, 2.0, 3.0], 0.95)  # sd 1, n 3, t_{2, 0.975} = 4.303
+    assert mean == 2.0 and high - mean == pytest.approx(4.3027 / math.sqrt(3), rel=1e-4)
+    assert interval([5.0]) == (5.0, -math.inf, math.inf)  # one run bounds nothing
+    with pytest.raises(ValueError, match="finite"):
+        interval([1.0, float("nan")])
+
+
+@pytest.mark.parametrize("low, high, expected", [(0.1, 0.4, "reproduced"), (0.6, 0.9, "not reproduced"),
+                                                 (0.4, 0.6, "inconclusive"), (-math.inf, math.inf, "inconclusive")])
+def test_verdict_needs_the_whole_interval_on_one_side(low, high, expected):
+    assert verdict(low, high, "<=", 0.5) == expected
+
+
+def seeds(**per_seed_values):
+    """{stage: {seed: metrics}} from lists of per-seed values of each metric key."""
+    n = len(next(iter(per_seed_values.values())))
+    return [{k: v[i] for k, v in per_seed_values.items()} for i in range(n)]
+
+
+def verdict_of(claim, per_seed):
+    return evaluate(claim, {claim.stage: dict(enumerate(per_seed))}, CFG)["verdict"]
+
+
+FIG1 = {c.statement: c for c in barriers.CLAIMS}
+FIG2 = {c.statement: c for c in cumulative.CLAIMS}
+
+
+@pytest.mark.parametrize("values, expected", [([1.5, 1.7, 1.6, 1.4, 1.8], "reproduced"),
+                                              ([0.1, 0.2, 0.15, 0.05, 0.1], "not reproduced"),
+                                              ([0.1, 1.5, 0.4, 0.9, 0.2], "inconclusive")])
+def test_full_barrier_claim(values, expected):
+    claim = FIG1["Averaging all layers creates a clear loss barrier once training is under way"]
+    assert verdict_of(claim, seeds(full_barrier_train_loss_last=values)) == expected
+
+
+@pytest.mark.parametrize("values, expected", [([0.03, 0.05, 0.04, 0.06, 0.05], "reproduced"),
+                                              ([0.3, 1.0, 0.25, 0.4, 0.5], "not reproduced"),
+                                              ([0.05, 0.2, 0.08, 0.12, 0.09], "inconclusive")])
+def test_single_layer_band_claim(values, expected):
+    claim = FIG1["Averaging any single layer creates (almost) no barrier"]
+    assert verdict_of(claim, seeds(max_abs_single_layer_barrier=values)) == expected
+
+
+def test_single_layer_relative_claim_fails_when_one_layer_carries_the_barrier():
+    claim = FIG1["Single-layer barriers are small next to the full barrier"]
+    small = seeds(max_abs_single_layer_barrier_last=[0.05, 0.1, 0.08], full_barrier_train_loss_last=[1.5, 1.6, 1.4])
+    large = seeds(max_abs_single_layer_barrier_last=[1.0, 1.2, 0.9], full_barrier_train_loss_last=[1.5, 1.6, 1.4])
+    assert verdict_of(claim, small) == "reproduced"
+    assert verdict_of(claim, large) == "not reproduced"
+
+
+def test_fig2_outer_group_claim():
+    claim = FIG2["Averaging the outer layers together (first k + last k) creates little barrier"]
+    base = dict(onset_fraction=[0.5] * 3, full_barrier_last=[2.0, 2.1, 1.9])
+    low = seeds(outer_group_barrier_into_A=[0.1, 0.2, 0.1], outer_group_barrier_into_B=[0.2, 0.1, 0.3], **base)
+    high = seeds(outer_group_barrier_into_A=[0.1, 0.2, 0.1], outer_group_barrier_into_B=[1.9, 1.8, 2.0], **base)
+    assert verdict_of(claim, low) == "reproduced"
+    assert verdict_of(claim, high) == "not reproduced"  # the worse base decides
+
+
+def test_fig2_middle_window_claim():
+    claim = FIG2["Windows of consecutive middle layers carry more barrier than windows at either end"]
+    middle = seeds(middle_minus_end_window_into_A=[0.5, 0.6, 0.4], middle_minus_end_window_into_B=[0.3, 0.5, 0.4])
+    ends = seeds(middle_minus_end_window_into_A=[-0.5, -0.6, -0.4], middle_minus_end_window_into_B=[0.3, 0.5, 0.4])
+    assert verdict_of(claim, middle) == "reproduced"
+    assert verdict_of(claim, ends) == "not reproduced"
+
+
+def test_missing_metrics_name_the_stage_to_run():
+    claim = barriers.CLAIMS[0]
+    with pytest.raises(KeyError, match="layerwise_barriers"):
+        evaluate(claim, {}, CFG)
+    with pytest.raises(KeyError, match="full_barrier_train_loss_last"):
+        evaluate(claim, {"layerwise_barriers": {0: {}, 1: {}}}, CFG)
+
+
+def test_every_claim_module_is_importable_and_claims_have_valid_thresholds():
+    all_claims, checks = claims.all_claims()
+    assert len(all_claims) >= 5
+    for c in [*all_claims, *checks]:
+        assert c.relation in ("<=", "<", ">=", ">")
+        c.threshold_value(CFG)  # a field that exists, or a number
+        assert c.criterion(CFG)
+
+
+def test_load_metrics_reads_single_runs_and_repetitions(tmp_path):
+    (tmp_path / "layerwise_barriers").mkdir()
+    for seed, value in enumerate([1.0, 2.0]):
+        (tmp_path / "layerwise_barriers" / f"seed_{seed}.json").write_text(json.dumps({"x": value}))
+    (tmp_path / "deep_linear.json").write_text(json.dumps({"y": 3}))
+    (tmp_path / "report.json").write_text("{}")
+    assert report.load_metrics(tmp_path) == {"deep_linear": {None: {"y": 3}},
+                                             "layerwise_barriers": {0: {"x": 1.0}, 1: {"x": 2.0}}}
+
+
+def test_claims_table_columns_and_summary_counts():
+    metrics = {"layerwise_barriers": dict(enumerate(seeds(
+        full_barrier_train_loss_last=[1.5, 1.6, 1.4], max_abs_single_layer_barrier=[0.3, 0.4, 0.5],
+        max_abs_single_layer_barrier_last=[0.2, 0.6, 0.4])))}
+    table = report.claims_table(metrics, CFG, barriers.CLAIMS)
+    assert list(table.columns) == ["source", "claim", "paper", "criterion", "n", "mean", "low", "high", "verdict"]
+    assert list(table.verdict) == ["reproduced", "not reproduced", "inconclusive"]
+    summary = report.summary(table, report.sanity_table(metrics, CFG, []))
+    assert (summary["n_reproduced"], summary["n_not_reproduced"], summary["n_inconclusive"]) == (1, 1, 1)
