@@ -62,7 +62,9 @@ def main() -> None:
     dest = Path(args.dest)
     shutil.rmtree(dest, ignore_errors=True)  # a clean repro: nothing cached
     profiles.make_workspace(profiles.profile_path(args.profile), dest)
-    stages = list(yaml.safe_load((dest / "dvc.yaml").read_text())["stages"])  # written in dependency order
+    # every stage as DVC runs it (a repeated stage once per repetition, name@index), in dependency order
+    stages = subprocess.run([sys.executable, "-m", "dvc", "stage", "list", "--name-only"], cwd=dest,
+                            capture_output=True, text=True, check=True).stdout.split()
     rows = []
     print(f"{'stage':<26}{'wall s':>9}{'peak MiB':>10}", flush=True)
     for stage in stages:

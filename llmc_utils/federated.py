@@ -78,7 +78,9 @@ class FederatedConfig(Section):
                                  "body": ["fc1", "fc2", "fc3", "fc4"]})
     claim_group: str = "body"  # the layer group the claims compare with full averaging (fixed, see module docstring)
     # Dirichlet concentrations of the sweep (full averaging and claim_group only); [] = no sweep
-    sweep_concentrations: list[PositiveFloat] = Field(default_factory=lambda: [0.05, 0.1, 0.3, 1.0, 10.0, 100.0])
+    sweep_concentrations: list[PositiveFloat] = Field(default_factory=lambda: [0.1, 0.3, 1.0, 10.0])
+    sweep_n_train: NonNegativeInt = 0  # images the sweep's clients share (the first of the subset); 0 = n_train
+    round_test_subset: NonNegativeInt = 100  # rounds table: own test images per client (fixed random subset); 0 = all
     rounds: PositiveInt = 12
     local_epochs: PositiveInt = 1  # local passes over each client's data between two averagings
     batch_size: PositiveInt = 32
@@ -109,6 +111,8 @@ class FederatedConfig(Section):
             raise ValueError(f"barrier_clients = {self.barrier_clients}: two different clients below n_clients")
         if self.n_train < self.n_clients or self.n_test < self.n_clients:
             raise ValueError("n_train and n_test must be at least n_clients")
+        if self.sweep_n_train and not self.n_clients <= self.sweep_n_train <= self.n_train:
+            raise ValueError(f"sweep_n_train = {self.sweep_n_train} must lie in [n_clients, n_train] (0 = n_train)")
         return self
 
     @property
@@ -217,58 +221,76 @@ class Federation:
 
 
 class StackedMLP:
-    """M copies of an MLP (models.MLP: Flatten, then Linear / ReLU) as stacked tensors: weight (M, in, out) and bias
-    (M, 1, out) per Linear, every copy starting from `init`. forward_prefix(k, x) runs copies 0..k-1 on their own
-    batches x (k, B, ...) with one baddbmm per layer."""
+    """M copies of an MLP (models.MLP: Flatten, then Linear, ReLU, ..., Linear) as stacked tensors: weight
+    (M, in, out) and bias (M, 1, out) per Linear, every copy starting from `init`, plus a momentum buffer per tensor.
+
+    `sgd_step(sl, x, y, w)` is one SGD step of the copies in slice `sl`, each on its own batch, written out by hand:
+    forward with one baddbmm per layer, backward of the weighted cross-entropy, and torch.optim.SGD's momentum update
+    (buf = momentum * buf + grad; p -= lr * buf) with the weight gradient accumulated straight into the buffer
+    (buf.baddbmm_(h^T, dz, beta=momentum)): the gradient is never stored, which saves a pass over the weights."""
 
     def __init__(self, model: nn.Module, init: dict[str, torch.Tensor], n_models: int):
-        self.ops: list[tuple[str, str | None]] = []
-        for name, module in model.named_children():
-            if isinstance(module, nn.Linear):
-                self.ops.append(("linear", name))
-            elif isinstance(module, nn.ReLU):
-                self.ops.append(("relu", None))
-            elif isinstance(module, nn.Flatten):
-                self.ops.append(("flatten", None))
-            else:
-                raise TypeError(f"StackedMLP supports Flatten, Linear and ReLU children, got {name}: {module}")
-        self.linears = [name for op, name in self.ops if op == "linear"]
-        self.params: dict[str, torch.Tensor] = {}
-        for name in self.linears:
-            self.params[f"{name}.weight"] = init[f"{name}.weight"].T.unsqueeze(0).repeat(n_models, 1, 1).contiguous()
-            self.params[f"{name}.bias"] = init[f"{name}.bias"].view(1, 1, -1).repeat(n_models, 1, 1).contiguous()
+        kinds = [type(m) for m in model.children()]
+        n = (len(kinds) - 2) // 2
+        if kinds != [nn.Flatten] + [nn.Linear, nn.ReLU] * n + [nn.Linear]:
+            raise TypeError(f"StackedMLP needs Flatten, (Linear, ReLU) x n, Linear; got {kinds}")
+        self.linears = [name for name, m in model.named_children() if isinstance(m, nn.Linear)]
+        self.weights = [init[f"{name}.weight"].T.unsqueeze(0).repeat(n_models, 1, 1).contiguous()
+                        for name in self.linears]
+        self.biases = [init[f"{name}.bias"].view(1, 1, -1).repeat(n_models, 1, 1).contiguous()
+                       for name in self.linears]
+        self.buffers = [torch.zeros_like(t) for t in self.weights + self.biases]
         self.n_models = n_models
 
-    def forward_prefix(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """Logits (k, B, C) of copies 0..k-1 (params: prefix views of self.params, possibly requiring grad)."""
-        h = x
-        for op, name in self.ops:
-            if op == "flatten":
-                h = h.flatten(2)
-            elif op == "relu":
-                h = torch.relu(h)
-            else:
-                h = torch.baddbmm(params[f"{name}.bias"], h, params[f"{name}.weight"])
-        return h
+    @property
+    def params(self) -> dict[str, torch.Tensor]:
+        """State-dict key -> stacked tensor (weights in (M, in, out) layout)."""
+        return {**{f"{n}.weight": w for n, w in zip(self.linears, self.weights)},
+                **{f"{n}.bias": b for n, b in zip(self.linears, self.biases)}}
+
+    def restart_momentum(self) -> None:
+        for buf in self.buffers:
+            buf.zero_()
+
+    def sgd_step(self, sl: slice, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lr: float,
+                 momentum: float) -> torch.Tensor:
+        """One step of copies sl on their batches x (k, B, ...), labels y (k, B), sample weights w (k, B) (1 / batch
+        size, 0 for padding): each copy's loss is the w-weighted sum of its cross-entropies. Returns those losses."""
+        weights = [t[sl] for t in self.weights]
+        biases = [t[sl] for t in self.biases]
+        hs = [x.flatten(2)]  # inputs of each Linear
+        for i, (weight, bias) in enumerate(zip(weights, biases)):
+            z = torch.baddbmm(bias, hs[-1], weight)
+            hs.append(torch.relu(z) if i < len(weights) - 1 else z)
+        log_p = torch.log_softmax(hs.pop(), -1)
+        losses = (-log_p.gather(-1, y.unsqueeze(-1)).squeeze(-1) * w).sum(1)
+        dz = log_p.exp_().scatter_add_(-1, y.unsqueeze(-1), torch.full_like(log_p[..., :1], -1.0))
+        dz.mul_(w.unsqueeze(-1))  # d(sum of weighted losses) / d logits
+        n = len(weights)
+        buf_w, buf_b = [t[sl] for t in self.buffers[:n]], [t[sl] for t in self.buffers[n:]]
+        for i in reversed(range(n)):
+            buf_w[i].baddbmm_(hs[i].transpose(1, 2), dz, beta=momentum)
+            buf_b[i].mul_(momentum).add_(dz.sum(1, keepdim=True))
+            if i:
+                dz = torch.bmm(dz, weights[i].transpose(1, 2)).mul_(hs[i] > 0)
+        torch._foreach_add_(weights + biases, buf_w + buf_b, alpha=-lr)
+        return losses
 
     def forward_one(self, m: int, x: torch.Tensor) -> torch.Tensor:
         """Logits (n, C) of copy m on inputs x (n, ...)."""
-        h = x
-        for op, name in self.ops:
-            if op == "flatten":
-                h = h.flatten(1)
-            elif op == "relu":
+        h = x.flatten(1)
+        for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            h = torch.addmm(bias[m, 0], h, weight[m])
+            if i < len(self.weights) - 1:
                 h = torch.relu(h)
-            else:
-                h = torch.addmm(self.params[f"{name}.bias"][m, 0], h, self.params[f"{name}.weight"][m])
         return h
 
     def state_dict(self, m: int) -> dict[str, torch.Tensor]:
         """Copy m as an nn.Module state dict (its own tensors, nn.Linear layout)."""
         out = {}
-        for name in self.linears:
-            out[f"{name}.weight"] = self.params[f"{name}.weight"][m].T.contiguous()
-            out[f"{name}.bias"] = self.params[f"{name}.bias"][m, 0].clone()
+        for name, weight, bias in zip(self.linears, self.weights, self.biases):
+            out[f"{name}.weight"] = weight[m].T.contiguous()
+            out[f"{name}.bias"] = bias[m, 0].clone()
         return out
 
 
@@ -312,9 +334,6 @@ def train_federations(make_model: Callable[[], nn.Module], train_x: torch.Tensor
     sorted_steps = steps[order]
     bank = StackedMLP(model, init, n_models)
     params = bank.params
-    names = list(params)
-    buffers = {k: torch.zeros_like(v) for k, v in params.items()}
-    x_all = train_x
     parts = {(f, i): torch.as_tensor(federations[f].train_parts[i], dtype=torch.long) for f, i in members}
     averaging = []  # (positions in client order, client weights, keys)
     for f, fed in enumerate(federations):
@@ -340,26 +359,15 @@ def train_federations(make_model: Callable[[], nn.Module], train_x: torch.Tensor
                 rows = slice(epoch * nb, (epoch + 1) * nb)
                 index[p, rows] = flat_idx.view(nb, bsz)
                 weight[p, rows] = flat_w.view(nb, bsz) / flat_w.view(nb, bsz).sum(1, keepdim=True)
-        for buf in buffers.values():
-            buf.zero_()  # a fresh optimizer per round: momentum restarts
+        bank.restart_momentum()  # a fresh optimizer per round
         last_loss = torch.zeros(n_models)
-        for start in range(0, n_models, cfg.stack_size):  # a stack's models take all their steps of the round
-            stack_steps = sorted_steps[start:start + cfg.stack_size]  # (descending: the active ones are a prefix)
-            for t in range(int(stack_steps[0])):
-                sl = slice(start, start + int((stack_steps > t).sum()))
-                live = [params[name][sl].requires_grad_(True) for name in names]  # leaf views of the active models
-                idx = index[sl, t]
-                logits = bank.forward_prefix(dict(zip(names, live)), x_all[idx])
-                per_sample = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), train_y[idx].reshape(-1),
-                                             reduction="none").view(idx.shape)
-                per_model = (per_sample * weight[sl, t]).sum(1)  # each model's mean loss over its own batch
-                grads = torch.autograd.grad(per_model.sum(), live)
-                with torch.no_grad():  # torch.optim.SGD's momentum (buf = m buf + g; p -= lr buf), kept as
-                    # u = (1 - m) buf so that it takes two passes: u = lerp(u, g, 1 - m); p -= lr / (1 - m) u
-                    bufs = [buffers[name][sl] for name in names]
-                    torch._foreach_lerp_(bufs, grads, 1.0 - cfg.momentum)
-                    torch._foreach_add_(live, bufs, alpha=-cfg.lr / (1.0 - cfg.momentum))
-                    last_loss[sl] = per_model
+        with torch.no_grad():
+            for start in range(0, n_models, cfg.stack_size):  # a stack's models take all their steps of the round
+                stack_steps = sorted_steps[start:start + cfg.stack_size]  # (descending: the active ones: a prefix)
+                for t in range(int(stack_steps[0])):
+                    sl = slice(start, start + int((stack_steps > t).sum()))
+                    idx = index[sl, t]
+                    last_loss[sl] = bank.sgd_step(sl, train_x[idx], train_y[idx], weight[sl, t], cfg.lr, cfg.momentum)
         bad = [m for m in members if not math.isfinite(float(last_loss[position[m]]))]
         if bad:
             f, i = bad[0]
@@ -394,26 +402,35 @@ def train_federated(make_model: Callable[[], nn.Module], clients: list[tuple[tor
 def run(cfg: FederatedConfig, images) -> dict[str, pd.DataFrame]:
     """One repetition (cfg = section.for_repetition(r)): every split x strategy, plus the concentration sweep.
 
-    Tables: clients (final per-client test loss / accuracy on its own test data, train accuracy on its own training
-    images), rounds (per-client test accuracy after every round of the main runs), sweep (final per-client accuracy
-    of full averaging and claim_group at every sweep concentration), partition (label counts per client; column
-    concentration = NaN for iid and pathological), barriers (layer-wise barriers between barrier_clients at the end,
-    on the union of their test data) and table1 (mean and sd over clients per split x strategy)."""
+    Tables:
+    * clients: per client of every main run, the final test loss / accuracy on its own (held-out) test data and the
+      accuracy on its own training images;
+    * rounds: per client of every main run, the test accuracy after every round, on a fixed random subset of
+      `round_test_subset` of its own test images (the final Table 1 numbers use all of them);
+    * sweep: like clients, for full averaging and claim_group at every sweep concentration; the sweep's clients share
+      the first `sweep_n_train` images of the training subset;
+    * partition: label counts per client of every partition (sweep_n_train = images shared out; concentration =
+      NaN for the iid and pathological splits);
+    * barriers: layer-wise barriers between barrier_clients at the end, on the union of their test data;
+    * table1: mean and sd over clients per split x strategy.
+    A sweep run identical to a main run (same images, concentration and strategy) is trained once."""
     train_x, train_y = images.split("train", cfg.n_train, cfg.seed)
     test_x, test_y = images.split("test", cfg.n_test, cfg.seed)
     n_classes = len(images.classes)
+    n_sweep = cfg.sweep_n_train or cfg.n_train  # the sweep's images: train_x[:n_sweep] (a prefix of a random subset)
 
     def make_model():
         return MLP(train_x[0].numel(), cfg.hidden, n_classes)
 
-    main_keys = [(s, cfg.dirichlet_concentration if s == "dirichlet" else None) for s in cfg.splits]
-    sweep_keys = [("dirichlet", float(c)) for c in cfg.sweep_concentrations]
+    # partition key: (split, concentration or None, number of training images shared out)
+    main_keys = [(s, cfg.dirichlet_concentration if s == "dirichlet" else None, cfg.n_train) for s in cfg.splits]
+    sweep_keys = [("dirichlet", float(c), n_sweep) for c in cfg.sweep_concentrations]
     partitions = {}
     for key in main_keys + sweep_keys:
         if key not in partitions:
-            partitions[key] = partition(cfg, key[0], train_y, test_y, n_classes, concentration=key[1])
-    runs: dict[tuple, Federation] = {}  # (split, concentration, strategy) -> run; a sweep run equal to a main run
-    main, sweep = [], []                # is trained once and reported in both tables
+            partitions[key] = partition(cfg, key[0], train_y[:key[2]], test_y, n_classes, concentration=key[1])
+    runs: dict[tuple, Federation] = {}  # (*partition key, strategy) -> run
+    main, sweep = [], []
     for key in main_keys:
         for strategy, averaged in cfg.strategies.items():
             main.append((*key, strategy))
@@ -422,63 +439,73 @@ def run(cfg: FederatedConfig, images) -> dict[str, pd.DataFrame]:
     for key in sweep_keys:
         for strategy in (FULL, cfg.claim_group):
             sweep.append((*key, strategy))
-            runs.setdefault(sweep[-1], Federation(f"dirichlet({key[1]:g})/{strategy}", partitions[key][0],
-                                                  cfg.strategies[strategy], cfg.seed + 1, partitions[key][1]))
+            runs.setdefault(sweep[-1], Federation(f"dirichlet({key[1]:g}, {key[2]} images)/{strategy}",
+                                                  partitions[key][0], cfg.strategies[strategy], cfg.seed + 1,
+                                                  partitions[key][1]))
     names = list(runs)
     federations = [runs[k] for k in names]
-    test_sets = {(key, i): (test_x[torch.as_tensor(p)], test_y[torch.as_tensor(p)])
-                 for key, (_, test_parts) in partitions.items() for i, p in enumerate(test_parts)}
-    main_index = [names.index(k) for k in dict.fromkeys(main)]
-    round_rows, tested = [], {}  # tested: (run, client) -> (accuracy, loss) after the last round
+
+    def data(x, y, idx):
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return x[idx], y[idx]
+
+    test_sets = {(key, i): data(test_x, test_y, p) for key, (_, parts) in partitions.items() for i, p in enumerate(parts)}
+    rng = np.random.default_rng([cfg.seed, len(SPLIT_IDS)])  # the rounds table's fixed test subsets
+    round_sets = {}
+    for key in main_keys:
+        for i, p in enumerate(partitions[key][1]):
+            keep = p if not cfg.round_test_subset or len(p) <= cfg.round_test_subset else \
+                np.sort(rng.choice(p, cfg.round_test_subset, replace=False))
+            round_sets[(key, i)] = data(test_x, test_y, keep)
+    main_index = [names.index(k) for k in main]
+    round_rows = []
 
     def after_round(round_index: int, bank: StackedMLP, position) -> None:
         for f in main_index:
-            split, concentration, strategy = names[f]
+            key = names[f]
             for i in range(cfg.n_clients):
-                acc, loss = accuracy_and_loss(bank, position[(f, i)], *test_sets[((split, concentration), i)])
-                round_rows.append(dict(split=split, strategy=strategy, round=round_index, client=i,
-                                       test_loss=loss, test_accuracy=acc))
-                tested[(f, i)] = acc, loss
+                x, y = round_sets[(key[:3], i)]
+                acc, loss = accuracy_and_loss(bank, position[(f, i)], x, y)
+                round_rows.append(dict(split=key[0], strategy=key[3], round=round_index, client=i,
+                                       n_train=len(federations[f].train_parts[i]), n_test=len(y), test_loss=loss,
+                                       test_accuracy=acc))
 
     bank, position = train_federations(make_model, train_x, train_y, federations, cfg, after_round)
 
-    final = {}  # (run key, client) -> row of final metrics
+    final = {}  # (run key, client) -> final metrics
     for f, key in enumerate(names):
         fed = federations[f]
-        pkey = key[:2]
         for i, tp in enumerate(fed.train_parts):
-            acc, loss = tested[(f, i)] if (f, i) in tested else accuracy_and_loss(bank, position[(f, i)],
-                                                                                   *test_sets[(pkey, i)])
-            train_acc, _ = accuracy_and_loss(bank, position[(f, i)], train_x[torch.as_tensor(tp)],
-                                             train_y[torch.as_tensor(tp)])
-            final[(key, i)] = dict(client=i, n_train=len(tp), n_test=len(test_sets[(pkey, i)][1]), test_loss=loss,
-                                   test_accuracy=acc, train_accuracy=train_acc)
+            x, y = test_sets[(key[:3], i)]
+            acc, loss = accuracy_and_loss(bank, position[(f, i)], x, y)
+            train_acc, _ = accuracy_and_loss(bank, position[(f, i)], *data(train_x, train_y, tp))
+            final[(key, i)] = dict(client=i, n_train=len(tp), n_test=len(y), test_loss=loss, test_accuracy=acc,
+                                   train_accuracy=train_acc)
         mean_error = 100.0 - np.mean([final[(key, i)]["test_accuracy"] for i in range(cfg.n_clients)])
         check_not_chance(mean_error, n_classes, f"federated {fed.name} (seed {cfg.seed}), mean over clients",
                          cfg.rounds)
-    clients = pd.DataFrame([dict(split=k[0], strategy=k[2], **final[(k, i)]) for k in main
+    clients = pd.DataFrame([dict(split=k[0], strategy=k[3], **final[(k, i)]) for k in main
                             for i in range(cfg.n_clients)])
-    sweep_table = pd.DataFrame([dict(concentration=k[1], strategy=k[2], **final[(k, i)]) for k in sweep
+    sweep_table = pd.DataFrame([dict(concentration=k[1], strategy=k[3], **final[(k, i)]) for k in sweep
                                 for i in range(cfg.n_clients)],
                                columns=["concentration", "strategy", "client", "n_train", "n_test", "test_loss",
                                         "test_accuracy", "train_accuracy"])
     count_rows = []
-    for (split, concentration), (train_parts, test_parts) in partitions.items():
+    for (split, concentration, n_images), (train_parts, test_parts) in partitions.items():
         for i, (tr, te) in enumerate(zip(train_parts, test_parts)):
             for c in range(n_classes):
-                count_rows.append(dict(split=split, concentration=concentration, client=i, label=c,
+                count_rows.append(dict(split=split, concentration=concentration, images=n_images, client=i, label=c,
                                        n_train=int((train_y[tr] == c).sum()), n_test=int((test_y[te] == c).sum())))
     barrier_rows = []
     a, b = cfg.barrier_clients
     for key in main:
         f = names.index(key)
-        test_parts = partitions[key[:2]][1]
-        pair = np.concatenate([test_parts[a], test_parts[b]])
+        pair = np.concatenate([partitions[key[:3]][1][a], partitions[key[:3]][1][b]])
         state_a, state_b = bank.state_dict(position[(f, a)]), bank.state_dict(position[(f, b)])
-        evaluator = LayerEvaluator(make_model(), {"test": (test_x[pair], test_y[pair])})
+        evaluator = LayerEvaluator(make_model(), {"test": data(test_x, test_y, pair)})
         for row in checkpoint_barriers(evaluator, cfg.rounds, state_a, state_b, logical_layers(state_a),
                                        alphas=[0.5], bases=["A", "B"]):
-            barrier_rows.append(dict(row, split=key[0], strategy=key[2]))  # evaluated on the pair's test data
+            barrier_rows.append(dict(row, split=key[0], strategy=key[3]))  # evaluated on the pair's test data
     return dict(clients=clients, rounds=pd.DataFrame(round_rows), sweep=sweep_table,
                 partition=pd.DataFrame(count_rows), barriers=pd.DataFrame(barrier_rows),
                 table1=table1(clients, cfg))
@@ -505,20 +532,22 @@ def table1(clients: pd.DataFrame, cfg: FederatedConfig) -> pd.DataFrame:
 # -------------------------------------------------------------------------------------------- metrics and claims
 def gap_table(rounds: pd.DataFrame, sweep: pd.DataFrame) -> pd.DataFrame:
     """Partial minus full averaging, mean client accuracy in points, per seed (a `seed` column when present):
-    axis "round" (x = round, every split and layer group of the main runs) and axis "concentration" (x = Dirichlet
-    concentration of the sweep, split "dirichlet", the group the sweep trains)."""
+    axis "round" (x = round, every split and layer group of the main runs, on the rounds table's test subsets) and
+    axis "concentration" (x = Dirichlet concentration of the sweep, split "dirichlet", the group the sweep trains);
+    `images` = training images the federation shares out."""
     keys = ["seed"] if "seed" in rounds.columns else []
     out = []
-    mean = rounds.groupby(keys + ["split", "round", "strategy"], sort=False).test_accuracy.mean().unstack("strategy")
-    for group in [s for s in mean.columns if s not in (FULL, LOCAL)]:
-        gap = (mean[group] - mean[FULL]).rename("gap").reset_index().rename(columns={"round": "x"})
-        out.append(gap.assign(axis="round", group=group))
-    if len(sweep):
-        mean = sweep.groupby(keys + ["concentration", "strategy"], sort=False).test_accuracy.mean().unstack("strategy")
-        for group in [s for s in mean.columns if s != FULL]:
-            gap = (mean[group] - mean[FULL]).rename("gap").reset_index().rename(columns={"concentration": "x"})
-            out.append(gap.assign(axis="concentration", split="dirichlet", group=group))
-    return pd.concat(out, ignore_index=True)[keys + ["axis", "split", "group", "x", "gap"]]
+    for table, axis, x, split in ((rounds, "round", "round", None), (sweep, "concentration", "concentration",
+                                                                     "dirichlet")):
+        if not len(table):
+            continue
+        group_keys = keys + ([] if split else ["split"]) + [x]
+        mean = table.groupby(group_keys + ["strategy"], sort=False).test_accuracy.mean().unstack("strategy")
+        images = table.groupby(group_keys + ["strategy"], sort=False).n_train.sum().groupby(group_keys).max()
+        for group in [s for s in mean.columns if s not in (FULL, LOCAL)]:
+            gap = pd.DataFrame({"gap": mean[group] - mean[FULL], "images": images}).reset_index()
+            out.append(gap.rename(columns={x: "x"}).assign(axis=axis, group=group, **({"split": split} if split else {})))
+    return pd.concat(out, ignore_index=True)[keys + ["axis", "split", "group", "x", "gap", "images"]]
 
 
 def headline_metrics(tables: dict[str, pd.DataFrame], cfg: FederatedConfig) -> dict[str, float]:
@@ -606,6 +635,12 @@ def aggregate_barriers(workspace: str | Path, seeds: Sequence[int]) -> pd.DataFr
             .reset_index())
 
 
+def _span(values: pd.Series, fmt: str) -> str:
+    """'a to b' of the smallest and largest value, or just 'a' when they print the same."""
+    low, high = format(values.min(), fmt), format(values.max(), fmt)
+    return low if low == high else f"{low} to {high}"
+
+
 def gap_summary(gaps: pd.DataFrame, threshold: float = 0.0) -> str:
     """One sentence, computed from aggregate_gaps (or gap_table of one seed): where the claim group beats full
     averaging by more than `threshold` points along the concentration sweep, and the gap after the first and the
@@ -615,19 +650,20 @@ def gap_summary(gaps: pd.DataFrame, threshold: float = 0.0) -> str:
     n = gaps.seed.nunique() if "seed" in gaps else 1
     conc = gaps[gaps.axis == "concentration"].groupby("x").gap.mean().sort_index()
     above = conc > threshold
+    tried = _span(pd.Series(conc.index), "g") if len(conc) else ""
     if conc.empty:
-        text = f"no concentration sweep was run"
+        text = "no concentration sweep was run"
     elif above.all():
-        text = (f"averaging only {group} beats full averaging at every Dirichlet concentration tried "
-                f"({conc.index[0]:g} to {conc.index[-1]:g}), by {conc.min():.1f} to {conc.max():.1f} points")
+        text = (f"averaging only {group} beats full averaging at every Dirichlet concentration tried ({tried}), "
+                f"by {_span(conc, '.1f')} points")
     elif not above.any():
         text = (f"averaging only {group} does not beat full averaging at any Dirichlet concentration tried "
-                f"({conc.index[0]:g} to {conc.index[-1]:g}; gap {conc.min():+.1f} to {conc.max():+.1f} points)")
-    elif above.iloc[: above.sum()].all():
-        c = above[above].index[-1]
-        text = (f"averaging only {group} beats full averaging by {conc[above].min():.1f} to {conc[above].max():.1f} "
-                f"points at Dirichlet concentration <= {c:g}, not above (gap {conc[~above].min():+.1f} to "
-                f"{conc[~above].max():+.1f} points at {conc[~above].index[0]:g} to {conc[~above].index[-1]:g})")
+                f"({tried}; gap {_span(conc, '+.1f')} points)")
+    elif above.iloc[: int(above.sum())].all():
+        below = conc[~above]
+        text = (f"averaging only {group} beats full averaging by {_span(conc[above], '.1f')} points at Dirichlet "
+                f"concentration <= {above[above].index[-1]:g}, not above (gap {_span(below, '+.1f')} points at "
+                f"{_span(pd.Series(below.index), 'g')})")
     else:
         text = (f"averaging only {group} beats full averaging at Dirichlet concentrations "
                 f"{[float(c) for c in conc[above].index]} and not at {[float(c) for c in conc[~above].index]}")
@@ -669,24 +705,29 @@ def plot_table1(table: pd.DataFrame):
 def plot_gaps(gaps: pd.DataFrame, threshold: float = 0.0):
     """fig6_federated_sweep: claim-group minus full averaging (points) against the Dirichlet concentration (sweep)
     and against the number of rounds (main runs, per split); mean over seeds with a ±1 sd band, thin per-seed
-    lines; the dashed line is the claims' threshold."""
+    lines; dashed: the claims' threshold; dotted: the IID split's final gap (main runs, concentration -> infinity)."""
     from llmc_utils import plotting
 
     gaps = gaps[gaps.claim] if "claim" in gaps else gaps
     group = ", ".join(sorted(set(gaps.group)))
     n = gaps.seed.nunique() if "seed" in gaps else 1
     fig, (ax_c, ax_r) = plotting.panels(2, width=4.8, height=3.4)
-    conc = gaps[gaps.axis == "concentration"]
+    conc, rounds = gaps[gaps.axis == "concentration"], gaps[gaps.axis == "round"]
     if len(conc):
-        plotting.curves(ax_c, conc, x="x", y="gap", title=f"{group} - full vs Dirichlet concentration ({n} seeds)")
+        plotting.curves(ax_c, conc, x="x", y="gap",
+                        title=f"{group} - full vs concentration ({int(conc.images.max())} images, {n} seeds)")
         if "seed" in conc:
             for _, one in conc.groupby("seed"):
                 ax_c.plot(one.x, one.gap, color="grey", lw=0.5, alpha=0.6)
         ax_c.set_xscale("log")
+    iid = rounds[(rounds.split == "iid") & (rounds.x == rounds.x.max())]
+    if len(iid):
+        ax_c.axhline(iid.gap.mean(), color="tab:green", ls=":", lw=1.0,
+                     label=f"IID split, main runs ({int(iid.images.max())} images)")
+        ax_c.legend(fontsize=7)
     ax_c.set_xlabel("Dirichlet concentration (smaller = more skewed label mix)")
-    rounds = gaps[gaps.axis == "round"]
     plotting.curves(ax_r, rounds, x="x", y="gap", hue="split", title=f"{group} - full vs rounds ({n} seeds)")
-    ax_r.set_xlabel("round")
+    ax_r.set_xlabel("round (accuracy on a fixed subset of each client's test data)")
     for ax in (ax_c, ax_r):
         ax.axhline(threshold, color="k", ls="--", lw=0.8)
         ax.set_ylabel("accuracy gap (points)")

@@ -4,8 +4,8 @@ Text: Python's own help topics (`pydoc_data.topics`, ~465k characters, concatena
 named in params; the first (1 - test_fraction) of the characters train, the rest test. Inputs are random windows of
 `context` characters, targets the same windows shifted by one (x, y: (N, T) int64), trained with the core trainer.
 
-Repetition r (the notebook's `seed`) draws its training windows with repetition_seed(window_seed, r) and trains three
-models from the seeds a = repetition_seed(seed_a, r), b = repetition_seed(seed_b, r):
+Repetition r (the notebook's `seed`) draws its training and test windows with repetition_seed(window_seed, r) and
+trains three models from the seeds a = repetition_seed(seed_a, r), b = repetition_seed(seed_b, r):
 
 * A  - init a, data order a;
 * B  - init b, data order b;
@@ -16,6 +16,9 @@ and the *same-init* pair (A, B'). At every checkpoint the core engine evaluates 
 interpolation and of each single logical layer, into A and into B, against the two full endpoint models, on fixed
 "train" windows (a subset of the windows every model trained on) and held-out "test" windows. `same_init_epochs` may
 restrict the same-init pair to fewer checkpoints (its epoch-0 pair is one model twice: barrier 0 by construction).
+Cost: training dominates (three models); the default profile is sized so that one repetition fits its time budget on
+2 CPU cores (params.yaml says how), which shortens training compared with an unconstrained run. The same-init barrier
+only starts to grow late in training, so it is the quantity most sensitive to that length.
 
 Scheme of the claims (`scheme`, default "different_init"), chosen before any verdict was computed: the claims contrast
 single-layer barriers with the full one, so they need a pair whose full barrier is clearly present (SPEC section 4:
@@ -64,17 +67,17 @@ class LanguageModelConfig(Section):
     d_model: PositiveInt = 48
     n_heads: PositiveInt = 4
     n_blocks: PositiveInt = 2
-    train_windows: PositiveInt = 6144  # random windows drawn once per repetition from the train text: one epoch
-    eval_windows: PositiveInt = 128  # windows of each split (train, test) on which barriers are measured
+    train_windows: PositiveInt = 2048  # random windows drawn once per repetition from the train text: one epoch
+    eval_windows: PositiveInt = 64  # windows of each split (train, test) on which barriers are measured
     window_seed: NonNegativeInt = 0  # base seed of the window draw; repetition r uses window_seed + 100 r
     seed_a: NonNegativeInt = 0  # base seed of A (init and data order) and of B's init in the same-init pair B'
     seed_b: NonNegativeInt = 1  # base seed of B (init and data order) and of B''s data order
     scheme: Scheme = "different_init"  # the pair the claims and the heatmap use (module docstring says why)
-    optim: OptimConfig = OptimConfig(epochs=8, batch_size=32, lr=0.3, weight_decay=0.0, grad_clip=1.0)
+    optim: OptimConfig = OptimConfig(epochs=8, batch_size=16, lr=0.3, weight_decay=0.0, grad_clip=1.0)
     checkpoint_epochs: list[NonNegativeInt] = Field(default_factory=lambda: [0, 1, 2, 4, 6, 8], min_length=2)
     same_init_epochs: list[NonNegativeInt] | None = None  # checkpoints where the same-init pair is measured; None = all
     eval_batch_size: PositiveInt = 512  # windows per evaluation batch
-    threads: PositiveInt = 1  # torch threads for training and evaluation (applied by stage.setup; tiny ops: see FederatedConfig.threads)
+    threads: PositiveInt = 1  # torch threads for training and evaluation (applied by stage.setup; tiny ops)
 
     @model_validator(mode="after")
     def _check(self):
@@ -155,17 +158,18 @@ def unigram_entropy(ids: torch.Tensor, vocab_size: int) -> float:
 def prepare(cfg: LanguageModelConfig, repetition: int = 0) -> dict:
     """Tokenizer, the training windows of repetition r and its fixed train/test evaluation windows.
 
-    The windows are drawn with repetition_seed(window_seed, r). Evaluation "train" = the first eval_windows training
-    windows (the draw is random, so they are a fixed random subset of what every model trains on); "test" = windows
-    of the held-out end of the text."""
+    Training and test windows are drawn from generators seeded with repetition_seed(window_seed, r), one per text, so
+    the test windows do not change with train_windows. Evaluation "train" = the first eval_windows training windows
+    (the draw is random, so they are a fixed random subset of what every model trains on); "test" = windows of the
+    held-out end of the text."""
     text = load_text(cfg)
     tokenizer = CharTokenizer(text)
     ids = tokenizer.encode(text)
     cut = int(len(ids) * (1.0 - cfg.test_fraction))
-    generator = torch.Generator().manual_seed(repetition_seed(cfg.window_seed, repetition))
-    train_x, train_y = windows(ids[:cut], cfg.train_windows, cfg.context, generator)
+    seed = repetition_seed(cfg.window_seed, repetition)
+    train_x, train_y = windows(ids[:cut], cfg.train_windows, cfg.context, torch.Generator().manual_seed(seed))
     eval_train = (train_x[:cfg.eval_windows], train_y[:cfg.eval_windows])  # windows the models trained on
-    eval_test = windows(ids[cut:], cfg.eval_windows, cfg.context, generator)
+    eval_test = windows(ids[cut:], cfg.eval_windows, cfg.context, torch.Generator().manual_seed(seed))
     return dict(tokenizer=tokenizer, n_chars=len(ids), n_train_chars=cut, train=(train_x, train_y),
                 splits={"train": eval_train, "test": eval_test}, repetition=repetition,
                 unigram_entropy=unigram_entropy(ids[:cut], tokenizer.vocab_size))
@@ -377,23 +381,26 @@ def _checkpoint_labels(table: pd.DataFrame) -> dict[int, str]:
     return {e: f"ep {e}\n(step {s})" for e, s in steps.items()}
 
 
-def mean_layer_barriers(table: pd.DataFrame, pair: str, split: str = "train", metric: str = "loss") -> pd.DataFrame:
+def layer_barrier_grid(table: pd.DataFrame, pair: str, split: str = "train",
+                       metric: str = "loss") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Heatmap layout for one pair scheme: rows "full" then every layer in forward order, columns = checkpoints;
-    cell = mean over repetitions of the larger of the two bases' barriers (alpha 0.5)."""
+    cells = (mean, sd) over repetitions of the larger of the two bases' barriers (alpha 0.5); sd is NaN for one."""
     sel = table[(table.pair == pair) & (table.split == split) & (table.metric == metric) & (table.alpha == 0.5)]
     if "seed" not in sel:
         sel = sel.assign(seed=0)
     per_seed = sel.groupby(["seed", "layer_set", "epoch"], sort=False).barrier.max().reset_index()
-    wide = per_seed.groupby(["layer_set", "epoch"], sort=False).barrier.mean().unstack("epoch")
-    wide = wide.loc[list(dict.fromkeys(sel.layer_set))]
-    return wide.rename(columns=_checkpoint_labels(table))
+    by_cell = per_seed.groupby(["layer_set", "epoch"], sort=False).barrier
+    order, labels = list(dict.fromkeys(sel.layer_set)), _checkpoint_labels(table)
+    mean, sd = (stat.unstack("epoch").loc[order].rename(columns=labels) for stat in (by_cell.mean(), by_cell.std()))
+    return mean, sd
 
 
 def plot_language_model(table: pd.DataFrame, scheme: str = "different_init",
                         heatmap_pairs: Sequence[str] | None = None):
     """Fig. 7: (left) full and largest single-layer train-loss barrier vs epoch for both pair schemes, mean and
-    +-1 sd band over repetitions; (right) layer x checkpoint heatmap of mean barriers of the `scheme` pairs (or of
-    each of `heatmap_pairs`). `table`: aggregate_language_model's rows, or one repetition's barriers."""
+    ±1 sd band over repetitions; (right) layer x checkpoint heatmap (mean ± sd over repetitions) of the barriers of
+    the `scheme` pairs (or of each of `heatmap_pairs`). `table`: aggregate_language_model's rows, or one repetition's
+    barriers."""
     from llmc_utils import plotting
 
     heatmap_pairs = list(heatmap_pairs or [scheme])
@@ -405,21 +412,25 @@ def plot_language_model(table: pd.DataFrame, scheme: str = "different_init",
     long["interpolation"] = long.interpolation.map({"full_barrier": "full",
                                                     "max_single_layer_barrier": "max single layer"})
     long["pair"] = long.pair.str.replace("_", " ")
-    fig, axes = plotting.panels(1 + len(heatmap_pairs), width=6.0, height=5.0)
+    fig, axes = plotting.panels(1 + len(heatmap_pairs), width=7.0, height=6.0)
     plotting.curves(axes[0], long, x="epoch", y="barrier", hue="pair", style="interpolation",
-                    title=f"train-loss barrier (alpha 0.5), mean +- 1 sd over {n_seeds} repetition(s)")
+                    title=f"train-loss barrier at alpha 0.5\nmean ± 1 sd over {n_seeds} repetition(s)")
     axes[0].axhline(0.0, color="grey", lw=0.8)
     axes[0].set_xlabel(f"epoch ({int(curves.step.max() / max(curves.epoch.max(), 1))} SGD steps each)")
     axes[0].set_ylabel("barrier (nats per character)")
     for ax, pair in zip(axes[1:], heatmap_pairs):
-        plotting.heatmap(ax, mean_layer_barriers(table, pair), fmt=".2f", cbar_label="barrier (nats)",
-                         title=f"{pair.replace('_', ' ')} pairs: mean train-loss barrier, max over bases")
+        mean, sd = layer_barrier_grid(table, pair)
+        plotting.heatmap(ax, mean, fmt=".2f", cbar_label="barrier (nats)", spread=sd,
+                         title=f"{pair.replace('_', ' ')} pairs: train-loss barrier per averaged layer\n"
+                               f"larger of the two bases, mean ± sd over {n_seeds} repetition(s)")
+        ax.set_xlabel("checkpoint")
+        ax.set_ylabel("averaged layer (full = all)")
     return fig
 
 
 def summary(table: pd.DataFrame, scheme: str = "different_init") -> str:
     """One computed sentence for the report: the last checkpoint's full barrier of both schemes and the largest
-    single-layer barrier of the claim scheme (mean +- sd over repetitions), and the layer that most often carries it."""
+    single-layer barrier of the claim scheme (mean ± sd over repetitions), and the layer that most often carries it."""
     curves = barrier_curves(table)
     if "seed" not in curves:
         curves = curves.assign(seed=0)
@@ -427,7 +438,7 @@ def summary(table: pd.DataFrame, scheme: str = "different_init") -> str:
     n = last.seed.nunique()
 
     def stat(values: pd.Series) -> str:
-        return f"{values.mean():.2f}" + (f" +- {values.std(ddof=1):.2f}" if len(values) > 1 else "")
+        return f"{values.mean():.2f}" + (f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else "")
 
     by_pair = {pair: rows for pair, rows in last.groupby("pair")}
     own = by_pair[scheme]

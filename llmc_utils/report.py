@@ -22,7 +22,6 @@ class ReportConfig(Section):
     clear_barrier: PositiveFloat = 0.5  # a full barrier (train loss, nats) at least this large is "clearly present"
     single_layer_tolerance: NonNegativeFloat = 0.1  # paper: every single-layer barrier within [-0.1, 0.1]
     single_layer_relative: PositiveFloat = 0.25  # looser: every single-layer barrier below 25 % of the full one
-    minimal_example_ratio: PositiveFloat = 2.0  # Fig. 3: full-path barrier at least this many times the layer-2 one
     min_theorem_cuts: PositiveInt = 1000  # Theorem 4.1 check must cover at least this many single-layer cuts
     majority: float = 0.5  # "most layers": a fraction strictly above this
     confidence: float = Field(0.95, gt=0.0, lt=1.0)  # of the Student-t interval over repetitions
@@ -101,6 +100,8 @@ FIGURES: list[tuple[str, str]] = [
     ("fig2_cumulative_last_checkpoint", "Fig. 2 at the last checkpoint: every order on one axis."),
     ("fig3_minimal_example", "Fig. 3: the 1-D network y = w2 w1 x, its loss landscape and the three paths."),
     ("fig3_theorem_check", "Theorem 4.1: curvature of L(alpha) for single-layer, two-layer and all-layer cuts."),
+    ("fig3_random_minima", "Fig. 3 claim: full-path vs best single-layer barrier over random pairs of minima (1-D "
+                           "network) and trained deep linear pairs."),
     ("fig4_robustness", "Fig. 4: ViT pair, one layer moved toward the other model vs equal-norm random directions."),
     ("fig4_robustness_cnn", "Fig. 4 for the CNN pair: interpolation minus random loss per layer and checkpoint."),
     ("fig5_subspace_perturbations", "Fig. 5: MLP test loss under training-subspace, null-space and "

@@ -65,7 +65,9 @@ class RobustnessConfig(Section):
     compare_alpha: Alpha = 1.0  # where the headline compares interpolation with random (must be on the alpha grid)
     cnn_alpha: Alpha = 0.5  # alpha of the CNN-pair heatmap (layers x checkpoints)
     cnn_n_eval: PositiveInt = 500  # samples per split for the CNN heatmap ("train": from the pair's training subset)
-    cnn_checkpoints: Literal["all", "last"] = "all"
+    # all | trained (every checkpoint but the initialisation, epoch 0: a same-init pair coincides there and every move
+    # has length 0) | last
+    cnn_checkpoints: Literal["all", "trained", "last"] = "all"
 
     @model_validator(mode="after")
     def _check(self):
@@ -259,10 +261,18 @@ def checkpoint_gap(table: pd.DataFrame, metric: str = "loss") -> pd.DataFrame:
 
 
 def trained_epochs(epochs: Sequence[int]) -> list[int]:
-    """Checkpoints after training started: all but the first (the initialisation, where a same-init pair coincides
-    and every move has length 0); the only one when just one is evaluated."""
-    epochs = sorted(set(epochs))
-    return epochs[1:] if len(epochs) > 1 else epochs
+    """Checkpoints after training started (epoch > 0; train_pairs always stores the initialisation as epoch 0, where
+    a same-init pair coincides and every move has length 0): the cells the CNN claims count."""
+    return sorted(e for e in set(epochs) if e > 0)
+
+
+def select_checkpoints(checkpoints: Mapping[int, tuple[Path, Path]], mode: str) -> dict[int, tuple[Path, Path]]:
+    """The pair checkpoints the CNN heatmap evaluates (cnn_checkpoints: all | trained | last)."""
+    epochs = sorted(checkpoints)
+    chosen = {"all": epochs, "trained": trained_epochs(epochs), "last": epochs[-1:]}[mode]
+    if not chosen:
+        raise ValueError(f"cnn_checkpoints = {mode!r} leaves no checkpoint of {epochs}")
+    return {e: checkpoints[e] for e in chosen}
 
 
 # -------------------------------------------------------------------------------------------- per-seed metrics ---
@@ -428,5 +438,5 @@ def fig4_robustness_cnn(gaps: pd.DataFrame, alpha: float, split: str = "train"):
 
 __all__ = ["RobustnessConfig", "DIRECTIONS", "CLAIMS", "SANITY_CHECKS", "vit_data", "cnn_splits", "check_pair_subset",
            "train_pair", "check_endpoints", "random_endpoint", "layer_curves", "step_norm_mismatch", "loss_increase",
-           "checkpoint_comparison", "checkpoint_gap", "trained_epochs", "seed_metrics", "fraction_beyond_margin",
+           "checkpoint_comparison", "checkpoint_gap", "trained_epochs", "select_checkpoints", "seed_metrics", "fraction_beyond_margin",
            "aggregate_vit_curves", "aggregate_cnn_gaps", "vit_gap_table", "fig4_robustness", "fig4_robustness_cnn"]

@@ -360,6 +360,6 @@ def fig5_subspace_perturbations(curves: pd.DataFrame):
             ax.title.set_fontsize(7)
             ax.set_ylabel("test loss")
     fig.suptitle(f"Fig. 5  perturbing model A by sigma x unit vector: training subspace vs null space vs averaging "
-                 f"direction (-d: toward B, +d: away from B); {n} seed{'s' if n > 1 else ''}, {band}", y=1.01)
+                 f"direction (-d: toward B, +d: away from B)\n{n} seed{'s' if n > 1 else ''}, {band}", y=1.01)
     fig.tight_layout()
     return fig

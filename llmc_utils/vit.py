@@ -7,11 +7,18 @@ perturbed by trainer.perturb_init in the portability test).
 
 Logical layers (llmc_utils.layers.logical_layers groups state-dict keys by module) follow the module structure, so each
 Linear, LayerNorm, the patch embedding and the token parameters (class token + position embedding) is one layer:
-  patch_embed, tokens, blocks.i.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2} for every block, norm, head
+  patch_embed, tokens, block<i>.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2} for every block, norm, head
 = 2 + 6 * depth + 2 logical layers (16 for depth 2), in forward order.
+
+The model is an nn.Sequential (patch_embed, tokens, block0 .. block<depth-1>, cls, norm, head), so
+evaluation.LayerEvaluator can cache the input of every child and re-run only from the block that holds a changed
+layer: the robustness curves move one layer at a time, and a change in the last block or the head then costs a
+fraction of a full forward pass (the same numbers).
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -80,23 +87,32 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class TinyViT(nn.Module):
+class PatchEmbed(nn.Conv2d):
+    """Non-overlapping patches as tokens: a strided convolution, (N, C, H, W) -> (N, patches, dim)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).flatten(2).transpose(1, 2)
+
+
+class ClassToken(nn.Module):
+    """Keep the class token only: (N, tokens, dim) -> (N, dim)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0]
+
+
+class TinyViT(nn.Sequential):
     def __init__(self, cfg: ViTConfig, image_shape: tuple[int, int, int] = (1, 28, 28), n_classes: int = 10):
-        super().__init__()
         channels, height, width = image_shape
         if height % cfg.patch or width % cfg.patch:
             raise ValueError(f"vit.patch = {cfg.patch} must divide the image size {height}x{width}")
         if cfg.dim % cfg.heads:
             raise ValueError(f"vit.heads = {cfg.heads} must divide vit.dim = {cfg.dim}")
         n_patches = (height // cfg.patch) * (width // cfg.patch)
-        self.patch_embed = nn.Conv2d(channels, cfg.dim, kernel_size=cfg.patch, stride=cfg.patch)
-        self.tokens = Tokens(n_patches + 1, cfg.dim)
-        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
-        self.norm = nn.LayerNorm(cfg.dim)
-        self.head = nn.Linear(cfg.dim, n_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.tokens(self.patch_embed(x).flatten(2).transpose(1, 2))
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.norm(x[:, 0]))  # classify from the class token
+        modules: dict[str, nn.Module] = OrderedDict(
+            patch_embed=PatchEmbed(channels, cfg.dim, kernel_size=cfg.patch, stride=cfg.patch),
+            tokens=Tokens(n_patches + 1, cfg.dim))
+        for i in range(cfg.depth):
+            modules[f"block{i}"] = Block(cfg.dim, cfg.heads, cfg.mlp_ratio)
+        modules.update(cls=ClassToken(), norm=nn.LayerNorm(cfg.dim), head=nn.Linear(cfg.dim, n_classes))
+        super().__init__(modules)  # classify from the class token

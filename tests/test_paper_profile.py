@@ -12,6 +12,7 @@ from tests import fabricate
 
 TOY = {
     "runtime": {"progress": False, "device": "cpu"},
+    "repetitions": {"train_pairs": [0], "robustness": [0]},
     "train_pairs": {"optim": {"epochs": 1, "batch_size": 16}, "checkpoint_epochs": [0, 1],
                     "curve_train_subset": 16, "curve_test_subset": 8},
     "layerwise_barriers": {"train_subset": 16, "test_subset": 8, "alphas": [0.5]},
@@ -33,14 +34,14 @@ def test_paper_code_path_on_fabricated_cifar(tmp_path):
     fabricate.cifar10(tmp_path / "raw", per_batch=8)  # 40 training and 8 test images in the real pickle format
     overrides = dict(TOY, data={"root": str(tmp_path / "raw"), "download": False})
     ws = profiles.make_workspace(profiles.profile_path("paper"), tmp_path / "ws", overrides)
-    profiles.dvc(ws, "repro", "layerwise_barriers")
+    profiles.dvc(ws, "repro", "layerwise_barriers@0")
 
-    ckpt = torch.load(ws / "models" / "pair" / "B" / "epoch_0001.pt", weights_only=True)
+    ckpt = torch.load(ws / "models" / "pair" / "seed_0" / "B" / "epoch_0001.pt", weights_only=True)
     assert ckpt["meta"]["spec"]["arch"] == "resnet18" and ckpt["meta"]["spec"]["in_channels"] == 3
-    table = pd.read_csv(ws / "results" / "layerwise_barriers" / "barriers.csv")
+    table = pd.read_csv(ws / "results" / "layerwise_barriers" / "seed_0" / "barriers.csv")
     layer_sets = set(table.layer_set)
     assert "full" in layer_sets and len(layer_sets - {"full"}) == 21  # ResNet18 without norm: 21 logical layers
     assert set(table.epoch) == {0, 1} and set(table.base) == {"A", "B"}
-    metrics = json.loads((ws / "metrics" / "layerwise_barriers.json").read_text())
+    metrics = json.loads((ws / "metrics" / "layerwise_barriers" / "seed_0.json").read_text())
     assert metrics["last_epoch"] == 1
-    assert json.loads((ws / "metrics" / "train_pairs.json").read_text())["arch"] == "resnet18"
+    assert json.loads((ws / "metrics" / "train_pairs" / "seed_0.json").read_text())["arch"] == "resnet18"

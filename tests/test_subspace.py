@@ -1,5 +1,6 @@
 """Subspace perturbations (Fig. 5): bases, null-space vectors, copied snapshots, a quadratic toy, config errors."""
 
+import pandas as pd
 import pytest
 import torch
 
@@ -57,9 +58,14 @@ def test_snapshots_are_copies_and_null_vectors_are_orthogonal_to_all(tmp_path):
     for v in found["null space"]:
         assert v.norm().item() == pytest.approx(1.0)
         assert (matrix.T @ v).abs().max().item() < 1e-9 * matrix.norm().item()  # orthogonal to every snapshot
-    avg = found["averaging direction"]
     expected = flat(snaps_a[-1], keys).double() - flat(snaps_b[-1], keys).double()
-    assert torch.allclose(avg[0], expected / expected.norm()) and torch.allclose(avg[1], -avg[0])
+    away, toward = found[subspace.AWAY_FROM_B], found[subspace.TOWARD_B]
+    assert len(away) == len(toward) == 1  # one fixed vector per sign
+    assert torch.allclose(away[0], expected / expected.norm()) and torch.allclose(toward[0], -away[0])
+    # -d moves A toward B: a step of ||A - B|| lands exactly on B
+    landed = flat(subspace.perturb(snaps_a[-1], keys, toward[0], float(expected.norm())), keys).double()
+    assert torch.allclose(landed, flat(snaps_b[-1], keys).double(), atol=1e-5)
+    assert subspace.max_cosine(found["null space"], matrix) < 1e-9
 
 
 def test_curves_on_a_real_mlp(tmp_path):
@@ -69,6 +75,7 @@ def test_curves_on_a_real_mlp(tmp_path):
     curves, spans = subspace.perturbation_curves(evaluator, subspace.snapshot_columns(snaps_a, snaps_b, "final_only"),
                                                  snaps_a[-1], snaps_b[-1], cfg.sigmas, cfg.n_draws, 0)
     assert list(spans.scope) == ["all", *logical_layers(snaps_a[-1])] and (spans.subspace_rank == 2).all()
+    assert (spans.null_max_cosine < 1e-9).all()
     base = evaluator(snaps_a[-1])["test"]["loss"]
     zero = curves[(curves.sigma == 0.0) & (curves.metric == "loss")]
     assert zero.value.eq(base).all()
@@ -95,7 +102,8 @@ def test_toy_quadratic_feels_only_the_training_subspace():
     at2 = curves[curves.sigma == 2.0].groupby("kind").value
     assert at2.max()["null space"] == pytest.approx(0.0, abs=1e-9)
     assert at2.min()["training subspace"] == pytest.approx(4.0)
-    assert at2.min()["averaging direction"] == pytest.approx(4.0)  # A - B lies in the span of the snapshots
+    for kind in (subspace.TOWARD_B, subspace.AWAY_FROM_B):  # A - B lies in the span of the snapshots
+        assert at2.min()[kind] == pytest.approx(4.0)
 
 
 @pytest.mark.parametrize("section, needle", [
@@ -116,3 +124,71 @@ def test_config_errors(section, needle):
 def test_snapshot_epochs_include_the_end():
     cfg = subspace.SubspacePerturbationsConfig(snapshot_every=3, optim=dict(epochs=7))
     assert cfg.snapshot_epochs() == [0, 3, 6, 7]
+
+
+def test_repetition_offsets_every_seed_by_100_r():
+    cfg = subspace.SubspacePerturbationsConfig()
+    assert cfg.for_repetition(0) == cfg
+    rep = cfg.for_repetition(1)
+    assert rep.seeds() == dict(synthetic_seed=100, subset_seed=100, init_seed=100, data_seed_a=101, data_seed_b=102,
+                               draw_seed=100)
+    assert rep.optim == cfg.optim and rep.sigmas == cfg.sigmas
+    a, b = subspace.synthetic_data(cfg), subspace.synthetic_data(rep)
+    assert not torch.equal(a["x_train"], b["x_train"])  # another repetition, another draw of the dataset
+
+
+def test_check_endpoints_stops_an_mlp_at_chance():
+    from llmc_utils.trainer import TrainingDiverged
+
+    cfg = subspace.SubspacePerturbationsConfig()
+    good = {"synthetic": {m: {"loss": 0.6, "error": 20.0} for m in "AB"}}
+    subspace.check_endpoints(good, {"synthetic": 3}, cfg, 0)
+    bad = {"synthetic": {"A": {"loss": 1.1, "error": 70.0}, "B": {"loss": 0.6, "error": 20.0}}}
+    with pytest.raises(TrainingDiverged, match="MLP A on synthetic, repetition 2"):
+        subspace.check_endpoints(bad, {"synthetic": 3}, cfg, 2)
+
+
+def run_tables(tmp_path, seed=0):
+    """(curves, spans, at_max, endpoints) of one tiny repetition on the synthetic data, as the notebook builds them."""
+    from llmc_utils.io import save_table
+
+    cfg, tensors, make, runs = tiny_runs(tmp_path / f"models_{seed}", epochs=2)
+    snaps_a, snaps_b = subspace.load_snapshots(runs["A"]), subspace.load_snapshots(runs["B"])
+    evaluator = Evaluator(make(), {"test": (tensors["x_test"], tensors["y_test"])})
+    frames, span_frames = [], []
+    for variant in ("snapshots", "final_only"):
+        curves, spans = subspace.perturbation_curves(evaluator, subspace.snapshot_columns(snaps_a, snaps_b, variant),
+                                                     snaps_a[-1], snaps_b[-1], [0.0, 1.0, 3.0], 2, seed)
+        frames.append(curves.assign(dataset="synthetic", variant=variant))
+        span_frames.append(spans.assign(dataset="synthetic", variant=variant))
+    curves, spans = pd.concat(frames, ignore_index=True), pd.concat(span_frames, ignore_index=True)
+    save_table(curves, tmp_path / "results" / "subspace_perturbations" / f"seed_{seed}" / "curves.csv")
+    endpoints = {"synthetic": {m: evaluator(s[-1])["test"] for m, s in (("A", snaps_a), ("B", snaps_b))}}
+    return curves, spans, subspace.loss_at(curves, 3.0), endpoints
+
+
+def test_seed_metrics_hold_every_panel_and_kind(tmp_path):
+    curves, spans, at_max, endpoints = run_tables(tmp_path)
+    m = subspace.seed_metrics(at_max, spans, endpoints, 3.0)
+    loss_keys = [k for k in m if k.startswith("loss/")]
+    assert len(loss_keys) == 2 * 3 * len(subspace.KINDS)  # variants x scopes (all, fc1, fc2) x kinds
+    assert {k.split("/")[-1] for k in loss_keys} == set(subspace.KINDS)
+    assert m["null_max_cosine"] < 1e-9 and m["sigma_max"] == 3.0
+    assert m["subspace_rank/synthetic/final_only/all"] == 2.0
+
+
+def test_aggregation_and_figure_over_seeds(tmp_path):
+    import matplotlib.pyplot as plt
+
+    for seed in (0, 1):
+        run_tables(tmp_path, seed)
+    curves = subspace.aggregate_curves(tmp_path, [0, 1])
+    assert sorted(curves.seed.unique()) == [0, 1]
+    table = subspace.loss_at_table(curves, 3.0)
+    assert (table.n_seeds == 2).all() and set(table.kind) == set(subspace.KINDS) and "mean ± sd" in table
+    for fig in (subspace.fig5_subspace_perturbations(curves),
+                subspace.fig5_subspace_perturbations(curves[curves.seed == 1])):
+        assert len(fig.axes) == 2 * 3  # (dataset, variant) rows x scopes
+        plt.close(fig)
+    with pytest.raises(FileNotFoundError, match="subspace_perturbations@5"):
+        subspace.aggregate_curves(tmp_path, [5])
