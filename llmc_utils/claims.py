@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
-from scipy import stats
 
 Relation = Literal["<=", "<", ">=", ">"]
 _OPS: dict[str, Callable[[float, float], bool]] = {"<=": operator.le, "<": operator.lt, ">=": operator.ge,
@@ -90,6 +89,8 @@ def interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, 
     mean = float(v.mean())
     if v.size < 2:
         return mean, -math.inf, math.inf
+    from scipy import stats  # here, not at import: every stage module imports this one
+
     half = float(stats.t.ppf(0.5 + confidence / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
     return mean, mean - half, mean + half
 

@@ -10,29 +10,33 @@ never trained on) is partitioned with the same per-class shares as the training 
 on each client's own training images.
 
 Claims (`CLAIMS`, paper: partial averaging does not beat full averaging, except under pathological non-IID). Rule,
-fixed before results were looked at: the claims compare ONE layer group, `claim_group` in params (default "body" =
-every layer but the classifier head, the usual personalization recipe: keep the head local), with full averaging:
-gap = mean client accuracy of claim_group minus that of full averaging, in points, per split and repetition. IID and
-Dirichlet: gap <= report.partial_minus_full_points (0, the paper's statement); pathological: gap > it. The best of
-all groups per repetition (`gap_best/<split>` in the metrics) is biased upward by the choice of the max, so it is
-reported as a description only, never as a claim.
+set in advance and not tuned on verdicts: the claims compare ONE layer group, `claim_group` in params (default
+"body" = every layer but the classifier head, the usual personalization recipe: keep the head local), with full
+averaging: gap = mean client accuracy of claim_group minus that of full averaging, in points, per split and
+repetition. IID and Dirichlet: gap <= report.partial_minus_full_points (0, the paper's statement); pathological:
+gap > it. Every group's gap is in the metrics (`gap/<split>/<group>`); the best of them per repetition
+(`gap_best/<split>`) is biased upward by the choice of the max, so it is a description only, never a claim.
 
-Where the claims fail, two diagnostics locate it, both inside each repetition: the accuracy of every main run after
-every round (`rounds` table: the gap as a function of the number of rounds), and a sweep over the Dirichlet
-concentration (`sweep_concentrations`) that trains full averaging and the claim group only (`sweep` table: the gap as a
-function of how skewed the label mix is). A run of the sweep identical to a main run (same partition and strategy) is
-trained once.
+Where the claims fail, two diagnostics locate it, both inside each repetition:
+* `rounds`: the accuracy of every main run after every round (on a fixed random subset of `eval_subset` of each
+  client's test images, to keep it cheap): the gap as a function of the number of rounds;
+* `sweep`: full averaging and the claim group at each Dirichlet concentration of `sweep_concentrations`: the gap as a
+  function of how skewed the label mix is. To fit the stage's time budget the sweep's clients may share fewer images
+  (`sweep_n_train`, the first ones of the training subset); with sweep_n_train = n_train, the sweep run at the main
+  concentration is the main Dirichlet run, trained once.
+`gap_summary` turns both into one computed sentence.
 
 Repetition r derives every seed (training and test subsets, partitions, the shared initialization, the data order) from
 config.repetition_seed(seed, r) (`FederatedConfig.for_repetition`).
 
-Engine: all clients of all runs (split x strategy, plus the sweep) train together as one stack of MLPs, one batched
-matrix product per layer and step (torch.baddbmm), which is what makes a repetition fit its CPU budget. Each model still
-does exactly what per-client SGD does: its own data order (one torch.Generator per run, drawn client after client as
-a sequential loop would), its own partial last batch, its own momentum buffer restarted every round (a fresh
-optimizer per round); models whose round is over stop updating while the others go on (models are kept sorted by
-steps per round, so the active ones are a prefix of the stack). tests/test_federated.py checks it against a plain
-per-client torch.optim.SGD loop.
+Engine: all clients of all runs (split x strategy, plus the sweep) are one stack of MLPs (StackedMLP), trained in
+stacks of `stack_size` models with one batched matrix product per layer and step, and a hand-written backward pass
+that accumulates the weight gradient straight into the momentum buffer; that is what makes a repetition fit its CPU
+budget. Each model still does exactly what per-client SGD does: its own data order (one torch.Generator per run,
+drawn client after client as a sequential loop would), its own partial last batch, its own momentum buffer restarted
+every round (a fresh optimizer per round); models whose round is over stop updating while the others go on. Before
+the first averaging the strategies of one partition train identical models, so round 1 is trained once per partition
+and copied. tests/test_federated.py checks the engine against a plain per-client torch.optim.SGD loop.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from llmc_utils.barriers import checkpoint_barriers
-from llmc_utils.claims import Claim
+from llmc_utils.claims import Claim, SanityCheck
 from llmc_utils.config import NonNegativeInt, PositiveFloat, PositiveInt, Section, repetition_seed
 from llmc_utils.evaluation import LayerEvaluator
 from llmc_utils.io import read_seed_tables
@@ -76,20 +80,22 @@ class FederatedConfig(Section):
     layer_groups: dict[str, list[str]] = Field(  # strategy name -> logical layers averaged; the rest stays local
         default_factory=lambda: {"middle": ["fc2", "fc3", "fc4"], "outer": ["fc1", "fc5"],
                                  "body": ["fc1", "fc2", "fc3", "fc4"]})
-    claim_group: str = "body"  # the layer group the claims compare with full averaging (fixed, see module docstring)
+    claim_group: str = "body"  # the layer group the claims compare with full averaging (rule: module docstring)
     # Dirichlet concentrations of the sweep (full averaging and claim_group only); [] = no sweep
     sweep_concentrations: list[PositiveFloat] = Field(default_factory=lambda: [0.1, 0.3, 1.0, 10.0])
     sweep_n_train: NonNegativeInt = 0  # images the sweep's clients share (the first of the subset); 0 = n_train
-    round_test_subset: NonNegativeInt = 100  # rounds table: own test images per client (fixed random subset); 0 = all
+    # per client, the fixed random subsets behind the cheap numbers: own test images for the rounds table, own training
+    # images for the train accuracy (Table 1's test accuracy uses all own test images); 0 = all
+    eval_subset: NonNegativeInt = 100
     rounds: PositiveInt = 12
     local_epochs: PositiveInt = 1  # local passes over each client's data between two averagings
     batch_size: PositiveInt = 32
     lr: PositiveFloat = 0.02  # 0.05 with momentum 0.9 made a pathological local client diverge
     momentum: float = Field(0.9, ge=0.0, lt=1.0)  # buffers restart each round (a fresh optimizer per round)
     barrier_clients: tuple[NonNegativeInt, NonNegativeInt] = (0, 1)  # the pair whose layer-wise barriers are shown
-    # models trained side by side in one batched step; all of a stack's steps of a round run before the next stack,
-    # so its weights stay in cache (speed only; measured on 2 busy cores, 250 models: 0.83 ms per model and step
-    # with stacks of 25-50, 1.14 ms with one stack of all 250, 1.5 ms one model at a time)
+    # models trained side by side in one batched step; all of a stack's steps of a round run before the next stack's,
+    # so its weights stay in cache (speed only: on 2 busy cores, stacks of 25-50 models took about 0.8 of the time
+    # per model and step of one stack of all 250 models, and about 0.55 of one model at a time)
     stack_size: PositiveInt = 32
     # torch threads for this stage (stage.setup applies it, overriding runtime.num_threads)
     threads: PositiveInt = 1
@@ -104,7 +110,8 @@ class FederatedConfig(Section):
             if unknown or not group:
                 raise ValueError(f"layer_groups.{name} = {group}: needs layers among {layers}, unknown: {unknown}")
         if self.claim_group not in self.layer_groups:
-            raise ValueError(f"claim_group = {self.claim_group!r} must be one of layer_groups {list(self.layer_groups)}")
+            raise ValueError(f"claim_group = {self.claim_group!r} must be one of layer_groups "
+                             f"{list(self.layer_groups)}")
         if len(set(self.sweep_concentrations)) != len(self.sweep_concentrations):
             raise ValueError(f"sweep_concentrations must not repeat, got {self.sweep_concentrations}")
         if max(self.barrier_clients) >= self.n_clients or len(set(self.barrier_clients)) != 2:
@@ -328,10 +335,22 @@ def train_federations(make_model: Callable[[], nn.Module], train_x: torch.Tensor
         raise ValueError("every client needs at least one training sample")
     batches = -(-sizes // cfg.batch_size)  # per epoch
     steps = cfg.local_epochs * batches
-    order = np.argsort(-steps, kind="stable")  # most steps first: the models still training are a prefix
+    # Until the first averaging, federations with the same clients and data seed train identical models (one shared
+    # initialization): round 1 trains the first of each such family and copies it to the others.
+    family = {}
+    first_of = [family.setdefault((fed.data_seed, tuple(map(tuple, fed.train_parts))), f)
+                for f, fed in enumerate(federations)]
+    copy = np.array([first_of[f] != f for f, _ in members])
+    # positions: the first of each family, then the copies; within each, most steps first, so that the models of a
+    # stack that still train at step t are a prefix of it
+    order = np.lexsort((-steps, copy))
     position = {members[j]: p for p, j in enumerate(order)}
     n_models, n_ticks, bsz = len(members), int(steps.max()), cfg.batch_size
     sorted_steps = steps[order]
+    n_first = int((~copy).sum())
+    stacks = [(a, min(a + cfg.stack_size, end)) for begin, end in ((0, n_first), (n_first, n_models))
+              for a in range(begin, end, cfg.stack_size)]
+    copies = [(position[(f, i)], position[(first_of[f], i)]) for f, i in members if first_of[f] != f]
     bank = StackedMLP(model, init, n_models)
     params = bank.params
     parts = {(f, i): torch.as_tensor(federations[f].train_parts[i], dtype=torch.long) for f, i in members}
@@ -362,12 +381,19 @@ def train_federations(make_model: Callable[[], nn.Module], train_x: torch.Tensor
         bank.restart_momentum()  # a fresh optimizer per round
         last_loss = torch.zeros(n_models)
         with torch.no_grad():
-            for start in range(0, n_models, cfg.stack_size):  # a stack's models take all their steps of the round
-                stack_steps = sorted_steps[start:start + cfg.stack_size]  # (descending: the active ones: a prefix)
+            for start, stop in stacks:  # a stack's models take all their steps of the round before the next stack's
+                if round_index == 1 and start >= n_first:
+                    break
+                stack_steps = sorted_steps[start:stop]
                 for t in range(int(stack_steps[0])):
                     sl = slice(start, start + int((stack_steps > t).sum()))
                     idx = index[sl, t]
                     last_loss[sl] = bank.sgd_step(sl, train_x[idx], train_y[idx], weight[sl, t], cfg.lr, cfg.momentum)
+            if round_index == 1 and copies:
+                to, source = map(torch.tensor, zip(*copies))
+                for tensor in bank.weights + bank.biases:
+                    tensor[to] = tensor[source]
+                last_loss[to] = last_loss[source]
         bad = [m for m in members if not math.isfinite(float(last_loss[position[m]]))]
         if bad:
             f, i = bad[0]
@@ -404,9 +430,9 @@ def run(cfg: FederatedConfig, images) -> dict[str, pd.DataFrame]:
 
     Tables:
     * clients: per client of every main run, the final test loss / accuracy on its own (held-out) test data and the
-      accuracy on its own training images;
+      accuracy on a fixed random subset of `eval_subset` of its own training images;
     * rounds: per client of every main run, the test accuracy after every round, on a fixed random subset of
-      `round_test_subset` of its own test images (the final Table 1 numbers use all of them);
+      `eval_subset` of its own test images (the final Table 1 numbers use all of them);
     * sweep: like clients, for full averaging and claim_group at every sweep concentration; the sweep's clients share
       the first `sweep_n_train` images of the training subset;
     * partition: label counts per client of every partition (sweep_n_train = images shared out; concentration =
@@ -449,14 +475,18 @@ def run(cfg: FederatedConfig, images) -> dict[str, pd.DataFrame]:
         idx = torch.as_tensor(idx, dtype=torch.long)
         return x[idx], y[idx]
 
-    test_sets = {(key, i): data(test_x, test_y, p) for key, (_, parts) in partitions.items() for i, p in enumerate(parts)}
-    rng = np.random.default_rng([cfg.seed, len(SPLIT_IDS)])  # the rounds table's fixed test subsets
-    round_sets = {}
-    for key in main_keys:
-        for i, p in enumerate(partitions[key][1]):
-            keep = p if not cfg.round_test_subset or len(p) <= cfg.round_test_subset else \
-                np.sort(rng.choice(p, cfg.round_test_subset, replace=False))
-            round_sets[(key, i)] = data(test_x, test_y, keep)
+    test_sets = {(key, i): data(test_x, test_y, p)
+                 for key, (_, parts) in partitions.items() for i, p in enumerate(parts)}
+    rng = np.random.default_rng([cfg.seed, len(SPLIT_IDS)])  # the fixed evaluation subsets
+
+    def subset(p: np.ndarray) -> np.ndarray:
+        return p if not cfg.eval_subset or len(p) <= cfg.eval_subset else \
+            np.sort(rng.choice(p, cfg.eval_subset, replace=False))
+
+    round_sets = {(key, i): data(test_x, test_y, subset(p)) for key in main_keys
+                  for i, p in enumerate(partitions[key][1])}  # every strategy of a partition on the same images
+    train_sets = {(key, i): data(train_x, train_y, subset(p)) for key, (parts, _) in partitions.items()
+                  for i, p in enumerate(parts)}
     main_index = [names.index(k) for k in main]
     round_rows = []
 
@@ -478,7 +508,7 @@ def run(cfg: FederatedConfig, images) -> dict[str, pd.DataFrame]:
         for i, tp in enumerate(fed.train_parts):
             x, y = test_sets[(key[:3], i)]
             acc, loss = accuracy_and_loss(bank, position[(f, i)], x, y)
-            train_acc, _ = accuracy_and_loss(bank, position[(f, i)], *data(train_x, train_y, tp))
+            train_acc, _ = accuracy_and_loss(bank, position[(f, i)], *train_sets[(key[:3], i)])
             final[(key, i)] = dict(client=i, n_train=len(tp), n_test=len(y), test_loss=loss, test_accuracy=acc,
                                    train_accuracy=train_acc)
         mean_error = 100.0 - np.mean([final[(key, i)]["test_accuracy"] for i in range(cfg.n_clients)])
@@ -546,7 +576,8 @@ def gap_table(rounds: pd.DataFrame, sweep: pd.DataFrame) -> pd.DataFrame:
         images = table.groupby(group_keys + ["strategy"], sort=False).n_train.sum().groupby(group_keys).max()
         for group in [s for s in mean.columns if s not in (FULL, LOCAL)]:
             gap = pd.DataFrame({"gap": mean[group] - mean[FULL], "images": images}).reset_index()
-            out.append(gap.rename(columns={x: "x"}).assign(axis=axis, group=group, **({"split": split} if split else {})))
+            gap = gap.rename(columns={x: "x"}).assign(axis=axis, group=group)
+            out.append(gap.assign(split=split) if split else gap)
     return pd.concat(out, ignore_index=True)[keys + ["axis", "split", "group", "x", "gap", "images"]]
 
 
@@ -556,8 +587,10 @@ def headline_metrics(tables: dict[str, pd.DataFrame], cfg: FederatedConfig) -> d
     accuracy/<split>/<strategy>, accuracy_sd_clients/<split>/<strategy>, train_accuracy/<split>/<strategy>;
     gap/<split>/<group> = group - full for every layer group; gap_claim/<split> = the same for cfg.claim_group (what
     the claims read); gap_best/<split> = the largest group gap (descriptive only: the max over groups is biased up);
-    gap_claim_round1/<split> = claim-group gap after the first round; sweep_gap/<concentration> = claim group - full
-    at each sweep concentration; pair_full_loss_barrier/<split>/<strategy> = full barrier between barrier_clients."""
+    gap_claim_round1/<split> = claim-group gap after the first round (rounds table, its test subsets);
+    sweep_gap/<concentration> = claim group - full at each sweep concentration;
+    pair_full_loss_barrier/<split>/<strategy> = midpoint loss barrier of the full average between barrier_clients
+    (0 under full averaging: the clients are identical; SANITY_CHECKS)."""
     clients = tables["clients"]
     by = clients.groupby(["split", "strategy"])
     acc, sd, train = by.test_accuracy.mean(), by.test_accuracy.std(), by.train_accuracy.mean()
@@ -598,6 +631,21 @@ CLAIMS: list[Claim] = [
     Claim("Table 1", "Pathological non-IID clients: averaging only a group of layers beats full averaging",
           "partial averaging best on pathological non-IID", STAGE, _gap_claim("pathological"), ">",
           "partial_minus_full_points", _QUANTITY),
+]
+
+
+
+def fedavg_pair_barrier(m: dict, _cfg=None) -> float:
+    """Largest |full loss barrier| between the two barrier clients under full averaging, over the splits."""
+    values = [abs(v) for k, v in m.items() if k.startswith("pair_full_loss_barrier/") and k.endswith("/full")]
+    if not values:
+        raise KeyError("pair_full_loss_barrier/<split>/full")
+    return max(values)
+
+
+SANITY_CHECKS: list[SanityCheck] = [
+    SanityCheck("Table 1", "Full averaging hands every client the same model (two clients' loss barrier is 0)", STAGE,
+                fedavg_pair_barrier, "<=", 1e-6, "max over splits of |full loss barrier between two FedAvg clients|"),
 ]
 
 
@@ -675,6 +723,10 @@ def gap_summary(gaps: pd.DataFrame, threshold: float = 0.0) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------- figures
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
 def plot_table1(table: pd.DataFrame):
     """fig6_federated_table: Table 1 as a heatmap of "mean ± sd over seeds" (accuracy per split x strategy), next to
     the paired gap of each layer group to full averaging (red: the group beats full averaging)."""
@@ -689,11 +741,11 @@ def plot_table1(table: pd.DataFrame):
     n = int(table.n_seeds.max())
     fig, (ax_acc, ax_gap) = plotting.panels(2, width=5.0, height=0.55 * len(strategies) + 2.0)
     plotting.heatmap(ax_acc, wide("mean_accuracy", strategies), spread=wide("sd_accuracy", strategies),
-                     title=f"Table 1: client accuracy on own test data (%)\nmean ± sd over {n} seeds", center=None,
+                     title=f"Table 1: client accuracy on own test data (%)\nmean ± sd over {_seeds(n)}", center=None,
                      cmap="viridis", cbar_label="accuracy (%)")
     ax_acc.set_yticklabels([labels[s] for s in strategies], fontsize=7)
     plotting.heatmap(ax_gap, wide("mean_gap", groups), spread=wide("sd_gap", groups),
-                     title=f"layer group minus full averaging (points)\nmean ± sd over {n} seeds (paired)",
+                     title=f"layer group minus full averaging (points)\nmean ± sd over {_seeds(n)} (paired)",
                      cbar_label="accuracy gap (points)")
     ax_gap.set_yticklabels([labels[s] for s in groups], fontsize=7)
     for ax in (ax_acc, ax_gap):
@@ -715,7 +767,7 @@ def plot_gaps(gaps: pd.DataFrame, threshold: float = 0.0):
     conc, rounds = gaps[gaps.axis == "concentration"], gaps[gaps.axis == "round"]
     if len(conc):
         plotting.curves(ax_c, conc, x="x", y="gap",
-                        title=f"{group} - full vs concentration ({int(conc.images.max())} images, {n} seeds)")
+                        title=f"{group} - full vs concentration ({int(conc.images.max())} images, {_seeds(n)})")
         if "seed" in conc:
             for _, one in conc.groupby("seed"):
                 ax_c.plot(one.x, one.gap, color="grey", lw=0.5, alpha=0.6)
@@ -726,8 +778,10 @@ def plot_gaps(gaps: pd.DataFrame, threshold: float = 0.0):
                      label=f"IID split, main runs ({int(iid.images.max())} images)")
         ax_c.legend(fontsize=7)
     ax_c.set_xlabel("Dirichlet concentration (smaller = more skewed label mix)")
-    plotting.curves(ax_r, rounds, x="x", y="gap", hue="split", title=f"{group} - full vs rounds ({n} seeds)")
+    plotting.curves(ax_r, rounds, x="x", y="gap", hue="split", title=f"{group} - full vs rounds ({_seeds(n)})",
+                    hue_order=[s for s in SPLIT_IDS if s in set(rounds.split)])
     ax_r.set_xlabel("round (accuracy on a fixed subset of each client's test data)")
+    ax_r.legend(fontsize=7, title="split", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     for ax in (ax_c, ax_r):
         ax.axhline(threshold, color="k", ls="--", lw=0.8)
         ax.set_ylabel("accuracy gap (points)")
@@ -744,11 +798,12 @@ def plot_barriers(barriers: pd.DataFrame, alpha: float = 0.5):
     columns = list(dict.fromkeys(loss.column))
     rows = list(dict.fromkeys(loss.layer_set))  # "full" first, then forward order
     n = int(loss.n_seeds.max()) if "n_seeds" in loss else 1
-    fig, axes = plotting.panels(2, ncols=1, width=max(6.0, 0.7 * len(columns)), height=3.2)
+    fig, axes = plotting.panels(2, ncols=1, width=max(6.0, 0.7 * len(columns)), height=3.2, sharex=True)
     for ax, base in zip(axes, ("A", "B")):
         grid = loss[loss.base == base].pivot(index="layer_set", columns="column", values="barrier").loc[rows, columns]
-        plotting.heatmap(ax, grid, title=f"loss barrier between two clients, into {base} (mean over {n} seeds)",
+        plotting.heatmap(ax, grid, title=f"loss barrier between two clients, into {base} (mean over {_seeds(n)})",
                          fmt=".2f", vmin=-1.0, vmax=1.0, cbar_label="barrier (loss; colours clipped at ±1)")
-        ax.set_xlabel("split / strategy")
+        ax.set_xlabel("split / strategy" if base == "B" else "")
         ax.set_ylabel("averaged layer(s)")
+    axes[0].tick_params(axis="x", labelbottom=False)
     return fig

@@ -275,7 +275,7 @@ def train_models(cfg: LanguageModelConfig, prepared: dict, run_root: Path) -> di
     for name, (init_seed, data_seed) in model_seeds(cfg, repetition).items():
         paths[name] = train_model(make_model, x, y, cfg.optim, init_seed=init_seed, data_seed=data_seed,
                                   checkpoint_epochs=cfg.checkpoint_epochs, run_dir=run_root / run_dir_name(name),
-                                  meta=meta, desc=f"GPT {name}")
+                                  meta=meta, desc=f"GPT {name} of repetition {repetition}")
         final = evaluator(load_weights(paths[name][-1]))
         check_not_degenerate({split: m["loss"] for split, m in final.items()}, prepared["unigram_entropy"],
                              f"GPT {name} of repetition {repetition} (init seed {init_seed}, data seed {data_seed})",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from llmc_utils.config import validate_params
+from llmc_utils.config import SECTIONS, get_section, validate_params
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = {"default": REPO / "params.yaml", "paper": REPO / "profiles" / "paper.yaml",
@@ -61,7 +61,9 @@ def make_workspace(params_file: str | Path, dest: str | Path, overrides: dict | 
     """A fresh (or refreshed) pipeline workspace at `dest` running on the profile `params_file` (with `overrides`
     merged on top). Outputs already there are kept, so DVC reruns only what changed."""
     params = _merge(load_profile(params_file), overrides or {})
-    validate_params(params, source=str(params_file))  # fail before copying anything
+    validated = validate_params(params, source=str(params_file))  # fail before copying anything
+    # every section with every key, defaults filled in: DVC reads the keys a stage depends on from the file itself
+    params = {name: get_section(validated, name).model_dump(mode="json") for name in SECTIONS}
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("notebooks", "llmc_utils"):

@@ -334,22 +334,24 @@ def loss_at_table(curves: pd.DataFrame, sigma: float) -> pd.DataFrame:
     return out
 
 
-def fig5_subspace_perturbations(curves: pd.DataFrame):
-    """Fig. 5: one row per dataset and variant, one column per scope (whole network, then each layer); test loss of
-    model A against sigma per kind of direction (the two signs of the averaging direction apart). Line = mean, band =
-    +-1 sd over seeds (for a single seed: over the random draws). `curves` has a `seed` column."""
+def fig5_subspace_perturbations(curves: pd.DataFrame, scopes: Sequence[str] | None = None):
+    """Fig. 5: one row per dataset and variant, one column per scope (whole network, then each layer; `scopes`
+    restricts them); test loss of model A against sigma per kind of direction (the two signs of the averaging
+    direction apart). Line = mean, band = +-1 sd over seeds (for a single seed: over the random draws). `curves` has
+    a `seed` column."""
     from llmc_utils import plotting  # imported here: config validation imports this module, seaborn is slow
 
     loss = curves[(curves.metric == "loss") & (curves.split == "test")]
+    scopes = [s for s in dict.fromkeys(loss.scope) if scopes is None or s in scopes]  # the order of the table
+    rows = list(dict.fromkeys(zip(loss.dataset, loss.variant)))
     keys = ["dataset", "variant", "scope", "kind", "sigma"]
     n = loss.seed.nunique()
     if n > 1:
         loss, band = loss.groupby([*keys, "seed"]).value.mean().reset_index(), f"±1 sd over {n} seeds"
     else:
         band = "±1 sd over random draws"
-    scopes = list(dict.fromkeys(loss.scope))
-    rows = list(dict.fromkeys(zip(loss.dataset, loss.variant)))
-    fig, axes = plotting.panels(len(rows) * len(scopes), ncols=len(scopes), width=3.2, height=2.6)
+    ncols = len(scopes) if len(scopes) > 1 else 2  # a single scope: the rows wrap into two columns
+    fig, axes = plotting.panels(len(rows) * len(scopes), ncols=ncols, width=3.2, height=2.6)
     for r, (name, variant) in enumerate(rows):
         for c, scope in enumerate(scopes):
             ax = axes[r * len(scopes) + c]

@@ -45,7 +45,7 @@ STAGES = {
                                ["data/images.pt"], [f"results/subspace_perturbations/seed_{R}"],
                                [f"metrics/subspace_perturbations/seed_{R}.json"],
                                {"models": [f"models/subspace_perturbations/seed_{R}"]}),
-    "federated": ("07_federated", "federated", ["federated"], ["data/images.pt"], [f"results/federated/seed_{R}"],
+    "federated": ("07_federated", "federated", ["federated", "report.partial_minus_full_points"], ["data/images.pt"], [f"results/federated/seed_{R}"],
                   [f"metrics/federated/seed_{R}.json"], {}),
     "language_model": ("08_language_model", "language_model", ["language_model"], [],
                        [f"results/language_model/seed_{R}"], [f"metrics/language_model/seed_{R}.json"],
@@ -110,7 +110,8 @@ def stage_entry(name, spec):
 # figures drawn from all repetitions by the aggregate stage (notebook 09)
 AGGREGATE_FIGURES = ["fig1_layerwise_barriers", "fig1_layerwise_barriers_test_loss", "fig1_layerwise_barriers_train_error",
                      "fig1_layerwise_barriers_test_error", "fig_pair_training_curves", "fig_layer_geometry",
-                     "fig2_cumulative_averaging", "fig2_cumulative_controls", "fig2_cumulative_last_checkpoint"]
+                     "fig2_cumulative_averaging", "fig2_cumulative_controls", "fig2_cumulative_last_checkpoint",
+                     "fig4_robustness", "fig4_robustness_cnn", "fig5_subspace_perturbations", "fig6_federated_table", "fig6_federated_sweep", "fig6_federated_barriers", "fig7_language_model"]
 
 
 def gather_stages(aggregate_figures: list[str]) -> dict:
@@ -118,7 +119,9 @@ def gather_stages(aggregate_figures: list[str]) -> dict:
     aggregate = {
         "cmd": papermill("09_aggregate", False),
         "deps": code_deps("09_aggregate") + [f"results/{n}" for n in repeated],
-        "params": ["repetitions", "runtime.num_threads", "runtime.device"],
+        # the sections whose settings the figures read (bases, alphas, schemes), beside the repetitions
+        "params": ["repetitions"] + [n for n in repeated if n != "train_pairs"] + [
+            "report.partial_minus_full_points", "report.tie_margin", "runtime.num_threads", "runtime.device"],
         "outs": ["reports/executed/09_aggregate.ipynb"] + uncached(["results/aggregate"]) + figure_outs(aggregate_figures),
     }
     from llmc_utils.report import FIGURES

@@ -189,6 +189,10 @@ def test_aggregation_and_figure_over_seeds(tmp_path):
     for fig in (subspace.fig5_subspace_perturbations(curves),
                 subspace.fig5_subspace_perturbations(curves[curves.seed == 1])):
         assert len(fig.axes) == 2 * 3  # (dataset, variant) rows x scopes
+        assert fig.axes[0].get_title().startswith("synthetic · all\nsubspace: span of all snapshots")  # table order
         plt.close(fig)
+    fig = subspace.fig5_subspace_perturbations(curves, scopes=["all"])  # the per-seed notebook's view
+    assert [ax.get_title().split("\n")[0] for ax in fig.axes] == ["synthetic · all"] * 2
+    plt.close(fig)
     with pytest.raises(FileNotFoundError, match="subspace_perturbations@5"):
         subspace.aggregate_curves(tmp_path, [5])
