@@ -13,7 +13,7 @@ from tests import fabricate
 TOY = {
     "runtime": {"progress": False, "device": "cpu"},
     "repetitions": {"train_pairs": [0], "robustness": [0]},
-    "train_pairs": {"optim": {"epochs": 1, "batch_size": 16}, "checkpoint_epochs": [0, 1],
+    "train_pairs": {"optim": {"epochs": 1, "batch_size": 16}, "checkpoint_epochs": [0, 1], "chance_guard": False,
                     "curve_train_subset": 16, "curve_test_subset": 8},
     "layerwise_barriers": {"train_subset": 16, "test_subset": 8, "alphas": [0.5]},
 }
