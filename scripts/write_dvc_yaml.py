@@ -130,7 +130,7 @@ def gather_stages(aggregate_figures: list[str]) -> dict:
         "cmd": (papermill("10_report", False) + " && jupyter nbconvert --to html --no-input --log-level WARN "
                 "--output-dir reports --output report reports/executed/10_report.ipynb"),
         "deps": (code_deps("10_report") + [f"metrics/{n}" for n in repeated]
-                 + [f"metrics/{n}.json" for n, s in STAGES.items() if not s[1]] + ["results/aggregate"]
+                 + [m for s in STAGES.values() if not s[1] for m in s[5]] + ["results/aggregate"]
                  + [f"figures/{stem}.png" for stem, _ in FIGURES]),
         "params": ["report", "repetitions", "runtime.num_threads", "runtime.device"],
         "outs": ["reports/executed/10_report.ipynb"] + uncached(["results/report", "reports/report.html"]),

@@ -70,7 +70,7 @@ def test_forced_rerun_gives_identical_metrics(pipeline_copy):
     files = [pipeline_copy / "metrics" / s / "seed_1.json" for s in stages]
     before = [f.read_text() for f in files]
     shutil.rmtree(pipeline_copy / "models" / "pair" / "seed_1")  # persisted checkpoints: remove them to retrain
-    assert ran_stages(dvc(pipeline_copy, "repro", "--force", *(f"{s}@1" for s in stages))) == {f"{s}@1" for s in stages}
+    assert ran_stages(dvc(pipeline_copy, "repro", "--force", *(f"{s}@1" for s in stages))) >= {f"{s}@1" for s in stages}
     assert [f.read_text() for f in files] == before
 
 
