@@ -20,8 +20,9 @@ from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import ValidationInfo, field_validator
 
-from llmc_utils.config import Section
+from llmc_utils.config import ExistingDir, Section, checks_environment
 from llmc_utils.io import load_checkpoint, save_torch
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -49,8 +50,21 @@ HOW_TO_GET = {
 
 class DataConfig(Section):
     dataset: Literal["fashion_mnist", "cifar10"] = "fashion_mnist"
-    root: str | None = None  # folder with the raw files; None = Debian copy (Fashion-MNIST) or $LLMC_DATA_HOME
+    root: ExistingDir = None  # folder with the raw files; None = Debian copy (Fashion-MNIST) or $LLMC_DATA_HOME
     download: bool = False  # allow torchvision to download when no local copy is found
+
+    @field_validator("root")
+    @classmethod
+    def _holds_dataset(cls, root: str | None, info: ValidationInfo) -> str | None:
+        """A given root must hold the dataset's raw files, checked before any stage runs (not in prepare_data)."""
+        if root is None or not checks_environment(info) or "dataset" not in info.data:
+            return root
+        names, candidates = raw_files(info.data["dataset"], Path(root))
+        if _find_files(candidates, names) is None:
+            missing = [n for n in names if not any((c / n).is_file() or (c / f"{n}.gz").is_file() for c in candidates)]
+            raise ValueError(f"{root} does not hold the {info.data['dataset']} files: missing "
+                             f"{', '.join(missing)} (looked in {', '.join(str(c) for c in candidates)})")
+        return root
 
 
 def subset_indices(total: int, n: int, seed: int) -> torch.Tensor:
@@ -62,6 +76,10 @@ def subset_indices(total: int, n: int, seed: int) -> torch.Tensor:
 
 class DatasetNotFound(FileNotFoundError):
     pass
+
+
+class DatasetUnreadable(ValueError):
+    """Raw files that exist but are not the dataset: truncated, corrupt, or of another format."""
 
 
 @dataclass
@@ -145,15 +163,18 @@ def read_cifar10(folder: Path) -> dict:
                 test_x=test_x, test_y=test_y)
 
 
+def raw_files(dataset: str, root: Path | None) -> tuple[tuple[str, ...], list[Path]]:
+    """(names of the raw files, folders that may hold them) of `dataset` under data.root (None: the defaults)."""
+    if dataset == "fashion_mnist":
+        return FASHION_MNIST_FILES, [root] if root else [DEBIAN_FASHION_MNIST, DATA_HOME / "FashionMNIST/raw"]
+    base = root or DATA_HOME
+    return CIFAR10_FILES, [base / "cifar-10-batches-py", base]
+
+
 def locate(cfg: DataConfig) -> Path:
     """The folder holding the raw files, downloading only if allowed; raises DatasetNotFound with instructions."""
-    if cfg.dataset == "fashion_mnist":
-        names, sub = FASHION_MNIST_FILES, "FashionMNIST/raw"
-        candidates = [Path(cfg.root)] if cfg.root else [DEBIAN_FASHION_MNIST, DATA_HOME / sub]
-    else:
-        names, sub = CIFAR10_FILES, "cifar-10-batches-py"
-        base = Path(cfg.root) if cfg.root else DATA_HOME
-        candidates = [base / sub, base]
+    names, candidates = raw_files(cfg.dataset, Path(cfg.root) if cfg.root else None)
+    sub = "FashionMNIST/raw" if cfg.dataset == "fashion_mnist" else "cifar-10-batches-py"
     found = _find_files(candidates, names)
     if found is None and cfg.download:
         download(cfg.dataset)
@@ -172,10 +193,28 @@ def download(dataset: str, root: Path = DATA_HOME) -> None:
     (FashionMNIST if dataset == "fashion_mnist" else CIFAR10)(str(root), train=True, download=True)
 
 
+def read_raw(dataset: str, folder: Path) -> dict:
+    """The raw files of `dataset` in `folder` as tensors; files that cannot be read as that dataset raise
+    DatasetUnreadable naming the folder, instead of a parser error from deep inside torchvision or pickle."""
+    try:
+        tensors = read_fashion_mnist(folder) if dataset == "fashion_mnist" else read_cifar10(folder)
+    except Exception as exc:  # gzip, pickle, torchvision and numpy each raise their own types for a bad file
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise DatasetUnreadable(f"the {dataset} files in {folder} cannot be read ({type(exc).__name__}: {reason}): "
+                                f"they are truncated, corrupt or not {dataset}'s; replace them with a good copy (or "
+                                "point data.root at one) and rerun") from exc
+    for split in ("train", "test"):
+        n_x, n_y = len(tensors[f"{split}_x"]), len(tensors[f"{split}_y"])
+        if n_x == 0 or n_x != n_y:
+            raise DatasetUnreadable(f"the {dataset} files in {folder} hold {n_x} {split} images but {n_y} labels: "
+                                    "they do not belong together; replace them with a good copy and rerun")
+    return tensors
+
+
 def prepare(cfg: DataConfig, workspace: Path) -> Path:
     """Materialise data/images.pt from the raw files and return its path."""
     folder = locate(cfg)
-    tensors = read_fashion_mnist(folder) if cfg.dataset == "fashion_mnist" else read_cifar10(folder)
+    tensors = read_raw(cfg.dataset, folder)
     pixels = tensors["train_x"].float() / 255.0
     mean, std = pixels.mean(dim=(0, 2, 3)), pixels.std(dim=(0, 2, 3))
     out = prepared_path(workspace)

@@ -83,21 +83,36 @@ def _apply(child: torch.nn.Module, params: dict, h: torch.Tensor) -> torch.Tenso
     return functional_call(child, params, (h,))
 
 
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """The same tensor (identity: what mix() keeps for untouched keys), or an equal one on the same device."""
+    return a is b or (a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b))
+
+
+def _listed(keys: list[str], limit: int = 5) -> str:
+    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
 class LayerEvaluator(Evaluator):
     """Evaluator that evaluates 'base model with some layers changed' from cached base activations when it can.
 
-    `endpoint(state, tag)` evaluates a model and (for nn.Sequential) keeps the input of every child per split under
-    `tag`; `partial(state, tag, keys)` evaluates `state`, which equals the cached model except on `keys`, starting
-    at the first child that owns one of `keys`. Any other model falls back to a full evaluation.
+    `endpoint(state, tag)` evaluates a model and (for a plain nn.Sequential) keeps the input of every child per split
+    under `tag`; `partial(state, tag, keys)` evaluates `state`, which must equal that model except on `keys`, starting
+    at the first child that owns one of `keys`. partial() checks that premise (same keys; outside `keys` the very
+    tensors, or equal ones, of the endpoint's state) and raises ValueError otherwise: a wrong tag or an unlisted change
+    would silently give the numbers of another model. Any other model (including an nn.Sequential subclass with its
+    own forward, such as a residual block, whose output is not the chain of its children) is evaluated in full.
     """
 
     def __init__(self, model, splits, batch_size=256, device="cpu", cache_activations=True):
         super().__init__(model, splits, batch_size, device)
-        self.children = list(self.model.named_children()) if isinstance(self.model, torch.nn.Sequential) else []
+        chain = isinstance(self.model, torch.nn.Sequential) and type(self.model).forward is torch.nn.Sequential.forward
+        self.children = list(self.model.named_children()) if chain else []
         self.enabled = cache_activations and bool(self.children)
         # cache[tag][split] = one {child index: input of that child} per batch, kept only for children with parameters
         # (the only places partial() can start): about half the memory of keeping every activation
         self.cache: dict[str, dict[str, list[dict[int, torch.Tensor]]]] = {}
+        # bases[tag] = the state endpoint() evaluated under tag (references, not copies), what partial() checks against
+        self.bases: dict[str, dict[str, torch.Tensor]] = {}
 
     def _own(self, state, start: int) -> list[dict]:
         """Per child from `start` on: its own tensors of `state`, keys relative to the child."""
@@ -112,6 +127,7 @@ class LayerEvaluator(Evaluator):
         return h
 
     def endpoint(self, state, tag: str):
+        self.bases[tag] = dict(state)
         if not self.enabled:
             return self(state)
         own, out = self._own(state, 0), {}
@@ -126,10 +142,31 @@ class LayerEvaluator(Evaluator):
             out[split] = self.logits_metrics(torch.cat(logits), y)
         return out
 
+    def _check_partial(self, state, tag: str, keys: set[str]) -> None:
+        """Raise ValueError unless `state` is the endpoint cached under `tag` with only `keys` changed."""
+        if tag not in self.bases:
+            raise ValueError(f"partial(): no endpoint under tag {tag!r} (known: {sorted(self.bases)}); call "
+                             f"endpoint(state, {tag!r}) on the base model first")
+        base = self.bases[tag]
+        unknown = sorted(keys - set(base))
+        if not keys or unknown:
+            raise ValueError(f"partial(): keys must be a non-empty subset of the model's keys; unknown: "
+                             f"{_listed(unknown) or 'none (keys is empty)'}")
+        if set(state) != set(base):
+            missing, extra = sorted(set(base) - set(state)), sorted(set(state) - set(base))
+            raise ValueError(f"partial(): the state's keys differ from the endpoint under tag {tag!r}: missing "
+                             f"[{_listed(missing)}], extra [{_listed(extra)}]")
+        changed = [k for k in state if k not in keys and not _same(state[k], base[k])]
+        if changed:
+            raise ValueError(f"partial(): the state differs from the endpoint under tag {tag!r} outside `keys`, at "
+                             f"{_listed(changed)}; mix it into that endpoint's state (mix(..., base={tag!r})), use "
+                             "the tag of the model it was mixed into, or list those keys too")
+
     def partial(self, state, tag: str, keys: Iterable[str]):
+        keys = set(keys)
+        self._check_partial(state, tag, keys)
         if not self.enabled or tag not in self.cache:
             return self(state)
-        keys = set(keys)
         start = next(i for i, (name, _) in enumerate(self.children) if any(k.startswith(name + ".") for k in keys))
         own, out = self._own(state, start), {}
         for split, (_, y) in self.splits.items():

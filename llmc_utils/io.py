@@ -1,12 +1,14 @@
 """Atomic file output and checked checkpoint loading.
 
 Every result a stage writes goes through a temporary file in the same folder and os.replace, so an interrupted stage
-never leaves a half-written file behind that a rerun (or DVC) could mistake for a finished one.
+never leaves a half-written file behind that a rerun (or DVC) could mistake for a finished one. A folder that cannot
+be written stops the stage with OutputNotWritable naming the file and the folder, before anything there changes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -17,12 +19,23 @@ from typing import Any, Iterator
 import torch
 
 
+class OutputNotWritable(PermissionError):
+    """An output whose folder cannot be created or written (read-only folder, another owner)."""
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it replaces `path` in one step, on failure it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        blocked = next(p for p in (path.parent, *path.parent.parents) if p.exists())  # the folder that refused
+        raise OutputNotWritable(f"cannot write {path}: {blocked} is not writable ({exc.strerror}); make it "
+                                "writable (chmod u+w) or run in another folder") from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -73,13 +86,17 @@ def load_checkpoint(path: str | Path, required_keys: tuple[str, ...] = (), **exp
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file ({type(exc).__name__}: {exc}); "
-                              "delete it and rerun the stage") from exc
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise CheckpointError(f"checkpoint {path} is corrupt, truncated or not a torch file ({type(exc).__name__}: "
+                              f"{reason}); move it away (mv {path} {path}.bad) and rerun the stage that writes it"
+                              ) from exc
     if not isinstance(ckpt, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict")
+        raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict: it was not written "
+                              f"by this pipeline; move it away (mv {path} {path}.bad) and rerun the stage that writes it")
     missing = [k for k in required_keys if k not in ckpt]
     if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {missing}; it was written by another version or stage")
+        raise CheckpointError(f"checkpoint {path} lacks {missing}: it was written by another version or stage; move "
+                              f"it away (mv {path} {path}.bad) and rerun the stage that writes it")
     for key, value in expected.items():
         if ckpt.get(key) != value:
             raise CheckpointError(f"checkpoint {path} has {key}={ckpt.get(key)!r}, expected {value!r}; "

@@ -37,21 +37,22 @@ or test windows no better than the unigram entropy of the training text (`check_
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 from typing import Literal, Sequence
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from llmc_utils.barriers import FULL, checkpoint_barriers
 from llmc_utils.claims import Claim
-from llmc_utils.config import NonNegativeInt, PositiveInt, Section, repetition_seed
+from llmc_utils.config import ExistingFile, NonNegativeInt, PositiveInt, Section, checks_environment, repetition_seed
 from llmc_utils.evaluation import Evaluator, LayerEvaluator
 from llmc_utils.io import read_seed_tables
 from llmc_utils.layers import logical_layers
-from llmc_utils.trainer import OptimConfig, TrainingDiverged, load_weights, train_model
+from llmc_utils.trainer import OptimConfig, TrainingDiverged, load_weights, train_many
 
 STAGE = "language_model"
 MODELS = ("A", "B", "B'")
@@ -60,7 +61,7 @@ Scheme = Literal["different_init", "same_init"]
 
 
 class LanguageModelConfig(Section):
-    text_file: str | None = None  # None = pydoc_data.topics (ships with Python)
+    text_file: ExistingFile = None  # UTF-8 text; None = pydoc_data.topics (ships with Python)
     max_chars: NonNegativeInt = 0  # 0 = the whole text; else its first max_chars characters
     test_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # the last part of the text is the test text
     context: PositiveInt = 32  # characters per window (T)
@@ -101,8 +102,26 @@ class LanguageModelConfig(Section):
             raise ValueError("seed_a and seed_b are equal: A and B would be identical")
         return self
 
+    @field_validator("text_file")
+    @classmethod
+    def _utf8(cls, text_file: str | None, info: ValidationInfo) -> str | None:
+        """The text must decode before any compute, not when the stage reaches it."""
+        if text_file is not None and checks_environment(info):
+            read_text_file(text_file)
+        return text_file
+
 
 # ---------------------------------------------------------------------------------------------------------- text
+def read_text_file(path: str | Path) -> str:
+    """The text of a UTF-8 file; any other encoding raises ValueError naming the file, the first bad byte and how
+    to convert it (a silent fallback encoding would change the vocabulary)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}); convert it first, e.g. "
+                         f"iconv -f LATIN1 -t UTF-8 {path} > {Path(path).with_suffix('.utf8.txt')}") from None
+
+
 def load_text(cfg: LanguageModelConfig) -> str:
     if cfg.text_file is None:
         from pydoc_data.topics import topics  # a dict of help texts; sorted keys make the order reproducible
@@ -112,7 +131,7 @@ def load_text(cfg: LanguageModelConfig) -> str:
         path = Path(cfg.text_file)
         if not path.is_file():
             raise FileNotFoundError(f"language_model.text_file = {cfg.text_file!r} does not exist")
-        text = path.read_text(encoding="utf-8")
+        text = read_text_file(path)
     return text[:cfg.max_chars] if cfg.max_chars else text
 
 
@@ -236,7 +255,7 @@ class CharGPT(torch.nn.Module):
 
 
 def model_factory(cfg: LanguageModelConfig, vocab_size: int):
-    return lambda: CharGPT(vocab_size, cfg.context, cfg.d_model, cfg.n_heads, cfg.n_blocks)
+    return partial(CharGPT, vocab_size, cfg.context, cfg.d_model, cfg.n_heads, cfg.n_blocks)  # picklable
 
 
 # ------------------------------------------------------------------------------------------ training the three models
@@ -260,7 +279,8 @@ def check_not_degenerate(losses: dict[str, float], entropy: float, desc: str, ep
                                    "the learning rate or train longer (language_model.optim in params.yaml)")
 
 
-def train_models(cfg: LanguageModelConfig, prepared: dict, run_root: Path) -> dict[str, list[Path]]:
+def train_models(cfg: LanguageModelConfig, prepared: dict, run_root: Path, processes: int = 1
+                 ) -> dict[str, list[Path]]:
     """Train A, B and B' of the repetition `prepared` was made for, with the core trainer (resumes what is on disk);
     {model: checkpoint paths in checkpoint_epochs order}. Each final model must beat the unigram entropy."""
     repetition = prepared["repetition"]
@@ -271,11 +291,12 @@ def train_models(cfg: LanguageModelConfig, prepared: dict, run_root: Path) -> di
                 **cfg.model_dump(include={"context", "d_model", "n_heads", "n_blocks", "train_windows",
                                           "window_seed", "text_file", "max_chars", "test_fraction"}))
     evaluator = Evaluator(make_model(), prepared["splits"], cfg.eval_batch_size)
-    paths = {}
-    for name, (init_seed, data_seed) in model_seeds(cfg, repetition).items():
-        paths[name] = train_model(make_model, x, y, cfg.optim, init_seed=init_seed, data_seed=data_seed,
-                                  checkpoint_epochs=cfg.checkpoint_epochs, run_dir=run_root / run_dir_name(name),
-                                  meta=meta, desc=f"GPT {name} of repetition {repetition}")
+    seeds = model_seeds(cfg, repetition)
+    jobs = [dict(make_model=make_model, x=x, y=y, cfg=cfg.optim, init_seed=init_seed, data_seed=data_seed,
+                 checkpoint_epochs=cfg.checkpoint_epochs, run_dir=run_root / run_dir_name(name), meta=meta,
+                 desc=f"GPT {name} of repetition {repetition}") for name, (init_seed, data_seed) in seeds.items()]
+    paths = dict(zip(seeds, train_many(jobs, processes)))  # side by side in one-thread processes (trainer.train_many)
+    for name, (init_seed, data_seed) in seeds.items():
         final = evaluator(load_weights(paths[name][-1]))
         check_not_degenerate({split: m["loss"] for split, m in final.items()}, prepared["unigram_entropy"],
                              f"GPT {name} of repetition {repetition} (init seed {init_seed}, data seed {data_seed})",

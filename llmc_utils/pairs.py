@@ -8,13 +8,16 @@ the scheme chosen and why): 30 epochs, both models at about 15 % test error.
 Repetitions: pair r (the `repetitions.train_pairs` indices) offsets both seeds by 100 r (config.repetition_seed), so
 the pairs differ in data order (and in init under the different_init scheme) and nothing else.
 
-Files: models/pair/seed_<r>/{A,B}/epoch_NNNN.pt (written by llmc_utils.trainer.train_model: atomic and resumable).
+Files: models/pair/seed_<r>/{A,B}/epoch_NNNN.pt (written by llmc_utils.trainer.train_model: atomic and resumable; a
+DVC `persist` output, so an interrupted `dvc repro` resumes them). Checkpoints of another configuration found there
+(params changed since they were written) are moved to models/stale/pair/seed_<r>/<member>/<time>/, never mixed in.
 Each checkpoint's `meta` holds everything needed to rebuild the architecture (`pair_model`), so stages downstream
 (layer-wise barriers, cumulative averaging, robustness heatmap) only need the workspace and the repetition index.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -24,9 +27,10 @@ from pydantic import Field, model_validator
 from llmc_utils.config import NonNegativeInt, PositiveInt, Section, repetition_seed
 from llmc_utils.io import CheckpointError, load_checkpoint
 from llmc_utils.models import build_model
-from llmc_utils.trainer import OptimConfig, load_weights, train_model
+from llmc_utils.trainer import OptimConfig, train_many
 
 PAIR_DIR = Path("models") / "pair"
+STALE_DIR = Path("models") / "stale" / "pair"  # checkpoints of an earlier configuration, moved aside by train_model
 
 
 def pair_dir(workspace: str | Path, repetition: int) -> Path:
@@ -80,25 +84,29 @@ def model_spec(cfg: TrainPairsConfig, image_shape: tuple[int, int, int], num_cla
                 width=cfg.width)
 
 
-def make_model(spec: dict) -> torch.nn.Module:
-    return build_model(spec["arch"], spec["in_channels"], spec["num_classes"], spec["image_size"], width=spec["width"])
+def make_model(spec: dict, device: torch.device | str = "cpu") -> torch.nn.Module:
+    return build_model(spec["arch"], spec["in_channels"], spec["num_classes"], spec["image_size"],
+                       width=spec["width"]).to(device)
 
 
 def train_pair(cfg: TrainPairsConfig, images, workspace: str | Path, repetition: int = 0,
-               device: torch.device | str = "cpu") -> dict[str, list[Path]]:
-    """Train A and B of pair `repetition` (resuming whatever is already on disk); returns {"A": paths, "B": paths}."""
+               device: torch.device | str = "cpu", processes: int = 1) -> dict[str, list[Path]]:
+    """Train A and B of pair `repetition` (resuming whatever is already on disk); returns {"A": paths, "B": paths}.
+    `processes` (runtime.train_processes): see trainer.train_many."""
     x, y = images.split("train", cfg.train_subset, cfg.subset_seed, device=device)
     spec = model_spec(cfg, images.shape, len(images.classes))
-    runs = {}
+    jobs = []
     for member in ("A", "B"):
         init_seed, data_seed = cfg.seeds(member, repetition)
         meta = dict(spec=spec, scheme=cfg.scheme, member=member, train_subset=cfg.train_subset,
                     subset_seed=cfg.subset_seed, dataset=images.name)
-        runs[member] = train_model(lambda: make_model(spec).to(device), x, y, cfg.optim, init_seed=init_seed,
-                                   data_seed=data_seed, checkpoint_epochs=cfg.checkpoint_epochs,
-                                   run_dir=pair_dir(workspace, repetition) / member, meta=meta,
-                                   desc=f"train {member} of pair {repetition}")
-    return runs
+        jobs.append(dict(make_model=partial(make_model, spec, device), x=x, y=y, cfg=cfg.optim, init_seed=init_seed,
+                         data_seed=data_seed, checkpoint_epochs=cfg.checkpoint_epochs,
+                         run_dir=pair_dir(workspace, repetition) / member, meta=meta,
+                         stale_dir=Path(workspace) / STALE_DIR / f"seed_{repetition}" / member,
+                         desc=f"train {member} of pair {repetition}"))
+    # A and B side by side in two processes on a CPU (trainer.train_many); one after the other on a GPU
+    return dict(zip(("A", "B"), train_many(jobs, processes if torch.device(device).type == "cpu" else 1)))
 
 
 def pair_checkpoints(workspace: str | Path, repetition: int = 0) -> dict[int, tuple[Path, Path]]:
@@ -112,27 +120,50 @@ def pair_checkpoints(workspace: str | Path, repetition: int = 0) -> dict[int, tu
     return {e: (found["A"][e], found["B"][e]) for e in common}
 
 
+def pair_spec(workspace: str | Path, repetition: int = 0) -> tuple[dict, Path]:
+    """(architecture spec, checkpoint it was read from): the spec of the pair's first checkpoint of A."""
+    path_a, _ = next(iter(pair_checkpoints(workspace, repetition).values()))
+    return load_checkpoint(path_a, ("meta",))["meta"]["spec"], path_a
+
+
 def pair_model(workspace: str | Path, repetition: int = 0) -> torch.nn.Module:
     """A fresh module of the pair's architecture, rebuilt from the spec stored in the checkpoints."""
-    path_a, _ = next(iter(pair_checkpoints(workspace, repetition).values()))
-    return make_model(load_checkpoint(path_a, ("meta",))["meta"]["spec"])
+    return make_model(pair_spec(workspace, repetition)[0])
+
+
+def _describe_spec(spec) -> str:
+    return f"{spec.get('arch')} of width {spec.get('width')}" if isinstance(spec, dict) else repr(spec)
+
+
+def load_member(path: Path, spec: dict, reference: Path) -> dict:
+    """The weights of one pair checkpoint, which must be of architecture `spec` (read from `reference`): a folder
+    that mixes checkpoints of two architectures or widths stops here, not in a shape error deep in the engine."""
+    ckpt = load_checkpoint(path, ("model", "epoch", "meta"))
+    stored = ckpt["meta"].get("spec") if isinstance(ckpt["meta"], dict) else None
+    if stored != spec:
+        raise CheckpointError(f"checkpoint {path} is a {_describe_spec(stored)} model, but the pair is a "
+                              f"{_describe_spec(spec)} ({reference}): the folder mixes runs of different "
+                              f"configurations; move {path.parent} away and rerun the train_pairs stage")
+    return ckpt["model"]
 
 
 def load_pair(workspace: str | Path, epoch: int, repetition: int = 0) -> tuple[dict, dict]:
-    """State dicts (A, B) of pair `repetition` at `epoch`."""
+    """State dicts (A, B) of pair `repetition` at `epoch`, both of the pair's architecture (load_member)."""
     checkpoints = pair_checkpoints(workspace, repetition)
     if epoch not in checkpoints:
         raise CheckpointError(f"no pair checkpoint at epoch {epoch}; available: {sorted(checkpoints)}")
+    spec, reference = pair_spec(workspace, repetition)
     path_a, path_b = checkpoints[epoch]
-    return load_weights(path_a), load_weights(path_b)
+    return load_member(path_a, spec, reference), load_member(path_b, spec, reference)
 
 
 def training_curves(workspace: str | Path, evaluator, repetition: int = 0) -> list[dict]:
     """Tidy rows (epoch, member, split, metric, value) of A and B at every checkpoint."""
     rows = []
+    spec, reference = pair_spec(workspace, repetition)
     for epoch, paths in pair_checkpoints(workspace, repetition).items():
         for member, path in zip(("A", "B"), paths):
-            for split, metrics in evaluator(load_weights(path)).items():
+            for split, metrics in evaluator(load_member(path, spec, reference)).items():
                 rows += [dict(epoch=epoch, member=member, split=split, metric=k, value=v) for k, v in metrics.items()]
     return rows
 

@@ -1,6 +1,8 @@
-"""The one plotting helper: annotated heatmaps, curve panels, and saving as PNG + PDF.
+"""The one plotting helper: annotated heatmaps, curve panels, and saving as PNG.
 
-Every figure of the pipeline goes through `save()`, so all land in figures/ as <stem>.png and <stem>.pdf, written
+Every figure of the pipeline goes through `save()`, so all land in figures/ as <stem>.png (pass formats=("png", "pdf")
+for vector copies; the pipeline writes PNG only, as PDFs of the annotated heatmaps are slow to write within the
+budget), written
 atomically. Colour scales of barrier heatmaps are centred at zero: blue = no barrier, red = barrier.
 """
 
@@ -56,8 +58,8 @@ def panels(n: int, ncols: int | None = None, width: float = 4.5, height: float =
     return fig, flat[:n]
 
 
-def save(fig, stem: str | Path, formats: Sequence[str] = ("png", "pdf"), dpi: int = 150) -> list[Path]:
-    """Save `fig` as <stem>.png and <stem>.pdf atomically; returns the paths."""
+def save(fig, stem: str | Path, formats: Sequence[str] = ("png",), dpi: int = 150) -> list[Path]:
+    """Save `fig` as <stem>.<format> for each format, atomically; returns the paths."""
     stem = Path(stem)
     fig.tight_layout()
     paths = []

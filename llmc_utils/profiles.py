@@ -1,11 +1,17 @@
 """Run the pipeline on another parameter profile, in a workspace of its own, leaving params.yaml untouched.
 
     python -m llmc_utils.profiles paper                 # CIFAR-10, ResNet18 without norm, 200 epochs (GPU)
+    python -m llmc_utils.profiles my_params.yaml --dest runs/mine
     python -m llmc_utils.profiles my_params.yaml --dest runs/mine -- cumulative_averaging
+    python -m llmc_utils.profiles my_params.yaml cumulative_averaging --dest runs/mine   # targets and options mix
 
-The workspace (default runs/<profile>/) gets copies of dvc.yaml, the notebooks and the package sources the stages
-depend on, the profile as its params.yaml, and an offline DVC config; then `dvc repro [targets]` runs there. The
-tiny-profile pipeline test and the budget benchmark use the same two functions.
+A profile is one of the names below, a file profiles/<name>.yaml, or any params file; `extends: other.yaml` merges it
+onto another file, and relative paths in it (data.root, language_model.text_file) are relative to its own folder.
+The whole profile is validated first, against this machine too (paths exist, the device is present): a bad one stops
+here with the file, key, value and what is allowed, before the workspace is touched. The workspace (default
+runs/<profile>/) gets copies of dvc.yaml, the notebooks and the package sources the stages depend on, the profile as
+its params.yaml, and an offline DVC config; then `dvc repro [targets]` runs there. The tiny-profile pipeline test and
+the budget benchmark use the same two functions.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from llmc_utils.config import SECTIONS, get_section, validate_params
+from llmc_utils.config import SECTIONS, ParamsError, get_section, read_params_file, resolve_paths, validate_params
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = {"default": REPO / "params.yaml", "paper": REPO / "profiles" / "paper.yaml",
@@ -27,10 +33,14 @@ PROFILES = {"default": REPO / "params.yaml", "paper": REPO / "profiles" / "paper
 
 
 def profile_path(profile: str | Path) -> Path:
-    path = PROFILES.get(str(profile), Path(profile))
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"unknown profile {profile!r}: give one of {', '.join(PROFILES)} or a params file")
-    return Path(path)
+    """The params file of a profile name (PROFILES, then profiles/<name>.yaml) or of a path."""
+    named = PROFILES.get(str(profile), REPO / "profiles" / f"{profile}.yaml")
+    for path in (Path(named), Path(profile)):
+        if path.is_file():
+            return path
+    names = sorted(set(PROFILES) | {p.stem for p in (REPO / "profiles").glob("*.yaml")})
+    raise ParamsError(f"unknown profile {str(profile)!r}: no such file; give one of {', '.join(names)} or the path "
+                      "of a params file")
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -40,12 +50,22 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-def load_profile(path: str | Path) -> dict:
-    """A profile's full parameters: the file itself, merged onto the file its `extends` key names (recursively)."""
+def load_profile(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A profile's full parameters: the file itself, merged onto the file its `extends` key names (recursively),
+    each file's relative paths taken relative to its own folder. Unreadable files and `extends` loops raise
+    ParamsError naming the file."""
     path = Path(path)
-    raw = yaml.safe_load(path.read_text()) or {}
+    if path.resolve() in _seen:
+        raise ParamsError(f"{path}: `extends` loops back to a file it extends ({' -> '.join(map(str, _seen))})")
+    raw = resolve_paths(read_params_file(path), path.parent)
     parent = raw.pop("extends", None)
-    return _merge(load_profile(path.parent / parent), raw) if parent else raw
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise ParamsError(f"{path}: extends = {parent!r} is not allowed: give the path of another params file")
+    if not (path.parent / parent).is_file():
+        raise ParamsError(f"{path}: extends = {parent!r} is not allowed: there is no file {path.parent / parent}")
+    return _merge(load_profile(path.parent / parent, (*_seen, path.resolve())), raw)
 
 
 def dvc(workspace: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -61,14 +81,23 @@ def make_workspace(params_file: str | Path, dest: str | Path, overrides: dict | 
     """A fresh (or refreshed) pipeline workspace at `dest` running on the profile `params_file` (with `overrides`
     merged on top). Outputs already there are kept, so DVC reruns only what changed."""
     params = _merge(load_profile(params_file), overrides or {})
-    validated = validate_params(params, source=str(params_file))  # fail before copying anything
+    # fail before copying anything; paths must exist and the device must be present on this machine
+    validated = validate_params(params, source=str(params_file), check_environment=True)
     # every section with every key, defaults filled in: DVC reads the keys a stage depends on from the file itself
     params = {name: get_section(validated, name).model_dump(mode="json") for name in SECTIONS}
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(dest / ".write_probe", os.O_CREAT | os.O_WRONLY))  # a read-only workspace fails before any copy
+    os.unlink(dest / ".write_probe")
     for name in ("notebooks", "llmc_utils"):
         shutil.copytree(REPO / name, dest / name, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", dest / "dvc.yaml")
+    # committed inputs that no stage writes (the appendix setup study runs outside dvc repro)
+    from llmc_utils.setup_study import RESULT
+
+    if (REPO / RESULT).is_file():
+        (dest / RESULT).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / RESULT, dest / RESULT)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if not (dest / ".dvc").is_dir():
         dvc(dest, "init", "--no-scm", "-q")
@@ -77,14 +106,34 @@ def make_workspace(params_file: str | Path, dest: str | Path, overrides: dict | 
     return dest
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("profile", help=f"one of {', '.join(PROFILES)}, or a params YAML file")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """PROFILE [TARGETS...] [--dest DIR] [-- TARGETS...], options and targets in any order (see the docstring)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    after = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(prog="python -m llmc_utils.profiles", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("profile", help=f"one of {', '.join(PROFILES)}, a file profiles/<name>.yaml, or a params file")
     parser.add_argument("--dest", help="workspace folder (default runs/<profile name>)")
     parser.add_argument("targets", nargs="*", help="dvc repro targets (default: the whole pipeline)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
+    args.targets = [*args.targets, *after]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The CLI: a bad profile or an unwritable workspace ends with one message naming it (exit 2), no traceback."""
+    args = parse_args(argv)
     dest = Path(args.dest or REPO / "runs" / Path(str(args.profile)).stem)
-    make_workspace(profile_path(args.profile), dest)
+    try:
+        make_workspace(profile_path(args.profile), dest)
+    except ParamsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. a read-only or foreign-owned workspace folder
+        print(f"error: cannot write the workspace {dest}: {exc.strerror or exc} ({exc.filename or dest}); choose "
+              "another --dest or make it writable", file=sys.stderr)
+        return 2
     print(f"workspace {dest}: dvc repro {' '.join(args.targets)}", flush=True)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     return subprocess.call([sys.executable, "-m", "dvc", "repro", *args.targets], cwd=dest, env=env)

@@ -116,6 +116,66 @@ FIGURES: list[tuple[str, str]] = [
 ]
 
 
+README_START, README_END = "<!-- results:start (written by the report stage) -->", "<!-- results:end -->"
+THUMBNAILS = ("fig1_layerwise_barriers", "fig2_cumulative_averaging")
+
+
+def _interval(r) -> str:
+    return f"{r.mean:.3g} [{r.low:.3g}, {r.high:.3g}]"
+
+
+def results_markdown(claims: pd.DataFrame, sanity: pd.DataFrame, findings: dict[str, str],
+                     study: pd.DataFrame | None = None) -> str:
+    """The README's "Results" block: the claims table (n, mean [95 % interval], criterion, verdict), the located
+    findings, the setup study's verdicts at its longest training, the sanity checks' count, and the Fig. 1/2
+    thumbnails. Written by the report stage from the computed tables, so it cannot drift from metrics/report.json."""
+    lines = [f"Claims measured by the last `dvc repro` (mean over n repetitions with a {_confidence(claims)} "
+             "interval; verdict from the whole interval):", "",
+             "| source | claim | n | mean [interval] | criterion | verdict |", "| --- | --- | --- | --- | --- | --- |"]
+    def cell(text) -> str:  # a "|" inside a cell (as in "max |barrier|") would end it
+        return str(text).replace("|", "\\|")
+
+    lines += [f"| {cell(r.source)} | {cell(r.claim)} | {r.n} | {_interval(r)} | {cell(r.criterion)} | **{r.verdict}** |"
+              for r in claims.itertuples()]
+    counts = claims.verdict.value_counts()
+    lines += ["", "In all: " + ", ".join(f"{int(counts.get(v, 0))} {v}" for v in VERDICTS)
+              + f"; sanity checks of the setup: {int(sanity.holds.sum()) if len(sanity) else 0} of {len(sanity)} hold."]
+    if findings:
+        lines += ["", "Where a claim does not reproduce, located:", ""]
+        lines += [f"- **{name}**: {sentence}" for name, sentence in findings.items()]
+    if study is not None and len(study):
+        longest = study[study.length == study.length.max()]
+        lines += ["", f"Setup study (appendix; Fig. 1 claims per network after {int(longest.length.max())} epochs, "
+                  "claims (1)-(3) of Fig. 1 as above, 3 pairs each): " + "; ".join(
+                      f"{name}: " + ", ".join(f"({i}) {v.verdict}" for i, v in enumerate(group.itertuples(), 1))
+                      for name, group in longest.groupby("variant", sort=False)) + "."]
+    lines += [""] + [f"![{stem}](figures/{stem}.png)" for stem in THUMBNAILS]
+    return "\n".join(lines) + "\n"
+
+
+def _confidence(claims: pd.DataFrame) -> str:
+    return "95 %" if "confidence" not in claims else f"{100 * claims.confidence.iloc[0]:g} %"
+
+
+def update_readme(readme: str | Path, block: str) -> bool:
+    """Replace the text between README_START and README_END in `readme` with `block` (atomically); False when the
+    file or its markers are absent (a scratch workspace has no README)."""
+    from llmc_utils.io import save_text
+
+    path = Path(readme)
+    if not path.is_file():
+        return False
+    text = path.read_text()
+    if README_START not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    new = f"{head}{README_START}\n{block}{README_END}{tail}"
+    if new != text:
+        save_text(new, path)
+    return True
+
+
 def figure_paths(figures_dir: str | Path) -> list[tuple[Path, str]]:
     """(png path, caption) of every figure; a missing one is an error naming it."""
     paths = [(Path(figures_dir) / f"{stem}.png", caption) for stem, caption in FIGURES]

@@ -39,7 +39,7 @@ from llmc_utils.config import Alpha, NonNegativeInt, PositiveInt, Section, repet
 from llmc_utils.io import CheckpointError, load_checkpoint, read_seed_tables
 from llmc_utils.layers import StateDict, flat, mix
 from llmc_utils.stage import progress
-from llmc_utils.trainer import OptimConfig, check_not_chance, train_model
+from llmc_utils.trainer import OptimConfig, check_not_chance, train_many
 from llmc_utils.vit import ViTConfig
 
 STAGE = "robustness"
@@ -130,17 +130,23 @@ def check_pair_subset(checkpoint: Path, pair_cfg) -> None:
 
 # ------------------------------------------------------------------------------------------------------- training ---
 
+def make_vit(vit_cfg: ViTConfig, image_shape, n_classes: int, device="cpu") -> torch.nn.Module:
+    """A fresh TinyViT on `device` (module-level, so functools.partial of it pickles for trainer.train_many)."""
+    from llmc_utils.vit import TinyViT
+
+    return TinyViT(vit_cfg, image_shape, n_classes).to(device)
+
+
 def train_pair(cfg: RobustnessConfig, make_model: Callable[[], torch.nn.Module], x: torch.Tensor, y: torch.Tensor,
-               run_root: Path) -> dict[str, Path]:
-    """Train the ViT pair with llmc_utils.trainer (resumable); returns {"A": final checkpoint, "B": ...}."""
-    out = {}
-    for name, optim, data_seed in (("A", cfg.optim_a, cfg.data_seed_a), ("B", cfg.optim_b, cfg.data_seed_b)):
-        paths = train_model(make_model, x, y, optim, init_seed=cfg.init_seed, data_seed=data_seed,
-                            checkpoint_epochs=[0, optim.epochs], run_dir=Path(run_root) / name,
-                            meta=dict(arch="vit", vit=cfg.vit.model_dump(), n_train=cfg.n_train,
-                                      subset_seed=cfg.subset_seed), desc=f"ViT {name}")
-        out[name] = paths[-1]
-    return out
+               run_root: Path, processes: int = 1) -> dict[str, Path]:
+    """Train the ViT pair with llmc_utils.trainer (resumable; A and B side by side when processes > 1, see
+    trainer.train_many); returns {"A": final checkpoint, "B": ...}."""
+    members = (("A", cfg.optim_a, cfg.data_seed_a), ("B", cfg.optim_b, cfg.data_seed_b))
+    jobs = [dict(make_model=make_model, x=x, y=y, cfg=optim, init_seed=cfg.init_seed, data_seed=data_seed,
+                 checkpoint_epochs=[0, optim.epochs], run_dir=Path(run_root) / name,
+                 meta=dict(arch="vit", vit=cfg.vit.model_dump(), n_train=cfg.n_train, subset_seed=cfg.subset_seed),
+                 desc=f"ViT {name}") for name, optim, data_seed in members]
+    return {name: paths[-1] for (name, _, _), paths in zip(members, train_many(jobs, processes))}
 
 
 def check_endpoints(cfg: RobustnessConfig, endpoints: Mapping[str, dict], n_classes: int, repetition: int) -> None:

@@ -5,7 +5,11 @@ weights come from `init_seed`, the data order and augmentation from `data_seed` 
 "same init, different data order" is two runs with equal init_seed and different data_seed.
 
 A checkpoint stores model, optimizer, scheduler and generator state: a run interrupted after checkpoint e resumes
-from e and produces the same weights as an uninterrupted one.
+from e and produces the same weights as an uninterrupted one. Under DVC the pairs' checkpoints are `persist` outputs,
+so this also holds for an interrupted `dvc repro`. A checkpoint is only resumed from when its stored `meta` (seeds,
+optimizer, whatever the caller describes the run with) equals the run's: checkpoints of another configuration are
+moved aside (`stale_dir`) or stop the run with what to do, and a file that is not a readable checkpoint of this trainer
+stops it; nothing is ever mixed in, guessed about or deleted.
 
 Two guards: a non-finite loss stops the run at once (TrainingDiverged names the run, its seeds and the epoch), and
 `perturb_init` lets the test suite prove that no checked output depends on the last digits of a training run
@@ -16,6 +20,8 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import time
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
@@ -24,7 +30,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from llmc_utils.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Section
-from llmc_utils.io import load_checkpoint, save_torch
+from llmc_utils.io import CheckpointError, load_checkpoint, save_torch
 from llmc_utils.stage import progress
 
 
@@ -128,14 +134,80 @@ def checkpoint_path(run_dir: Path, epoch: int) -> Path:
     return Path(run_dir) / f"epoch_{epoch:04d}.pt"
 
 
+RESUME_KEYS = ("model", "optimizer", "scheduler", "generator", "epoch", "meta")
+
+
+def meta_differences(stored, expected, prefix: str = "") -> list[str]:
+    """Where a checkpoint's meta differs from the run's, one 'key: stored in the checkpoint, expected now' each."""
+    if isinstance(stored, dict) and isinstance(expected, dict):
+        out = []
+        for key in sorted(set(stored) | set(expected), key=str):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key not in stored:
+                out.append(f"{name}: absent in the checkpoint, {expected[key]!r} now")
+            elif key not in expected:
+                out.append(f"{name}: {stored[key]!r} in the checkpoint, absent now")
+            else:
+                out += meta_differences(stored[key], expected[key], name)
+        return out
+    return [] if stored == expected else [f"{prefix or 'meta'}: {stored!r} in the checkpoint, {expected!r} now"]
+
+
+def survey_checkpoints(run_dir: Path, meta: dict) -> tuple[dict[int, Path], dict[Path, list[str]]]:
+    """The checkpoints already in `run_dir`: ({epoch: path} of this configuration, {path: meta differences} of
+    another one). A file that is not a complete checkpoint of train_model (truncated, foreign, renamed) raises
+    CheckpointError naming it and what to do: it is never moved, deleted or resumed from."""
+    current, other = {}, {}
+    for path in sorted(Path(run_dir).glob("epoch_*.pt")):
+        ckpt = load_checkpoint(path, RESUME_KEYS)
+        if not isinstance(ckpt["epoch"], int) or f"epoch_{ckpt['epoch']:04d}.pt" != path.name:
+            raise CheckpointError(f"checkpoint {path} holds epoch {ckpt['epoch']}: it was renamed or copied here; "
+                                  f"move it away (mv {path} {path}.bad) and rerun")
+        differences = meta_differences(ckpt["meta"], meta)
+        if differences:
+            other[path] = differences
+        else:
+            current[ckpt["epoch"]] = path
+    return current, other
+
+
+def set_aside(stale: dict[Path, list[str]], run_dir: Path, stale_dir: Path | None, desc: str) -> None:
+    """Move checkpoints of another configuration out of `run_dir` into a new folder under `stale_dir` (nothing is
+    deleted: they may be hours of compute), saying where; without a stale_dir, stop and say what to do."""
+    differences = next(iter(stale.values()))
+    what = f"{len(stale)} checkpoint(s) in {run_dir} were written under another configuration " \
+           f"({'; '.join(differences[:4])}{'; ...' if len(differences) > 4 else ''})"
+    if stale_dir is None:
+        raise CheckpointError(f"{desc}: {what}; they must not be mixed into this run. Move them away "
+                              f"(mv {run_dir} {run_dir}.old) or delete them, then rerun")
+    dest = Path(stale_dir) / time.strftime("%Y%m%dT%H%M%S")
+    for n in range(1, 1000):
+        if not dest.exists():
+            break
+        dest = dest.with_name(f"{dest.name.split('-')[0]}-{n}")
+    dest.mkdir(parents=True)
+    for path in stale:
+        shutil.move(path, dest / path.name)
+    print(f"{desc}: {what}; moved them to {dest} (delete that folder once you no longer need them)", flush=True)
+
+
+def resume_epoch(current: dict[int, Path], checkpoint_epochs: Sequence[int]) -> int:
+    """The latest finished checkpoint that every requested checkpoint before it exists for (0: start afresh), so a
+    checkpoint epoch added to the list later is trained again rather than skipped."""
+    complete = [e for e in current if all(c in current for c in checkpoint_epochs if c <= e)]
+    return max(complete, default=0)
+
+
 def train_model(make_model: Callable[[], torch.nn.Module], x: torch.Tensor, y: torch.Tensor, cfg: OptimConfig, *,
                 init_seed: int, data_seed: int, checkpoint_epochs: Sequence[int], run_dir: Path,
                 meta: dict | None = None, desc: str = "train",
-                loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> list[Path]:
+                loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                stale_dir: Path | None = None) -> list[Path]:
     """Train one model for cfg.epochs epochs and return the checkpoint paths (one per entry of checkpoint_epochs).
 
-    `meta` (anything JSON-like describing the run) is stored in each checkpoint and checked on resume, so a
-    checkpoint left by a different configuration is reported instead of silently reused.
+    Resumes from the checkpoints already in `run_dir` (see resume_epoch). `meta` (anything JSON-like describing the
+    run) is stored in each checkpoint and compared on resume: checkpoints of another configuration are moved into a
+    new folder under `stale_dir` (printed), or, without one, stop the run with CheckpointError saying what to do.
     """
     checkpoint_epochs = sorted(set(checkpoint_epochs))
     if checkpoint_epochs[0] < 0 or checkpoint_epochs[-1] > cfg.epochs:
@@ -144,9 +216,10 @@ def train_model(make_model: Callable[[], torch.nn.Module], x: torch.Tensor, y: t
     paths = [checkpoint_path(run_dir, e) for e in checkpoint_epochs]
     for stale in Path(run_dir).glob(".*.tmp"):  # left by a run killed mid-write (SIGKILL skips atomic_path's cleanup)
         stale.unlink()
-    if all(p.is_file() for p in paths):
-        for p in paths:  # cheap guard against a stale run directory from another configuration
-            load_checkpoint(p, ("model", "epoch"), meta=meta)
+    current, other = survey_checkpoints(run_dir, meta)
+    if other:
+        set_aside(other, Path(run_dir), stale_dir, desc)
+    if all(e in current for e in checkpoint_epochs):
         return paths
     loss_fn = loss_fn or (lambda logits, target: F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1)))
 
@@ -157,11 +230,11 @@ def train_model(make_model: Callable[[], torch.nn.Module], x: torch.Tensor, y: t
     steps_per_epoch = math.ceil(len(y) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch))
 
-    start = 0
-    done = [e for e, p in zip(checkpoint_epochs, paths) if p.is_file()]
-    if done:  # resume from the latest finished checkpoint
-        ckpt = load_checkpoint(checkpoint_path(run_dir, done[-1]),
-                               ("model", "optimizer", "scheduler", "generator", "epoch"), meta=meta)
+    start = resume_epoch(current, checkpoint_epochs)
+    if start in current:  # resume from the latest finished checkpoint (the initial one too: it stays as it is)
+        ckpt = load_checkpoint(current[start], RESUME_KEYS)
+        if start > 0:
+            print(f"{desc}: resuming at epoch {start} of {cfg.epochs} from {current[start]}", flush=True)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -173,7 +246,7 @@ def train_model(make_model: Callable[[], torch.nn.Module], x: torch.Tensor, y: t
                         scheduler=scheduler.state_dict(), generator=generator.get_state()),
                    checkpoint_path(run_dir, epoch))
 
-    if start == 0 and 0 in checkpoint_epochs:
+    if 0 in checkpoint_epochs and 0 not in current:
         save(0)
     bar = progress(total=(cfg.epochs - start) * steps_per_epoch, desc=desc, leave=False)
     model.train()
@@ -186,6 +259,41 @@ def train_model(make_model: Callable[[], torch.nn.Module], x: torch.Tensor, y: t
             save(epoch)
     bar.close()
     return paths
+
+
+def _train_in_worker(job: dict, show_progress: bool) -> list[Path]:
+    """One train_model call in a worker process of train_many: one thread, the parent's progress setting."""
+    from llmc_utils import stage
+
+    torch.set_num_threads(1)
+    stage._progress_enabled = show_progress
+    return train_model(**{k: torch.from_numpy(v) if k in ("x", "y") else v for k, v in job.items()})
+
+
+def train_many(jobs: Sequence[dict], processes: int = 1) -> list[list[Path]]:
+    """train_model(**job) for every job (independent runs, e.g. A and B of a pair); the checkpoint paths per job.
+
+    processes > 1 trains up to that many runs side by side, each in its own one-thread process (spawned, so the
+    notebook kernel's threads are never forked). For the small networks of the CPU profiles, two one-thread processes
+    finish a pair about 1.5x sooner than one two-thread process, whose time goes to per-operation overheads rather
+    than arithmetic (benchmarks/bench_training.py measures it). Every argument of a job must pickle (make_model: a
+    module-level function or functools.partial, not a lambda). Every worker uses one thread, so the numbers do not
+    depend on `processes` (any value above 1; more processes than cores still helps when three equal runs share two
+    cores); processes = 1 trains in this process with the stage's thread count, which gives other last digits.
+    """
+    if processes <= 1 or len(jobs) < 2:
+        return [train_model(**job) for job in jobs]
+    from concurrent.futures import ProcessPoolExecutor
+
+    from llmc_utils import stage
+
+    context = torch.multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(processes, len(jobs)), mp_context=context) as pool:
+        # data go as numpy arrays (copied into the pickle): torch's own pickling would move the tensors' storage
+        # into shared memory, and the stage's process was measured evaluating several times slower afterwards
+        futures = [pool.submit(_train_in_worker, {k: v.numpy() if k in ("x", "y") else v for k, v in job.items()},
+                               stage._progress_enabled) for job in jobs]
+        return [f.result() for f in futures]  # re-raises a worker's TrainingDiverged here, by name
 
 
 def load_weights(path: Path, meta: dict | None = None) -> dict[str, torch.Tensor]:

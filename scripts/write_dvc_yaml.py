@@ -5,6 +5,9 @@ imports (transitively through llmc_utils), so the pipeline reruns exactly the st
 
 Repeated stages (one per repetition index) use DVC's `foreach` over a list in the `repetitions` section of
 params.yaml; `${item}` is the repetition index r.
+
+The first stage, check_params, validates the whole params.yaml (llmc_utils/check_params.py); every other stage
+depends on its stamp, so a bad params file stops `dvc repro` before DVC deletes any stage's outputs.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ SKIPPED = {"__init__", "_torchvision_compat"}
 
 # name: (notebook, repetitions key or None, params sections, data/model deps, outs, metrics, extra options)
 R = "${item}"
+RUNTIME_PARAMS = ["runtime.num_threads", "runtime.device", "runtime.train_processes"]  # read by every stage
 STAGES = {
     "prepare_data": ("00_data", None, ["data"], [], ["data/images.pt"], ["metrics/data.json"],
                      {"figures": ["data_samples"]}),
@@ -79,7 +83,7 @@ def papermill(notebook: str, repeated: bool) -> str:
     if repeated:
         out = f"reports/executed/{notebook}/seed_{R}.ipynb"
         return (f"mkdir -p reports/executed/{notebook} && papermill notebooks/{notebook}.ipynb {out} "
-                f"-p params_file params.yaml -p workspace . -p seed {R}")
+                f"-p params_file params.yaml -p workspace . -p seed {R} -p draw_figures False")
     return (f"mkdir -p reports/executed && papermill notebooks/{notebook}.ipynb reports/executed/{notebook}.ipynb "
             "-p params_file params.yaml -p workspace .")
 
@@ -90,7 +94,7 @@ def uncached(paths):
 
 
 def figure_outs(stems):
-    return uncached([f"figures/{s}.{ext}" for s in stems for ext in ("png", "pdf")])
+    return uncached([f"figures/{s}.png" for s in stems])
 
 
 def stage_entry(name, spec):
@@ -99,7 +103,7 @@ def stage_entry(name, spec):
     body = {
         "cmd": papermill(notebook, bool(reps)),
         "deps": code_deps(notebook) + data_deps,
-        "params": params + ["runtime.num_threads", "runtime.device"],
+        "params": params + RUNTIME_PARAMS,
         "outs": ([{p: {"persist": True}} for p in extra.get("persist", [])] + extra.get("models", []) + [executed]
                  + uncached(outs) + figure_outs(extra.get("figures", []))),
         "metrics": uncached(metrics),
@@ -121,27 +125,60 @@ def gather_stages(aggregate_figures: list[str]) -> dict:
         "deps": code_deps("09_aggregate") + [f"results/{n}" for n in repeated],
         # the sections whose settings the figures read (bases, alphas, schemes), beside the repetitions
         "params": ["repetitions"] + [n for n in repeated if n != "train_pairs"] + [
-            "report.partial_minus_full_points", "report.tie_margin", "runtime.num_threads", "runtime.device"],
+            "report.partial_minus_full_points", "report.tie_margin", *RUNTIME_PARAMS],
         "outs": ["reports/executed/09_aggregate.ipynb"] + uncached(["results/aggregate"]) + figure_outs(aggregate_figures),
     }
     from llmc_utils.report import FIGURES
+    from llmc_utils.setup_study import RESULT as SETUP_STUDY_RESULT
 
     report = {
         "cmd": (papermill("10_report", False) + " && jupyter nbconvert --to html --no-input --log-level WARN "
                 "--output-dir reports --output report reports/executed/10_report.ipynb"),
         "deps": (code_deps("10_report") + [f"metrics/{n}" for n in repeated]
                  + [m for s in STAGES.values() if not s[1] for m in s[5]] + ["results/aggregate"]
-                 + [f"figures/{stem}.png" for stem, _ in FIGURES]),
-        "params": ["report", "repetitions", "runtime.num_threads", "runtime.device"],
-        "outs": ["reports/executed/10_report.ipynb"] + uncached(["results/report", "reports/report.html"]),
+                 + [f"figures/{stem}.png" for stem, _ in FIGURES]
+                 # the appendix setup study runs outside dvc repro; its committed table is an input here
+                 + [str(SETUP_STUDY_RESULT)]),
+        "params": ["report", "repetitions", *RUNTIME_PARAMS],
+        "outs": (["reports/executed/10_report.ipynb"] + uncached(["results/report", "reports/report.html", "reports/results.md"])
+                 + figure_outs(["figA_setup_study"])),
         "metrics": uncached(["metrics/report.json"]),
     }
     return {"aggregate": aggregate, "report": report}
 
 
+CHECK_STAMP = "reports/executed/check_params.txt"  # = llmc_utils.check_params.STAMP
+
+
+def check_stage() -> dict:
+    """The check_params stage: reruns when params.yaml or any module defining a section changes; its
+    stamp's content is constant while the file is valid."""
+    from llmc_utils.config import SECTIONS
+
+    todo = ["check_params"] + [target.split(":")[0].split(".")[1] for target in SECTIONS.values()]
+    seen: set[str] = set()
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += imported_modules((ROOT / "llmc_utils" / f"{module}.py").read_text())
+    return {"cmd": f"python -m llmc_utils.check_params params.yaml --stamp {CHECK_STAMP}",
+            "deps": ["params.yaml"] + [f"llmc_utils/{m}.py" for m in sorted(seen - SKIPPED)],  # DVC refuses dvc.yaml
+            # persist: DVC would delete the stamp before rerunning the check; kept, a failed check changes nothing
+            "outs": [{CHECK_STAMP: {"cache": False, "persist": True}}]}
+
+
+def after_check(stages: dict) -> dict:
+    """check_params first, and every other stage depending on its stamp."""
+    for entry in stages.values():
+        entry.get("do", entry)["deps"].append(CHECK_STAMP)
+    return {"check_params": check_stage(), **stages}
+
+
 if __name__ == "__main__":
     stages = {name: stage_entry(name, spec) for name, spec in STAGES.items()}
     stages.update(gather_stages(AGGREGATE_FIGURES))
+    stages = after_check(stages)
     header = ("# Written by scripts/write_dvc_yaml.py (code deps computed from each notebook's imports); edit the table\n"
               "# there and rerun it. `dvc repro` regenerates every figure of the default profile; repeated stages run\n"
               "# once per index of the `repetitions` section of params.yaml (stage@index).\n")

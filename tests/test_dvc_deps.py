@@ -1,5 +1,6 @@
 """Every DVC stage depends on every llmc_utils module its notebook imports, directly or through other modules, so
-editing the package reruns exactly the stages it can change."""
+editing the package reruns exactly the stages it can change; and every stage runs after check_params, the stage that
+validates params.yaml before DVC deletes any output."""
 
 import ast
 import json
@@ -12,6 +13,7 @@ from tests.conftest import ROOT
 
 ALWAYS_SKIPPED = {"__init__", "_torchvision_compat"}  # import plumbing, not logic
 PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+NOTEBOOK_STAGES = [name for name in PIPELINE if "papermill" in PIPELINE[name].get("do", PIPELINE[name])["cmd"]]
 
 
 def imported_modules(source: str) -> set[str]:
@@ -38,7 +40,7 @@ def closure(modules: set[str]) -> set[str]:
     return seen - ALWAYS_SKIPPED
 
 
-@pytest.mark.parametrize("name", list(PIPELINE))
+@pytest.mark.parametrize("name", NOTEBOOK_STAGES)
 def test_stage_depends_on_every_module_it_runs(name):
     stage = PIPELINE[name].get("do", PIPELINE[name])  # a repeated stage (foreach) keeps its body under `do`
     notebook = re.search(r"papermill (notebooks/\S+\.ipynb)", stage["cmd"]).group(1)
@@ -47,3 +49,19 @@ def test_stage_depends_on_every_module_it_runs(name):
     needed = {f"llmc_utils/{m}.py" for m in closure(imported_modules(code))}
     assert notebook in stage["deps"]
     assert needed <= set(stage["deps"]), f"stage {name} misses deps {sorted(needed - set(stage['deps']))}"
+
+
+def test_check_params_runs_first_and_every_stage_waits_for_it():
+    from llmc_utils.check_params import STAMP
+    from llmc_utils.config import SECTIONS
+
+    check = PIPELINE["check_params"]
+    assert "llmc_utils.check_params" in check["cmd"] and "params.yaml" in check["deps"]
+    assert [next(iter(o)) if isinstance(o, dict) else o for o in check["outs"]] == [str(STAMP)]
+    # the check validates every section, so it reruns when any module defining one changes
+    sections = {target.split(":")[0].split(".")[1] for target in SECTIONS.values()}
+    needed = {f"llmc_utils/{m}.py" for m in closure(sections | {"check_params"})}
+    assert needed <= set(check["deps"]), sorted(needed - set(check["deps"]))
+    assert list(PIPELINE)[0] == "check_params" and set(NOTEBOOK_STAGES) == set(PIPELINE) - {"check_params"}
+    for name in NOTEBOOK_STAGES:
+        assert str(STAMP) in PIPELINE[name].get("do", PIPELINE[name])["deps"], name

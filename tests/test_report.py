@@ -118,3 +118,34 @@ def test_claims_table_columns_and_summary_counts():
     assert list(table.verdict) == ["reproduced", "not reproduced", "inconclusive"]
     summary = report.summary(table, report.sanity_table(metrics, CFG, []))
     assert (summary["n_reproduced"], summary["n_not_reproduced"], summary["n_inconclusive"]) == (1, 1, 1)
+
+
+def _one_claim_table():
+    import pandas as pd
+
+    per_seed = {"layerwise_barriers": {r: {"max_abs_single_layer_barrier": v} for r, v in enumerate((0.02, 0.03, 0.01))}}
+    claims_df = report.claims_table(per_seed, CFG, [barriers.CLAIMS[1]])
+    sanity = pd.DataFrame([dict(source="Fig. 3", check="identity", criterion="x <= 0", n=1, worst=0.0, holds=True)])
+    return claims_df, sanity
+
+
+def test_readme_results_block_is_the_computed_table_and_escapes_bars():
+    claims_df, sanity = _one_claim_table()
+    block = report.results_markdown(claims_df, sanity, {"Table 1": "the gap grows with heterogeneity"})
+    row = next(line for line in block.splitlines() if line.startswith("| Fig. 1"))
+    assert row.count(" | ") == 5  # six cells: the "|" of "max |...|" in the criterion is escaped
+    assert "\\|single-layer" in row and "**reproduced**" in row
+    assert f"{claims_df['mean'].iloc[0]:.3g}" in row
+    assert "1 reproduced, 0 inconclusive, 0 not reproduced" in block
+    assert "![fig1_layerwise_barriers](figures/fig1_layerwise_barriers.png)" in block
+
+
+def test_update_readme_replaces_only_the_marked_block(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.README_START}\nstale numbers\n{report.README_END}\nrest\n")
+    assert report.update_readme(readme, "fresh table\n")
+    assert readme.read_text() == f"intro\n{report.README_START}\nfresh table\n{report.README_END}\nrest\n"
+    assert not report.update_readme(tmp_path / "absent.md", "x")
+    (tmp_path / "plain.md").write_text("no markers")
+    assert not report.update_readme(tmp_path / "plain.md", "x")
+    assert (tmp_path / "plain.md").read_text() == "no markers"

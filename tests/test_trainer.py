@@ -96,3 +96,25 @@ def test_a_nan_learning_run_stops_train_model(tmp_path):
     with pytest.raises(TrainingDiverged, match="diverged"):
         train_model(lambda: torch.nn.Linear(4, 3), x, y, cfg, init_seed=0, data_seed=1, checkpoint_epochs=[0, 2],
                     run_dir=tmp_path, desc="exploding model")
+
+
+def test_train_many_in_worker_processes_equals_one_thread_runs_in_process(toy, tmp_path):
+    """The parallel path (A and B of a pair side by side, one thread each) gives exactly the weights of the same
+    runs trained one after the other on one thread: parallelism changes the wall time, never the numbers."""
+    from llmc_utils.trainer import train_many
+
+    cfg = OptimConfig(epochs=2, batch_size=16, lr=0.1)
+    jobs = [dict(make_model=make_mlp, x=toy[0], y=toy[1], cfg=cfg, init_seed=0, data_seed=seed,
+                 checkpoint_epochs=[0, 2], run_dir=tmp_path / "parallel" / str(seed)) for seed in (1, 2)]
+    parallel = train_many(jobs, processes=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        serial = train_many([dict(job, run_dir=tmp_path / "serial" / str(job["data_seed"])) for job in jobs])
+    finally:
+        torch.set_num_threads(threads)
+    for p, s in zip(parallel, serial):
+        a, b = load_weights(p[-1]), load_weights(s[-1])
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    first, second = (load_weights(p[-1]) for p in parallel)
+    assert not torch.equal(first["1.weight"], second["1.weight"])  # two different runs, not one twice
