@@ -67,16 +67,21 @@ def imported_modules(source: str) -> set[str]:
     return {m for m in found if (ROOT / "llmc_utils" / f"{m}.py").is_file()}
 
 
-def code_deps(notebook: str) -> list[str]:
-    cells = json.loads((ROOT / "notebooks" / f"{notebook}.ipynb").read_text())["cells"]
-    todo = list(imported_modules("\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")))
-    seen: set[str] = set()
+def module_files(modules) -> list[str]:
+    """The files of `modules` and of every llmc_utils module they import, transitively."""
+    todo, seen = list(modules), set()
     while todo:
         module = todo.pop()
         if module not in seen:
             seen.add(module)
             todo += imported_modules((ROOT / "llmc_utils" / f"{module}.py").read_text())
-    return [f"notebooks/{notebook}.ipynb"] + [f"llmc_utils/{m}.py" for m in sorted(seen - SKIPPED)]
+    return [f"llmc_utils/{m}.py" for m in sorted(seen - SKIPPED)]
+
+
+def code_deps(notebook: str) -> list[str]:
+    cells = json.loads((ROOT / "notebooks" / f"{notebook}.ipynb").read_text())["cells"]
+    source = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    return [f"notebooks/{notebook}.ipynb"] + module_files(imported_modules(source))
 
 
 def papermill(notebook: str, repeated: bool) -> str:
@@ -155,15 +160,9 @@ def check_stage() -> dict:
     stamp's content is constant while the file is valid."""
     from llmc_utils.config import SECTIONS
 
-    todo = ["check_params"] + [target.split(":")[0].split(".")[1] for target in SECTIONS.values()]
-    seen: set[str] = set()
-    while todo:
-        module = todo.pop()
-        if module not in seen:
-            seen.add(module)
-            todo += imported_modules((ROOT / "llmc_utils" / f"{module}.py").read_text())
+    modules = ["check_params"] + [target.split(":")[0].split(".")[1] for target in SECTIONS.values()]
     return {"cmd": f"python -m llmc_utils.check_params params.yaml --stamp {CHECK_STAMP}",
-            "deps": ["params.yaml"] + [f"llmc_utils/{m}.py" for m in sorted(seen - SKIPPED)],  # DVC refuses dvc.yaml
+            "deps": ["params.yaml"] + module_files(modules),  # DVC refuses dvc.yaml
             # persist: DVC would delete the stamp before rerunning the check; kept, a failed check changes nothing
             "outs": [{CHECK_STAMP: {"cache": False, "persist": True}}]}
 
