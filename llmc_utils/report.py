@@ -125,11 +125,11 @@ def _interval(r) -> str:
 
 
 def results_markdown(claims: pd.DataFrame, sanity: pd.DataFrame, findings: dict[str, str],
-                     study: pd.DataFrame | None = None) -> str:
-    """The README's "Results" block: the claims table (n, mean [95 % interval], criterion, verdict), the located
-    findings, the setup study's verdicts at its longest training, the sanity checks' count, and the Fig. 1/2
+                     study: pd.DataFrame | None = None, confidence: float = ReportConfig().confidence) -> str:
+    """The README's "Results" block: the claims table (n, mean [interval at `confidence`], criterion, verdict), the
+    located findings, the setup study's verdicts at its longest training, the sanity checks' count, and the Fig. 1/2
     thumbnails. Written by the report stage from the computed tables, so it cannot drift from metrics/report.json."""
-    lines = [f"Claims measured by the last `dvc repro` (mean over n repetitions with a {_confidence(claims)} "
+    lines = [f"Claims measured by the last `dvc repro` (mean over n repetitions with a {100 * confidence:g} % "
              "interval; verdict from the whole interval):", "",
              "| source | claim | n | mean [interval] | criterion | verdict |", "| --- | --- | --- | --- | --- | --- |"]
     def cell(text) -> str:  # a "|" inside a cell (as in "max |barrier|") would end it
@@ -146,15 +146,17 @@ def results_markdown(claims: pd.DataFrame, sanity: pd.DataFrame, findings: dict[
     if study is not None and len(study):
         longest = study[study.length == study.length.max()]
         lines += ["", f"Setup study (appendix; Fig. 1 claims per network after {int(longest.length.max())} epochs, "
-                  "claims (1)-(3) of Fig. 1 as above, 3 pairs each): " + "; ".join(
+                  f"claims (1)-(3) of Fig. 1 as above, {_count_range(longest.n)} pairs each): "
+                  + "; ".join(
                       f"{name}: " + ", ".join(f"({i}) {v.verdict}" for i, v in enumerate(group.itertuples(), 1))
                       for name, group in longest.groupby("variant", sort=False)) + "."]
     lines += [""] + [f"![{stem}](figures/{stem}.png)" for stem in THUMBNAILS]
     return "\n".join(lines) + "\n"
 
 
-def _confidence(claims: pd.DataFrame) -> str:
-    return "95 %" if "confidence" not in claims else f"{100 * claims.confidence.iloc[0]:g} %"
+def _count_range(counts: pd.Series) -> str:
+    low, high = int(counts.min()), int(counts.max())
+    return str(low) if low == high else f"{low}-{high}"
 
 
 def update_readme(readme: str | Path, block: str) -> bool:

@@ -149,3 +149,9 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path):
     (tmp_path / "plain.md").write_text("no markers")
     assert not report.update_readme(tmp_path / "plain.md", "x")
     assert (tmp_path / "plain.md").read_text() == "no markers"
+
+
+def test_readme_results_block_states_the_configured_confidence():
+    claims_df, sanity = _one_claim_table()
+    assert "with a 95 % interval" in report.results_markdown(claims_df, sanity, {})
+    assert "with a 90 % interval" in report.results_markdown(claims_df, sanity, {}, confidence=0.9)
