@@ -275,8 +275,9 @@ def train_many(jobs: Sequence[dict], processes: int = 1) -> list[list[Path]]:
 
     processes > 1 trains up to that many runs side by side, each in its own one-thread process (spawned, so the
     notebook kernel's threads are never forked). For the small networks of the CPU profiles, two one-thread processes
-    finish a pair about 1.5x sooner than one two-thread process, whose time goes to per-operation overheads rather
-    than arithmetic (benchmarks/bench_training.py measures it). Every argument of a job must pickle (make_model: a
+    train a pair faster than one two-thread process, whose time goes to per-operation overheads rather than
+    arithmetic; starting the workers costs a few seconds, so the gain grows with the run's length
+    (benchmarks/bench_training.py measures it). Every argument of a job must pickle (make_model: a
     module-level function or functools.partial, not a lambda). Every worker uses one thread, so the numbers do not
     depend on `processes` (any value above 1; more processes than cores still helps when three equal runs share two
     cores); processes = 1 trains in this process with the stage's thread count, which gives other last digits.
