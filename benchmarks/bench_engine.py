@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from llmc_utils import barriers, data, evaluation, pairs
+from llmc_utils import data, evaluation, pairs
 from llmc_utils.config import get_section, load_params
 from llmc_utils.evaluation import barrier
 from llmc_utils.layers import logical_layers
@@ -63,8 +63,8 @@ def engine_grid(evaluator, load_pair, epochs) -> dict:
     out = {}
     for epoch in epochs:
         state_a, state_b = load_pair(epoch)
-        rows = barriers.checkpoint_barriers(evaluator, epoch, state_a, state_b, logical_layers(state_a), [0.5],
-                                            ["A", "B"])
+        rows = evaluation.checkpoint_barriers(evaluator, epoch, state_a, state_b, logical_layers(state_a), [0.5],
+                                              ["A", "B"])
         out.update({(r["epoch"], r["layer_set"], r["base"], r["split"]): r["barrier"] for r in rows
                     if r["metric"] == "loss"})
     return out
@@ -98,7 +98,8 @@ def main():
     torch.set_num_threads(get_section(params, "runtime").num_threads)
     cfg = get_section(params, "layerwise_barriers")
     images = data.load_prepared(data.prepared_path(args.workspace))
-    splits = barriers.eval_splits(images, cfg)
+    splits = pairs.pair_splits(images, get_section(params, "train_pairs"), cfg.train_subset, cfg.test_subset,
+                               cfg.subset_seed)
     epochs = list(pairs.pair_checkpoints(args.workspace))[-args.checkpoints:]
     cache = {}
 

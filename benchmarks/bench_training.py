@@ -6,9 +6,9 @@
 Trains the default pair (train_pairs section of params.yaml, on data/images.pt) twice in scratch folders: (1) A then
 B in this process with runtime.num_threads threads, (2) A and B together in two one-thread worker processes, and
 prints the wall time of each and their ratio. It also times one evaluation in this process before and after (2): the
-stage evaluates in the same process right after training, so a slowdown there counts too. Measured on 2 CPU cores
-with the default pair: at 30 epochs (2) is 1.2x faster (24.9 s vs 30.1 s); at 2 epochs it is slower (starting the
-workers costs a few seconds); the evaluation time is unchanged.
+stage evaluates in the same process right after training, so a slowdown there counts too. Starting the workers costs a
+few seconds, so short runs (the 2-epoch default) can be slower side by side; the README's "Budget" section records
+what a full-length run measured.
 """
 
 from __future__ import annotations

@@ -7,28 +7,23 @@ against the two FULL endpoint models. Paper (ResNet18 without norm, CIFAR-10): f
 its own table; `CLAIMS` state the paper's findings as criteria on one pair's headline metrics, and the report takes
 intervals across pairs. "train" = a fixed subset of the images the pair was trained on.
 
-Engine (why it is fast, benchmarks/bench_engine.py measures it):
-* endpoints are evaluated once per checkpoint and reused by every layer set, base and alpha;
-* interpolated models are dicts that share untouched tensors with the base (layers.mix): no copies, no module reload;
-* data sit in memory as tensors, evaluated in large batches in inference mode (evaluation.Evaluator);
-* for nn.Sequential models (the CNN) the activations of the base model in front of every layer are cached while the
-  endpoint is evaluated, so averaging layer k re-runs only the layers from k on (exactly the same numbers).
+The rows of one checkpoint come from the barrier engine, evaluation.checkpoint_barriers (shared with the federated
+and language-model stages; its docstring says why it is fast).
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Literal, Mapping
+from typing import Iterable, Literal
 
 import pandas as pd
 from pydantic import Field, model_validator
 
+from llmc_utils import plotting
 from llmc_utils.config import Alpha, NonNegativeInt, PositiveInt, Section
 from llmc_utils.claims import Claim
-from llmc_utils.evaluation import LayerEvaluator, barrier
+from llmc_utils.evaluation import FULL, LayerEvaluator, checkpoint_barriers
 from llmc_utils.io import read_seed_tables
-from llmc_utils.layers import layer_geometry, logical_layers, mix
-
-FULL = "full"
+from llmc_utils.layers import layer_geometry, logical_layers
 
 
 class LayerwiseBarriersConfig(Section):
@@ -54,43 +49,6 @@ class LayerwiseBarriersConfig(Section):
         if len(set(self.alphas)) != len(self.alphas):
             raise ValueError(f"alphas must not repeat, got {self.alphas}")
         return self
-
-
-def eval_splits(images, cfg, trained_on: tuple[int, int], device="cpu") -> dict:
-    """"train": cfg.train_subset of the images the pair trained on (trained_on = (train_subset, subset_seed) of
-    train_pairs); "test": cfg.test_subset held-out images. Any config with train_subset/test_subset/subset_seed."""
-    return {"train": images.split("train", cfg.train_subset, cfg.subset_seed, device=device, within=trained_on),
-            "test": images.split("test", cfg.test_subset, cfg.subset_seed, device=device)}
-
-
-def _rows(epoch, layer_set, base, alpha, metrics, end_a, end_b) -> list[dict]:
-    return [dict(epoch=epoch, layer_set=layer_set, base=base, alpha=alpha, split=split, metric=metric, value=value,
-                 value_a=end_a[split][metric], value_b=end_b[split][metric],
-                 barrier=barrier(value, end_a[split][metric], end_b[split][metric], alpha))
-            for split, by_metric in metrics.items() for metric, value in by_metric.items()]
-
-
-def checkpoint_barriers(evaluator: LayerEvaluator, epoch: int, state_a, state_b, layers: Mapping[str, tuple],
-                        alphas: Iterable[float], bases: Iterable[str]) -> list[dict]:
-    """Tidy rows of one checkpoint: full interpolation (same for both bases) and every single layer, every alpha."""
-    bases = list(bases)
-    ends = {"A": evaluator.endpoint(state_a, "A")}
-    if "B" in bases:
-        ends["B"] = evaluator.endpoint(state_b, "B")
-    else:
-        ends["B"] = evaluator(state_b)
-    rows = []
-    for alpha in alphas:
-        full = evaluator(mix(state_a, state_b, alpha))  # the full interpolation does not depend on the base
-        for base in bases:
-            rows += _rows(epoch, FULL, base, alpha, full, ends["A"], ends["B"])
-    for base in bases:
-        for name, keys in layers.items():
-            for alpha in alphas:
-                metrics = evaluator.partial(mix(state_a, state_b, alpha, keys, base=base), base, keys)
-                rows += _rows(epoch, name, base, alpha, metrics, ends["A"], ends["B"])
-    evaluator.cache.clear()
-    return rows
 
 
 def barrier_table(evaluator: LayerEvaluator, load_pair, epochs: Iterable[int], cfg: LayerwiseBarriersConfig,
@@ -123,6 +81,16 @@ def wide(table: pd.DataFrame, base: str, split: str = "train", metric: str = "lo
         sel = sel[sel.alpha == alpha]
     order = list(dict.fromkeys(sel[rows]))
     return sel.pivot(index=rows, columns="epoch", values=value).loc[order]
+
+
+def full_vs_single(table: pd.DataFrame, alpha: float = 0.5, split: str = "train", metric: str = "loss") -> pd.DataFrame:
+    """Per checkpoint: the full barrier and the largest |single-layer barrier| over layers and bases, at `alpha`. The
+    small per-pair series behind DVC's data plot (`dvc plots show`) of Fig. 1's contrast."""
+    sel = table[(table.split == split) & (table.metric == metric) & (table.alpha == alpha)]
+    is_full = sel.layer_set == FULL
+    return pd.DataFrame({"full": sel[is_full].groupby("epoch").barrier.first(),
+                         "largest_single": sel[~is_full].groupby("epoch").barrier.apply(lambda b: b.abs().max())}
+                        ).reset_index()
 
 
 def headline_metrics(table: pd.DataFrame, alpha: float = 0.5, from_epoch: int = 1) -> dict:
@@ -188,8 +156,6 @@ def mean_sd_wide(tables: pd.DataFrame, base: str, split: str = "train", metric: 
 def figure(tables: pd.DataFrame, bases, split: str = "train", metric: str = "loss", alpha: float = 0.5):
     """Fig. 1: per base a heatmap (rows "full" then every layer, columns checkpoints) of the mean barrier across
     repetitions, cells "mean ±sd"; beside it a strip of the full row, one line per repetition."""
-    from llmc_utils import plotting
-
     means = {base: mean_sd_wide(tables, base, split, metric, alpha) for base in bases}
     n_rows, n_cols = means[bases[0]][0].shape
     fig, axes = plotting.panels(len(bases) + 1, width=0.9 * n_cols + 3, height=0.45 * n_rows + 1.5)
@@ -206,4 +172,16 @@ def figure(tables: pd.DataFrame, bases, split: str = "train", metric: str = "los
     plotting.curves(axes[-1], full.assign(pair=full.seed.astype(str)), x="epoch", y="barrier", hue="pair",
                     errorbar=None, title=f"full-averaging {split} {metric} barrier, per pair")
     axes[-1].axhline(0, color="grey", lw=0.5)
+    return fig
+
+
+def geometry_figure(geometry: pd.DataFrame):
+    """Appendix figure: per-layer distance ||A_k - B_k|| and cosine(A_k, B_k) per checkpoint (layer_geometry rows;
+    with several pairs, the mean over them)."""
+    order = list(dict.fromkeys(geometry.layer))
+    fig, axes = plotting.panels(2, width=0.9 * geometry.epoch.nunique() + 3, height=0.4 * len(order) + 1.5)
+    for ax, (column, fmt) in zip(axes, (("distance", ".1f"), ("cosine", ".2f"))):
+        table = geometry.groupby(["layer", "epoch"])[column].mean().unstack().loc[order]
+        plotting.heatmap(ax, table, title=f"per-layer {column} between A and B (mean over pairs)", fmt=fmt,
+                         center=None, cmap="viridis", cbar_label=column)
     return fig

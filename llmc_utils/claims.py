@@ -25,7 +25,7 @@ import importlib
 import math
 import operator
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -147,3 +147,19 @@ def all_claims() -> tuple[list[Claim], list[SanityCheck]]:
         claims += list(getattr(module, "CLAIMS", []))
         checks += list(getattr(module, "SANITY_CHECKS", []))
     return claims, checks
+
+
+def nested_metrics(prefix: str, nested: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str, float]:
+    """Per-seed metric entries of evaluations nested {outer: {inner: {metric: value}}}, as the claims read them:
+    {f"{prefix}_{metric}/{outer}/{inner}": value}, e.g. vit_loss/A/test or endpoint_error/synthetic/B."""
+    return {f"{prefix}_{metric}/{outer}/{inner}": float(value)
+            for outer, by_inner in nested.items() for inner, values in by_inner.items()
+            for metric, value in values.items()}
+
+
+def finite_metrics(metrics: dict[str, float], stage: str) -> dict[str, float]:
+    """`metrics`, once every value is known to be finite; else ValueError naming the stage and the bad keys."""
+    bad = [k for k, v in metrics.items() if not np.isfinite(v)]
+    if bad:
+        raise ValueError(f"non-finite {stage} metrics: {bad}")
+    return metrics

@@ -25,10 +25,10 @@ from typing import Literal, Sequence
 import pandas as pd
 from pydantic import Field, model_validator
 
-from llmc_utils.evaluation import LayerEvaluator
+from llmc_utils import plotting
 from llmc_utils.claims import Claim
 from llmc_utils.config import Alpha, NonNegativeInt, PositiveFloat, PositiveInt, Section
-from llmc_utils.evaluation import LayerEvaluator, barrier
+from llmc_utils.evaluation import LayerEvaluator, barrier_rows, endpoints
 from llmc_utils.io import read_seed_tables
 from llmc_utils.layers import keys_of, logical_layers, mix
 
@@ -105,19 +105,15 @@ def groups(cfg: CumulativeAveragingConfig, names: Sequence[str]) -> list[dict]:
 def checkpoint_cumulative(evaluator: LayerEvaluator, epoch: int, state_a, state_b, cfg: CumulativeAveragingConfig,
                           ) -> list[dict]:
     layers = logical_layers(state_a, cfg.layer_groups)
-    ends = {"A": evaluator.endpoint(state_a, "A"), "B": evaluator.endpoint(state_b, "B")}
+    ends = endpoints(evaluator, state_a, state_b, cfg.bases)
     rows = []
     for base in cfg.bases:
         for group in groups(cfg, list(layers)):
             keys = keys_of(layers, group["layers"])
             metrics = evaluator.partial(mix(state_a, state_b, cfg.alpha, keys, base=base), base, keys)
-            for split, by_metric in metrics.items():
-                for metric, value in by_metric.items():
-                    a, b = ends["A"][split][metric], ends["B"][split][metric]
-                    rows.append(dict(epoch=epoch, order=group["order"], base=base, j=group["j"],
-                                     n_layers=len(group["layers"]), last_layer=group["layers"][-1],
-                                     layers="+".join(group["layers"]), split=split, metric=metric, value=value,
-                                     barrier=barrier(value, a, b, cfg.alpha)))
+            where = dict(epoch=epoch, order=group["order"], base=base, j=group["j"], n_layers=len(group["layers"]),
+                         last_layer=group["layers"][-1], layers="+".join(group["layers"]))
+            rows += barrier_rows(where, metrics, ends, cfg.alpha)
     evaluator.cache.clear()
     return rows
 
@@ -221,8 +217,6 @@ def wide(tables: pd.DataFrame, order: str, base: str, split: str) -> tuple[pd.Da
 
 def heatmaps(tables: pd.DataFrame, orders, bases, split: str):
     """Fig. 2: one heatmap per (order, base), cells "mean ±sd" of the barrier across repetitions."""
-    from llmc_utils import plotting
-
     n = tables.seed.nunique()
     n_rows, n_cols = wide(tables, orders[0], bases[0], split)[0].shape
     fig, axes = plotting.panels(len(orders) * len(bases), ncols=len(orders), width=0.9 * n_cols + 3.6,
@@ -239,8 +233,6 @@ def heatmaps(tables: pd.DataFrame, orders, bases, split: str):
 
 def last_checkpoint_curves(tables: pd.DataFrame, bases, split: str):
     """Barrier against j at the last checkpoint for every order (window: start position), mean and sd band."""
-    from llmc_utils import plotting
-
     fig, axes = plotting.panels(len(bases), width=5.5, height=3.8)
     sel = _last_loss(tables, split)
     for ax, base in zip(axes, bases):

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from pydantic import ValidationInfo, field_validator
 
+from llmc_utils import plotting
 from llmc_utils.config import ExistingDir, Section, checks_environment
 from llmc_utils.io import load_checkpoint, save_torch
 
@@ -238,3 +239,17 @@ def summary(data: ImageData) -> dict:
     return dict(dataset=data.name, image_shape=list(data.shape), n_train=len(data.train_y), n_test=len(data.test_y),
                 n_classes=len(data.classes), train_label_counts=torch.bincount(data.train_y).tolist(),
                 mean=[round(float(m), 4) for m in data.mean], std=[round(float(s), 4) for s in data.std])
+
+
+def samples_figure(data: ImageData, per_class: int = 6):
+    """The first `per_class` training images of every class, class name on the first of each row: to see that labels
+    and pixels line up."""
+    fig, axes = plotting.panels(len(data.classes) * per_class, ncols=per_class * 2, width=0.9, height=0.9)
+    for c, name in enumerate(data.classes):
+        for j, i in enumerate(torch.nonzero(data.train_y == c)[:per_class, 0]):
+            ax = axes[c * per_class + j]
+            ax.imshow(data.train_x[i].permute(1, 2, 0).squeeze(-1), cmap="gray")
+            ax.set_axis_off()
+            if j == 0:
+                ax.set_title(name, fontsize=7, loc="left")
+    return fig

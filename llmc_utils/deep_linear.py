@@ -12,7 +12,7 @@ layers makes the output a polynomial of higher degree in alpha, and L(alpha) can
 What this module produces:
 * minimal example: the 1-D diagonal network y = w2 * w1 * x with target y = x, so L(w1, w2) = m (w1 w2 - 1)^2 with
   m = mean(x^2), and the hyperbola w1 w2 = 1 is a valley of global minima (two branches: w1, w2 > 0 and < 0). For two
-  minima w = (a, 1/a), w' = (a', 1/a') with r = a'/a, the barriers at alpha = 0.5 (SPEC: loss at the midpoint minus
+  minima w = (a, 1/a), w' = (a', 1/a') with r = a'/a, the barriers at alpha = 0.5 (loss at the midpoint minus
   the mean of the two endpoint losses, here 0) are, by hand:
       full path                        m (r - 1)^4 / (16 r^2)
       layer 1 into A = layer 2 into B  m (r - 1)^2 / 4
@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import itertools
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -60,7 +61,7 @@ from llmc_utils.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, P
 from llmc_utils.evaluation import barrier
 from llmc_utils.layers import logical_layers, mix
 from llmc_utils.stage import progress
-from llmc_utils.trainer import OptimConfig, load_weights, train_model
+from llmc_utils.trainer import OptimConfig, load_weights, train_members
 
 DTYPE = torch.float64  # second differences are ~h^2 L''; float32 rounding of L would swamp them
 Depth = Annotated[int, Field(ge=2)]  # depth 1 has no second layer, so nothing to compare
@@ -190,7 +191,7 @@ def alpha_grid(n: int) -> torch.Tensor:
 
 
 def midpoint(alphas: torch.Tensor) -> int:
-    """Index of alpha = 0.5 in the grid, where SPEC barriers are read; the grid must hold it exactly."""
+    """Index of alpha = 0.5 in the grid, where barriers are read; the grid must hold it exactly."""
     mid = (len(alphas) - 1) // 2
     if len(alphas) % 2 == 0 or alphas[mid].item() != 0.5:
         raise ValueError(f"the alpha grid must hold 0.5 at its middle (odd length), got {len(alphas)} points")
@@ -228,7 +229,7 @@ MINIMAL_PATHS = {"full": (1, 2), "layer 1": (1,), "layer 2": (2,)}
 def minimal_example(cfg: DeepLinearConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(paths, barriers): L(alpha) along the full, layer-1 and layer-2 paths (both bases) and their barriers.
 
-    Barriers follow SPEC section 2: against the two FULL models, at alpha = 0.5 and as the max over the grid.
+    Barriers as in docs/method.md: against the two FULL models, at alpha = 0.5 and as the max over the grid.
     """
     a, b = minimal_pair(cfg.minimum_scale)
     x, y = minimal_data(cfg)
@@ -298,13 +299,15 @@ def network_pairs(cfg: DeepLinearConfig, depth: int, width: int, run_seed: int) 
     y = y + cfg.label_noise * torch.randn(y.shape, generator=generator, dtype=DTYPE)
     dims = [cfg.input_dim] + [width] * (depth - 1) + [cfg.output_dim]
     steps = cfg.train_steps
-    states = {}
     with tempfile.TemporaryDirectory() as tmp:  # the endpoints are cheap to remake from their seeds; keep none
-        for member, init_seed in (("A", run_seed + 1), ("B", run_seed + 2)):
-            paths = train_model(lambda: LinearStack(dims, r), x, y, cfg.optim(depth), init_seed=init_seed,
-                                data_seed=run_seed, checkpoint_epochs=[0, steps], run_dir=Path(tmp) / member,
-                                desc=f"GD depth {depth} width {width} {member}", loss_fn=stacked_loss)
-            states[member] = {"random": load_weights(paths[0]), "trained": load_weights(paths[-1])}
+        members = {member: dict(init_seed=init_seed, run_dir=Path(tmp) / member,
+                                desc=f"GD depth {depth} width {width} {member}")
+                   for member, init_seed in (("A", run_seed + 1), ("B", run_seed + 2))}
+        # in this process (processes = 1): each run is a few hundred full-batch steps of a tiny stack, shorter than
+        # starting a worker, and the grid trains one pair per (depth, width)
+        paths = train_members(members, make_model=partial(LinearStack, dims, r), x=x, y=y, cfg=cfg.optim(depth),
+                              data_seed=run_seed, checkpoint_epochs=[0, steps], loss_fn=stacked_loss)
+        states = {member: {"random": load_weights(p[0]), "trained": load_weights(p[-1])} for member, p in paths.items()}
     pairs = {}
     for kind in cfg.pair_kinds:
         pairs[kind] = []
@@ -338,7 +341,7 @@ def group_name(n_layers: int) -> str:
 def analyse_cut(cfg: DeepLinearConfig, a: State, b: State, x: torch.Tensor, y: torch.Tensor, layers: tuple[int, ...],
                 base: str, alphas: torch.Tensor, ends: tuple[float, float] | None = None) -> tuple[dict, torch.Tensor]:
     """One row of the cut table (and the L(alpha) values): convexity verdict, for one layer the closed-form error,
-    and the SPEC barriers against the two full models (at alpha = 0.5 and the max over the grid). `ends`: the full
+    and the loss barriers against the two full models (at alpha = 0.5 and the max over the grid). `ends`: the full
     models' losses (L(A), L(B)) when already known."""
     losses = cut_losses(a, b, layers, base, x, y, alphas)
     loss_a, loss_b = ends if ends is not None else (network_loss(a, x, y), network_loss(b, x, y))
@@ -460,7 +463,7 @@ def one_d_pairs(w1_a: np.ndarray, w1_b: np.ndarray, x: torch.Tensor, y: torch.Te
     """(minima, cuts) for the pairs of 1-D minima (w1_a, 1 / w1_a), (w1_b, 1 / w1_b) of y = w2 w1 x, target y = x.
 
     minima: one row per pair (w1, w2 of both minima, same branch?, |log |r||, endpoint losses). cuts: the rows
-    `pair_barriers` reads, one per pair and path (each single layer in each base, and the full path), with the SPEC
+    `pair_barriers` reads, one per pair and path (each single layer in each base, and the full path), with the loss
     barriers at alpha = 0.5 and the max over the grid. All pairs are evaluated at once (a leading batch dimension on
     every weight) with the same cut_losses / mix as the deep networks.
     """

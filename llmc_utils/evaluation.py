@@ -4,6 +4,16 @@ Exact: the loss is the sum of per-sample (or per-token) cross-entropies divided 
 of batch means. Fast: the data sit on the device as tensors; parameters are passed to torch.func.functional_call, so an
 interpolated model is a dict of tensors (mostly shared with an endpoint) and nothing is deep-copied or loaded into a
 module; evaluation runs in inference mode with large batches.
+
+Barrier tables (`checkpoint_barriers`, the engine of the layer-wise, federated and language-model stages; cumulative
+averaging builds its rows with the same `endpoints` and `barrier_rows`), fast because (benchmarks/bench_engine.py
+measures it):
+* endpoints are evaluated once per checkpoint and reused by every layer set, base and alpha;
+* interpolated models are dicts that share untouched tensors with the base (layers.mix): no copies, no module reload;
+* data sit in memory as tensors, evaluated in large batches in inference mode (Evaluator);
+* for plain nn.Sequential models (the pairs' CNNs, the ViT) the activations of the base model in front of every layer
+  are cached while the endpoint is evaluated, so averaging layer k re-runs only the layers from k on (exactly the same
+  numbers: LayerEvaluator).
 """
 
 from __future__ import annotations
@@ -13,6 +23,8 @@ from typing import Iterable, Mapping
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
+
+from llmc_utils.layers import mix
 
 Metrics = dict[str, float]  # {"loss": mean cross-entropy, "error": 100 - accuracy in %}
 
@@ -65,7 +77,8 @@ class Evaluator:
 
 
 def barrier(value_mid: float, value_a: float, value_b: float, alpha: float = 0.5) -> float:
-    """SPEC section 2: L(theta(alpha)) - [(1 - alpha) L(A) + alpha L(B)], always against the two FULL models."""
+    """Loss barrier (docs/method.md): L(theta(alpha)) - [(1 - alpha) L(A) + alpha L(B)], always against the two FULL
+    models."""
     return value_mid - ((1.0 - alpha) * value_a + alpha * value_b)
 
 
@@ -174,3 +187,47 @@ class LayerEvaluator(Evaluator):
                 logits = [self._run(own, kept[start], start) for kept in self.cache[tag][split]]
             out[split] = self.logits_metrics(torch.cat(logits), y)
         return out
+
+
+# ------------------------------------------------------------------------------------------------- barrier tables
+FULL = "full"  # layer set of the full interpolation (every layer averaged) in barrier tables
+
+
+def endpoints(evaluator: LayerEvaluator, state_a, state_b, bases: Iterable[str]) -> dict[str, dict[str, Metrics]]:
+    """{"A": metrics of A, "B": metrics of B}; each model named in `bases` is evaluated as an endpoint (its
+    activations kept for partial() evaluations of that base with some layers changed)."""
+    bases = set(bases)
+    return {tag: evaluator.endpoint(state, tag) if tag in bases else evaluator(state)
+            for tag, state in (("A", state_a), ("B", state_b))}
+
+
+def barrier_rows(where: dict, metrics: dict[str, Metrics], ends: dict[str, dict[str, Metrics]],
+                 alpha: float) -> list[dict]:
+    """Tidy rows of one evaluated model: the columns of `where` (epoch, what was averaged, base, ...), then split,
+    metric, value, the two full endpoints' values and the barrier against them at `alpha`."""
+    return [dict(where, split=split, metric=metric, value=value, value_a=ends["A"][split][metric],
+                 value_b=ends["B"][split][metric],
+                 barrier=barrier(value, ends["A"][split][metric], ends["B"][split][metric], alpha))
+            for split, by_metric in metrics.items() for metric, value in by_metric.items()]
+
+
+def checkpoint_barriers(evaluator: LayerEvaluator, epoch: int, state_a, state_b, layers: Mapping[str, tuple],
+                        alphas: Iterable[float], bases: Iterable[str]) -> list[dict]:
+    """Tidy rows of one checkpoint: full interpolation (same for both bases) and every single layer, every alpha.
+
+    Endpoints are evaluated once and reused by every layer set, base and alpha; interpolated models share untouched
+    tensors with the base (layers.mix); averaging one layer re-runs only the layers from it on (LayerEvaluator)."""
+    bases = list(bases)
+    ends = endpoints(evaluator, state_a, state_b, bases)
+    rows = []
+    for alpha in alphas:
+        full = evaluator(mix(state_a, state_b, alpha))  # the full interpolation does not depend on the base
+        for base in bases:
+            rows += barrier_rows(dict(epoch=epoch, layer_set=FULL, base=base, alpha=alpha), full, ends, alpha)
+    for base in bases:
+        for name, keys in layers.items():
+            for alpha in alphas:
+                metrics = evaluator.partial(mix(state_a, state_b, alpha, keys, base=base), base, keys)
+                rows += barrier_rows(dict(epoch=epoch, layer_set=name, base=base, alpha=alpha), metrics, ends, alpha)
+    evaluator.cache.clear()
+    return rows

@@ -53,10 +53,10 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from llmc_utils.barriers import checkpoint_barriers
+from llmc_utils import plotting
 from llmc_utils.claims import Claim, SanityCheck
 from llmc_utils.config import NonNegativeInt, PositiveFloat, PositiveInt, Section, repetition_seed
-from llmc_utils.evaluation import LayerEvaluator
+from llmc_utils.evaluation import LayerEvaluator, checkpoint_barriers
 from llmc_utils.io import read_seed_tables
 from llmc_utils.layers import keys_of, logical_layers
 from llmc_utils.models import MLP
@@ -730,8 +730,6 @@ def _seeds(n: int) -> str:
 def plot_table1(table: pd.DataFrame):
     """fig6_federated_table: Table 1 as a heatmap of "mean ± sd over seeds" (accuracy per split x strategy), next to
     the paired gap of each layer group to full averaging (red: the group beats full averaging)."""
-    from llmc_utils import plotting
-
     splits = [s for s in SPLIT_IDS if s in set(table.split)]
     strategies = list(dict.fromkeys(table.strategy))
     labels = {r.strategy: f"{r.strategy}{' (claim)' if r.claim else ''}\n[{r.layers}]"
@@ -758,8 +756,6 @@ def plot_gaps(gaps: pd.DataFrame, threshold: float = 0.0):
     """fig6_federated_sweep: claim-group minus full averaging (points) against the Dirichlet concentration (sweep)
     and against the number of rounds (main runs, per split); mean over seeds with a ±1 sd band, thin per-seed
     lines; dashed: the claims' threshold; dotted: the IID split's final gap (main runs, concentration -> infinity)."""
-    from llmc_utils import plotting
-
     gaps = gaps[gaps.claim] if "claim" in gaps else gaps
     group = ", ".join(sorted(set(gaps.group)))
     n = gaps.seed.nunique() if "seed" in gaps else 1
@@ -791,8 +787,6 @@ def plot_gaps(gaps: pd.DataFrame, threshold: float = 0.0):
 def plot_barriers(barriers: pd.DataFrame, alpha: float = 0.5):
     """fig6_federated_barriers: loss barrier (mean over seeds) between the two barrier clients at the end of
     training, of the full average and of each single logical layer, into A and into B, per split / strategy."""
-    from llmc_utils import plotting
-
     loss = barriers[(barriers.metric == "loss") & (barriers.alpha == alpha)]
     loss = loss.assign(column=loss.split + "/" + loss.strategy)
     columns = list(dict.fromkeys(loss.column))

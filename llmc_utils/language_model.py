@@ -1,4 +1,4 @@
-"""Layer-wise barriers of a language-model-like architecture: a tiny character-level GPT (SPEC section 3, item 7).
+"""Layer-wise barriers of a language-model-like architecture: a tiny character-level GPT (docs/figures.md).
 
 Text: Python's own help topics (`pydoc_data.topics`, ~465k characters, concatenated in sorted key order) or a text file
 named in params; the first (1 - test_fraction) of the characters train, the rest test. Inputs are random windows of
@@ -21,8 +21,8 @@ Cost: training dominates (three models); the default profile is sized so that on
 only starts to grow late in training, so it is the quantity most sensitive to that length.
 
 Scheme of the claims (`scheme`, default "different_init"), chosen before any verdict was computed: the claims contrast
-single-layer barriers with the full one, so they need a pair whose full barrier is clearly present (SPEC section 4:
-"choose the pair scheme so the full barrier is clearly present"). A char-level GPT of this size trained from one
+single-layer barriers with the full one, so they need a pair whose full barrier is clearly present (the default
+profile's rule, docs/profiles.md). A char-level GPT of this size trained from one
 initialization stayed almost linearly connected in an earlier run (its full barrier was a small fraction of the
 different-init one), which leaves nothing to contrast; the same-init pair is still trained and measured in every
 repetition, so the figure and the summary show how much of the full barrier the shared initialization removes.
@@ -43,16 +43,16 @@ from typing import Literal, Sequence
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from llmc_utils.barriers import FULL, checkpoint_barriers
+from llmc_utils import plotting
 from llmc_utils.claims import Claim
 from llmc_utils.config import ExistingFile, NonNegativeInt, PositiveInt, Section, checks_environment, repetition_seed
-from llmc_utils.evaluation import Evaluator, LayerEvaluator
+from llmc_utils.evaluation import FULL, Evaluator, LayerEvaluator, checkpoint_barriers
 from llmc_utils.io import read_seed_tables
 from llmc_utils.layers import logical_layers
-from llmc_utils.trainer import OptimConfig, TrainingDiverged, load_weights, train_many
+from llmc_utils.trainer import OptimConfig, TrainingDiverged, load_weights, train_members
+from llmc_utils.transformer import Block
 
 STAGE = "language_model"
 MODELS = ("A", "B", "B'")
@@ -195,52 +195,16 @@ def prepare(cfg: LanguageModelConfig, repetition: int = 0) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------------- model
-class CausalSelfAttention(torch.nn.Module):
-    def __init__(self, d_model: int, n_heads: int):
-        super().__init__()
-        self.n_heads = n_heads
-        self.qkv = torch.nn.Linear(d_model, 3 * d_model)
-        self.proj = torch.nn.Linear(d_model, d_model)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, t, d = x.shape
-        q, k, v = self.qkv(x).view(n, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # no mask buffer: the state dict is weights only
-        return self.proj(out.transpose(1, 2).reshape(n, t, d))
-
-
-class MLPBlock(torch.nn.Module):
-    def __init__(self, d_model: int):
-        super().__init__()
-        self.fc = torch.nn.Linear(d_model, 4 * d_model)
-        self.proj = torch.nn.Linear(4 * d_model, d_model)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.gelu(self.fc(x)))
-
-
-class Block(torch.nn.Module):
-    """Pre-LayerNorm transformer block (LayerNorm acts per token, so it interpolates like any other layer)."""
-
-    def __init__(self, d_model: int, n_heads: int):
-        super().__init__()
-        self.ln1, self.attn = torch.nn.LayerNorm(d_model), CausalSelfAttention(d_model, n_heads)
-        self.ln2, self.mlp = torch.nn.LayerNorm(d_model), MLPBlock(d_model)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
-        return x + self.mlp(self.ln2(x))
-
-
 class CharGPT(torch.nn.Module):
-    """Token + position embeddings, n_blocks blocks, final LayerNorm, untied head: (N, T) ids -> (N, T, V) logits."""
+    """Token + position embeddings, n_blocks causal pre-norm blocks (transformer.Block, MLP 4 x d_model), final
+    LayerNorm, untied head: (N, T) ids -> (N, T, V) logits."""
 
     def __init__(self, vocab_size: int, context: int, d_model: int = 64, n_heads: int = 4, n_blocks: int = 2):
         super().__init__()
         self.context = context
         self.tok_emb = torch.nn.Embedding(vocab_size, d_model)
         self.pos_emb = torch.nn.Embedding(context, d_model)
-        self.blocks = torch.nn.ModuleList(Block(d_model, n_heads) for _ in range(n_blocks))
+        self.blocks = torch.nn.ModuleList(Block(d_model, n_heads, 4, causal=True) for _ in range(n_blocks))
         self.ln_f = torch.nn.LayerNorm(d_model)
         self.head = torch.nn.Linear(d_model, vocab_size)
 
@@ -286,16 +250,19 @@ def train_models(cfg: LanguageModelConfig, prepared: dict, run_root: Path, proce
     repetition = prepared["repetition"]
     make_model = model_factory(cfg, prepared["tokenizer"].vocab_size)
     x, y = prepared["train"]
+    model = make_model()
+    # the state-dict keys name the layers: checkpoints of another layout are another configuration (trainer)
     meta = dict(arch="char_gpt", vocab=prepared["tokenizer"].vocab_size, n_chars=prepared["n_chars"],
-                repetition=repetition,
+                repetition=repetition, keys=list(model.state_dict()),
                 **cfg.model_dump(include={"context", "d_model", "n_heads", "n_blocks", "train_windows",
                                           "window_seed", "text_file", "max_chars", "test_fraction"}))
-    evaluator = Evaluator(make_model(), prepared["splits"], cfg.eval_batch_size)
+    evaluator = Evaluator(model, prepared["splits"], cfg.eval_batch_size)
     seeds = model_seeds(cfg, repetition)
-    jobs = [dict(make_model=make_model, x=x, y=y, cfg=cfg.optim, init_seed=init_seed, data_seed=data_seed,
-                 checkpoint_epochs=cfg.checkpoint_epochs, run_dir=run_root / run_dir_name(name), meta=meta,
-                 desc=f"GPT {name} of repetition {repetition}") for name, (init_seed, data_seed) in seeds.items()]
-    paths = dict(zip(seeds, train_many(jobs, processes)))  # side by side in one-thread processes (trainer.train_many)
+    members = {name: dict(init_seed=init_seed, data_seed=data_seed, run_dir=run_root / run_dir_name(name),
+                          desc=f"GPT {name} of repetition {repetition}")
+               for name, (init_seed, data_seed) in seeds.items()}
+    paths = train_members(members, processes, make_model=make_model, x=x, y=y, cfg=cfg.optim,
+                          checkpoint_epochs=cfg.checkpoint_epochs, meta=meta)
     for name, (init_seed, data_seed) in seeds.items():
         final = evaluator(load_weights(paths[name][-1]))
         check_not_degenerate({split: m["loss"] for split, m in final.items()}, prepared["unigram_entropy"],
@@ -422,8 +389,6 @@ def plot_language_model(table: pd.DataFrame, scheme: str = "different_init",
     ±1 sd band over repetitions; (right) layer x checkpoint heatmap (mean ± sd over repetitions) of the barriers of
     the `scheme` pairs (or of each of `heatmap_pairs`). `table`: aggregate_language_model's rows, or one repetition's
     barriers."""
-    from llmc_utils import plotting
-
     heatmap_pairs = list(heatmap_pairs or [scheme])
     curves = barrier_curves(table)
     n_seeds = curves.seed.nunique() if "seed" in curves else 1

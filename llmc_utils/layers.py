@@ -1,7 +1,7 @@
 """Logical layers and interpolation of state dicts without copying them.
 
 A logical layer is every state-dict tensor of one module: the key prefix before the last dot, so `conv1.weight` and
-`conv1.bias` form layer `conv1` (SPEC section 2). ResNet18 without normalisation has 21 of them.
+`conv1.bias` form layer `conv1` (docs/method.md). ResNet18 without normalisation has 21 of them.
 
 Interpolations return a new dict that shares every untouched tensor with the base model; only the tensors of the
 averaged layers are new. That is what makes hundreds of evaluation points per checkpoint cheap (see evaluation.py).
@@ -63,6 +63,17 @@ def mix(state_a: StateDict, state_b: StateDict, alpha: float, keys: Iterable[str
 
 def flat(state: StateDict, keys: Iterable[str]) -> torch.Tensor:
     return torch.cat([state[k].reshape(-1).float() for k in keys])
+
+
+def add_flat(state: StateDict, keys: Sequence[str], delta: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`state` with the tensors at `keys` moved by `delta`, a flat vector laid out as flat(state, keys) (each slice
+    cast to its tensor's dtype and device); every other tensor is shared with `state`, not copied."""
+    out, start = dict(state), 0
+    for key in keys:
+        size = state[key].numel()
+        out[key] = state[key] + delta[start:start + size].view_as(state[key]).to(state[key].device, state[key].dtype)
+        start += size
+    return out
 
 
 def layer_geometry(state_a: StateDict, state_b: StateDict, layers: Mapping[str, Sequence[str]]) -> list[dict]:

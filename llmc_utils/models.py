@@ -1,8 +1,9 @@
 """Image classifiers WITHOUT normalization layers, as the paper trains them (so no BatchNorm statistics to re-fit).
 
-* `cnn` (default profile): 6 conv + 3 linear = 9 logical layers, ReLU, strided convs instead of pooling; about 0.2M
-  parameters at width 16, so a pair trains on two CPU cores in about a minute on a Fashion-MNIST subset.
-  Accepts any square input (1x28x28 Fashion-MNIST, 3x32x32 CIFAR-10).
+* `rescnn` (default profile): a small ResNet without normalization (stem, three basic blocks, linear head) = 10
+  logical layers, at the cost per image of the plain `cnn` (see ResCNN).
+* `cnn` (plain variant of the setup study): 6 conv + 3 linear = 9 logical layers, ReLU, strided convs instead of
+  pooling; about 0.2M parameters at width 16. Accepts any square input (1x28x28 Fashion-MNIST, 3x32x32 CIFAR-10).
 * `resnet18` (paper profile): torchvision resnet18 with norm_layer=nn.Identity, a 3x3 stride-1 CIFAR stem and no
   max-pool: 21 logical layers (conv1, 16 block convs, 3 downsample convs, fc), as in the paper.
 * `vgg11` (paper appendix): the CIFAR-style VGG11 (8 conv + 1 linear = 9 logical layers) without BatchNorm.

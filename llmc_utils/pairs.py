@@ -2,8 +2,9 @@
 
 Paper (Adilova et al. 2024, Sec. 3): ResNet18 without normalization on CIFAR-10, same initialization and different
 data order, SGD (momentum 0.9, wd 5e-4, batch 64, lr 0.05), 200 epochs, checkpoints every 20; the full barrier then
-reaches about ln(10) = 2.3 in train loss. Default profile: a 9-layer CNN on a Fashion-MNIST subset (see params.yaml for
-the scheme chosen and why): 30 epochs, both models at about 15 % test error.
+reaches about ln(10) = 2.3 in train loss. Default profile: a small residual CNN without normalization (`rescnn`,
+10 logical layers) on a Fashion-MNIST subset, the paper's optimizer and scheme; the comments of `train_pairs` in
+params.yaml give the rule that chose it (docs/profiles.md).
 
 Repetitions: pair r (the `repetitions.train_pairs` indices) offsets both seeds by 100 r (config.repetition_seed), so
 the pairs differ in data order (and in init under the different_init scheme) and nothing else.
@@ -19,15 +20,19 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal, Sequence
 
 import torch
 from pydantic import Field, model_validator
 
-from llmc_utils.config import NonNegativeInt, PositiveInt, Section, repetition_seed
+from llmc_utils import plotting
+from llmc_utils.config import NonNegativeInt, PositiveInt, Section, get_section, repetition_seed
+from llmc_utils.data import load_prepared, prepared_path
+from llmc_utils.evaluation import LayerEvaluator
 from llmc_utils.io import CheckpointError, load_checkpoint
 from llmc_utils.models import build_model
-from llmc_utils.trainer import OptimConfig, train_many
+from llmc_utils.stage import Stage
+from llmc_utils.trainer import OptimConfig, train_members
 
 PAIR_DIR = Path("models") / "pair"
 STALE_DIR = Path("models") / "stale" / "pair"  # checkpoints of an earlier configuration, moved aside by train_model
@@ -95,18 +100,17 @@ def train_pair(cfg: TrainPairsConfig, images, workspace: str | Path, repetition:
     `processes` (runtime.train_processes): see trainer.train_many."""
     x, y = images.split("train", cfg.train_subset, cfg.subset_seed, device=device)
     spec = model_spec(cfg, images.shape, len(images.classes))
-    jobs = []
+    members = {}
     for member in ("A", "B"):
         init_seed, data_seed = cfg.seeds(member, repetition)
-        meta = dict(spec=spec, scheme=cfg.scheme, member=member, train_subset=cfg.train_subset,
-                    subset_seed=cfg.subset_seed, dataset=images.name)
-        jobs.append(dict(make_model=partial(make_model, spec, device), x=x, y=y, cfg=cfg.optim, init_seed=init_seed,
-                         data_seed=data_seed, checkpoint_epochs=cfg.checkpoint_epochs,
-                         run_dir=pair_dir(workspace, repetition) / member, meta=meta,
-                         stale_dir=Path(workspace) / STALE_DIR / f"seed_{repetition}" / member,
-                         desc=f"train {member} of pair {repetition}"))
-    # A and B side by side in two processes on a CPU (trainer.train_many); one after the other on a GPU
-    return dict(zip(("A", "B"), train_many(jobs, processes if torch.device(device).type == "cpu" else 1)))
+        members[member] = dict(init_seed=init_seed, data_seed=data_seed,
+                               run_dir=pair_dir(workspace, repetition) / member,
+                               meta=dict(spec=spec, scheme=cfg.scheme, member=member, train_subset=cfg.train_subset,
+                                         subset_seed=cfg.subset_seed, dataset=images.name),
+                               stale_dir=Path(workspace) / STALE_DIR / f"seed_{repetition}" / member,
+                               desc=f"train {member} of pair {repetition}")
+    return train_members(members, processes, make_model=partial(make_model, spec, device), x=x, y=y, cfg=cfg.optim,
+                         checkpoint_epochs=cfg.checkpoint_epochs)
 
 
 def pair_checkpoints(workspace: str | Path, repetition: int = 0) -> dict[int, tuple[Path, Path]]:
@@ -157,6 +161,35 @@ def load_pair(workspace: str | Path, epoch: int, repetition: int = 0) -> tuple[d
     return load_member(path_a, spec, reference), load_member(path_b, spec, reference)
 
 
+def pair_splits(images, pair_cfg: TrainPairsConfig, n_train: int, n_test: int, seed: int,
+                device: torch.device | str = "cpu") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Evaluation splits of a pair: "train" = n_train of the images the pair trained on (pair_cfg.train_subset,
+    pair_cfg.subset_seed), "test" = n_test held-out test images; both subsets drawn with `seed` (n = 0: all)."""
+    trained_on = (pair_cfg.train_subset, pair_cfg.subset_seed)
+    return {"train": images.split("train", n_train, seed, device=device, within=trained_on),
+            "test": images.split("test", n_test, seed, device=device)}
+
+
+def pair_inputs(st: Stage, repetition: int, splits: Sequence[str] = ("train", "test"), cache_activations: bool = True
+                ) -> tuple[list[int], LayerEvaluator, Callable[[int], tuple[dict, dict]]]:
+    """What a stage that evaluates pair r needs, from its config (epochs, train_subset, test_subset, subset_seed,
+    eval_batch_size): the checkpoint epochs to evaluate (`epochs`, or every checkpoint of the pair), a LayerEvaluator
+    of the pair's architecture on `splits` (pair_splits), and load(epoch) -> (state of A, state of B)."""
+    cfg = st.config
+    checkpoints = pair_checkpoints(st.workspace, repetition)
+    epochs = cfg.epochs if cfg.epochs is not None else list(checkpoints)
+    missing = sorted(set(epochs) - set(checkpoints))
+    if missing:
+        raise CheckpointError(f"{st.name}.epochs {missing} have no checkpoint of pair {repetition} (available: "
+                              f"{list(checkpoints)}); list only those, or add them to train_pairs.checkpoint_epochs")
+    images = load_prepared(prepared_path(st.workspace))
+    found = pair_splits(images, get_section(st.params, "train_pairs"), cfg.train_subset, cfg.test_subset,
+                        cfg.subset_seed, st.device)
+    evaluator = LayerEvaluator(pair_model(st.workspace, repetition), {s: found[s] for s in splits},
+                               cfg.eval_batch_size, st.device, cache_activations)
+    return epochs, evaluator, partial(load_pair, st.workspace, repetition=repetition)
+
+
 def training_curves(workspace: str | Path, evaluator, repetition: int = 0) -> list[dict]:
     """Tidy rows (epoch, member, split, metric, value) of A and B at every checkpoint."""
     rows = []
@@ -173,3 +206,21 @@ def headline_metrics(curves, cfg: TrainPairsConfig) -> dict:
     last = curves[curves.epoch == curves.epoch.max()]
     out = {f"final_{r.split}_{r.metric}_{r.member}": float(r.value) for r in last.itertuples()}
     return dict(out, arch=cfg.arch, width=cfg.width, scheme=cfg.scheme, epochs=cfg.optim.epochs)
+
+
+def member_curve(curves, split: str = "test", metric: str = "error"):
+    """One metric of A and B per checkpoint (columns epoch, A, B): the small per-pair series behind DVC's data plot."""
+    sel = curves[(curves.split == split) & (curves.metric == metric)]
+    return sel.pivot(index="epoch", columns="member", values="value").reset_index().rename_axis(columns=None)
+
+
+def curves_figure(curves, label: str):
+    """Training curves of A and B (training_curves rows; with a `seed` column: mean and sd band over pairs): train
+    and test loss, then train and test error, against epoch; `label` names the pair(s) in every title."""
+    fig, axes = plotting.panels(4, ncols=4, width=3.6, height=3.0)
+    for ax, (split, metric) in zip(axes, [(s, m) for m in ("loss", "error") for s in ("train", "test")]):
+        plotting.curves(ax, curves[(curves.split == split) & (curves.metric == metric)], x="epoch", y="value",
+                        hue="member", title=f"{label}: {split} {metric}")
+        ax.set_ylabel("cross-entropy" if metric == "loss" else "error (%)")
+    fig.tight_layout()
+    return fig

@@ -8,16 +8,24 @@ atomically. Colour scales of barrier heatmaps are centred at zero: blue = no bar
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Sequence
-
-import matplotlib.pyplot as plt
-import pandas as pd
-import seaborn as sns
+from typing import TYPE_CHECKING, Sequence
 
 from llmc_utils.io import atomic_path
 
-sns.set_theme(style="white", context="paper")
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@functools.cache
+def _seaborn():
+    """seaborn (and through it scipy and pyplot), imported on first use: it costs ~1.5 s, and most stages that import a
+    module with a figure function run under DVC without drawing (their figures come from the aggregate stage)."""
+    import seaborn as sns
+
+    sns.set_theme(style="white", context="paper")
+    return sns
 
 
 def heatmap(ax, table: pd.DataFrame, title: str = "", fmt: str = ".1f", center: float | None = 0.0,
@@ -26,6 +34,9 @@ def heatmap(ax, table: pd.DataFrame, title: str = "", fmt: str = ".1f", center: 
     """Annotated heatmap of a wide table (rows x columns as in the table's index and columns). With `spread` (same
     shape, e.g. the sd across repetitions) each cell reads "mean\n±spread"; cells whose spread is NaN (one
     repetition) show the mean alone."""
+    import pandas as pd
+
+    sns = _seaborn()
     if spread is not None and annot:
         spread = spread.reindex(index=table.index, columns=table.columns)
         annot = table.map(lambda v: format(v, fmt)) + spread.map(lambda v: "" if pd.isna(v) else "\n±" + format(v, fmt))
@@ -41,7 +52,7 @@ def heatmap(ax, table: pd.DataFrame, title: str = "", fmt: str = ".1f", center: 
 def curves(ax, df: pd.DataFrame, x: str, y: str, hue: str | None = None, style: str | None = None,
            title: str = "", errorbar=("sd", 1), **kwargs):
     """Line plot of a tidy table; repeated rows per x (e.g. random draws) become mean and +-1 sd band."""
-    sns.lineplot(data=df, x=x, y=y, hue=hue, style=style, ax=ax, errorbar=errorbar, marker="o", markersize=3,
+    _seaborn().lineplot(data=df, x=x, y=y, hue=hue, style=style, ax=ax, errorbar=errorbar, marker="o", markersize=3,
                  **kwargs)
     ax.set_title(title)
     return ax
@@ -49,6 +60,9 @@ def curves(ax, df: pd.DataFrame, x: str, y: str, hue: str | None = None, style: 
 
 def panels(n: int, ncols: int | None = None, width: float = 4.5, height: float = 3.5, **kwargs):
     """A figure with n axes in a grid; returns (fig, flat list of the n axes), spare axes removed."""
+    _seaborn()  # the theme applies to every figure, also those drawn without seaborn
+    import matplotlib.pyplot as plt
+
     ncols = ncols or n
     nrows = -(-n // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, **kwargs)
@@ -58,8 +72,13 @@ def panels(n: int, ncols: int | None = None, width: float = 4.5, height: float =
     return fig, flat[:n]
 
 
-def save(fig, stem: str | Path, formats: Sequence[str] = ("png",), dpi: int = 150) -> list[Path]:
-    """Save `fig` as <stem>.<format> for each format, atomically; returns the paths."""
+def save(fig, stem: str | Path, formats: Sequence[str] = ("png",), dpi: int = 120, show: bool = True) -> list[Path]:
+    """Save `fig` as <stem>.<format> for each format, atomically; returns the paths.
+
+    In a notebook (`show`), the saved PNG itself is displayed and the figure closed: the inline backend would otherwise
+    render the figure a second time, which costs as much as saving it, and could differ from the file."""
+    import matplotlib.pyplot as plt
+
     stem = Path(stem)
     fig.tight_layout()
     paths = []
@@ -70,4 +89,19 @@ def save(fig, stem: str | Path, formats: Sequence[str] = ("png",), dpi: int = 15
             fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight",
                         metadata={"CreationDate": None} if fmt == "pdf" else None)
         paths.append(path)
+    png = stem.with_suffix(".png")
+    if show and png in paths and _in_notebook():
+        from IPython.display import Image, display
+
+        display(Image(filename=str(png)))
+        plt.close(fig)
     return paths
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None

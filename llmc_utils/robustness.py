@@ -4,7 +4,7 @@ it the same distance in a random direction?
 For a pair (A, B) and every logical layer k, with base model A ("A->B") or B ("B->A"):
   interpolation: base with layer k at (1 - alpha) * base_k + alpha * other_k;
   random:        base with layer k at (1 - alpha) * base_k + alpha * r,  r = base_k + ||A_k - B_k|| * u / ||u||,
-                 u ~ N(0, I) over all tensors of the layer (SPEC section 2), one draw per seed in `random_seeds`;
+                 u ~ N(0, I) over all tensors of the layer (docs/method.md), one draw per seed in `random_seeds`;
 so at every alpha both moves have the same length alpha * ||A_k - B_k||.
 
 The paper (ViTs trained with different learning rates and augmentations) finds that the interpolation curves rise
@@ -29,17 +29,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Literal, Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 from pydantic import Field, model_validator
 
-from llmc_utils.claims import Claim, SanityCheck
+from llmc_utils import plotting
+from llmc_utils.claims import Claim, SanityCheck, finite_metrics, nested_metrics
 from llmc_utils.config import Alpha, NonNegativeInt, PositiveInt, Section, repetition_seed
 from llmc_utils.io import CheckpointError, load_checkpoint, read_seed_tables
-from llmc_utils.layers import StateDict, flat, mix
+from llmc_utils.layers import StateDict, add_flat, flat, mix
 from llmc_utils.stage import progress
-from llmc_utils.trainer import OptimConfig, check_not_chance, train_many
+from llmc_utils.trainer import OptimConfig, check_not_chance, train_members
 from llmc_utils.vit import ViTConfig
 
 STAGE = "robustness"
@@ -97,6 +97,10 @@ class RobustnessConfig(Section):
         return dict(subset_seed=self.subset_seed, init_seed=self.init_seed, data_seed_a=self.data_seed_a,
                     data_seed_b=self.data_seed_b, random_seeds=list(self.random_seeds))
 
+    def members(self) -> dict[str, tuple[OptimConfig, int]]:
+        """{"A": (optimizer, data seed), "B": ...}: what the two ViTs differ in (same init_seed, same images)."""
+        return {"A": (self.optim_a, self.data_seed_a), "B": (self.optim_b, self.data_seed_b)}
+
 
 # ----------------------------------------------------------------------------------------------------------- data ---
 
@@ -108,14 +112,6 @@ def vit_data(cfg: RobustnessConfig, images, device="cpu") -> tuple[torch.Tensor,
                                     within=(cfg.n_train, cfg.subset_seed)),
               "test": images.split("test", cfg.n_eval, cfg.subset_seed, device=device)}
     return x_train, y_train, splits
-
-
-def cnn_splits(cfg: RobustnessConfig, pair_cfg, images, device="cpu") -> dict:
-    """Evaluation splits of the CNN heatmap: "train" = `cnn_n_eval` images of the pair's own training subset
-    (train_pairs.train_subset, train_pairs.subset_seed), "test" = `cnn_n_eval` test images."""
-    return {"train": images.split("train", cfg.cnn_n_eval, cfg.subset_seed, device=device,
-                                  within=(pair_cfg.train_subset, pair_cfg.subset_seed)),
-            "test": images.split("test", cfg.cnn_n_eval, cfg.subset_seed, device=device)}
 
 
 def check_pair_subset(checkpoint: Path, pair_cfg) -> None:
@@ -141,17 +137,18 @@ def train_pair(cfg: RobustnessConfig, make_model: Callable[[], torch.nn.Module],
                run_root: Path, processes: int = 1) -> dict[str, Path]:
     """Train the ViT pair with llmc_utils.trainer (resumable; A and B side by side when processes > 1, see
     trainer.train_many); returns {"A": final checkpoint, "B": ...}."""
-    members = (("A", cfg.optim_a, cfg.data_seed_a), ("B", cfg.optim_b, cfg.data_seed_b))
-    jobs = [dict(make_model=make_model, x=x, y=y, cfg=optim, init_seed=cfg.init_seed, data_seed=data_seed,
-                 checkpoint_epochs=[0, optim.epochs], run_dir=Path(run_root) / name,
-                 meta=dict(arch="vit", vit=cfg.vit.model_dump(), n_train=cfg.n_train, subset_seed=cfg.subset_seed),
-                 desc=f"ViT {name}") for name, optim, data_seed in members]
-    return {name: paths[-1] for (name, _, _), paths in zip(members, train_many(jobs, processes))}
+    members = {name: dict(cfg=optim, data_seed=data_seed, checkpoint_epochs=[0, optim.epochs],
+                          run_dir=Path(run_root) / name, desc=f"ViT {name}")
+               for name, (optim, data_seed) in cfg.members().items()}
+    paths = train_members(members, processes, make_model=make_model, x=x, y=y, init_seed=cfg.init_seed,
+                          meta=dict(arch="vit", vit=cfg.vit.model_dump(), n_train=cfg.n_train,
+                                    subset_seed=cfg.subset_seed))
+    return {name: member_paths[-1] for name, member_paths in paths.items()}
 
 
 def check_endpoints(cfg: RobustnessConfig, endpoints: Mapping[str, dict], n_classes: int, repetition: int) -> None:
     """trainer.check_not_chance on the final test error of both ViTs: a degenerate model stops the stage."""
-    for member, optim, data_seed in (("A", cfg.optim_a, cfg.data_seed_a), ("B", cfg.optim_b, cfg.data_seed_b)):
+    for member, (optim, data_seed) in cfg.members().items():
         check_not_chance(endpoints[member]["test"]["error"], n_classes,
                          f"ViT {member} of repetition {repetition} (init seed {cfg.init_seed}, data seed {data_seed})",
                          optim.epochs)
@@ -165,17 +162,11 @@ def draw_seed(seed: int, layer_index: int, direction: str) -> int:
 
 
 def random_endpoint(base: StateDict, other: StateDict, keys: Sequence[str], seed: int) -> dict[str, torch.Tensor]:
-    """r = base_k + ||base_k - other_k|| * u / ||u||, u ~ N(0, I) over the whole logical layer (all its keys)."""
+    """The base model with layer k (all its keys) at r = base_k + ||base_k - other_k|| * u / ||u||, u ~ N(0, I)."""
     generator = torch.Generator().manual_seed(seed)
     u = torch.randn(flat(base, keys).numel(), generator=generator, dtype=torch.float64)
     distance = (flat(base, keys).double() - flat(other, keys).double()).norm()
-    step = (distance * u / u.norm()).float()
-    out, start = {}, 0
-    for key in keys:
-        size = base[key].numel()
-        out[key] = base[key] + step[start:start + size].view_as(base[key]).to(base[key].device)
-        start += size
-    return out
+    return add_flat(base, keys, (distance * u / u.norm()).float())
 
 
 def _evaluators(evaluate, tag: str):
@@ -202,8 +193,7 @@ def layer_curves(evaluate: Callable[[Mapping[str, torch.Tensor]], dict], state_a
         for index, (name, keys) in enumerate(progress(layers.items(), desc=f"{desc} {direction}", leave=False)):
             targets = [("interpolation", 0, other)]
             for draw, seed in enumerate(random_seeds):
-                targets.append(("random", draw, {**base, **random_endpoint(base, other, keys, draw_seed(
-                    seed, index, direction))}))
+                targets.append(("random", draw, random_endpoint(base, other, keys, draw_seed(seed, index, direction))))
             for kind, draw, target in targets:
                 for alpha in alphas:
                     # mix(base, target, alpha, keys): base with only layer k moved alpha of the way to target
@@ -293,10 +283,7 @@ def seed_metrics(endpoints: Mapping[str, dict], vit_summary: pd.DataFrame, cnn_g
     """
     m: dict[str, float] = dict(compare_alpha=float(cfg.compare_alpha), cnn_alpha=float(cfg.cnn_alpha),
                                n_vit_layers=float(vit_summary.layer.nunique()), max_step_norm_mismatch=step_mismatch)
-    for member, result in endpoints.items():
-        for split, values in result.items():
-            for metric, value in values.items():
-                m[f"vit_{metric}/{member}/{split}"] = float(value)
+    m.update(nested_metrics("vit", endpoints))
     for row in vit_summary.itertuples():
         m[f"vit_gap/{row.direction}/{row.split}/{row.layer}"] = float(row.gap)
     means = vit_summary.groupby(["direction", "split"])[["increase_interpolation", "increase_random"]].mean()
@@ -308,9 +295,7 @@ def seed_metrics(endpoints: Mapping[str, dict], vit_summary: pd.DataFrame, cnn_g
         m["n_cnn_checkpoints"] = float(len(epochs))
         for row in cnn_gap[(cnn_gap.split == "train") & cnn_gap.epoch.isin(epochs)].itertuples():
             m[f"cnn_gap/{row.direction}/train/{int(row.epoch)}/{row.layer}"] = float(row.gap)
-    if not all(np.isfinite(v) for v in m.values()):
-        raise ValueError(f"non-finite robustness metrics: {[k for k, v in m.items() if not np.isfinite(v)]}")
-    return m
+    return finite_metrics(m, "robustness")
 
 
 # ------------------------------------------------------------------------------------------------------- claims ---
@@ -384,8 +369,6 @@ def fig4_robustness(curves: pd.DataFrame, compare_alpha: float, split: str = "tr
     model, dashed = random directions of equal norm; line = mean, band = +-1 sd over seeds, or over the random draws
     for a single seed), then per direction the gap (interpolation - random loss increase) at compare_alpha per
     layer, train and test (bars: mean over seeds, error bars: sd). `curves` has a `seed` column."""
-    from llmc_utils import plotting  # imported here: config validation imports this module, seaborn is slow
-
     order = curves.drop_duplicates("layer").sort_values("layer_index").layer.tolist()
     loss, band = _seed_means(curves[(curves.split == split) & (curves.metric == "loss")],
                              ["layer", "direction", "kind", "alpha"])
@@ -418,8 +401,6 @@ def fig4_robustness_cnn(gaps: pd.DataFrame, alpha: float, split: str = "train"):
     """Fig. 4 for the CNN pair: per direction a heatmap of layers x checkpoints, cell = L(layer moved toward the
     other model) - mean L(moved as far in random directions) at `alpha`, mean over seeds, annotated "mean ± sd"
     (sd over seeds). Red: toward the other model is worse. `gaps` has a `seed` column."""
-    from llmc_utils import plotting
-
     df = gaps[gaps.split == split]
     stats = df.groupby(["direction", "layer", "layer_index", "epoch"]).gap.agg(["mean", "std"]).reset_index()
     layers = stats.drop_duplicates("layer").sort_values("layer_index").layer.tolist()
@@ -441,8 +422,3 @@ def fig4_robustness_cnn(gaps: pd.DataFrame, alpha: float, split: str = "train"):
     fig.tight_layout()
     return fig
 
-
-__all__ = ["RobustnessConfig", "DIRECTIONS", "CLAIMS", "SANITY_CHECKS", "vit_data", "cnn_splits", "check_pair_subset",
-           "train_pair", "check_endpoints", "random_endpoint", "layer_curves", "step_norm_mismatch", "loss_increase",
-           "checkpoint_comparison", "checkpoint_gap", "trained_epochs", "select_checkpoints", "seed_metrics", "fraction_beyond_margin",
-           "aggregate_vit_curves", "aggregate_cnn_gaps", "vit_gap_table", "fig4_robustness", "fig4_robustness_cnn"]

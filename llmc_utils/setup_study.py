@@ -15,9 +15,10 @@ It is not part of `dvc repro` (several times the 15-minute budget on 2 CPU cores
 
 Resumable: checkpoints go under `setup_study.scratch` (written atomically by the trainer, resumed on a rerun), each
 finished pair writes its rows once, and a rerun skips finished pairs. The result, results/setup_study/fig1_by_setup.csv
-(one row per variant, pair and length), is committed to git; the aggregate stage draws it (figA_setup_study) and the
-report shows the per-variant intervals and verdicts. A pair whose training diverges or ends at chance level is
-recorded as such (status column, message) and left out of the intervals; it never reaches a barrier.
+(one row per variant, pair and length), is committed to git; the report stage turns it into per-variant intervals
+and verdicts (results/report/setup_study_claims.csv) and draws them (figures/figA_setup_study.png). A pair whose
+training diverges or ends at chance level is recorded as such (status column, message) and left out of the
+intervals; it never reaches a barrier.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Literal
 import pandas as pd
 from pydantic import Field, model_validator
 
+from llmc_utils import plotting
 from llmc_utils.config import PositiveInt, Section
 
 RESULT = Path("results") / "setup_study" / "fig1_by_setup.csv"
@@ -85,7 +87,8 @@ def pair_rows(name: str, variant: Variant, repetition: int, cfg: SetupStudyConfi
     base = dict(variant=name, arch=variant.arch, width=variant.width, seed=repetition)
     try:
         pairs.train_pair(vcfg, images, workspace, repetition, device, processes)
-        splits = barriers.eval_splits(images, barrier_cfg, (vcfg.train_subset, vcfg.subset_seed), device)
+        splits = pairs.pair_splits(images, vcfg, barrier_cfg.train_subset, barrier_cfg.test_subset,
+                                   barrier_cfg.subset_seed, device)
         evaluator = LayerEvaluator(pairs.pair_model(workspace, repetition), splits, barrier_cfg.eval_batch_size,
                                    device, barrier_cfg.cache_activations)
         epochs = [e for e in pairs.pair_checkpoints(workspace, repetition)
@@ -145,7 +148,6 @@ def verdict_grid(claims: pd.DataFrame) -> pd.DataFrame:
 def figure(claims: pd.DataFrame, report_cfg):
     """One panel per Fig. 1 claim: each variant's mean and 95 % interval against training length, with the
     criterion's threshold; a point whose interval lies on the threshold's good side is a reproduced verdict."""
-    from llmc_utils import plotting
     from llmc_utils.barriers import CLAIMS
 
     fig, axes = plotting.panels(len(CLAIMS), width=4.6, height=3.6)

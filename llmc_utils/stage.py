@@ -19,6 +19,7 @@ import torch
 from llmc_utils.config import RuntimeConfig, Section, get_section, load_params, to_yaml
 
 _progress_enabled = True
+_progress_mininterval = 0.1  # seconds between refreshes; worker processes raise it (see trainer._train_in_worker)
 
 
 def quiet() -> bool:
@@ -30,6 +31,7 @@ def progress(iterable=None, **kwargs):
     """tqdm (notebook-aware) that follows runtime.progress and LLMC_QUIET."""
     from tqdm.auto import tqdm
 
+    kwargs.setdefault("mininterval", _progress_mininterval)
     return tqdm(iterable, disable=not _progress_enabled or quiet(), dynamic_ncols=True, **kwargs)
 
 
@@ -86,11 +88,14 @@ def setup(name: str, params_file: str | Path, workspace: str | Path, verbose: bo
           seed: int | None = None) -> Stage:
     """Validate the whole params file, configure torch, print this stage's config, and return the Stage.
 
-    `seed` is the repetition index of a repeated stage (see the module docstring)."""
+    `seed` is the repetition index of a repeated stage (see the module docstring); a section with
+    `for_repetition(r)` (its seeds offset for repetition r) becomes st.config as that repetition runs it."""
     global _progress_enabled
     params = load_params(params_file)
     runtime = get_section(params, "runtime")
     config = get_section(params, name)
+    if seed is not None and hasattr(config, "for_repetition"):
+        config = config.for_repetition(seed)  # the section as repetition r runs it: every seed offset
     # runtime.num_threads for every stage, unless the stage's own section sets `threads` (tiny-op stages run faster
     # on one thread); fixed either way, so numbers and timings are reproducible
     torch.set_num_threads(getattr(config, "threads", None) or runtime.num_threads)

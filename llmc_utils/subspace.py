@@ -22,21 +22,22 @@ largest sigma exceeds the null space's by more than report.tie_margin. Repetitio
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Callable, Literal, Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from llmc_utils.claims import Claim, SanityCheck
+from llmc_utils import plotting
+from llmc_utils.claims import Claim, SanityCheck, finite_metrics, nested_metrics
 from llmc_utils.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Section, repetition_seed
 from llmc_utils.io import read_seed_tables
-from llmc_utils.layers import StateDict, flat, logical_layers
+from llmc_utils.layers import StateDict, add_flat, flat, logical_layers
 from llmc_utils.models import MLP
-from llmc_utils.trainer import OptimConfig, check_not_chance, load_weights, train_model
+from llmc_utils.trainer import OptimConfig, check_not_chance, load_weights, train_members
 
 Dataset = Literal["synthetic", "fashion_mnist"]
 Variant = Literal["snapshots", "final_only"]
@@ -96,6 +97,10 @@ class SubspacePerturbationsConfig(Section):
         return dict(synthetic_seed=self.synthetic_seed, subset_seed=self.subset_seed, init_seed=self.init_seed,
                     data_seed_a=self.data_seed_a, data_seed_b=self.data_seed_b, draw_seed=self.draw_seed)
 
+    def data_seeds(self) -> dict[str, int]:
+        """{"A": data seed, "B": data seed}: each run's order over its own half (both start from init_seed)."""
+        return {"A": self.data_seed_a, "B": self.data_seed_b}
+
     def snapshot_epochs(self) -> list[int]:
         return sorted(set(range(0, self.optim.epochs + 1, self.snapshot_every)) | {self.optim.epochs})
 
@@ -118,20 +123,19 @@ def fashion_data(cfg: SubspacePerturbationsConfig, images) -> dict[str, torch.Te
 
 
 def train_halves(cfg: SubspacePerturbationsConfig, tensors: Mapping[str, torch.Tensor], n_classes: int,
-                 run_root: Path) -> tuple[Callable[[], nn.Module], dict[str, list[Path]]]:
-    """Train A on one half and B on the other (same init); returns (model factory, {member: snapshot paths})."""
+                 run_root: Path, processes: int = 1) -> tuple[Callable[[], nn.Module], dict[str, list[Path]]]:
+    """Train A on one half and B on the other (same init); returns (model factory, {member: snapshot paths}).
+    `processes`: see trainer.train_many."""
     x, y = tensors["x_train"], tensors["y_train"]
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.subset_seed))
     halves = {"A": order[: len(y) // 2], "B": order[len(y) // 2:]}
-    make = lambda: MLP(x.shape[1], cfg.hidden, n_classes)  # noqa: E731
-    runs = {}
-    for member, data_seed in (("A", cfg.data_seed_a), ("B", cfg.data_seed_b)):
-        idx = halves[member]
-        runs[member] = train_model(make, x[idx], y[idx], cfg.optim, init_seed=cfg.init_seed, data_seed=data_seed,
-                                   checkpoint_epochs=cfg.snapshot_epochs(), run_dir=Path(run_root) / member,
-                                   meta=dict(arch="mlp", hidden=list(cfg.hidden), n=len(y), half=member),
-                                   desc=f"MLP {member}")
-    return make, runs
+    make = partial(MLP, x.shape[1], list(cfg.hidden), n_classes)
+    members = {member: dict(x=x[halves[member]], y=y[halves[member]], data_seed=data_seed,
+                            run_dir=Path(run_root) / member,
+                            meta=dict(arch="mlp", hidden=list(cfg.hidden), n=len(y), half=member), desc=f"MLP {member}")
+               for member, data_seed in cfg.data_seeds().items()}
+    return make, train_members(members, processes, make_model=make, cfg=cfg.optim, init_seed=cfg.init_seed,
+                               checkpoint_epochs=cfg.snapshot_epochs())
 
 
 def load_snapshots(paths: Sequence[Path]) -> list[dict[str, torch.Tensor]]:
@@ -172,16 +176,6 @@ def null_space_vector(basis: torch.Tensor, generator: torch.Generator) -> torch.
     for _ in range(2):
         g = g - basis @ (basis.T @ g)
     return unit(g)
-
-
-def perturb(state: StateDict, keys: Sequence[str], direction: torch.Tensor, sigma: float) -> dict[str, torch.Tensor]:
-    """state with theta[keys] += sigma * direction (direction flat over keys); other tensors shared, not copied."""
-    out, start = dict(state), 0
-    for key in keys:
-        size = state[key].numel()
-        out[key] = state[key] + (sigma * direction[start:start + size]).view_as(state[key]).to(state[key].dtype)
-        start += size
-    return out
 
 
 def stack(columns: Sequence[StateDict], keys: Sequence[str]) -> torch.Tensor:
@@ -228,7 +222,7 @@ def perturbation_curves(evaluate: Callable[[StateDict], dict], columns: Sequence
         for kind, vectors in found.items():
             for draw, v in enumerate(vectors):
                 for sigma in sigmas:
-                    result = at_zero if sigma == 0.0 else evaluate(perturb(final_a, keys, v, sigma))
+                    result = at_zero if sigma == 0.0 else evaluate(add_flat(final_a, keys, sigma * v))
                     rows += [dict(scope=scope, kind=kind, draw=draw, sigma=sigma, split=split, metric=metric,
                                   value=value)
                              for split, metrics in result.items() for metric, value in metrics.items()]
@@ -247,7 +241,7 @@ def check_endpoints(endpoints: Mapping[str, Mapping[str, dict]], n_classes: Mapp
     """trainer.check_not_chance on the final test error of both MLPs of every dataset: a degenerate model stops the
     stage. `endpoints[dataset][member]` = {"loss", "error"} on the test split."""
     for dataset, members in endpoints.items():
-        for member, data_seed in (("A", cfg.data_seed_a), ("B", cfg.data_seed_b)):
+        for member, data_seed in cfg.data_seeds().items():
             check_not_chance(members[member]["error"], n_classes[dataset],
                              f"MLP {member} on {dataset}, repetition {repetition} (init seed {cfg.init_seed}, "
                              f"data seed {data_seed})", cfg.optim.epochs)
@@ -264,17 +258,12 @@ def seed_metrics(at_max: pd.DataFrame, spans: pd.DataFrame, endpoints: Mapping[s
     null_max_cosine: the orthogonality check. No threshold is applied here: the claims apply report.tie_margin.
     """
     m: dict[str, float] = dict(sigma_max=float(sigma_max), null_max_cosine=float(spans.null_max_cosine.max()))
-    for dataset, members in endpoints.items():
-        for member, values in members.items():
-            for metric, value in values.items():
-                m[f"endpoint_{metric}/{dataset}/{member}"] = float(value)
+    m.update(nested_metrics("endpoint", endpoints))
     for row in spans.itertuples():
         m[f"subspace_rank/{row.dataset}/{row.variant}/{row.scope}"] = float(row.subspace_rank)
     for row in at_max[at_max.split == "test"].itertuples():
         m[f"loss/{row.dataset}/{row.variant}/{row.scope}/{row.kind}"] = float(row.mean)
-    if not all(np.isfinite(v) for v in m.values()):
-        raise ValueError(f"non-finite subspace metrics: {[k for k, v in m.items() if not np.isfinite(v)]}")
-    return m
+    return finite_metrics(m, "subspace")
 
 
 # ------------------------------------------------------------------------------------------------------- claims ---
@@ -339,8 +328,6 @@ def fig5_subspace_perturbations(curves: pd.DataFrame, scopes: Sequence[str] | No
     restricts them); test loss of model A against sigma per kind of direction (the two signs of the averaging
     direction apart). Line = mean, band = +-1 sd over seeds (for a single seed: over the random draws). `curves` has
     a `seed` column."""
-    from llmc_utils import plotting  # imported here: config validation imports this module, seaborn is slow
-
     loss = curves[(curves.metric == "loss") & (curves.split == "test")]
     scopes = [s for s in dict.fromkeys(loss.scope) if scopes is None or s in scopes]  # the order of the table
     rows = list(dict.fromkeys(zip(loss.dataset, loss.variant)))

@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -262,11 +262,14 @@ def train_model(make_model: Callable[[], torch.nn.Module], x: torch.Tensor, y: t
 
 
 def _train_in_worker(job: dict, show_progress: bool) -> list[Path]:
-    """One train_model call in a worker process of train_many: one thread, the parent's progress setting."""
+    """One train_model call in a worker process of train_many: one thread, the parent's progress setting. A worker's
+    bar is plain text on the notebook's stderr, where every refresh becomes a line of the executed notebook: it
+    refreshes every 10 s instead of 10 times a second."""
     from llmc_utils import stage
 
     torch.set_num_threads(1)
     stage._progress_enabled = show_progress
+    stage._progress_mininterval = 10.0
     return train_model(**{k: torch.from_numpy(v) if k in ("x", "y") else v for k, v in job.items()})
 
 
@@ -281,8 +284,10 @@ def train_many(jobs: Sequence[dict], processes: int = 1) -> list[list[Path]]:
     module-level function or functools.partial, not a lambda). Every worker uses one thread, so the numbers do not
     depend on `processes` (any value above 1; more processes than cores still helps when three equal runs share two
     cores); processes = 1 trains in this process with the stage's thread count, which gives other last digits.
+    Jobs whose data sit on an accelerator (x not on the CPU) always train one after the other in this process, so a
+    stage passes runtime.train_processes whatever its device.
     """
-    if processes <= 1 or len(jobs) < 2:
+    if processes <= 1 or len(jobs) < 2 or any(job["x"].device.type != "cpu" for job in jobs):
         return [train_model(**job) for job in jobs]
     from concurrent.futures import ProcessPoolExecutor
 
@@ -295,6 +300,13 @@ def train_many(jobs: Sequence[dict], processes: int = 1) -> list[list[Path]]:
         futures = [pool.submit(_train_in_worker, {k: v.numpy() if k in ("x", "y") else v for k, v in job.items()},
                                stage._progress_enabled) for job in jobs]
         return [f.result() for f in futures]  # re-raises a worker's TrainingDiverged here, by name
+
+
+def train_members(members: Mapping[str, Mapping], processes: int = 1, **shared) -> dict[str, list[Path]]:
+    """Train the named members of a pair (A, B; the language model's A, B, B') with train_many: each member's
+    train_model arguments over the `shared` ones; {name: checkpoint paths}, in the order of `members`."""
+    jobs = [{**shared, **own} for own in members.values()]
+    return dict(zip(members, train_many(jobs, processes)))
 
 
 def load_weights(path: Path, meta: dict | None = None) -> dict[str, torch.Tensor]:

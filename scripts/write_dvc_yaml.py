@@ -94,7 +94,8 @@ def papermill(notebook: str, repeated: bool) -> str:
 
 
 def uncached(paths):
-    """Small results are committed to git (cache: false); prepared data stays in DVC's cache."""
+    """Small results, figures and the executed notebooks are committed to git (cache: false), so a clone without a DVC
+    remote shows the real run; prepared data and model checkpoints stay in DVC's cache."""
     return [p if p.startswith("data/") else {p: {"cache": False}} for p in paths]
 
 
@@ -109,8 +110,8 @@ def stage_entry(name, spec):
         "cmd": papermill(notebook, bool(reps)),
         "deps": code_deps(notebook) + data_deps,
         "params": params + RUNTIME_PARAMS,
-        "outs": ([{p: {"persist": True}} for p in extra.get("persist", [])] + extra.get("models", []) + [executed]
-                 + uncached(outs) + figure_outs(extra.get("figures", []))),
+        "outs": ([{p: {"persist": True}} for p in extra.get("persist", [])] + extra.get("models", [])
+                 + uncached([executed] + outs) + figure_outs(extra.get("figures", []))),
         "metrics": uncached(metrics),
     }
     return {"foreach": f"${{repetitions.{reps}}}", "do": body} if reps else body
@@ -131,7 +132,7 @@ def gather_stages(aggregate_figures: list[str]) -> dict:
         # the sections whose settings the figures read (bases, alphas, schemes), beside the repetitions
         "params": ["repetitions"] + [n for n in repeated if n != "train_pairs"] + [
             "report.partial_minus_full_points", "report.tie_margin", *RUNTIME_PARAMS],
-        "outs": ["reports/executed/09_aggregate.ipynb"] + uncached(["results/aggregate"]) + figure_outs(aggregate_figures),
+        "outs": uncached(["reports/executed/09_aggregate.ipynb", "results/aggregate"]) + figure_outs(aggregate_figures),
     }
     from llmc_utils.report import FIGURES
     from llmc_utils.setup_study import RESULT as SETUP_STUDY_RESULT
@@ -145,7 +146,8 @@ def gather_stages(aggregate_figures: list[str]) -> dict:
                  # the appendix setup study runs outside dvc repro; its committed table is an input here
                  + [str(SETUP_STUDY_RESULT)]),
         "params": ["report", "repetitions", *RUNTIME_PARAMS],
-        "outs": (["reports/executed/10_report.ipynb"] + uncached(["results/report", "reports/report.html", "reports/results.md"])
+        "outs": (uncached(["reports/executed/10_report.ipynb", "results/report", "reports/report.html",
+                           "reports/results.md"])
                  + figure_outs(["figA_setup_study"])),
         "metrics": uncached(["metrics/report.json"]),
     }
@@ -174,6 +176,27 @@ def after_check(stages: dict) -> dict:
     return {"check_params": check_stage(), **stages}
 
 
+def plots(params: dict) -> list:
+    """Top-level `plots:` for `dvc plots show/diff`: every figure as an image, and data series from small per-repetition
+    CSVs (one line per repetition and column). The repetitions are read from params.yaml when this script runs: after
+    changing a `repetitions` list, rerun it so the data plots list the new repetitions too."""
+    from llmc_utils.report import FIGURES
+
+    reps = params["repetitions"]["train_pairs"]
+    alpha = params["layerwise_barriers"]["heatmap_alpha"]
+    series = [
+        {"fig1_full_vs_largest_single_layer": {
+            "title": f"Fig. 1 per pair: full vs largest |single-layer| train-loss barrier (alpha {alpha}), per checkpoint",
+            "x": "epoch", "x_label": "epoch", "y_label": "barrier (nats)",
+            "y": {f"results/layerwise_barriers/seed_{r}/full_vs_single.csv": ["full", "largest_single"] for r in reps}}},
+        {"pair_test_error": {
+            "title": "Training pairs: test error of A and B per checkpoint",
+            "x": "epoch", "x_label": "epoch", "y_label": "test error (%)",
+            "y": {f"results/train_pairs/seed_{r}/test_error.csv": ["A", "B"] for r in reps}}},
+    ]
+    return [f"figures/{stem}.png" for stem, _ in FIGURES] + ["figures/figA_setup_study.png"] + series
+
+
 if __name__ == "__main__":
     stages = {name: stage_entry(name, spec) for name, spec in STAGES.items()}
     stages.update(gather_stages(AGGREGATE_FIGURES))
@@ -181,5 +204,7 @@ if __name__ == "__main__":
     header = ("# Written by scripts/write_dvc_yaml.py (code deps computed from each notebook's imports); edit the table\n"
               "# there and rerun it. `dvc repro` regenerates every figure of the default profile; repeated stages run\n"
               "# once per index of the `repetitions` section of params.yaml (stage@index).\n")
-    (ROOT / "dvc.yaml").write_text(header + yaml.safe_dump({"stages": stages}, sort_keys=False, width=120))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (ROOT / "dvc.yaml").write_text(header + yaml.safe_dump({"stages": stages, "plots": plots(params)}, sort_keys=False,
+                                                           width=120))
     print(f"wrote dvc.yaml: {len(stages)} stages")

@@ -6,10 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from llmc_utils.barriers import FULL, LayerwiseBarriersConfig, barrier_table, max_over_alpha, wide
-from llmc_utils.evaluation import LayerEvaluator
+from llmc_utils.barriers import LayerwiseBarriersConfig, barrier_table, max_over_alpha, wide
 from llmc_utils.config import ParamsError, validate_params
-from llmc_utils.evaluation import Evaluator, barrier
+from llmc_utils.evaluation import FULL, Evaluator, LayerEvaluator, barrier
 from llmc_utils.layers import logical_layers, mix
 
 

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from llmc_utils.barriers import LayerwiseBarriersConfig, barrier_table
-from llmc_utils.evaluation import LayerEvaluator
 from llmc_utils.config import ParamsError, validate_params
+from llmc_utils.evaluation import LayerEvaluator
 from llmc_utils.cumulative import (CumulativeAveragingConfig, cumulative_table, groups, layer_order, onset,
                                    outer_first, sliding_windows)
 
@@ -53,6 +53,12 @@ def test_all_layers_averaged_is_the_full_barrier():
     assert last.barrier.values == pytest.approx([full_loss] * len(last), abs=1e-5)
     first = table[(table.order == "shallow_to_deep") & (table.j == 1) & (table.metric == "loss")]
     assert first.layers.tolist() == ["0", "0"]
+    # the same row builder as the layer-wise table (evaluation.barrier_rows): averaging the first layer alone is the
+    # single-layer barrier of that layer, against the same endpoints
+    single = full[(full.layer_set == "0") & (full.metric == "loss")].set_index("base")
+    for row in first.itertuples():
+        assert (row.value_a, row.value_b) == pytest.approx((single.value_a[row.base], single.value_b[row.base]))
+        assert row.barrier == pytest.approx(single.barrier[row.base], abs=1e-6)
     j = onset(table, "shallow_to_deep", fraction=0.5)
     assert j is None or 1 <= j <= 3
 

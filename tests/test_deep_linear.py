@@ -149,7 +149,7 @@ def test_theorem_check_on_a_small_run():
     assert trained < 0.5 * random  # gradient descent really trained the endpoints
     table = dl.nonconvex_table(cuts)
     assert set(table.group) == {"single layer", "two layers", "all layers"}
-    # SPEC barriers against the full models: the full path's max over the grid is at least its midpoint value
+    # barriers against the two full models (docs/method.md): the full path's max over the grid is at least its midpoint value
     full = cuts[cuts.n_layers == cuts.depth]
     assert (full.barrier_max >= full.barrier_mid - 1e-12).all()
     pairs = dl.pair_barriers(cuts, tie_rtol=cfg.tie_rtol)

@@ -65,3 +65,27 @@ def test_check_params_runs_first_and_every_stage_waits_for_it():
     assert list(PIPELINE)[0] == "check_params" and set(NOTEBOOK_STAGES) == set(PIPELINE) - {"check_params"}
     for name in NOTEBOOK_STAGES:
         assert str(STAMP) in PIPELINE[name].get("do", PIPELINE[name])["deps"], name
+
+
+def test_every_declared_plot_is_a_pipeline_output():
+    """`dvc plots show` renders what dvc.yaml declares: each plotted file lies in a stage's outputs (images: a figure
+    output; data series: a per-repetition results folder), and data plots name their x and y columns."""
+    from llmc_utils.report import FIGURES
+
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    reps = yaml.safe_load((ROOT / "params.yaml").read_text())["repetitions"]["train_pairs"]
+    outs = set()
+    for stage in dvc["stages"].values():
+        body = stage.get("do", stage)
+        for out in body.get("outs", []):
+            path = next(iter(out)) if isinstance(out, dict) else out
+            outs |= {path.replace("${item}", str(r)) for r in reps} if "${item}" in path else {path}
+    images = [p for p in dvc["plots"] if isinstance(p, str)]
+    assert {f"figures/{stem}.png" for stem, _ in FIGURES} <= set(images)
+    assert set(images) <= outs
+    series = [next(iter(p.values())) for p in dvc["plots"] if isinstance(p, dict)]
+    assert series
+    for plot in series:
+        assert plot["x"] and all(plot["y"].values())
+        for path in plot["y"]:
+            assert any(path.startswith(out + "/") for out in outs), path

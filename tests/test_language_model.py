@@ -61,7 +61,7 @@ def test_gpt_forward_shapes_and_logical_layers():
     assert model(ids).shape == (3, 8, 11)
     assert model(ids[:, :5]).shape == (3, 5, 11)
     layers = list(logical_layers(model.state_dict()))
-    per_block = ["ln1", "attn.qkv", "attn.proj", "ln2", "mlp.fc", "mlp.proj"]
+    per_block = ["norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"]  # transformer.Block, as the ViT
     assert layers == ["tok_emb", "pos_emb", *[f"blocks.{b}.{n}" for b in range(2) for n in per_block], "ln_f", "head"]
     with pytest.raises(ValueError, match="exceeds the context"):
         model(torch.zeros(1, 9, dtype=torch.int64))

@@ -12,7 +12,8 @@ from llmc_utils import profiles
 from tests.conftest import ROOT
 
 DOCUMENTED = [  # every place that shows a command line of the CLI
-    ROOT / "llmc_utils" / "profiles.py", ROOT / "README.md", *sorted((ROOT / "profiles").glob("*.yaml"))]
+    ROOT / "llmc_utils" / "profiles.py", ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+    *sorted((ROOT / "profiles").glob("*.yaml"))]
 
 
 def documented_commands() -> list[list[str]]:

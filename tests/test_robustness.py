@@ -28,7 +28,7 @@ def test_random_endpoint_has_the_distance_of_the_other_model():
     a, b = toy_pair()
     keys = ["l1.weight", "l1.bias"]
     r = robustness.random_endpoint(a, b, keys, seed=3)
-    assert set(r) == set(keys)  # only the layer's tensors
+    assert set(r) == set(a) and all(r[k] is a[k] for k in a if k not in keys)  # only the layer moves; rest shared
     distance = (flat(a, keys) - flat(b, keys)).norm()
     assert torch.isclose((flat(r, keys) - flat(a, keys)).norm(), distance, rtol=1e-5)
     again, other = robustness.random_endpoint(a, b, keys, 3), robustness.random_endpoint(a, b, keys, 4)
@@ -179,14 +179,15 @@ def test_vit_train_split_is_made_of_training_images_and_test_is_not():
 
 
 def test_cnn_train_split_comes_from_the_pairs_training_subset():
-    from llmc_utils.pairs import TrainPairsConfig
+    from llmc_utils.pairs import TrainPairsConfig, pair_splits
 
     images = fake_images()
     pair_cfg = TrainPairsConfig(train_subset=80, subset_seed=5)
     pair_x, _ = images.split("train", pair_cfg.train_subset, pair_cfg.subset_seed)  # what train_pair trains on
-    splits = robustness.cnn_splits(robustness.RobustnessConfig(cnn_n_eval=40, n_eval=100, n_train=200), pair_cfg,
-                                   images)
+    cfg = robustness.RobustnessConfig(cnn_n_eval=40, n_eval=100, n_train=200)
+    splits = pair_splits(images, pair_cfg, cfg.cnn_n_eval, cfg.cnn_n_eval, cfg.subset_seed)  # as notebook 05
     assert splits["train"][0].shape[0] == 40 and rows_of(splits["train"][0]) <= rows_of(pair_x)
+    assert splits["test"][0].shape[0] == 40
 
 
 def test_check_pair_subset_rejects_another_training_subset(tmp_path):

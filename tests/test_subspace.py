@@ -7,7 +7,7 @@ import torch
 from llmc_utils import subspace
 from llmc_utils.config import ParamsError, validate_params
 from llmc_utils.evaluation import Evaluator
-from llmc_utils.layers import flat, logical_layers
+from llmc_utils.layers import add_flat, flat, logical_layers
 
 
 def test_basis_is_orthonormal_with_numerical_rank():
@@ -63,7 +63,7 @@ def test_snapshots_are_copies_and_null_vectors_are_orthogonal_to_all(tmp_path):
     assert len(away) == len(toward) == 1  # one fixed vector per sign
     assert torch.allclose(away[0], expected / expected.norm()) and torch.allclose(toward[0], -away[0])
     # -d moves A toward B: a step of ||A - B|| lands exactly on B
-    landed = flat(subspace.perturb(snaps_a[-1], keys, toward[0], float(expected.norm())), keys).double()
+    landed = flat(add_flat(snaps_a[-1], keys, float(expected.norm()) * toward[0]), keys).double()
     assert torch.allclose(landed, flat(snaps_b[-1], keys).double(), atol=1e-5)
     assert subspace.max_cosine(found["null space"], matrix) < 1e-9
 

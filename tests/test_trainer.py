@@ -118,3 +118,18 @@ def test_train_many_in_worker_processes_equals_one_thread_runs_in_process(toy, t
         assert all(torch.equal(a[k], b[k]) for k in a)
     first, second = (load_weights(p[-1]) for p in parallel)
     assert not torch.equal(first["1.weight"], second["1.weight"])  # two different runs, not one twice
+
+
+def test_train_members_merges_shared_arguments_and_keeps_accelerator_data_in_process(monkeypatch):
+    """train_members: each member's arguments over the shared ones, results by name; train_many trains jobs whose
+    data are not on the CPU one after the other in this process, whatever `processes` says (no worker is started:
+    a tensor on another device would not even reach one)."""
+    from llmc_utils import trainer
+
+    calls = []
+    monkeypatch.setattr(trainer, "train_model", lambda **job: calls.append(job) or [job["run_dir"]])
+    x = torch.empty(4, 2, device="meta")
+    paths = trainer.train_members({"A": dict(run_dir="a", data_seed=1), "B": dict(run_dir="b", data_seed=2)},
+                                  processes=3, x=x, y=x, data_seed=0, init_seed=7)
+    assert paths == {"A": ["a"], "B": ["b"]}
+    assert [(c["data_seed"], c["init_seed"], c["x"] is x) for c in calls] == [(1, 7, True), (2, 7, True)]
