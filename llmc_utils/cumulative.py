@@ -223,7 +223,7 @@ def heatmaps(tables: pd.DataFrame, orders, bases, split: str):
                                 height=0.45 * n_rows + 1.5)
     for ax, (base, order) in zip(axes, [(b, o) for b in bases for o in orders]):
         mean, sd = wide(tables, order, base, split)
-        plotting.heatmap(ax, mean, spread=sd if n > 1 else None, cbar_label=f"{split} loss barrier",
+        plotting.heatmap(ax, mean, spread=sd if n > 1 else None, cbar_label=f"{split} loss barrier", fmt=".2f",
                          title=f"{order.replace('_to_', '->')}, into {base}"
                                + (f" (mean ± sd, {n} pairs)" if n > 1 else ""))
         ax.set_xlabel("epoch")

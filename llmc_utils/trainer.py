@@ -254,7 +254,7 @@ def train_model(make_model: Callable[[], torch.nn.Module], x: torch.Tensor, y: t
         loss = sgd_epoch(model, optimizer, x, y, cfg.batch_size, generator, loss_fn, cfg.augment, cfg.grad_clip,
                          after_step=lambda: (scheduler.step(), bar.update(1)))
         check_finite(loss, f"{desc} (init seed {init_seed}, data seed {data_seed})", epoch)
-        bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+        bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)  # shown at the next timed refresh
         if epoch in checkpoint_epochs:
             save(epoch)
     bar.close()

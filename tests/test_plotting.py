@@ -1,0 +1,29 @@
+"""The one plotting helper: figures land as palette PNGs (small enough to commit and embed), atomically, and the
+mean ± spread annotation of heatmaps reads what the tables hold."""
+
+import math
+
+import pandas as pd
+from PIL import Image
+
+from llmc_utils import plotting
+
+
+def test_save_writes_a_palette_png_atomically(tmp_path):
+    fig, (ax,) = plotting.panels(1)
+    plotting.heatmap(ax, pd.DataFrame([[0.12, -0.03], [0.5, 0.0]], index=["full", "fc"], columns=[1, 2]), fmt=".2f")
+    paths = plotting.save(fig, tmp_path / "fig1_test", formats=("png", "pdf"))
+    assert paths == [tmp_path / "fig1_test.png", tmp_path / "fig1_test.pdf"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig1_test.pdf", "fig1_test.png"]  # no temporaries left
+    with Image.open(paths[0]) as image:
+        assert image.mode == "P" and image.size[0] > 100
+    assert paths[1].read_bytes().startswith(b"%PDF")
+
+
+def test_heatmap_annotates_mean_and_spread():
+    fig, (ax,) = plotting.panels(1)
+    mean = pd.DataFrame([[0.25, 1.0]], index=["full"], columns=[0, 1])
+    spread = pd.DataFrame([[0.05, math.nan]], index=["full"], columns=[0, 1])
+    plotting.heatmap(ax, mean, fmt=".2f", spread=spread)
+    texts = sorted(t.get_text() for t in ax.texts)
+    assert texts == ["0.25\n±0.05", "1.00"]  # one repetition (NaN spread): the mean alone
