@@ -9,6 +9,7 @@ report fail loudly rather than print a stale or invented number.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +26,9 @@ class ReportConfig(Section):
     min_theorem_cuts: PositiveInt = 1000  # Theorem 4.1 check must cover at least this many single-layer cuts
     majority: float = 0.5  # "most layers": a fraction strictly above this
     confidence: float = Field(0.95, gt=0.0, lt=1.0)  # of the Student-t interval over repetitions
+    # a verdict whose interval ends closer to its threshold than this many half-widths is marked "near threshold":
+    # rerun elsewhere (other last digits of training), it may turn inconclusive (claims.edge_margin)
+    near_threshold: NonNegativeFloat = 0.25
     # --- thresholds of the deep_linear claims ---
     minimal_ratio_rtol: PositiveFloat = 1e-9  # Fig. 3 identity: full/layer-2 ratio = (s^2-1)^2/4 to this relative error
     max_theorem_violations: int = Field(0, ge=0)  # Thm. 4.1: convexity violations + closed-form mismatches allowed
@@ -58,9 +62,24 @@ def load_metrics(metrics_dir: str | Path) -> dict[str, dict[int | None, dict]]:
 
 
 def claims_table(metrics: dict, cfg: ReportConfig, claims: list[Claim] | None = None) -> pd.DataFrame:
-    """One row per claim: source, statement, paper, criterion, n, mean, 95 % interval, three-state verdict."""
+    """One row per claim: source, statement, paper, criterion, n, mean, 95 % interval, three-state verdict, the
+    interval's edge margin to the threshold and whether it is under cfg.near_threshold."""
     claims = all_claims()[0] if claims is None else claims
-    return pd.DataFrame([evaluate(c, metrics, cfg, cfg.confidence) for c in claims])
+    rows = []
+    for claim in claims:
+        row = evaluate(claim, metrics, cfg, cfg.confidence)
+        rows.append(dict(row, edge_margin=edge_margin(row["low"], row["high"], claim.threshold_value(cfg))))
+    table = pd.DataFrame(rows)
+    return table.assign(near_threshold=table.edge_margin < cfg.near_threshold)
+
+
+def edge_margin(low: float, high: float, threshold: float) -> float:
+    """Distance from the threshold to the nearer end of the interval, in half-widths of the interval: how far the
+    interval must move (as when another CPU gives other last digits of training) before the verdict changes. Small
+    (below report.near_threshold) = a verdict that sits on its threshold; inf for a zero-width interval off it."""
+    half = (high - low) / 2
+    distance = min(abs(low - threshold), abs(high - threshold))
+    return distance / half if half > 0 else (math.inf if distance > 0 else 0.0)
 
 
 def sanity_table(metrics: dict, cfg: ReportConfig, checks: list[SanityCheck] | None = None) -> pd.DataFrame:
@@ -72,6 +91,7 @@ def sanity_table(metrics: dict, cfg: ReportConfig, checks: list[SanityCheck] | N
 def summary(claims: pd.DataFrame, sanity: pd.DataFrame) -> dict:
     """Counts per verdict and the verdict of every claim (metrics/report.json; `dvc metrics diff` compares them)."""
     return dict(n_claims=len(claims), **{f"n_{v.replace(' ', '_')}": int((claims.verdict == v).sum()) for v in VERDICTS},
+                n_near_threshold=int(claims.near_threshold.sum()) if "near_threshold" in claims else 0,
                 n_sanity_checks=len(sanity), n_sanity_failed=int((~sanity.holds).sum()) if len(sanity) else 0,
                 verdicts={f"{r.source}: {r.claim}": r.verdict for r in claims.itertuples()})
 
@@ -135,11 +155,16 @@ def results_markdown(claims: pd.DataFrame, sanity: pd.DataFrame, findings: dict[
     def cell(text) -> str:  # a "|" inside a cell (as in "max |barrier|") would end it
         return str(text).replace("|", "\\|")
 
-    lines += [f"| {cell(r.source)} | {cell(r.claim)} | {r.n} | {_interval(r)} | {cell(r.criterion)} | **{r.verdict}** |"
-              for r in claims.itertuples()]
+    near = claims.near_threshold if "near_threshold" in claims else pd.Series(False, index=claims.index)
+    lines += [f"| {cell(r.source)} | {cell(r.claim)} | {r.n} | {_interval(r)} | {cell(r.criterion)} | **{r.verdict}**"
+              + (" (near threshold)" if is_near else "") + " |" for r, is_near in zip(claims.itertuples(), near)]
     counts = claims.verdict.value_counts()
     lines += ["", "In all: " + ", ".join(f"{int(counts.get(v, 0))} {v}" for v in VERDICTS)
               + f"; sanity checks of the setup: {int(sanity.holds.sum()) if len(sanity) else 0} of {len(sanity)} hold."]
+    if near.any():
+        lines += [f"{int(near.sum())} verdict(s) marked *near threshold*: the interval ends closer to the threshold "
+                  "than report.near_threshold of its half-width, so the last digits of training on another machine may "
+                  "change them (a decided verdict may turn inconclusive, an inconclusive one may be decided)."]
     if findings:
         lines += ["", "Where a claim does not reproduce, located:", ""]
         lines += [f"- **{name}**: {sentence}" for name, sentence in findings.items()]

@@ -114,7 +114,8 @@ def test_claims_table_columns_and_summary_counts():
         full_barrier_train_loss_last=[1.5, 1.6, 1.4], max_abs_single_layer_barrier=[0.3, 0.4, 0.5],
         max_abs_single_layer_barrier_last=[0.2, 0.6, 0.4])))}
     table = report.claims_table(metrics, CFG, barriers.CLAIMS)
-    assert list(table.columns) == ["source", "claim", "paper", "criterion", "n", "mean", "low", "high", "verdict"]
+    assert list(table.columns) == ["source", "claim", "paper", "criterion", "n", "mean", "low", "high", "verdict",
+                                   "edge_margin", "near_threshold"]
     assert list(table.verdict) == ["reproduced", "not reproduced", "inconclusive"]
     summary = report.summary(table, report.sanity_table(metrics, CFG, []))
     assert (summary["n_reproduced"], summary["n_not_reproduced"], summary["n_inconclusive"]) == (1, 1, 1)
@@ -155,3 +156,20 @@ def test_readme_results_block_states_the_configured_confidence():
     claims_df, sanity = _one_claim_table()
     assert "with a 95 % interval" in report.results_markdown(claims_df, sanity, {})
     assert "with a 90 % interval" in report.results_markdown(claims_df, sanity, {}, confidence=0.9)
+
+
+def test_edge_margin_marks_verdicts_that_sit_on_their_threshold():
+    from llmc_utils.report import edge_margin
+
+    assert edge_margin(0.6, 1.0, 0.5) == pytest.approx(0.5)  # 0.1 away, half-width 0.2
+    assert edge_margin(0.4, 1.0, 0.5) == pytest.approx(1 / 3)  # straddling: the nearer end counts
+    assert edge_margin(1.0, 1.0, 0.5) == math.inf and edge_margin(0.5, 0.5, 0.5) == 0.0
+    # same claim, two sets of repetitions: one clears 0.1 by far, one ends just below it
+    far = {"layerwise_barriers": {r: {"max_abs_single_layer_barrier": v} for r, v in enumerate((0.02, 0.03, 0.01))}}
+    near = {"layerwise_barriers": {r: {"max_abs_single_layer_barrier": v} for r, v in enumerate((0.08, 0.085, 0.09))}}
+    tables = {name: report.claims_table(m, CFG, [barriers.CLAIMS[1]]) for name, m in (("far", far), ("near", near))}
+    assert list(tables["far"].near_threshold) == [False] and list(tables["near"].near_threshold) == [True]
+    assert tables["near"].verdict.iloc[0] == "reproduced"  # the mark does not change the verdict
+    block = report.results_markdown(tables["near"], _one_claim_table()[1], {})
+    assert "**reproduced** (near threshold)" in block and "1 verdict(s) marked *near threshold*" in block
+    assert "near threshold" not in report.results_markdown(tables["far"], _one_claim_table()[1], {})
