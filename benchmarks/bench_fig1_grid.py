@@ -25,8 +25,8 @@ from llmc_utils.evaluation import LayerEvaluator, checkpoint_barriers
 from llmc_utils.layers import logical_layers
 from llmc_utils.stage import resolve_device
 
-# (channels, height, width), classes and full test-set size of each dataset the profiles use
-DATASETS = {"fashion_mnist": ((1, 28, 28), 10, 10000), "cifar10": ((3, 32, 32), 10, 10000)}
+# (channels, height, width), classes, and full training and test-set sizes of each dataset the profiles use
+DATASETS = {"fashion_mnist": ((1, 28, 28), 10, 60000, 10000), "cifar10": ((3, 32, 32), 10, 50000, 10000)}
 
 
 def synchronize(device: torch.device) -> None:
@@ -58,9 +58,9 @@ def main() -> None:
     params = validate_params(profiles.load_profile(profiles.profile_path(args.profile)), source=args.profile)
     pair_cfg, cfg = get_section(params, "train_pairs"), get_section(params, "layerwise_barriers")
     dataset = get_section(params, "data").dataset
-    shape, n_classes, n_test = DATASETS[dataset]
-    n_train = cfg.train_subset or (pair_cfg.train_subset or 50000)
-    n_eval = {"train": n_train, "test": cfg.test_subset or n_test}
+    shape, n_classes, n_train, n_test = DATASETS[dataset]
+    # "train" images come from the pair's training subset (0 = all), "test" from the test set; 0 here = all of them
+    n_eval = {"train": cfg.train_subset or pair_cfg.train_subset or n_train, "test": cfg.test_subset or n_test}
     device = resolve_device(args.device)
     torch.manual_seed(0)
     splits = {split: (torch.randn(n, *shape, device=device), torch.randint(0, n_classes, (n,), device=device))
