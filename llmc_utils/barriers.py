@@ -163,7 +163,6 @@ def figure(tables: pd.DataFrame, bases, split: str = "train", metric: str = "los
     for ax, base in zip(axes, bases):
         mean, sd = means[base]
         plotting.heatmap(ax, mean, spread=sd if n > 1 else None, cbar_label=f"{metric} barrier",
-                         fmt=".2f" if metric == "loss" else ".1f",  # loss barriers: hundredths of a nat matter
                          title=f"{split} {metric} barrier, into {base} (alpha={alpha}; "
                                + (f"mean ± sd over {n} pairs)" if n > 1 else "one pair)"))
         ax.set_xlabel("epoch")
