@@ -5,9 +5,11 @@ and base, deep-copy the base state dict, write the averaged layer into it, load_
 it with a fresh DataLoader; the two endpoints are re-evaluated for every point. Engine: llmc_utils.barriers
 (endpoints once per checkpoint, shared tensors, functional_call, cached activations in front of the changed layer).
 
-Prints: wall time of both, the speed ratio (target >= 5x), the largest difference between the two barrier tables
-(must be <= 1e-5), and the achieved fraction of this machine's peak matmul FLOP/s for each (model FLOPs counted with
-torch.utils.flop_counter.FlopCounterMode; peak measured with a large torch.matmul).
+Prints, for the default pair's last checkpoints and then for one random pair each of the paper profile's ResNet18 and
+the tiny ViT (random images of their input shapes: a forward pass costs the same whatever the numbers): wall time of
+both, the speed ratio (target on the default grid: >= 4.5x), the FLOP ratio, the largest difference between the two
+barrier tables (must be <= 1e-5), where activations are cached, and the achieved fraction of this machine's peak matmul
+FLOP/s (model FLOPs counted with torch.utils.flop_counter.FlopCounterMode; peak measured with a large torch.matmul).
 
     python benchmarks/bench_engine.py [--params params.yaml] [--workspace .] [--checkpoints 3]
 Needs the pair checkpoints of the train_pairs stage (dvc repro -s train_pairs).
@@ -24,10 +26,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from llmc_utils import data, evaluation, pairs
+from llmc_utils import data, evaluation, models, pairs
 from llmc_utils.config import get_section, load_params
 from llmc_utils.evaluation import barrier
 from llmc_utils.layers import logical_layers
+from llmc_utils.vit import TinyViT, ViTConfig
 
 
 def naive_metrics(module, state, x, y, batch_size=256) -> float:
@@ -92,6 +95,8 @@ def main():
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--workspace", default=".")
     parser.add_argument("--checkpoints", type=int, default=3, help="the last N checkpoints of the pair")
+    parser.add_argument("--resnet-images", type=int, default=8, help="random images per split for resnet18")
+    parser.add_argument("--vit-images", type=int, default=300, help="random images per split for the tiny ViT")
     args = parser.parse_args()
 
     params = load_params(args.params)
@@ -110,11 +115,30 @@ def main():
 
     for epoch in epochs:
         load_pair(epoch)
-    module = pairs.pair_model(args.workspace)
-    evaluator = evaluation.LayerEvaluator(copy.deepcopy(module), splits, cfg.eval_batch_size)
-    print(f"grid: checkpoints {epochs}, {len(logical_layers(cache[epochs[0]][0]))} layers + full, bases A/B, "
-          f"alpha 0.5, splits { {s: len(y) for s, (x, y) in splits.items()} }, threads {torch.get_num_threads()}")
+    peak = peak_matmul_flops()
+    print(f"peak matmul (2048^2 fp32): {peak / 1e9:.1f} GFLOP/s, threads {torch.get_num_threads()}")
+    failed = compare("default pair", pairs.pair_model(args.workspace), load_pair, epochs, splits, cfg.eval_batch_size,
+                     peak)
+    # other architectures: two random initialisations (a forward pass costs the same whatever the weights), random
+    # images of their input shape, one checkpoint
+    for name, make, shape, n in (("resnet18 (paper profile)", lambda: models.build_model("resnet18", 3, 10, 32),
+                                  (3, 32, 32), args.resnet_images),
+                                 ("tiny ViT (Fig. 4)", lambda: TinyViT(ViTConfig()), (1, 28, 28), args.vit_images)):
+        torch.manual_seed(0)
+        module, other = make(), make()
+        # copies: the naive reference loads every state into `module`, which would overwrite tensors it shares
+        states = tuple({k: v.detach().clone() for k, v in m.state_dict().items()} for m in (module, other))
+        images_of = {s: (torch.randn(n, *shape), torch.randint(0, 10, (n,))) for s in ("train", "test")}
+        failed |= compare(name, module, lambda epoch: states, [0], images_of, cfg.eval_batch_size, peak)
+    if failed:
+        raise SystemExit(1)
 
+
+def compare(name, module, load_pair, epochs, splits, batch_size, peak: float) -> bool:
+    """Time engine and naive reference on one grid, print both with their FLOPs, the ratio and the largest barrier
+    difference; True when the difference exceeds the tolerance."""
+    evaluator = evaluation.LayerEvaluator(copy.deepcopy(module), splits, batch_size)
+    n_layers = len(logical_layers(load_pair(epochs[0])[0]))
     start = time.perf_counter()
     engine = engine_grid(evaluator, load_pair, epochs)
     engine_s = time.perf_counter() - start
@@ -122,23 +146,20 @@ def main():
     naive = naive_grid(module, load_pair, epochs, splits)
     naive_s = time.perf_counter() - start
 
-    diff = max(abs(engine[k] - naive[k]) for k in naive)
     assert set(engine) == set(naive), "the two grids cover different points"
+    diff = max(abs(engine[k] - naive[k]) for k in naive)
     engine_flops = counted_flops(lambda: engine_grid(evaluator, load_pair, epochs))
     per_sample = counted_flops(lambda: module(splits["train"][0][:1]))
-    n_evals_naive = len(epochs) * (1 + len(logical_layers(cache[epochs[0]][0]))) * 2 * 3
-    naive_flops = n_evals_naive * per_sample * sum(len(y) for _, y in splits.values())
-    peak = peak_matmul_flops()
-
-    print(f"naive : {naive_s:8.2f} s  {naive_flops / 1e9:8.1f} GFLOP  {naive_flops / naive_s / 1e9:6.1f} GFLOP/s "
-          f"({100 * naive_flops / naive_s / peak:.1f} % of peak)")
-    print(f"engine: {engine_s:8.2f} s  {engine_flops / 1e9:8.1f} GFLOP  {engine_flops / engine_s / 1e9:6.1f} GFLOP/s "
-          f"({100 * engine_flops / engine_s / peak:.1f} % of peak)")
-    print(f"peak matmul (2048^2 fp32): {peak / 1e9:.1f} GFLOP/s")
-    print(f"speed ratio naive/engine: {naive_s / engine_s:.1f}x (target >= 5x)")
-    print(f"max |barrier difference| engine vs naive: {diff:.2e} ({'OK' if diff <= 1e-5 else 'FAIL'}: tolerance 1e-5)")
-    if diff > 1e-5:
-        raise SystemExit(1)
+    naive_flops = len(epochs) * (1 + n_layers) * 2 * 3 * per_sample * sum(len(y) for _, y in splits.values())
+    cached = "cache at " + ", ".join(evaluator.boundaries) if evaluator.enabled else "no cache: " + evaluator.cache_reason
+    print(f"\n{name}: checkpoints {epochs}, {n_layers} layers + full, bases A/B, alpha 0.5, splits "
+          f"{ {s: len(y) for s, (x, y) in splits.items()} }; {cached}")
+    for label, seconds, flops in (("naive ", naive_s, naive_flops), ("engine", engine_s, engine_flops)):
+        print(f"  {label}: {seconds:8.2f} s  {flops / 1e9:8.1f} GFLOP  {flops / seconds / 1e9:6.1f} GFLOP/s "
+              f"({100 * flops / seconds / peak:.0f} % of peak)")
+    print(f"  speed ratio naive/engine: {naive_s / engine_s:.1f}x; FLOP ratio {naive_flops / engine_flops:.1f}x")
+    print(f"  max |barrier difference| engine vs naive: {diff:.2e} ({'OK' if diff <= 1e-5 else 'FAIL'}: tolerance 1e-5)")
+    return diff > 1e-5
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def main() -> None:
     print(f"profile {args.profile}: {spec['arch']} width {spec['width']}, {len(layers)} logical layers, "
           f"{sum(v.numel() for v in state_a.values()) / 1e6:.1f} M parameters; {n_eval['train']} train + "
           f"{n_eval['test']} test images; batch {evaluator.batch_size}; device {name}; activation cache "
-          f"{'on' if evaluator.enabled else 'off (not a plain nn.Sequential)'}")
+          f"{'on at ' + ', '.join(evaluator.boundaries) if evaluator.enabled else 'off: ' + evaluator.cache_reason}")
     for kind, alphas in (("grid", cfg.alphas), ("heatmap", [cfg.heatmap_alpha])):
         print(f"one checkpoint, alphas {alphas}: {models[kind]} models x {images} images in {seconds[kind]:.2f} s "
               f"({models[kind] * images / seconds[kind]:,.0f} images/s)")

@@ -39,7 +39,7 @@ class LayerwiseBarriersConfig(Section):
     eval_batch_size: PositiveInt = 256  # measured on 2 CPU cores: 2048 is 2.4x slower per image than 256
     epochs: list[NonNegativeInt] | None = None  # checkpoints to evaluate; null = every checkpoint of the pair
     layer_groups: dict[str, list[str]] | None = None  # override of the logical layers: {name: [state-dict keys]}
-    cache_activations: bool = True  # prefix caching for nn.Sequential models (same numbers, fewer FLOPs)
+    cache_activations: bool = True  # resume from cached activations at graph boundaries (same numbers, fewer FLOPs)
     claim_from_epoch: NonNegativeInt = 1  # single-layer claim: checkpoints from this epoch on (0 = init, trivial)
 
     @model_validator(mode="after")

@@ -36,7 +36,7 @@ VERDICTS = ("reproduced", "inconclusive", "not reproduced")
 
 # stage modules that define CLAIMS / SANITY_CHECKS, in the paper's order
 CLAIM_MODULES = ("llmc_utils.barriers", "llmc_utils.cumulative", "llmc_utils.deep_linear", "llmc_utils.robustness",
-                 "llmc_utils.subspace", "llmc_utils.federated", "llmc_utils.language_model")
+                 "llmc_utils.subspace", "llmc_utils.federated", "llmc_utils.language_model", "llmc_utils.alignment")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, \
@@ -34,6 +34,8 @@ SECTIONS: dict[str, str] = {
     "subspace_perturbations": "llmc_utils.subspace:SubspacePerturbationsConfig",
     "federated": "llmc_utils.federated:FederatedConfig",
     "language_model": "llmc_utils.language_model:LanguageModelConfig",
+    "alignment": "llmc_utils.alignment:AlignmentConfig",
+    "bn_reset": "llmc_utils.bn_reset:BNResetConfig",
     "aggregate": "llmc_utils.config:AggregateConfig",
     "setup_study": "llmc_utils.setup_study:SetupStudyConfig",
     "report": "llmc_utils.report:ReportConfig",
@@ -93,6 +95,13 @@ class RuntimeConfig(Section):
     # up to this many independent models of a stage (A and B of a pair) trained side by side, each in a one-thread
     # process, on a CPU (trainer.train_many; 1 = one after the other in the stage's own process with num_threads)
     train_processes: PositiveInt = 2
+    # how evaluations run (evaluation.set_speed; a GPU profile may turn these on): fp32 | tf32 (CUDA only) | bf16
+    # (autocast: other barriers in the last digits that matter; tests/test_engine_cache.py bounds and prints the
+    # change); channels_last images; the most memory (GiB) the cached activations of one evaluated endpoint may take
+    # (the deepest boundaries that fit are kept)
+    eval_precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+    channels_last: bool = False
+    cache_gb: PositiveFloat = 4.0
 
     @field_validator("device")
     @classmethod

@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 from llmc_utils import plotting
 from llmc_utils.claims import Claim
 from llmc_utils.config import Alpha, NonNegativeInt, PositiveFloat, PositiveInt, Section
-from llmc_utils.evaluation import LayerEvaluator, barrier_rows, endpoints
+from llmc_utils.evaluation import LayerEvaluator, barrier_rows, endpoints, evaluate_changed
 from llmc_utils.io import read_seed_tables
 from llmc_utils.layers import keys_of, logical_layers, mix
 
@@ -103,14 +103,16 @@ def groups(cfg: CumulativeAveragingConfig, names: Sequence[str]) -> list[dict]:
 
 
 def checkpoint_cumulative(evaluator: LayerEvaluator, epoch: int, state_a, state_b, cfg: CumulativeAveragingConfig,
-                          ) -> list[dict]:
+                          reset=None) -> list[dict]:
+    """Tidy rows of one checkpoint: every group of `groups`, both bases; `reset` (a normalization.BNReset)
+    re-estimates the BatchNorm statistics of every averaged model (evaluation.evaluate_changed)."""
     layers = logical_layers(state_a, cfg.layer_groups)
     ends = endpoints(evaluator, state_a, state_b, cfg.bases)
     rows = []
     for base in cfg.bases:
         for group in groups(cfg, list(layers)):
             keys = keys_of(layers, group["layers"])
-            metrics = evaluator.partial(mix(state_a, state_b, cfg.alpha, keys, base=base), base, keys)
+            metrics = evaluate_changed(evaluator, mix(state_a, state_b, cfg.alpha, keys, base=base), base, keys, reset)
             where = dict(epoch=epoch, order=group["order"], base=base, j=group["j"], n_layers=len(group["layers"]),
                          last_layer=group["layers"][-1], layers="+".join(group["layers"]))
             rows += barrier_rows(where, metrics, ends, cfg.alpha)

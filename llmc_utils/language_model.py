@@ -195,6 +195,14 @@ def prepare(cfg: LanguageModelConfig, repetition: int = 0) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------------- model
+@torch.fx.wrap
+def _check_context(t: int, context: int) -> None:
+    """ValueError for a sequence longer than the context. Wrapped for torch.fx: tracing records one call instead of
+    branching on the (symbolic) length, so CharGPT stays traceable and LayerEvaluator caches its activations."""
+    if t > context:
+        raise ValueError(f"sequence length {t} exceeds the context {context}")
+
+
 class CharGPT(torch.nn.Module):
     """Token + position embeddings, n_blocks causal pre-norm blocks (transformer.Block, MLP 4 x d_model), final
     LayerNorm, untied head: (N, T) ids -> (N, T, V) logits."""
@@ -210,8 +218,7 @@ class CharGPT(torch.nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         t = ids.shape[1]
-        if t > self.context:
-            raise ValueError(f"sequence length {t} exceeds the context {self.context}")
+        _check_context(t, self.context)
         x = self.tok_emb(ids) + self.pos_emb(torch.arange(t, device=ids.device))
         for block in self.blocks:
             x = block(x)

@@ -1,4 +1,5 @@
-"""Image classifiers WITHOUT normalization layers, as the paper trains them (so no BatchNorm statistics to re-fit).
+"""Image classifiers WITHOUT normalization layers, as the paper trains them (so no BatchNorm statistics to re-fit),
+and their BatchNorm variants for the normalization study (`cnn_bn`, `rescnn_bn`: a BatchNorm2d after every conv).
 
 * `rescnn` (default profile): a small ResNet without normalization (stem, three basic blocks, linear head) = 10
   logical layers, at the cost per image of the plain `cnn` (see ResCNN).
@@ -8,7 +9,10 @@
   max-pool: 21 logical layers (conv1, 16 block convs, 3 downsample convs, fc), as in the paper.
 * `vgg11` (paper appendix): the CIFAR-style VGG11 (8 conv + 1 linear = 9 logical layers) without BatchNorm.
 
-Every parameterised module is one logical layer (llmc_utils.layers): weight and bias of one module go together.
+Every parameterised module is one logical layer (llmc_utils.layers): weight and bias of one module go together. A
+BatchNorm's weight and bias form a logical layer too; its running statistics are buffers that travel with it (the
+`normalization` stage re-estimates them after interpolating: REPAIR's reset). Without normalization the state-dict
+keys are those of the earlier plain models (the BN slots are parameter-free nn.Identity), so old checkpoints load.
 """
 
 from __future__ import annotations
@@ -21,7 +25,11 @@ from torch import nn
 
 import llmc_utils  # noqa: F401  (applies the torchvision compatibility step before torchvision is imported)
 
-ARCHS = ("cnn", "rescnn", "resnet18", "vgg11")
+ARCHS = ("cnn", "rescnn", "resnet18", "vgg11", "cnn_bn", "rescnn_bn")
+
+
+def _norm(channels: int, norm: bool) -> nn.Module:
+    return nn.BatchNorm2d(channels) if norm else nn.Identity()
 
 
 def _after_stride2(size: int, times: int) -> int:
@@ -31,18 +39,22 @@ def _after_stride2(size: int, times: int) -> int:
 
 
 class CNN(nn.Sequential):
-    """conv(w) conv(w,/2) conv(2w) conv(2w,/2) conv(4w) conv(4w,/2) -> fc(128) -> fc(64) -> fc(classes), ReLU.
+    """conv(w) conv(w,/2) conv(2w) conv(2w,/2) conv(4w) conv(4w,/2) -> fc(128) -> fc(64) -> fc(classes), ReLU;
+    norm=True puts a BatchNorm2d bn<i> after conv<i> (arch `cnn_bn`: 15 logical layers).
 
     An nn.Sequential with named children (conv1..conv6, fc1..fc3), so the barrier engine can reuse the activations
     in front of a layer that an interpolation leaves unchanged (llmc_utils.barriers).
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28, width: int = 16):
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28, width: int = 16,
+                 norm: bool = False):
         w = width
         plan = [(in_channels, w, 1), (w, w, 2), (w, 2 * w, 1), (2 * w, 2 * w, 2), (2 * w, 4 * w, 1), (4 * w, 4 * w, 2)]
         children: dict[str, nn.Module] = {}
         for i, (cin, cout, stride) in enumerate(plan, start=1):
             children[f"conv{i}"] = nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
+            if norm:
+                children[f"bn{i}"] = nn.BatchNorm2d(cout)
             children[f"relu{i}"] = nn.ReLU()
         side = _after_stride2(image_size, 3)
         children["flatten"] = nn.Flatten()
@@ -59,17 +71,21 @@ class CNN(nn.Sequential):
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block without normalization: relu(conv2(relu(conv1(x))) + shortcut(x)); the shortcut is a 1x1
-    strided conv when the shape changes, else the identity."""
+    """ResNet basic block: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)); the shortcut is a 1x1 strided conv
+    (followed by a BatchNorm2d with norm) when the shape changes, else the identity. Without norm, bn1 and bn2 are
+    parameter-free identities."""
 
-    def __init__(self, cin: int, cout: int, stride: int):
+    def __init__(self, cin: int, cout: int, stride: int, norm: bool = False):
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
-        self.shortcut = nn.Conv2d(cin, cout, 1, stride=stride) if stride != 1 or cin != cout else nn.Identity()
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1), _norm(cout, norm)
+        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, padding=1), _norm(cout, norm)
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:
+            conv = nn.Conv2d(cin, cout, 1, stride=stride)
+            self.shortcut = nn.Sequential(conv, nn.BatchNorm2d(cout)) if norm else conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.conv2(torch.relu(self.conv1(x))) + self.shortcut(x))
+        return torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))) + self.shortcut(x))
 
 
 class ResCNN(nn.Sequential):
@@ -81,22 +97,27 @@ class ResCNN(nn.Sequential):
     An nn.Sequential of blocks, so the barrier engine caches the input of every block and re-runs only from the
     block that holds the averaged layer. Initialization as for ResNets without normalization (Fixup's idea, Zhang
     et al. 2019): He init everywhere except the last conv of each residual branch, which starts at a tenth of its He
-    scale, so that the residual sums do not grow with depth at the start of training.
+    scale, so that the residual sums do not grow with depth at the start of training. norm=True (arch `rescnn_bn`)
+    puts a BatchNorm2d after every conv (stem `bn`, block bn1/bn2, shortcut.1): 19 logical layers.
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16):
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16, norm: bool = False):
         w = width
+        stem = OrderedDict(stem=nn.Conv2d(in_channels, w, 3, stride=2, padding=1))
+        if norm:
+            stem["bn"] = nn.BatchNorm2d(w)
         super().__init__(OrderedDict(
-            stem=nn.Conv2d(in_channels, w, 3, stride=2, padding=1), relu=nn.ReLU(),
-            block1=BasicBlock(w, w, 1), block2=BasicBlock(w, 2 * w, 2), block3=BasicBlock(2 * w, 4 * w, 2),
+            **stem, relu=nn.ReLU(), block1=BasicBlock(w, w, 1, norm), block2=BasicBlock(w, 2 * w, 2, norm),
+            block3=BasicBlock(2 * w, 4 * w, 2, norm),
             pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(4 * w, num_classes)))
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
                 nn.init.zeros_(module.bias)
-        for block in (self.block1, self.block2, self.block3):
-            with torch.no_grad():
-                block.conv2.weight.mul_(0.1)
+        if not norm:  # with BatchNorm the scale of conv2 is normalised away: nothing to damp
+            for block in (self.block1, self.block2, self.block3):
+                with torch.no_grad():
+                    block.conv2.weight.mul_(0.1)
 
 
 def resnet18(in_channels: int = 3, num_classes: int = 10, width: int = 64) -> nn.Module:
@@ -135,10 +156,10 @@ class VGG11(nn.Module):
 
 def build_model(name: str, in_channels: int, num_classes: int, image_size: int, **kw) -> nn.Module:
     """The model named `name` for images (in_channels, image_size, image_size); kw: width."""
-    if name == "cnn":
-        return CNN(in_channels, num_classes, image_size, width=kw.get("width", 16))
-    if name == "rescnn":
-        return ResCNN(in_channels, num_classes, width=kw.get("width", 16))
+    if name in ("cnn", "cnn_bn"):
+        return CNN(in_channels, num_classes, image_size, width=kw.get("width", 16), norm=name == "cnn_bn")
+    if name in ("rescnn", "rescnn_bn"):
+        return ResCNN(in_channels, num_classes, width=kw.get("width", 16), norm=name == "rescnn_bn")
     if name == "resnet18":
         return resnet18(in_channels, num_classes, width=kw.get("width", 64))
     if name == "vgg11":

@@ -35,7 +35,6 @@ from llmc_utils.stage import Stage
 from llmc_utils.trainer import OptimConfig, train_members
 
 PAIR_DIR = Path("models") / "pair"
-STALE_DIR = Path("models") / "stale" / "pair"  # checkpoints of an earlier configuration, moved aside by train_model
 
 
 def pair_dir(workspace: str | Path, repetition: int) -> Path:
@@ -43,7 +42,7 @@ def pair_dir(workspace: str | Path, repetition: int) -> Path:
 
 
 class TrainPairsConfig(Section):
-    arch: Literal["cnn", "rescnn", "resnet18", "vgg11"] = "cnn"
+    arch: Literal["cnn", "rescnn", "resnet18", "vgg11", "cnn_bn", "rescnn_bn"] = "cnn"
     width: PositiveInt = 16  # base channel count (cnn: 16; resnet18: must be 64; vgg11: 64 in the paper)
     train_subset: NonNegativeInt = 10000  # training images used (fixed random subset); 0 = the whole training set
     subset_seed: NonNegativeInt = 0
@@ -95,19 +94,23 @@ def make_model(spec: dict, device: torch.device | str = "cpu") -> torch.nn.Modul
 
 
 def train_pair(cfg: TrainPairsConfig, images, workspace: str | Path, repetition: int = 0,
-               device: torch.device | str = "cpu", processes: int = 1) -> dict[str, list[Path]]:
-    """Train A and B of pair `repetition` (resuming whatever is already on disk); returns {"A": paths, "B": paths}.
-    `processes` (runtime.train_processes): see trainer.train_many."""
+               device: torch.device | str = "cpu", processes: int = 1, run_root: Path | None = None
+               ) -> dict[str, list[Path]]:
+    """Train A and B of pair `repetition` (resuming whatever is already on disk) into run_root/{A,B} (default: the
+    pair's folder models/pair/seed_<r>); returns {"A": paths, "B": paths}. `processes` (runtime.train_processes):
+    see trainer.train_many."""
+    run_root = Path(run_root) if run_root is not None else pair_dir(workspace, repetition)
+    stale_root = Path(workspace) / "models" / "stale" / run_root.relative_to(Path(workspace) / "models")
     x, y = images.split("train", cfg.train_subset, cfg.subset_seed, device=device)
     spec = model_spec(cfg, images.shape, len(images.classes))
     members = {}
     for member in ("A", "B"):
         init_seed, data_seed = cfg.seeds(member, repetition)
         members[member] = dict(init_seed=init_seed, data_seed=data_seed,
-                               run_dir=pair_dir(workspace, repetition) / member,
+                               run_dir=run_root / member,
                                meta=dict(spec=spec, scheme=cfg.scheme, member=member, train_subset=cfg.train_subset,
                                          subset_seed=cfg.subset_seed, dataset=images.name),
-                               stale_dir=Path(workspace) / STALE_DIR / f"seed_{repetition}" / member,
+                               stale_dir=stale_root / member,
                                desc=f"train {member} of pair {repetition}")
     return train_members(members, processes, make_model=partial(make_model, spec, device), x=x, y=y, cfg=cfg.optim,
                          checkpoint_epochs=cfg.checkpoint_epochs)

@@ -133,6 +133,11 @@ FIGURES: list[tuple[str, str]] = [
     ("fig7_language_model", "Language model: full and largest single-layer barrier of char-level GPT pairs over "
                             "training, different-init and same-init pairs (mean ± sd over repetitions), and the "
                             "layer x checkpoint barriers of the claim's scheme."),
+    ("fig8_alignment", "Beyond the paper: Fig. 1 between A and B aligned to A by weight matching, beside the "
+                       "unaligned pair (mean ± sd over pairs)."),
+    ("fig8_alignment_cumulative", "Beyond the paper: Fig. 2 at the last checkpoint, unaligned and aligned."),
+    ("fig9_bn_reset", "Beyond the paper: a BatchNorm pair, full path and single-layer barriers, plain, with the BN "
+                      "reset, aligned and both."),
 ]
 
 
@@ -144,11 +149,41 @@ def _interval(r) -> str:
     return f"{r.mean:.3g} [{r.low:.3g}, {r.high:.3g}]"
 
 
+def beyond_the_paper(metrics: dict[str, dict[int | None, dict]]) -> list[str]:
+    """Markdown bullets with the numbers of the stages beyond the paper, from their metrics: per pair of the
+    alignment stage the full barrier before and after weight matching (mean ± sd over pairs) and the layers that keep
+    the largest barrier after it; the BatchNorm pair's full and largest single-layer barrier per variant."""
+    from llmc_utils.alignment import layer_summary
+    from llmc_utils.bn_reset import VARIANTS
+
+    def mean_sd(values, fmt=".2f") -> str:
+        s = pd.Series(values, dtype=float)
+        return f"{s.mean():{fmt}} ± {s.std(ddof=1):{fmt}}" if len(s) > 1 else f"{s.mean():{fmt}}"
+
+    lines = []
+    if per_pair := metrics.get("alignment"):
+        top = layer_summary(per_pair).head(3)
+        lines.append(
+            f"- **Permutation alignment** (weight matching, {len(per_pair)} pair(s), last checkpoint, train loss): full "
+            f"barrier {mean_sd([m['full_barrier_unaligned_last'] for m in per_pair.values()])} unaligned, "
+            f"{mean_sd([m['full_barrier_aligned_last'] for m in per_pair.values()])} aligned; hidden units left in "
+            f"place {mean_sd([100 * m['identity_fraction_last'] for m in per_pair.values()], '.0f')} %; largest "
+            "single-layer barriers after alignment (mean over pairs, worse base): "
+            + ", ".join(f"{r.layer} {r.barrier_mean:.2f}" for r in top.itertuples()) + ".")
+    if bn := metrics.get("bn_reset", {}).get(None):
+        lines.append("- **BatchNorm pair** (one pair, train loss at alpha 0.5; full / largest \|single layer\|): "
+                     + "; ".join(f"{v} {bn[v]['full_barrier']:.2f} / {bn[v]['max_abs_single_layer_barrier']:.2f}"
+                                 for v in VARIANTS if v in bn) + ".")
+    return lines
+
+
 def results_markdown(claims: pd.DataFrame, sanity: pd.DataFrame, findings: dict[str, str],
-                     study: pd.DataFrame | None = None, confidence: float = ReportConfig().confidence) -> str:
+                     study: pd.DataFrame | None = None, confidence: float = ReportConfig().confidence,
+                     beyond: list[str] | None = None) -> str:
     """The README's "Results" block: the claims table (n, mean [interval at `confidence`], criterion, verdict), the
-    located findings, the setup study's verdicts at its longest training, the sanity checks' count, and the Fig. 1/2
-    thumbnails. Written by the report stage from the computed tables, so it cannot drift from metrics/report.json."""
+    located findings, the setup study's verdicts at its longest training, the numbers beyond the paper
+    (`beyond_the_paper`), the sanity checks' count, and the Fig. 1/2 thumbnails. Written by the report stage from
+    the computed tables, so it cannot drift from metrics/report.json."""
     lines = [f"Claims measured by the last `dvc repro` (mean over n repetitions with a {100 * confidence:g} % "
              "interval; verdict from the whole interval):", "",
              "| source | claim | n | mean [interval] | criterion | verdict |", "| --- | --- | --- | --- | --- | --- |"]
@@ -175,6 +210,9 @@ def results_markdown(claims: pd.DataFrame, sanity: pd.DataFrame, findings: dict[
                   + "; ".join(
                       f"{name}: " + ", ".join(f"({i}) {v.verdict}" for i, v in enumerate(group.itertuples(), 1))
                       for name, group in longest.groupby("variant", sort=False)) + "."]
+    if beyond:
+        lines += ["", "Beyond the paper (descriptive numbers; the alignment claims are in the table above):", ""]
+        lines += beyond
     lines += [""] + [f"![{stem}](figures/{stem}.png)" for stem in THUMBNAILS]
     return "\n".join(lines) + "\n"
 

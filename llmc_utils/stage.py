@@ -100,6 +100,9 @@ def setup(name: str, params_file: str | Path, workspace: str | Path, verbose: bo
     # on one thread); fixed either way, so numbers and timings are reproducible
     torch.set_num_threads(getattr(config, "threads", None) or runtime.num_threads)
     _progress_enabled = runtime.progress
+    from llmc_utils.evaluation import set_speed
+
+    set_speed(runtime.eval_precision, runtime.channels_last, runtime.cache_gb)
     if quiet():
         warnings.filterwarnings("ignore")
     stage = Stage(name=name, config=config, runtime=runtime, workspace=Path(workspace), params=params,

@@ -44,6 +44,9 @@ class OptimConfig(Section):
     warmup_epochs: NonNegativeInt = 0
     augment: bool = False  # random crop (pad 2 for 28px, 4 for 32px) + horizontal flip
     grad_clip: NonNegativeFloat = 0.0  # 0 = off
+    # model and images in channels_last memory format: faster convolutions (measured on 2 CPU cores, CNN width 16,
+    # batch 64: 1.4x), other last digits; images only (4-D inputs), a no-op for token ids
+    channels_last: bool = False
 
 
 class TrainingDiverged(RuntimeError):
@@ -225,6 +228,8 @@ def train_model(make_model: Callable[[], torch.nn.Module], x: torch.Tensor, y: t
 
     torch.manual_seed(init_seed)
     model = perturb_init(make_model())
+    if cfg.channels_last and x.dim() == 4:  # batches drawn by indexing keep the format of x
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     generator = torch.Generator().manual_seed(data_seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(y) / cfg.batch_size)

@@ -51,6 +51,15 @@ STAGES = {
                                {"models": [f"models/subspace_perturbations/seed_{R}"]}),
     "federated": ("07_federated", "federated", ["federated", "report.partial_minus_full_points"], ["data/images.pt"], [f"results/federated/seed_{R}"],
                   [f"metrics/federated/seed_{R}.json"], {}),
+    "alignment": ("09_alignment", None,
+                  ["alignment", "layerwise_barriers", "cumulative_averaging", "train_pairs.train_subset",
+                   "train_pairs.subset_seed", "repetitions.train_pairs"],
+                  # every pair's checkpoints, and the unaligned tables the aligned ones are set beside
+                  ["data/images.pt", "models/pair", "results/layerwise_barriers", "results/cumulative_averaging"],
+                  ["results/alignment", "metrics/alignment"], [],  # metrics/alignment/seed_<r>.json: one per pair
+                  {"figures": ["fig8_alignment", "fig8_alignment_cumulative"]}),
+    "bn_reset": ("10_bn_reset", None, ["bn_reset", "train_pairs"], ["data/images.pt"], ["results/bn_reset"],
+                 ["metrics/bn_reset.json"], {"persist": ["models/bn_reset"], "figures": ["fig9_bn_reset"]}),
     "language_model": ("08_language_model", "language_model", ["language_model"], [],
                        [f"results/language_model/seed_{R}"], [f"metrics/language_model/seed_{R}.json"],
                        {"models": [f"models/language_model/seed_{R}"]}),
@@ -117,7 +126,7 @@ def stage_entry(name, spec):
     return {"foreach": f"${{repetitions.{reps}}}", "do": body} if reps else body
 
 
-# figures drawn from all repetitions by the aggregate stage (notebook 09)
+# figures drawn from all repetitions by the aggregate stage (notebook 11)
 AGGREGATE_FIGURES = ["fig1_layerwise_barriers", "fig1_layerwise_barriers_test_loss", "fig1_layerwise_barriers_train_error",
                      "fig1_layerwise_barriers_test_error", "fig_pair_training_curves", "fig_layer_geometry",
                      "fig2_cumulative_averaging", "fig2_cumulative_controls", "fig2_cumulative_last_checkpoint",
@@ -127,26 +136,26 @@ AGGREGATE_FIGURES = ["fig1_layerwise_barriers", "fig1_layerwise_barriers_test_lo
 def gather_stages(aggregate_figures: list[str]) -> dict:
     repeated = [n for n, s in STAGES.items() if s[1]]
     aggregate = {
-        "cmd": papermill("09_aggregate", False),
-        "deps": code_deps("09_aggregate") + [f"results/{n}" for n in repeated],
+        "cmd": papermill("11_aggregate", False),
+        "deps": code_deps("11_aggregate") + [f"results/{n}" for n in repeated],
         # the sections whose settings the figures read (bases, alphas, schemes), beside the repetitions
         "params": ["repetitions"] + [n for n in repeated if n != "train_pairs"] + [
             "report.partial_minus_full_points", "report.tie_margin", *RUNTIME_PARAMS],
-        "outs": uncached(["reports/executed/09_aggregate.ipynb", "results/aggregate"]) + figure_outs(aggregate_figures),
+        "outs": uncached(["reports/executed/11_aggregate.ipynb", "results/aggregate"]) + figure_outs(aggregate_figures),
     }
     from llmc_utils.report import FIGURES
     from llmc_utils.setup_study import RESULT as SETUP_STUDY_RESULT
 
     report = {
-        "cmd": (papermill("10_report", False) + " && jupyter nbconvert --to html --no-input --log-level WARN "
-                "--output-dir reports --output report reports/executed/10_report.ipynb"),
-        "deps": (code_deps("10_report") + [f"metrics/{n}" for n in repeated]
+        "cmd": (papermill("12_report", False) + " && jupyter nbconvert --to html --no-input --log-level WARN "
+                "--output-dir reports --output report reports/executed/12_report.ipynb"),
+        "deps": (code_deps("12_report") + [f"metrics/{n}" for n in repeated] + ["metrics/alignment"]
                  + [m for s in STAGES.values() if not s[1] for m in s[5]] + ["results/aggregate"]
                  + [f"figures/{stem}.png" for stem, _ in FIGURES]
                  # the appendix setup study runs outside dvc repro; its committed table is an input here
                  + [str(SETUP_STUDY_RESULT)]),
         "params": ["report", "repetitions", *RUNTIME_PARAMS],
-        "outs": (uncached(["reports/executed/10_report.ipynb", "results/report", "reports/report.html",
+        "outs": (uncached(["reports/executed/12_report.ipynb", "results/report", "reports/report.html",
                            "reports/results.md"])
                  + figure_outs(["figA_setup_study"])),
         "metrics": uncached(["metrics/report.json"]),

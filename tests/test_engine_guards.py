@@ -1,6 +1,6 @@
 """The engine defends itself: LayerEvaluator.partial() refuses a state that is not its cached endpoint with only
-`keys` changed (wrong tag, unlisted change, other keys), and activation caching is used only for a plain
-nn.Sequential, never for a subclass with its own forward (a residual block)."""
+`keys` changed (wrong tag, unlisted change, other keys), and activation caching never runs the children of a model
+with its own forward as a chain (a residual block whose skip spans the whole model has no boundary to resume at)."""
 
 import pytest
 import torch

@@ -173,3 +173,20 @@ def test_edge_margin_marks_verdicts_that_sit_on_their_threshold():
     block = report.results_markdown(tables["near"], _one_claim_table()[1], {})
     assert "**reproduced** (near threshold)" in block and "1 verdict(s) marked *near threshold*" in block
     assert "near threshold" not in report.results_markdown(tables["far"], _one_claim_table()[1], {})
+
+
+def test_beyond_the_paper_reads_the_numbers_of_both_stages():
+    pair = dict(full_barrier_unaligned_last=0.5, full_barrier_aligned_last=0.25, identity_fraction_last=0.1,
+                aligned_layer_barrier_last={"stem": 0.2, "fc": 0.05, "mid": 0.125},
+                aligned_layer_share_of_full_last={"stem": 0.8, "fc": 0.2, "mid": 0.5})
+    other = dict(pair, full_barrier_unaligned_last=0.7, full_barrier_aligned_last=0.35,
+                 aligned_layer_barrier_last={"stem": 0.0, "fc": 0.05, "mid": 0.325})
+    bn = {v: dict(full_barrier=f, max_abs_single_layer_barrier=f / 2)
+          for v, f in (("aligned+bn_reset", 0.1), ("plain", 0.8), ("bn_reset", 0.4), ("aligned", 0.6))}
+    lines = report.beyond_the_paper({"alignment": {0: pair, 1: other}, "bn_reset": {None: bn}})
+    assert len(lines) == 2
+    assert "2 pair(s)" in lines[0] and "0.60 ± 0.14 unaligned" in lines[0] and "0.30 ± 0.07 aligned" in lines[0]
+    assert "mid 0.23, stem 0.10, fc 0.05" in lines[0]  # largest mean barrier first
+    assert lines[1].index("plain 0.80 / 0.40") < lines[1].index("bn_reset 0.40 / 0.20") \
+        < lines[1].index("aligned+bn_reset 0.10 / 0.05")  # the stage's variant order, not the file's
+    assert report.beyond_the_paper({}) == []

@@ -1,0 +1,175 @@
+"""Scale out (llmc_utils.launch): seeds in workspaces of their own, run by submitit's local executor and by DVC's
+experiment queue, gathered into one claims table; a DVC remote that lets a fresh workspace pull checkpoints.
+
+One launch of two tiny seeds (module fixture, with the gather and a remote) serves the launch, gather, resubmit and
+remote tests. Nothing here compares a trained number: files, seeds, stages run or skipped, claims and verdict columns.
+The launch runs on a snapshot of the sources, so a file edited in the checkout meanwhile cannot make the resubmit
+test see changed code.
+"""
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from llmc_utils import launch, profiles, report
+from llmc_utils.claims import VERDICTS
+
+TINY = ["tiny", "--seeds", "0-1", "--executor", "local", "--set", "runtime.num_threads=1"]
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory):
+    """A copy of what make_workspace copies from the repository, used as profiles.REPO for the whole module."""
+    repo = tmp_path_factory.mktemp("repo")
+    for name in ("llmc_utils", "notebooks"):
+        shutil.copytree(profiles.REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(profiles.REPO / "dvc.yaml", repo / "dvc.yaml")
+    study = Path("results/setup_study/fig1_by_setup.csv")
+    (repo / study).parent.mkdir(parents=True)
+    shutil.copy(profiles.REPO / study, repo / study)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(profiles, "REPO", repo)
+        yield repo
+
+
+def run_main(argv) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = launch.main(argv)
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def launched(snapshot, tmp_path_factory):
+    dest = tmp_path_factory.mktemp("launch")
+    code, out = run_main([*TINY, "--dest", str(dest), "--remote", str(dest / "remote"), "--gather"])
+    print(out)
+    assert code == 0, out
+    return dest, out
+
+
+def test_parse_seeds():
+    assert launch.parse_seeds("0-4") == [0, 1, 2, 3, 4]
+    assert launch.parse_seeds("7,0,2") == [0, 2, 7]
+    assert launch.parse_seeds("0-2,7,1") == [0, 1, 2, 7]
+    for bad in ("", "a", "3-1", "-1", "0-", "1.5"):
+        with pytest.raises(ValueError, match="bad seeds"):
+            launch.parse_seeds(bad)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["tiny", "--seeds", "2-0"], "bad seeds '2-0'"),
+    (["no_such_profile", "--seeds", "0"], "unknown profile 'no_such_profile'"),
+    (["tiny", "--seeds", "0", "--set", "runtime"], "bad --set 'runtime'"),
+    (["tiny", "--seeds", "0", "--executor", "slurm"], "`sbatch` is not on PATH"),
+    (["tiny", "--seeds", "0", "--executor", "queue", "--remote", "x"], "--remote is for the local and slurm"),
+])
+def test_usage_errors_name_the_problem(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here (nor anywhere on this machine)
+    assert launch.main([*argv, "--dest", str(tmp_path / "dest")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "dest").exists()  # stopped before any workspace was made
+
+
+def test_seed_targets_split_run_once_and_gather_stages():
+    first, other = launch.seed_targets(profiles.REPO, True), launch.seed_targets(profiles.REPO, False)
+    assert {"train_pairs", "layerwise_barriers", "alignment"} <= set(other)
+    assert {"prepare_data", "deep_linear", "bn_reset"} <= set(first) - set(other)
+    assert not set(launch.GATHER_STAGES) & set(first)
+
+
+def test_each_seed_ran_in_its_own_workspace(launched):
+    dest, out = launched
+    assert "2 job(s) submitted" in out
+    for r, other in ((0, 1), (1, 0)):
+        ws = dest / f"seed_{r}"
+        params = yaml.safe_load((ws / "params.yaml").read_text())
+        assert all(v == [r] for v in params["repetitions"].values())
+        assert (ws / "metrics" / "train_pairs" / f"seed_{r}.json").is_file()
+        assert (ws / "metrics" / "alignment" / f"seed_{r}.json").is_file()
+        assert not (ws / "metrics" / "train_pairs" / f"seed_{other}.json").exists()
+        assert not (ws / "metrics" / "report.json").exists()  # aggregate and report run only in the gather
+    # the stages that run once ran in the lowest seed's workspace only
+    assert (dest / "seed_0" / "metrics" / "deep_linear.json").is_file()
+    assert not (dest / "seed_1" / "metrics" / "deep_linear.json").exists()
+    assert list((dest / "submitit").glob("*/*_log.out"))
+
+
+def test_gather_has_every_claim_over_both_seeds(launched):
+    dest, out = launched
+    gather = dest / "gather"
+    assert "gather: ran ['check_params', 'aggregate', 'report']" in out
+    assert all(v == [0, 1] for v in yaml.safe_load((gather / "params.yaml").read_text())["repetitions"].values())
+    claims = pd.read_csv(gather / "results" / "report" / "claims.csv")
+    assert {"source", "claim", "n", "mean", "low", "high", "verdict", "near_threshold"} <= set(claims.columns)
+    assert set(claims.verdict) <= set(VERDICTS)
+    assert (claims[claims.source.str.startswith("Fig. 1")].n == 2).all()
+    assert claims.claim.str.contains("single layer").any()
+    summary = json.loads((gather / "metrics" / "report.json").read_text())
+    assert summary["n_claims"] == len(claims) > 0
+    assert report.figure_paths(gather / "figures")  # every figure the report shows exists
+    assert (gather / "reports" / "report.html").is_file()
+    metrics = report.load_metrics(gather / "metrics")
+    for stage in ("train_pairs", "layerwise_barriers", "federated", "language_model", "alignment"):
+        assert set(metrics[stage]) == {0, 1}, stage
+    assert set(pd.read_csv(gather / "results" / "alignment" / "barriers.csv").seed) == {0, 1}
+    print("\n".join(line for line in out.splitlines() if " done in " in line))
+
+
+def test_resubmitting_skips_finished_seeds(launched, capsys):
+    dest, _ = launched
+    code, out = run_main([*TINY, "--dest", str(dest), "--remote", str(dest / "remote")])
+    assert code == 0, out
+    assert "seed 0: up to date" in out and "seed 1: up to date" in out
+    assert "0 job(s) submitted, 2 seed(s) skipped" in out
+
+
+def test_fresh_workspace_pulls_checkpoints_instead_of_retraining(launched, tmp_path, monkeypatch):
+    dest, _ = launched
+    remote = dest / "remote"
+    assert (remote / launch.LOCKS / "tiny" / "seed_0.lock").is_file()  # the job kept its dvc.lock there
+    ws = profiles.make_workspace(profiles.profile_path("tiny"), tmp_path / "seed_0",
+                                 launch.with_seeds(profiles.profile_path("tiny"), {}, [0]))
+    launch.configure_remote(ws, remote)
+    checkpoints = {}
+    stream = launch._stream
+
+    def spy(workspace, *args, check=True):  # what the pull left, just before `dvc repro`
+        if args[0] == "repro":
+            checkpoints.update({p: p.stat().st_mtime_ns for p in (ws / "models" / "pair" / "seed_0").rglob("*.pt")})
+        return stream(workspace, *args, check=check)
+
+    monkeypatch.setattr(launch, "_stream", spy)
+    result = launch.run_seed(str(ws), ["train_pairs@0"], str(remote), "tiny/seed_0.lock")
+    assert checkpoints, "dvc pull restored no checkpoint of pair 0"
+    assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints  # not retrained: files untouched
+    assert (ws / "data" / "images.pt").is_file()
+    assert "train_pairs@0" in result["ran"]  # its uncached outputs (curves, metrics) were recomputed
+    assert launch.state(ws, ["train_pairs@0"]) == "done"
+
+
+def test_queue_runs_one_experiment_per_seed(snapshot, tmp_path):
+    exported = launch.run_queue(profiles.profile_path("tiny"), [0, 1], tmp_path, ["cpu", "cpu"],
+                                {"runtime": {"num_threads": 1}}, targets=["train_pairs"], poll_s=2)
+    for r, tree in exported.items():
+        assert (tree / "metrics" / "train_pairs" / f"seed_{r}.json").is_file()
+        assert yaml.safe_load((tree / "params.yaml").read_text())["repetitions"]["train_pairs"] == [r]
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=tmp_path / "queue", env=env,
+                           capture_output=True, text=True, check=True).stdout
+    revs = [rev for row in json.loads(shown) for exp in row.get("experiments") or [] for rev in exp["revs"]]
+    assert {rev["name"] for rev in revs} == {"seed_0", "seed_1"}
+    for rev in revs:
+        seed = rev["name"].split("_")[1]
+        metrics = rev["data"]["metrics"][f"metrics/train_pairs/seed_{seed}.json"]
+        assert "data" in metrics and metrics["data"]
