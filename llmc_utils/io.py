@@ -3,6 +3,9 @@
 Every result a stage writes goes through a temporary file in the same folder and os.replace, so an interrupted stage
 never leaves a half-written file behind that a rerun (or DVC) could mistake for a finished one. A folder that cannot
 be written stops the stage with OutputNotWritable naming the file and the folder, before anything there changes.
+Every file gets the mode the process's umask gives a new file (0644 under umask 022, 0664 under 002), as if it had been
+written in place; torch files (checkpoints, the prepared data) are also fsynced, file and folder, so that a machine
+that loses power just after a checkpoint was renamed into place does not come back with an empty one.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import errno
 import io
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,9 +27,33 @@ class OutputNotWritable(PermissionError):
     """An output whose folder cannot be created or written (read-only folder, another owner)."""
 
 
+def _umask() -> int:
+    """The process's umask. Linux reports it in /proc without changing it; elsewhere it is set and restored at once,
+    and a file that another thread creates in that instant gets umask 022 (no stage writes files from threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync(path: Path, folder: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some filesystems cannot sync a folder; the file's own data is synced by then
+        if not folder or exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success it replaces `path` in one step, on failure it is removed."""
+def atomic_path(path: str | Path, sync: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success it replaces `path` in one step, on failure it is removed.
+    The result gets the umask's mode; with `sync` the file is fsynced before the rename and the folder after it."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,7 +67,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes the file 0600 whatever the umask: a group-shared folder would hold files the group cannot read
+        os.chmod(tmp, 0o666 & ~_umask())
+        if sync:
+            _fsync(Path(tmp))
         os.replace(tmp, path)
+        if sync:
+            _fsync(path.parent, folder=True)  # the rename itself lasts only once the folder's entry is on disk
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -50,7 +84,7 @@ def save_torch(obj: Any, path: str | Path) -> None:
     # random temporary name would make identical content hash differently, and DVC would rerun downstream stages.
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, sync=True) as tmp:
         tmp.write_bytes(buffer.getvalue())
 
 
@@ -74,6 +108,32 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable or not what the caller expected."""
 
 
+WEIGHTS_ONLY_FAILED = "Weights only load failed"  # how torch.load(weights_only=True) begins a refusal
+
+
+def error_line(exc: BaseException, limit: int = 200) -> str:
+    """'Type: first line' of an error, for a one-line message. Of torch.load's refusal of a file under
+    weights_only=True only the reason is kept: torch's message begins by suggesting weights_only=False, which would
+    run whatever the file asks for."""
+    text = str(exc).strip()
+    if text.startswith(WEIGHTS_ONLY_FAILED):
+        text = text.partition("WeightsUnpickler error:")[2].strip() or "not a file of tensors"
+    return f"{type(exc).__name__}: {(text.splitlines() or [''])[0][:limit]}"
+
+
+def unsafe_global(exc: BaseException) -> str | None:
+    """The Python object (module.name) whose unpickling made torch.load(weights_only=True) refuse a file, if that
+    was the reason."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc)) if str(exc).startswith(WEIGHTS_ONLY_FAILED) else None
+    return found[1] if found else None
+
+
+def holds_objects(name: str) -> str:
+    """The end of a one-line message about a torch file that holds the pickled object `name` (unsafe_global)."""
+    return (f"holds a pickled Python object ({name}), not only tensors, dicts, lists and numbers; such a file is not "
+            "loaded, because unpickling an object can run code")
+
+
 def load_checkpoint(path: str | Path, required_keys: tuple[str, ...] = (), **expected: Any) -> dict:
     """Load a dict checkpoint, naming the file in every error.
 
@@ -86,10 +146,11 @@ def load_checkpoint(path: str | Path, required_keys: tuple[str, ...] = (), **exp
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise CheckpointError(f"checkpoint {path} is corrupt, truncated or not a torch file ({type(exc).__name__}: "
-                              f"{reason}); move it away (mv {path} {path}.bad) and rerun the stage that writes it"
-                              ) from exc
+        if name := unsafe_global(exc):
+            raise CheckpointError(f"checkpoint {path} {holds_objects(name)}; it was not written by this pipeline: "
+                                  f"move it away (mv {path} {path}.bad) and rerun the stage that writes it") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt, truncated or not a torch file ({error_line(exc)}); "
+                              f"move it away (mv {path} {path}.bad) and rerun the stage that writes it") from exc
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict: it was not written "
                               f"by this pipeline; move it away (mv {path} {path}.bad) and rerun the stage that writes it")

@@ -1,4 +1,9 @@
-"""Atomic writes leave nothing half-written; checkpoint errors name the file."""
+"""Atomic writes leave nothing half-written, with the umask's mode, checkpoints synced to disk; checkpoint errors
+name the file."""
+
+import os
+import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,3 +47,39 @@ def test_same_content_gives_identical_bytes(tmp_path):
     save_torch(obj, tmp_path / "a.pt")
     save_torch(obj, tmp_path / "b.pt")
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_files_get_the_mode_of_the_umask(tmp_path, umask, mode):
+    """As a file written in place would: mkstemp's 0600 would hide a shared folder's results from the group."""
+    previous = os.umask(umask)
+    try:
+        save_torch({"w": torch.ones(2)}, tmp_path / "epoch_0001.pt")
+        save_json({"v": 1}, tmp_path / "metrics.json")
+    finally:
+        os.umask(previous)
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {"epoch_0001.pt": mode,
+                                                                              "metrics.json": mode}
+
+
+def test_checkpoints_are_fsynced_file_then_folder(tmp_path, monkeypatch):
+    """The checkpoint's bytes reach the disk before the rename makes it the checkpoint, and the rename itself before
+    save_torch returns."""
+    events = []
+    fsync, replace = os.fsync, os.replace
+
+    def record_fsync(fd):
+        events.append(("fsync", "folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"))
+        fsync(fd)
+
+    def record_replace(src, dst):
+        events.append(("replace", Path(dst).name))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", record_fsync)
+    monkeypatch.setattr(os, "replace", record_replace)
+    save_torch({"w": torch.ones(2)}, tmp_path / "epoch_0001.pt")
+    assert events == [("fsync", "file"), ("replace", "epoch_0001.pt"), ("fsync", "folder")]
+    events.clear()
+    save_json({"v": 1}, tmp_path / "metrics.json")  # results are cheap to recompute: renamed without a sync
+    assert events == [("replace", "metrics.json")]
