@@ -3,7 +3,9 @@
 Default profile: real Fashion-MNIST (70k 28x28 grey images, 10 classes), read from `data.root`, else the Debian package
 dataset-fashion-mnist (/usr/share/datasets/fashion-mnist), else a torchvision download in $LLMC_DATA_HOME
 (default ~/.cache/llmc_data).
-Paper profile: CIFAR-10 in torchvision's python format (cifar-10-batches-py), local or downloaded.
+Paper profile: CIFAR-10 in torchvision's python format (cifar-10-batches-py), local or downloaded. Those batches are
+pickles, and unpickling can call any function a file names: `read_data_pickle` rebuilds only what numpy's own
+pickles of arrays need, and a file that asks for anything else is an error naming it (nothing of it runs).
 `prepare()` writes one file, data/images.pt, that every later stage reads with `load_prepared()`.
 """
 
@@ -146,12 +148,72 @@ def read_fashion_mnist(folder: Path) -> dict:
                     test_x=test.data.unsqueeze(1), test_y=test.targets.long())
 
 
+class _Refused(pickle.UnpicklingError):
+    """A pickle that asks for more than plain data (_DataUnpickler)."""
+
+
+def _latin1_bytes(text: str, encoding: str) -> bytes:
+    """`_codecs.encode` as pickle protocols 0-2 use it to write bytes (always latin1); no other codec is run."""
+    if encoding not in ("latin1", "latin-1"):
+        raise _Refused(f"it names _codecs.encode with the codec {encoding!r}")
+    return text.encode("latin1")
+
+
+def _numpy_globals() -> dict[tuple[str, str], object]:
+    """The functions and classes numpy's pickles of arrays, dtypes and scalars name, under numpy 1.x's module names
+    (numpy.core, which CIFAR-10's own files use) and 2.x's (numpy._core); protocol 5 rebuilds arrays with
+    _frombuffer. Each only builds an array, a dtype or a number from the data that follows it."""
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray, numeric
+    found = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1_bytes}
+    for core in ("numpy.core", "numpy._core"):
+        found.update({(f"{core}.multiarray", "_reconstruct"): multiarray._reconstruct,
+                      (f"{core}.multiarray", "scalar"): multiarray.scalar,
+                      (f"{core}.numeric", "_frombuffer"): numeric._frombuffer})
+    return found
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """An unpickler of plain data: dicts, lists, tuples, str, bytes, numbers (built by pickle's own opcodes) and numpy
+    arrays and dtypes. Unpickling calls every function a file names; any name outside _numpy_globals raises."""
+
+    allowed = _numpy_globals()
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self.allowed[(module, name)]
+        except KeyError:
+            raise _Refused(f"it names {module}.{name}") from None
+
+    def persistent_load(self, pid):
+        raise _Refused("it refers to objects outside the file")
+
+
+def read_data_pickle(path: Path):
+    """The data in a pickle of plain data (see _DataUnpickler; latin1 decodes the strings of Python 2 pickles, as
+    CIFAR-10's are); a file that asks for anything else raises DatasetUnreadable naming it."""
+    with open(path, "rb") as f:
+        try:
+            return _DataUnpickler(f, encoding="latin1").load()
+        except _Refused as exc:
+            raise DatasetUnreadable(f"{path} is not a plain data pickle ({exc}; only numpy arrays, dicts, lists, "
+                                    "strings, bytes and numbers are read from a data set's pickles, since "
+                                    "unpickling anything else can run code): nothing of it was run; replace it "
+                                    "with a good copy") from None
+
+
+def _text(value):
+    """A string of a batch as str: Python 2 wrote str, which latin1 decodes; a copy made by Python 3 may hold bytes."""
+    return value.decode("latin1") if isinstance(value, bytes) else value
+
+
 def read_cifar10(folder: Path) -> dict:
     """Read CIFAR-10's python pickles (the format torchvision.datasets.CIFAR10 downloads) into NCHW uint8 tensors."""
 
     def load(name):
-        with open(folder / name, "rb") as f:
-            return pickle.load(f, encoding="latin1")
+        return {_text(key): value for key, value in read_data_pickle(folder / name).items()}
 
     def stack(batches):
         x = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32)
@@ -160,8 +222,8 @@ def read_cifar10(folder: Path) -> dict:
 
     train_x, train_y = stack([load(f"data_batch_{i}") for i in range(1, 6)])
     test_x, test_y = stack([load("test_batch")])
-    return dict(classes=list(load("batches.meta")["label_names"]), train_x=train_x, train_y=train_y,
-                test_x=test_x, test_y=test_y)
+    classes = [_text(name) for name in load("batches.meta")["label_names"]]
+    return dict(classes=classes, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y)
 
 
 def raw_files(dataset: str, root: Path | None) -> tuple[tuple[str, ...], list[Path]]:
@@ -199,6 +261,8 @@ def read_raw(dataset: str, folder: Path) -> dict:
     DatasetUnreadable naming the folder, instead of a parser error from deep inside torchvision or pickle."""
     try:
         tensors = read_fashion_mnist(folder) if dataset == "fashion_mnist" else read_cifar10(folder)
+    except DatasetUnreadable:
+        raise  # already names the file and what is wrong with it
     except Exception as exc:  # gzip, pickle, torchvision and numpy each raise their own types for a bad file
         reason = (str(exc).strip().splitlines() or [""])[0][:200]
         raise DatasetUnreadable(f"the {dataset} files in {folder} cannot be read ({type(exc).__name__}: {reason}): "

@@ -10,8 +10,51 @@ import numpy as np
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def cifar10(root: Path, per_batch: int = 20, seed: int = 0) -> Path:
-    """root/cifar-10-batches-py with 5 train batches and a test batch of `per_batch` images each."""
+class Python2Pickler(pickle._Pickler):
+    """Pickles as Python 2's cPickle wrote CIFAR-10's own files: protocol 2, byte strings (Python 2's str) as
+    BINSTRING, which Python 3 reads back as str with encoding="latin1", and numpy under its 1.x name numpy.core."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def __init__(self, file):
+        super().__init__(file, protocol=2)
+
+    def save_bytes(self, obj):
+        size = len(obj)
+        self.write((pickle.SHORT_BINSTRING + bytes([size]) if size < 256 else
+                    pickle.BINSTRING + struct.pack("<i", size)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_bytes
+
+    def save_global(self, obj, name=None):
+        module = getattr(obj, "__module__", "")
+        if not module.startswith("numpy._core"):
+            return super().save_global(obj, name)
+        self.write(pickle.GLOBAL + f"{module.replace('numpy._core', 'numpy.core')}\n{name or obj.__name__}\n".encode())
+        self.memoize(obj)
+
+
+def as_bytes(obj):
+    """Every str of a batch as bytes: Python 2's str, which Python2Pickler writes as it did."""
+    if isinstance(obj, str):
+        return obj.encode("latin1")
+    if isinstance(obj, dict):
+        return {as_bytes(k): as_bytes(v) for k, v in obj.items()}
+    return [as_bytes(v) for v in obj] if isinstance(obj, list) else obj
+
+
+def _dump(obj, path: Path, protocol: int | str) -> None:
+    with open(path, "wb") as f:
+        if protocol == "python2":
+            Python2Pickler(f).dump(as_bytes(obj))
+        else:
+            pickle.dump(obj, f, protocol=protocol)
+
+
+def cifar10(root: Path, per_batch: int = 20, seed: int = 0, protocol: int | str = pickle.DEFAULT_PROTOCOL) -> Path:
+    """root/cifar-10-batches-py with 5 train batches and a test batch of `per_batch` images each, pickled with
+    `protocol`, or "python2" as the real files are (Python2Pickler)."""
     rng = np.random.default_rng(seed)
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
@@ -20,10 +63,9 @@ def cifar10(root: Path, per_batch: int = 20, seed: int = 0) -> Path:
         batch = {"batch_label": name, "labels": [int(v) for v in rng.integers(0, 10, per_batch)],
                  "data": rng.integers(0, 256, (per_batch, 3 * 32 * 32), dtype=np.uint8),
                  "filenames": [f"{name}_{i}.png" for i in range(per_batch)]}
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": CIFAR_CLASSES, "num_cases_per_batch": per_batch, "num_vis": 3072}, f)
+        _dump(batch, folder / name, protocol)
+    _dump({"label_names": CIFAR_CLASSES, "num_cases_per_batch": per_batch, "num_vis": 3072}, folder / "batches.meta",
+          protocol)
     return folder
 
 

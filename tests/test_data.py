@@ -33,6 +33,28 @@ def test_cifar10_pixels_keep_channel_layout(tmp_path):
     assert torch.equal(raw["train_x"][0, 1], torch.from_numpy(first[1024:2048].reshape(32, 32)))
 
 
+def test_cifar10_in_every_pickle_format_reads_the_same(tmp_path):
+    """The restricted reader takes CIFAR-10's own format (Python 2, protocol 2: keys and data as latin1 strings, numpy
+    under numpy.core), copies re-pickled by Python 3 (protocols 2 and 5, bytes keys) alike."""
+    import pickle
+
+    reference = data.read_cifar10(fabricate.cifar10(tmp_path / "python2", per_batch=4, protocol="python2"))
+    assert reference["classes"] == fabricate.CIFAR_CLASSES
+    for protocol in (2, pickle.HIGHEST_PROTOCOL):
+        assert_same_tensors(data.read_cifar10(fabricate.cifar10(tmp_path / str(protocol), per_batch=4,
+                                                                protocol=protocol)), reference)
+    folder = fabricate.cifar10(tmp_path / "bytes", per_batch=4)
+    for path in folder.iterdir():  # keys and strings as bytes (loaded with encoding="bytes"), pickled by Python 3
+        with open(path, "rb") as f:
+            path.write_bytes(pickle.dumps(fabricate.as_bytes(pickle.load(f)), protocol=2))
+    assert_same_tensors(data.read_cifar10(folder), reference)
+
+
+def assert_same_tensors(got: dict, want: dict) -> None:
+    assert got["classes"] == want["classes"]
+    assert all(torch.equal(got[k], want[k]) for k in ("train_x", "train_y", "test_x", "test_y"))
+
+
 @pytest.mark.parametrize("gz", [True, False])
 def test_fashion_mnist_from_idx_files(tmp_path, gz):
     folder = fabricate.fashion_mnist(tmp_path / "fm", n_train=30, n_test=10, gz=gz)
