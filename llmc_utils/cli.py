@@ -18,6 +18,8 @@ EPILOG = """examples:
   llmc barriers --model llmc_utils.models:build_model --model-kwargs '{"name": "cnn", "in_channels": 1,
       "num_classes": 10, "image_size": 28}' --a A.pt --b B.pt --data fashion_mnist --align
 outputs (in --out): barriers.csv, cumulative.csv, heatmap.png, cumulative.png, summary.json, report.md, report.html
+and .llmc_barriers.json, the list of them: a rerun into the folder replaces them and removes those it does not write
+a module.path:callable model spec imports that module and calls the callable: it runs that code
 see docs/own_models.md"""
 
 
@@ -44,7 +46,8 @@ def parser() -> argparse.ArgumentParser:
                             "B of one architecture, written as tables, figures and a report.", epilog=EPILOG,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_argument_group("what to compare")
-    what.add_argument("--model", required=True, metavar="SPEC", help=f"the architecture: {MODEL_SPECS}")
+    what.add_argument("--model", required=True, metavar="SPEC", help=f"the architecture: {MODEL_SPECS} (this "
+                      "one imports and runs that code: name only code you trust)")
     what.add_argument("--a", required=True, metavar="A", help="checkpoint A (.pt/.pth state dict or .safetensors)")
     what.add_argument("--b", required=True, metavar="B", help="checkpoint B (same architecture)")
     what.add_argument("--data", required=True, metavar="SPEC", help=f"evaluation data: {SPECS}")
@@ -79,7 +82,9 @@ def parser() -> argparse.ArgumentParser:
     data.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     data.add_argument("--threads", type=int, default=d.threads, metavar="N",
                       help="CPU threads of torch (default: torch's own; 1 is faster on a shared CPU)")
-    data.add_argument("--out", default="llmc_barriers", metavar="DIR", help="output folder (default: %(default)s)")
+    data.add_argument("--out", default="llmc_barriers", metavar="DIR", help="output folder (default: %(default)s): "
+                      "new, empty, or an earlier run's; never one with files tracked by git or DVC")
+    data.add_argument("--force", action="store_true", help="write into an --out folder that holds other files too")
     data.add_argument("--no-progress", action="store_true", help="no progress bar")
     return top
 
@@ -93,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     options.update(alphas=tuple(args.alphas), bases=tuple(args.bases), orders=tuple(args.orders),
                    progress=not args.no_progress)
     try:
-        analyse_pair(args.model, args.a, args.b, args.data, args.out, **options)
+        analyse_pair(args.model, args.a, args.b, args.data, args.out, force=args.force, **options)
     except (PairInputError, PermissionError) as exc:  # PermissionError: io.OutputNotWritable while writing
         print(f"llmc: error: {exc}", file=sys.stderr)
         return 2

@@ -4,8 +4,9 @@ Why: the pipeline measures the paper's own pairs; a reader wants the same table 
 own (docs/own_models.md). `analyse_pair(model, a, b, data, out, **options)` builds the architecture offline
 (`torchvision:NAME`, `timm:NAME`, `hf:CONFIG_OR_DIR`, `module.path:callable`), loads the two checkpoints, reads the
 data (llmc_utils.own_data), checks everything that can be checked before any heavy compute (checkpoint keys and
-shapes against each other and the model, one forward pass on two samples, BatchNorm present for a reset, the
-architecture supported by alignment, the output folder writable), then runs the pipeline's engine unchanged
+shapes against each other and the model, values finite and of a floating type where the model has one, one forward
+pass on two samples, BatchNorm present for a reset, the architecture supported by alignment, the output folder
+writable and free to write: own_report.out_problem), then runs the pipeline's engine unchanged
 (evaluation.checkpoint_barriers, cumulative.checkpoint_cumulative) once per variant:
 * plain: A and B as they are;
 * bn_reset (`bn_reset=N`): every interpolated model's BatchNorm statistics re-estimated on N training batches
@@ -14,6 +15,10 @@ architecture supported by alignment, the output folder writable), then runs the 
   compute B's function.
 It writes the tidy tables, the figures and the report (llmc_utils.own_report). Every input error raises PairInputError
 with a one-line message naming the input; the CLI prints it as `llmc: error: ...` and exits with code 2.
+
+Nothing from the inputs runs as code, except what the user names as code: checkpoints are read as tensors only
+(torch.load(weights_only=True), safetensors), data sets through own_data (CIFAR-10's pickles by a reader that only
+rebuilds arrays); a `module.path:callable` model spec imports that module and calls the callable, as its user asks.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from torch import nn
 import llmc_utils  # noqa: F401  (the torchvision compatibility step comes before torchvision and timm)
 from llmc_utils import cumulative, data as pipeline_data, own_data, own_report, stage
 from llmc_utils.evaluation import LayerEvaluator, checkpoint_barriers
+from llmc_utils.io import error_line, holds_objects, unsafe_global
 from llmc_utils.layers import logical_layers
 from llmc_utils.normalization import BNReset, has_batchnorm
 
@@ -45,11 +51,6 @@ COLUMNS = ["variant", "layer_set", "base", "alpha", "split", "metric", "value", 
 
 class PairInputError(ValueError):
     """An input of `llmc barriers` that cannot work (model spec, checkpoint, data, option); one line naming it."""
-
-
-def _first_line(exc: BaseException, limit: int = 300) -> str:
-    text = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {text[:limit]}"
 
 
 def _few(keys, limit: int = 5) -> str:
@@ -117,9 +118,10 @@ def build_model(spec: str, num_classes: int, in_chans: int | None = None, model_
     except PairInputError:
         raise
     except Exception as exc:  # each library raises its own types for an unknown name or a bad argument
-        raise PairInputError(f"cannot build --model {spec!r}: {_first_line(exc)}") from None
+        raise PairInputError(f"cannot build --model {spec!r}: {error_line(exc, 300)}") from None
     if not isinstance(model, nn.Module):
-        raise PairInputError(f"--model {spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
+        raise PairInputError(f"--model {spec!r} returned a {type(model).__name__}, not a torch.nn.Module (a "
+                             "module.path:callable spec imports that module and calls the callable: it ran)")
     return model.eval()
 
 
@@ -138,7 +140,10 @@ def load_state(path: str | Path, label: str = "A") -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch and safetensors raise several types for foreign or truncated files
-        raise PairInputError(f"checkpoint {label} ({path}) cannot be read: {_first_line(exc, 200)}") from None
+        if name := unsafe_global(exc):
+            raise PairInputError(f"checkpoint {label} ({path}) {holds_objects(name)}: save the weights alone, "
+                                 "torch.save(model.state_dict(), file) or safetensors") from None
+        raise PairInputError(f"checkpoint {label} ({path}) cannot be read: {error_line(exc)}") from None
     if isinstance(obj, dict):
         obj = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), dict)), obj)
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -192,9 +197,27 @@ def _normalise_keys(state: dict, model: nn.Module, aliases: dict[str, str], labe
     return state
 
 
-def fit_pair(model: nn.Module, spec: str, state_a: dict, state_b: dict) -> tuple[dict, dict]:
-    """Both checkpoints checked against each other and the model; returned in the model's key order and dtypes,
-    tied aliases dropped. Raises PairInputError naming a few missing/unexpected keys or a key with both shapes."""
+def check_values(state: dict, reference: dict, spec: str, name: str) -> None:
+    """Stop on tensors that would make every number computed from them garbage: NaN or infinite values (a run that
+    diverged), or integer or bool values for a floating-point tensor of the model (a quantised checkpoint, whose
+    integers mean nothing without their scales, would otherwise be cast silently). `name`: "A (file)"."""
+    for key, tensor in state.items():
+        if reference[key].is_floating_point() and not (tensor.is_floating_point() or tensor.is_complex()):
+            raise PairInputError(f"checkpoint {name}: {key} is {tensor.dtype}, but --model {spec} has "
+                                 f"{reference[key].dtype} there; integers cast to floats are not the weights (a "
+                                 "quantised checkpoint? save it dequantised)")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            nan, inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
+            raise PairInputError(f"checkpoint {name}: {key} holds {nan} NaN and {inf} infinite values (of "
+                                 f"{tensor.numel()}); every barrier would be NaN: use a checkpoint from before the "
+                                 "run diverged")
+
+
+def fit_pair(model: nn.Module, spec: str, state_a: dict, state_b: dict, names: tuple[str, str] = ("A", "B")
+             ) -> tuple[dict, dict]:
+    """Both checkpoints checked against each other and the model, and their values (check_values; `names` of the
+    two in messages); returned in the model's key order and dtypes, tied aliases dropped. Raises PairInputError
+    naming a few missing/unexpected keys, a key with both shapes, or the tensor and file with bad values."""
     reference = model.state_dict()
     aliases = tied_aliases(model)
     a = _normalise_keys(state_a, model, aliases, "A")
@@ -215,6 +238,9 @@ def fit_pair(model: nn.Module, spec: str, state_a: dict, state_b: dict) -> tuple
         if a[key].shape != reference[key].shape:
             raise PairInputError(f"the checkpoints do not fit --model {spec} at {key}: checkpoints "
                                  f"{tuple(a[key].shape)}, model {tuple(reference[key].shape)}")
+
+    for state, name in ((a, names[0]), (b, names[1])):
+        check_values({k: state[k] for k in expected}, reference, spec, name)
 
     def cast(state):
         return {k: state[k].to(reference[k].dtype) if reference[k].is_floating_point() else state[k] for k in expected}
@@ -237,7 +263,7 @@ def check_fit(model: nn.Module, spec: str, state: dict, data: own_data.EvalData,
             logits = torch.func.functional_call(model, state, (x,))
     except Exception as exc:  # whatever the model raises on inputs it cannot take
         raise PairInputError(f"--model {spec} cannot read --data {data.spec}: it must take {need}; the forward pass "
-                             f"on inputs {tuple(x.shape)} raised {_first_line(exc, 200)}") from None
+                             f"on inputs {tuple(x.shape)} raised {error_line(exc)}") from None
     if not isinstance(logits, torch.Tensor):
         raise PairInputError(f"--model {spec} returns a {type(logits).__name__}, not a tensor of logits")
     if logits.shape[:-1] != y.shape:
@@ -364,7 +390,8 @@ def prepare(model: str, a, b, data: str, opts: Options, log: Callable = print) -
     except (own_data.DataError, pipeline_data.DatasetNotFound, pipeline_data.DatasetUnreadable) as exc:
         raise PairInputError(str(exc)) from None
     net = build_model(model, evaldata.num_classes, evaldata.in_chans, opts.model_kwargs).to(device)
-    state_a, state_b = ({k: v.to(device) for k, v in s.items()} for s in fit_pair(net, model, *checkpoints))
+    fitted = fit_pair(net, model, *checkpoints, names=(f"A ({a})", f"B ({b})"))
+    state_a, state_b = ({k: v.to(device) for k, v in s.items()} for s in fitted)
     check_fit(net, model, state_a, evaldata, device)
     layers = logical_layers(state_a)
     pair = Pair(model, net, state_a, state_b, evaldata, layers, select_layers(list(layers), opts.layers), device)
@@ -456,26 +483,31 @@ class PairResult:
     files: list[Path]
 
 
-def _writable(out: Path) -> None:
-    """Stop before any compute when the output folder cannot be written (the writers would fail at the end); nothing
-    is created before the analysis has run."""
+def check_out(out: Path, cumulative: bool, force: bool) -> None:
+    """Stop before any compute when the output folder cannot be written (the writers would fail at the end) or must
+    not be written (own_report.out_problem); nothing is created before the analysis has run."""
     existing = next(p for p in (out, *out.parents) if p.exists())
     if not existing.is_dir():
         raise PairInputError(f"--out {out}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PairInputError(f"--out {out}: {existing} is not writable")
+    problem = own_report.out_problem(out, cumulative, force)
+    if problem:
+        raise PairInputError(problem)
 
 
-def analyse_pair(model: str, a, b, data: str, out=None, log: Callable | None = print, **options) -> PairResult:
+def analyse_pair(model: str, a, b, data: str, out=None, log: Callable | None = print, force: bool = False,
+                 **options) -> PairResult:
     """Layer-wise barriers of checkpoints `a` and `b` of the architecture `model` on `data`; with `out`, the tables,
-    figures and report are written there (docs/own_models.md lists them). `options`: the fields of Options."""
+    figures and report are written there (docs/own_models.md lists them; `force`: also into a folder that holds
+    other files). `options`: the fields of Options."""
     unknown = set(options) - {f.name for f in dataclasses.fields(Options)}
     if unknown:
         raise TypeError(f"analyse_pair: unknown options {sorted(unknown)}")
     opts = Options(**options)
     log = log or (lambda *args, **kw: None)
     if out is not None:
-        _writable(Path(out))
+        check_out(Path(out), bool(opts.orders), force)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(opts.threads or threads)  # one thread is faster on a CPU that others share
@@ -487,8 +519,12 @@ def analyse_pair(model: str, a, b, data: str, out=None, log: Callable | None = p
     finally:
         torch.set_num_threads(threads)
     summary = own_report.summarise(barriers, pair.info, opts, pair.selected)
+    if own_report.non_finite_note(summary):
+        log(f"warning: {own_report.non_finite_note(summary)}")
     files = []
     if out is not None:
+        if own_report.earlier_outputs(Path(out)) is not None:
+            log(f"{out} holds an earlier run of llmc barriers: its files are replaced")
         files = own_report.write_outputs(Path(out), barriers, cum, summary)
         log("wrote " + ", ".join(str(f) for f in files))
     return PairResult(barriers, cum, summary, files)

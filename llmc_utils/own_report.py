@@ -5,22 +5,37 @@ atomically (io.save_table / save_json / save_text, plotting.save). The figures u
 (llmc_utils.plotting): a Fig. 1-style heatmap per variant and base (rows "full" then every logical layer of the
 table, columns the alphas) and the Fig. 2-style cumulative curves (barrier against the number j of averaged layers,
 one line per order). The report is built as a list of blocks rendered twice, to Markdown and to HTML, so the two
-always say the same thing without a Markdown converter.
+always say the same thing without a Markdown converter. A barrier that is not finite (the endpoints' loss overflowed)
+is shown as such, and the report says how many there are instead of ranking them.
+
+The output folder: a marker file (MARKER) lists the files a run wrote there. `out_problem` (checked before any
+compute) refuses a non-empty folder without one unless forced, and any file to be written or replaced that git or DVC
+tracks, forced or not; a rerun into the same folder removes the files of the earlier run that it does not write again
+(cumulative.* when the orders are dropped), so the folder and the report's list of files always agree.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import html
+import json
+import math
+import re
+import shutil
+import subprocess
+import warnings
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from llmc_utils import plotting
 from llmc_utils.evaluation import FULL
 from llmc_utils.io import save_json, save_table, save_text
 
 TOP = 5  # layers listed per variant in the report
+MARKER = ".llmc_barriers.json"  # in --out: the files an llmc barriers run wrote there
 
 
 def _alpha(alphas) -> float:
@@ -28,9 +43,16 @@ def _alpha(alphas) -> float:
     return min(alphas, key=lambda a: (abs(a - 0.5), a))
 
 
+def _finite(value) -> float | None:
+    """A number of summary.json: the float, or None (JSON null) when it is NaN or infinite."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 def summarise(barriers: pd.DataFrame, info: dict, opts, selected: list[str]) -> dict:
     """The numbers of the report, as a JSON-able dict: endpoints, full barrier and the largest single-layer barriers
-    per variant (loss on the report split, "train" when present, at the report alpha)."""
+    per variant (loss on the report split, "train" when present, at the report alpha). Values that are not finite
+    become None, and `non_finite_barriers` counts them."""
     alpha = _alpha(barriers.alpha.unique())
     splits = list(dict.fromkeys(barriers.split))
     split = "train" if "train" in splits else splits[0]
@@ -39,25 +61,27 @@ def summarise(barriers: pd.DataFrame, info: dict, opts, selected: list[str]) -> 
     out = dict(inputs=info.copy(), report_alpha=float(alpha), report_split=split, layers=selected,
                options={k: v for k, v in dataclasses.asdict(opts).items() if k != "progress"},
                variants=list(dict.fromkeys(barriers.variant)),
-               endpoints={s: {m: {"A": float(g.value_a.iloc[0]), "B": float(g.value_b.iloc[0])}
+               endpoints={s: {m: {"A": _finite(g.value_a.iloc[0]), "B": _finite(g.value_b.iloc[0])}
                               for m, g in ends[ends.split == s].groupby("metric", sort=False)} for s in splits},
-               full_barrier={}, full_barrier_max_over_alpha={}, top_layers={})
+               full_barrier={}, full_barrier_max_over_alpha={}, top_layers={},
+               non_finite_barriers=int((~barriers.barrier.map(math.isfinite)).sum()), n_barriers=len(barriers))
     out["inputs"].pop("alignment", None)
     out["alignment"] = info.get("alignment")
     for variant, rows in barriers.groupby("variant", sort=False):
         full = rows[(rows.layer_set == FULL) & (rows.base == rows.base.iloc[0])]
-        out["full_barrier"][variant] = {s: {m: float(g[g.alpha == alpha].barrier.iloc[0])
+        out["full_barrier"][variant] = {s: {m: _finite(g[g.alpha == alpha].barrier.iloc[0])
                                             for m, g in full[full.split == s].groupby("metric", sort=False)}
                                         for s in splits}
-        loss = full[(full.split == split) & (full.metric == "loss")]
+        loss = full[(full.split == split) & (full.metric == "loss") & full.barrier.map(math.isfinite)]
         if ((loss.alpha > 0) & (loss.alpha < 1)).any():  # at 0 and 1 the plain barrier is 0 by definition
             loss = loss[(loss.alpha > 0) & (loss.alpha < 1)]
-        out["full_barrier_max_over_alpha"][variant] = dict(barrier=float(loss.barrier.max()),
-                                                          alpha=float(loss.loc[loss.barrier.idxmax(), "alpha"]))
+        out["full_barrier_max_over_alpha"][variant] = (
+            dict(barrier=float(loss.barrier.max()), alpha=float(loss.loc[loss.barrier.idxmax(), "alpha"]))
+            if len(loss) else dict(barrier=None, alpha=None))
         single = rows[(rows.layer_set != FULL) & (rows.alpha == alpha) & (rows.split == split)
-                      & (rows.metric == "loss")].sort_values("barrier", ascending=False)
+                      & (rows.metric == "loss")].sort_values("barrier", ascending=False)  # not finite: last
         worst = single.drop_duplicates("layer_set").head(TOP)
-        out["top_layers"][variant] = [dict(layer=r.layer_set, base=r.base, barrier=float(r.barrier))
+        out["top_layers"][variant] = [dict(layer=r.layer_set, base=r.base, barrier=_finite(r.barrier))
                                       for r in worst.itertuples()]
     return out
 
@@ -75,8 +99,10 @@ def heatmap_figure(barriers: pd.DataFrame, split: str, metric: str = "loss"):
                        & (barriers.metric == metric)]
         wide = sel.pivot(index="layer_set", columns="alpha", values="barrier").loc[rows, alphas]
         wide.columns = [f"{a:g}" for a in alphas]
-        plotting.heatmap(ax, wide, title=f"{variant}, into {base}", fmt=".2f", annot=len(rows) <= 60,
-                         cbar_label=f"{split} {metric} barrier")
+        with warnings.catch_warnings():  # a panel of non-finite barriers only (the report says why) stays blank
+            warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
+            plotting.heatmap(ax, wide, title=f"{variant}, into {base}", fmt=".2f", annot=len(rows) <= 60,
+                             cbar_label=f"{split} {metric} barrier")
         ax.set_xlabel("alpha (weight of B)")
         ax.set_ylabel("averaged layers")
     return fig
@@ -107,7 +133,18 @@ def _save(fig, stem: Path) -> Path:
 
 # ------------------------------------------------------------------------------------------------------------ report
 def _num(v) -> str:
-    return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+    return "not finite" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def non_finite_note(s: dict) -> str | None:
+    """One sentence on barriers that are not finite, for the log and the report; None when every one is finite."""
+    bad, total = s["non_finite_barriers"], s["n_barriers"]
+    if not bad:
+        return None
+    which = "Every barrier" if bad == total else f"{bad} of the {total} barriers"
+    return (f"{which} of this pair {'is' if bad == total else 'are'} NaN or infinite: the loss of A, B or an "
+            "interpolated model is not finite on this data (logits that overflow?); such values read 'not finite' "
+            "below and in summary.json (null), and barriers.csv holds them as NaN or inf")
 
 
 def report_blocks(s: dict, files: list[str]) -> list[tuple]:
@@ -127,6 +164,8 @@ def report_blocks(s: dict, files: list[str]) -> list[tuple]:
         blocks.append(("p", f"Alignment (weight matching): {a['sweeps']} sweeps, objective {a['objective_before']:.4g}"
                             f" -> {a['objective_after']:.4g}, max |logit(B) - logit(aligned B)| = "
                             f"{a['max_logit_difference']:.2g}."))
+    if non_finite_note(s):
+        blocks.append(("p", f"**Warning.** {non_finite_note(s)}."))
     blocks += [("h2", "Endpoints"), ("table", ["split", "metric", "A", "B"],
                 [[sp, m, _num(v["A"]), _num(v["B"])] for sp, by in s["endpoints"].items() for m, v in by.items()])]
     blocks += [("h2", f"Full barrier (all layers interpolated, alpha {alpha:g})"),
@@ -134,8 +173,8 @@ def report_blocks(s: dict, files: list[str]) -> list[tuple]:
                 [[var, sp, m, _num(v)] for var, by in s["full_barrier"].items() for sp, ms in by.items()
                  for m, v in ms.items()]),
                ("p", f"Largest full {split} loss barrier over the alphas (inside (0, 1) when any): " + "; ".join(
-                   f"{var} {_num(v['barrier'])} at alpha {v['alpha']:g}"
-                   for var, v in s["full_barrier_max_over_alpha"].items()) + ".")]
+                   f"{var} {_num(v['barrier'])} at alpha {v['alpha']:g}" if v["alpha"] is not None else
+                   f"{var} not finite at every alpha" for var, v in s["full_barrier_max_over_alpha"].items()) + ".")]
     blocks.append(("h2", f"The {TOP} layers with the largest single-layer barriers ({split} loss, alpha {alpha:g}, "
                          "larger base)"))
     for var, top in s["top_layers"].items():
@@ -192,21 +231,117 @@ def to_html(blocks: list[tuple], title: str = "Layer-wise barriers") -> str:
     return "\n".join(out) + "\n</body></html>\n"
 
 
+def output_names(cumulative: bool) -> list[str]:
+    """The files write_outputs writes (besides the marker), in the order the report lists them."""
+    return ["barriers.csv", *(["cumulative.csv"] if cumulative else []), "heatmap.png",
+            *(["cumulative.png"] if cumulative else []), "summary.json", "report.md", "report.html"]
+
+
+def earlier_outputs(out: Path) -> list[str] | None:
+    """The files that the marker in `out` says an earlier run wrote there; None without a readable marker."""
+    try:
+        names = json.loads((out / MARKER).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    # only plain names of files in the folder itself: a marker must never make a rerun delete anything else
+    return [n for n in names if isinstance(n, str) and n not in ("", ".", "..") and n == Path(n).name] \
+        if isinstance(names, list) else None
+
+
+def _absolute(path: Path) -> Path:
+    """The path with its folder resolved, not the file: writing replaces a symlink, never what it points to."""
+    return path.parent.resolve() / path.name
+
+
+def _git_tracked(folder: Path, paths: list[Path]) -> set[Path]:
+    """The `paths` (under `folder`) that git tracks in the work tree holding `folder`; none outside a work tree."""
+    if shutil.which("git") is None:
+        return set()
+    listed = subprocess.run(["git", "-C", str(folder), "ls-files", "-z", "--", *(str(_absolute(p)) for p in paths)],
+                            capture_output=True, text=True)
+    if listed.returncode:  # not a git work tree (or git refuses it): nothing is tracked
+        return set()
+    found = {_absolute(folder / name) for name in listed.stdout.split("\0") if name}
+    return {p for p in paths if _absolute(p) in found}
+
+
+def _dvc_outputs(root: Path) -> list[str]:
+    """Patterns (relative to the DVC root; `${...}` of foreach stages as *) of the outputs, metrics and plots that
+    root/dvc.yaml declares and root/dvc.lock records."""
+    patterns = []
+    for name in ("dvc.yaml", "dvc.lock"):
+        try:
+            stages = (yaml.safe_load((root / name).read_text()) or {}).get("stages") or {}
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+        for stage in stages.values():
+            body = stage.get("do", stage) if isinstance(stage, dict) else {}
+            for entry in [e for kind in ("outs", "metrics", "plots") for e in body.get(kind) or []]:
+                path = entry.get("path", next(iter(entry), "")) if isinstance(entry, dict) else entry
+                patterns.append(re.sub(r"\$\{[^}]*\}", "*", str(path)).rstrip("/"))
+    return [p for p in patterns if p]
+
+
+def _dvc_tracked(folder: Path, paths: list[Path]) -> dict[Path, str]:
+    """{path: what tracks it} for the `paths` that the DVC repository holding `folder` tracks: an output (or a file
+    inside an output folder) of its dvc.yaml / dvc.lock, or a file (or folder) with a .dvc file beside it."""
+    folder = folder.resolve()  # paths are compared resolved: a symlink on the way must not hide the project
+    root = next((p for p in (folder, *folder.parents) if (p / ".dvc").is_dir()), None)
+    if root is None:
+        return {}
+    patterns, found = _dvc_outputs(root), {}
+    for path in paths:
+        rel = _absolute(path).relative_to(root)
+        if any(fnmatch.fnmatchcase(rel.as_posix(), p) or fnmatch.fnmatchcase(rel.as_posix(), f"{p}/*")
+               for p in patterns):
+            found[path] = f"an output of the DVC pipeline in {root} (dvc.yaml / dvc.lock)"
+        for above in (rel, *rel.parents[:-1]):  # the file, then each folder above it up to the root
+            if (root / above).with_name(above.name + ".dvc").is_file():
+                found[path] = f"tracked by DVC ({above}.dvc)"
+    return found
+
+
+def out_problem(out: Path, cumulative: bool, force: bool) -> str | None:
+    """Why `llmc barriers` must not write into `out` (None: it may): a file to be written or replaced that git or
+    DVC tracks (even with `force`: tracked files belong to a repository, and a report written over them is a change
+    nobody asked for), or a non-empty folder that holds no earlier run's marker (unless `force`)."""
+    earlier = earlier_outputs(out) if out.is_dir() else None
+    folder = next(p for p in (out, *out.parents) if p.exists())
+    touched = [out / n for n in dict.fromkeys([*output_names(cumulative), *(earlier or []), MARKER])]
+    git, dvc = _git_tracked(folder, touched), _dvc_tracked(folder, touched)
+    tracked = next((p for p in touched if p in git or p in dvc), None)
+    if tracked is not None:
+        why = " and ".join((["tracked by git"] if tracked in git else []) + ([dvc[tracked]] if tracked in dvc else []))
+        return (f"--out {out}: {tracked} is {why}; llmc barriers never writes over tracked files, not even with "
+                "--force: choose a folder outside the repository's tracked outputs")
+    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if present and earlier is None and not force:
+        shown = ", ".join(present[:5]) + (f" (+{len(present) - 5} more)" if len(present) > 5 else "")
+        return (f"--out {out} holds files that llmc barriers did not write ({shown}; no {MARKER}); choose a new or "
+                "empty folder, or add --force to write beside them (files of the same name are replaced)")
+    return None
+
+
 def write_outputs(out: Path, barriers: pd.DataFrame, cumulative: pd.DataFrame | None, summary: dict) -> list[Path]:
-    """Every output file in `out`, each written atomically; returns their paths."""
+    """Every output file in `out`, each written atomically, and the marker; the earlier run's files that this run
+    does not write are removed. Returns the paths (the marker aside)."""
+    names = output_names(cumulative is not None)
+    earlier = earlier_outputs(out) or []
+    # while this run writes, the marker lists the earlier run's files too: interrupted, it leaves none unlisted
+    save_json({"files": list(dict.fromkeys([*earlier, *names]))}, out / MARKER)
     split = summary["report_split"]
-    files = [out / "barriers.csv"]
-    save_table(barriers, files[-1])
+    save_table(barriers, out / "barriers.csv")
     if cumulative is not None:
-        files.append(out / "cumulative.csv")
-        save_table(cumulative, files[-1])
-    files.append(_save(heatmap_figure(barriers, split), out / "heatmap"))
+        save_table(cumulative, out / "cumulative.csv")
+    _save(heatmap_figure(barriers, split), out / "heatmap")
     if cumulative is not None:
-        files.append(_save(cumulative_figure(cumulative, split), out / "cumulative"))
-    files.append(out / "summary.json")
-    save_json(summary, files[-1])
-    names = [f.name for f in files] + ["report.md", "report.html"]
+        _save(cumulative_figure(cumulative, split), out / "cumulative")
+    save_json(summary, out / "summary.json")
     blocks = report_blocks(summary, names)
     save_text(to_markdown(blocks), out / "report.md")
     save_text(to_html(blocks), out / "report.html")
-    return files + [out / "report.md", out / "report.html"]
+    for name in set(earlier) - set(names):
+        if (out / name).is_file():
+            (out / name).unlink()
+    save_json({"files": names}, out / MARKER)
+    return [out / name for name in names]
