@@ -33,9 +33,14 @@ Shared storage (--remote PATH, a local or shared-filesystem folder; local and sl
 it as default DVC remote; each job runs `dvc pull --run-cache` before its `dvc repro` (when it has a dvc.lock, its own
 or the one its seed kept in the remote) and `dvc push --run-cache` after, and keeps its dvc.lock in
 PATH/launch_locks/<profile>/. DVC writes no run-cache for a stage with uncached outputs (every stage here has executed
-notebooks and figures with `cache: false`, and train_pairs persists its checkpoints), so the lock is what lets a fresh
-workspace of the same seed (another node, a purged scratch disk) pull its prepared data and checkpoints: the pair is
-then not retrained (the trainer resumes from the pulled checkpoints), only the cheap uncached outputs are recomputed.
+notebooks and figures with `cache: false`, and every stage that trains persists its checkpoints), so the lock is what
+lets a fresh workspace of the same seed (another node, a purged scratch disk) pull its prepared data and checkpoints:
+the models are then not retrained (the trainer resumes from the pulled checkpoints), only the cheap uncached outputs
+are recomputed.
+
+Refused before anything is made (exit 2): more than MAX_SEEDS seeds without --many-seeds (one workspace each: a typo
+such as 0-100000 would make 100,001), and a --dest, or a workspace folder in it, that holds pipeline files llmc did
+not write (profiles.check_dest) without --force.
 """
 
 from __future__ import annotations
@@ -54,22 +59,31 @@ import yaml
 
 from llmc_utils.claims import VERDICTS
 from llmc_utils.config import ParamsError, get_section, validate_params
-from llmc_utils.profiles import REPO, _merge, dvc, load_profile, make_workspace, profile_path
+from llmc_utils.profiles import REPO, _merge, check_dest, claim, dvc, load_profile, make_workspace, profile_path
 
 GATHER_STAGES = ("aggregate", "report")  # read every seed: only the gather workspace runs them
+MAX_SEEDS = 1000  # more seeds (one workspace each) only with --many-seeds: a typo like 0-100000 is not a launch
 LOCKS = "launch_locks"  # folder of the remote that keeps each seed workspace's dvc.lock
 PENDING = ("Queued", "Running")  # `dvc queue status` states of an experiment not finished yet
 
 
-def parse_seeds(spec: str) -> list[int]:
-    """'0-4', '0,2,7' or '0-2,7' -> sorted distinct seeds; anything else raises ValueError saying what is allowed."""
-    seeds: set[int] = set()
+def parse_seeds(spec: str, limit: int | None = MAX_SEEDS) -> list[int]:
+    """'0-4', '0,2,7' or '0-2,7' -> sorted distinct seeds; anything else, or more than `limit` seeds (None: no
+    limit), raises ValueError saying what is allowed. The count comes from the ranges, before any list is made."""
+    ranges = []
     for part in str(spec).split(","):
         match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
         if not match or (match[2] is not None and int(match[2]) < int(match[1])):
             raise ValueError(f"bad seeds {spec!r}: give non-negative integers and ranges, like 0-4 or 0,2,7 or 0-2,7")
-        seeds.update(range(int(match[1]), int(match[2] or match[1]) + 1))
-    return sorted(seeds)
+        ranges.append((int(match[1]), int(match[2] or match[1])))
+    count, end = 0, -1  # distinct seeds: the ranges in order, each counted from past the end of those before it
+    for low, high in sorted(ranges):
+        count += max(0, high - max(low, end + 1) + 1)
+        end = max(end, high)
+    if limit is not None and count > limit:
+        raise ValueError(f"--seeds {spec} asks for {count:,} seeds, one workspace and pipeline run each; more than "
+                         f"{limit:,} need --many-seeds")
+    return sorted({seed for low, high in ranges for seed in range(low, high + 1)})
 
 
 def parse_set(items: list[str]) -> dict:
@@ -178,8 +192,10 @@ def run_seed(workspace: str, targets: list[str], remote: str | None = None, lock
     return dict(workspace=str(workspace), ran=ran_stages(log))
 
 
-def prepare(profile_file: Path, seeds: list[int], dest: Path, overrides: dict, remote: str | None) -> dict[int, list]:
-    """Make or refresh the seed workspaces; {seed: targets} of those with work left (busy and done ones printed)."""
+def prepare(profile_file: Path, seeds: list[int], dest: Path, overrides: dict, remote: str | None,
+            force: bool = False) -> dict[int, list]:
+    """Make or refresh the seed workspaces (`force`: see profiles.check_dest); {seed: targets} of those with work
+    left (busy and done ones printed)."""
     todo = {}
     for r in seeds:
         workspace, first = dest / f"seed_{r}", r == seeds[0]
@@ -187,7 +203,7 @@ def prepare(profile_file: Path, seeds: list[int], dest: Path, overrides: dict, r
         if before == "busy":
             print(f"seed {r}: busy (a DVC process holds {workspace}: a job still running); left alone", flush=True)
             continue  # refreshing its files under a running job could hand it a half-copied module
-        make_workspace(profile_file, workspace, with_seeds(profile_file, overrides, [r]))
+        make_workspace(profile_file, workspace, with_seeds(profile_file, overrides, [r]), force)
         if remote:
             configure_remote(workspace, remote)
         targets = seed_targets(workspace, first)
@@ -235,16 +251,16 @@ def _git(workspace: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=workspace, check=True, capture_output=True, text=True).stdout
 
 
-def queue_workspace(profile_file: Path, dest: Path, overrides: dict) -> Path:
+def queue_workspace(profile_file: Path, dest: Path, overrides: dict, force: bool = False) -> Path:
     """A workspace that is a git repository (DVC experiments are git commits), its files committed."""
     workspace = dest / "queue"
     if not (workspace / ".git").is_dir():
-        workspace.mkdir(parents=True, exist_ok=True)
+        claim(workspace, force)  # marked before `dvc init` makes the .dvc/ that make_workspace checks for
         _git(workspace, "init", "-q")
         _git(workspace, "config", "user.name", "llmc launch")  # experiments commit; no global identity needed
         _git(workspace, "config", "user.email", "launch@llmc.invalid")
         dvc(workspace, "init", "-q")
-    make_workspace(profile_file, workspace, overrides)
+    make_workspace(profile_file, workspace, overrides, force)
     if _git(workspace, "status", "--porcelain"):
         _git(workspace, "add", "-A")
         _git(workspace, "commit", "-q", "-m", "launch workspace")
@@ -265,11 +281,11 @@ def queue_status(workspace: Path) -> dict[str, str]:
 
 
 def run_queue(profile_file: Path, seeds: list[int], dest: Path, devices: list[str], overrides: dict,
-              targets: list[str] | None = None, poll_s: float = 5.0) -> dict[int, Path]:
+              targets: list[str] | None = None, poll_s: float = 5.0, force: bool = False) -> dict[int, Path]:
     """Queue one experiment per seed (`dvc exp run --queue -S repetitions.<list>=[r] -S runtime.device=<device>`,
     devices round robin), start one worker per device (`dvc queue start -j N`), wait, and export each experiment's
     files to dest/queue_exps/seed_<r>/ (git archive) for the gather. Seeds with a finished experiment are skipped."""
-    workspace = queue_workspace(profile_file, dest, with_seeds(profile_file, overrides, seeds[:1]))
+    workspace = queue_workspace(profile_file, dest, with_seeds(profile_file, overrides, seeds[:1]), force)
     names = repetition_names(profile_file, overrides)
     done, pending = experiments(workspace), queue_status(workspace)
     for i, r in enumerate(seeds):
@@ -372,11 +388,11 @@ def gather_alignment(workspace: Path, sources: dict[int, Path], seeds: list[int]
         plt.close(fig)
 
 
-def gather(profile_file: Path, sources: dict[int, Path], dest: Path, overrides: dict) -> Path:
+def gather(profile_file: Path, sources: dict[int, Path], dest: Path, overrides: dict, force: bool = False) -> Path:
     """The gather workspace `dest` over the finished seed folders `sources` ({seed: workspace or exported
     experiment}): copies, merges (see the module docstring), then `dvc repro -s check_params aggregate report`."""
     seeds = sorted(sources)
-    workspace = make_workspace(profile_file, dest, with_seeds(profile_file, overrides, seeds))
+    workspace = make_workspace(profile_file, dest, with_seeds(profile_file, overrides, seeds), force)
     pipeline = stages(workspace)
     once = [rel for name, stage in pipeline.items() if name not in GATHER_STAGES and not per_seed(stage)
             for rel in uncached_outs(stage) if name != "check_params"]
@@ -417,9 +433,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("profile", help="profile name (default, paper, tiny, profiles/<name>.yaml) or params file")
     parser.add_argument("--seeds", required=True, help="seeds (repetition indices), like 0-4 or 0,2,7")
+    parser.add_argument("--many-seeds", action="store_true", help=f"allow more than {MAX_SEEDS:,} seeds")
     parser.add_argument("--executor", choices=("local", "slurm", "queue"), default="local",
                         help="local processes, a Slurm job array (submitit), or DVC's experiment queue on this machine")
     parser.add_argument("--dest", help="folder of the seed workspaces and the gather (default runs/launch/<profile>)")
+    parser.add_argument("--force", action="store_true", help="use --dest (and the workspaces in it) even where it "
+                        "holds a params.yaml, dvc.yaml, notebooks/, llmc_utils/ or .dvc/ not made by llmc")
     parser.add_argument("--gather", action="store_true", help="after the jobs, gather every seed into dest/gather")
     parser.add_argument("--remote", help="folder for a DVC remote shared by every job (data and checkpoints)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -449,13 +468,15 @@ def remote_main(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The CLI: a bad seeds spec, profile, override or a missing Slurm ends with one message (exit 2)."""
+    """The CLI: a bad seeds spec (or more than MAX_SEEDS seeds without --many-seeds), profile or override, a missing
+    Slurm, or a --dest holding pipeline files not made by llmc (without --force) ends with one message (exit 2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["remote"]:
         return remote_main(argv[1:])
     args = parse_args(argv)
+    dest = Path(args.dest or REPO / "runs" / "launch" / Path(str(args.profile)).stem).resolve()
     try:
-        seeds = parse_seeds(args.seeds)
+        seeds = parse_seeds(args.seeds, None if args.many_seeds else MAX_SEEDS)
         overrides = parse_set(args.set)
         profile_file = profile_path(args.profile)
         repetition_names(profile_file, overrides)  # validates the profile and overrides before any folder is made
@@ -465,17 +486,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.executor == "slurm" and shutil.which("sbatch") is None:
             raise ValueError("--executor slurm needs Slurm, but `sbatch` is not on PATH on this machine: run the "
                              "launch on the cluster's login node, or use --executor local or queue")
+        # every folder the launch makes a workspace in, before the first is made (profiles.WorkspaceInUse)
+        for folder in (dest, dest / "gather", dest / "queue", *(dest / f"seed_{r}" for r in seeds)):
+            check_dest(folder, args.force)
     except (ValueError, ParamsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    dest = Path(args.dest or REPO / "runs" / "launch" / Path(str(args.profile)).stem).resolve()
     if args.remote:  # jobs run elsewhere (another cwd, another node): give them an absolute path
         args.remote = str(Path(args.remote).expanduser().resolve())
     started = time.perf_counter()
     if args.executor == "queue":
-        sources = run_queue(profile_file, seeds, dest, args.devices.split(","), overrides)
+        sources = run_queue(profile_file, seeds, dest, args.devices.split(","), overrides, force=args.force)
     else:
-        todo = prepare(profile_file, seeds, dest, overrides, args.remote)
+        todo = prepare(profile_file, seeds, dest, overrides, args.remote, args.force)
         jobs = submit(todo, dest, args, Path(str(args.profile)).stem) if todo else []
         print(f"{len(jobs)} job(s) submitted, {len(seeds) - len(jobs)} seed(s) skipped", flush=True)
         if jobs and (args.gather or args.executor == "local"):  # local jobs are children of this machine: wait
@@ -488,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"seeds done in {time.perf_counter() - started:.0f} s", flush=True)
     if args.gather:
         started = time.perf_counter()
-        gather(profile_file, sources, dest / "gather", overrides)
+        gather(profile_file, sources, dest / "gather", overrides, args.force)
         print(f"gather done in {time.perf_counter() - started:.0f} s", flush=True)
     return 0
 

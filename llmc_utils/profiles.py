@@ -12,6 +12,10 @@ here with the file, key, value and what is allowed, before the workspace is touc
 runs/<profile>/) gets copies of dvc.yaml, the notebooks and the package sources the stages depend on, the profile as
 its params.yaml, and an offline DVC config; then `dvc repro [targets]` runs there. The tiny-profile pipeline test and
 the budget benchmark use the same two functions.
+
+A workspace is marked as made here (WORKSPACE_MARKER), so rerunning into it refreshes those files. A folder that
+holds any of them without the marker (the repository itself, another project) is refused before anything changes,
+unless --force: its params.yaml, dvc.yaml and notebooks would be overwritten.
 """
 
 from __future__ import annotations
@@ -77,18 +81,47 @@ def dvc(workspace: Path, *args: str, check: bool = True) -> subprocess.Completed
     return out
 
 
-def make_workspace(params_file: str | Path, dest: str | Path, overrides: dict | None = None) -> Path:
+WORKSPACE_MARKER = ".llmc_workspace"
+WORKSPACE_FILES = ("params.yaml", "dvc.yaml", "notebooks", "llmc_utils", ".dvc")  # what make_workspace (re)writes
+
+
+class WorkspaceInUse(ValueError):
+    """A destination folder holding pipeline files that make_workspace did not write."""
+
+
+def check_dest(dest: Path, force: bool = False) -> None:
+    """Raise WorkspaceInUse when `dest` holds any of WORKSPACE_FILES but no WORKSPACE_MARKER, unless `force`."""
+    found = [name for name in WORKSPACE_FILES if (Path(dest) / name).exists()]
+    if found and not force and not (Path(dest) / WORKSPACE_MARKER).is_file():
+        raise WorkspaceInUse(f"--dest {dest} holds {', '.join(found)}, not written by llmc (no {WORKSPACE_MARKER} "
+                             "there), and making a workspace would overwrite them; choose another --dest, or add "
+                             "--force to replace them")
+
+
+def claim(dest: Path, force: bool = False) -> None:
+    """check_dest, then the folder made (a read-only one fails here, before anything is copied) and marked."""
+    check_dest(dest, force)
+    dest.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(dest / ".write_probe", os.O_CREAT | os.O_WRONLY))
+    os.unlink(dest / ".write_probe")
+    if not (dest / WORKSPACE_MARKER).is_file():
+        (dest / WORKSPACE_MARKER).write_text("a pipeline workspace made by llmc_utils.profiles: params.yaml, "
+                                             "dvc.yaml, notebooks/ and llmc_utils/ are rewritten when it is made "
+                                             "again\n")
+
+
+def make_workspace(params_file: str | Path, dest: str | Path, overrides: dict | None = None,
+                   force: bool = False) -> Path:
     """A fresh (or refreshed) pipeline workspace at `dest` running on the profile `params_file` (with `overrides`
-    merged on top). Outputs already there are kept, so DVC reruns only what changed."""
+    merged on top). Outputs already there are kept, so DVC reruns only what changed. A folder with pipeline files
+    that were not made here raises WorkspaceInUse (check_dest) unless `force`."""
     params = _merge(load_profile(params_file), overrides or {})
     # fail before copying anything; paths must exist and the device must be present on this machine
     validated = validate_params(params, source=str(params_file), check_environment=True)
     # every section with every key, defaults filled in: DVC reads the keys a stage depends on from the file itself
     params = {name: get_section(validated, name).model_dump(mode="json") for name in SECTIONS}
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    os.close(os.open(dest / ".write_probe", os.O_CREAT | os.O_WRONLY))  # a read-only workspace fails before any copy
-    os.unlink(dest / ".write_probe")
+    claim(dest, force)
     for name in ("notebooks", "llmc_utils"):
         shutil.copytree(REPO / name, dest / name, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", dest / "dvc.yaml")
@@ -115,6 +148,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("profile", help=f"one of {', '.join(PROFILES)}, a file profiles/<name>.yaml, or a params file")
     parser.add_argument("--dest", help="workspace folder (default runs/<profile name>)")
+    parser.add_argument("--force", action="store_true", help="make the workspace in a folder that holds a params.yaml, "
+                        "dvc.yaml, notebooks/, llmc_utils/ or .dvc/ of its own (they are overwritten)")
     parser.add_argument("targets", nargs="*", help="dvc repro targets (default: the whole pipeline)")
     args = parser.parse_intermixed_args(argv)
     args.targets = [*args.targets, *after]
@@ -126,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     dest = Path(args.dest or REPO / "runs" / Path(str(args.profile)).stem)
     try:
-        make_workspace(profile_path(args.profile), dest)
-    except ParamsError as exc:
+        make_workspace(profile_path(args.profile), dest, force=args.force)
+    except (ParamsError, WorkspaceInUse) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # e.g. a read-only or foreign-owned workspace folder

@@ -32,9 +32,11 @@ def snapshot(folder):
 
 @pytest.fixture
 def workspace(tmp_path):
-    """A workspace as a finished run leaves it: params, metrics, a figure, a pair checkpoint."""
+    """A workspace as a finished run leaves it: made by the profiles CLI (its marker), params, metrics, a figure, a
+    pair checkpoint."""
     ws = tmp_path / "ws"
     (ws / "figures").mkdir(parents=True)
+    (ws / profiles.WORKSPACE_MARKER).write_text("made by llmc_utils.profiles\n")
     (ws / "figures" / "fig1_layerwise_barriers.png").write_bytes(b"\x89PNG old figure")
     save_json({"max_barrier": 1.23}, ws / "metrics" / "layerwise_barriers" / "seed_0.json")
     shutil.copy(ROOT / "tests" / "params_tiny.yaml", ws / "params.yaml")

@@ -64,6 +64,13 @@ def test_parse_seeds():
     for bad in ("", "a", "3-1", "-1", "0-", "1.5"):
         with pytest.raises(ValueError, match="bad seeds"):
             launch.parse_seeds(bad)
+    # at most MAX_SEEDS distinct seeds (overlaps counted once) without --many-seeds; counted before any list is made
+    assert len(launch.parse_seeds("0-999,500-999,7")) == launch.MAX_SEEDS == 1000
+    with pytest.raises(ValueError, match="--seeds 0-1000 asks for 1,001 seeds"):
+        launch.parse_seeds("0-1000")
+    with pytest.raises(ValueError, match="asks for 100,000,000,000 seeds"):
+        launch.parse_seeds("5,0-99999999999")
+    assert len(launch.parse_seeds("0-1000", limit=None)) == 1001
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -28,7 +28,8 @@ def documented_commands() -> list[list[str]]:
 def recorder(monkeypatch):
     """Replace workspace creation and DVC with recorders: {"workspace": (profile, dest), "dvc": (argv, cwd)}."""
     calls = {}
-    monkeypatch.setattr(profiles, "make_workspace", lambda path, dest: calls.setdefault("workspace", (path, dest)))
+    monkeypatch.setattr(profiles, "make_workspace",
+                        lambda path, dest, force: calls.setdefault("workspace", (path, dest)))
     monkeypatch.setattr(profiles.subprocess, "call",
                         lambda argv, cwd, env: calls.setdefault("dvc", (argv, cwd)) and 0)
     return calls
