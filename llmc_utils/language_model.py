@@ -51,7 +51,7 @@ from llmc_utils.config import ExistingFile, NonNegativeInt, PositiveInt, Section
 from llmc_utils.evaluation import FULL, Evaluator, LayerEvaluator, checkpoint_barriers
 from llmc_utils.io import read_seed_tables
 from llmc_utils.layers import logical_layers
-from llmc_utils.trainer import OptimConfig, TrainingDiverged, load_weights, train_members
+from llmc_utils.trainer import OptimConfig, TrainingDiverged, load_weights, stale_dir_of, train_members
 from llmc_utils.transformer import Block
 
 STAGE = "language_model"
@@ -266,6 +266,7 @@ def train_models(cfg: LanguageModelConfig, prepared: dict, run_root: Path, proce
     evaluator = Evaluator(model, prepared["splits"], cfg.eval_batch_size)
     seeds = model_seeds(cfg, repetition)
     members = {name: dict(init_seed=init_seed, data_seed=data_seed, run_dir=run_root / run_dir_name(name),
+                          stale_dir=stale_dir_of(run_root / run_dir_name(name)),
                           desc=f"GPT {name} of repetition {repetition}")
                for name, (init_seed, data_seed) in seeds.items()}
     paths = train_members(members, processes, make_model=make_model, x=x, y=y, cfg=cfg.optim,

@@ -32,7 +32,7 @@ from llmc_utils.evaluation import LayerEvaluator
 from llmc_utils.io import CheckpointError, load_checkpoint
 from llmc_utils.models import build_model
 from llmc_utils.stage import Stage
-from llmc_utils.trainer import OptimConfig, train_members
+from llmc_utils.trainer import OptimConfig, check_checkpoints, stale_dir_of, train_members
 
 PAIR_DIR = Path("models") / "pair"
 
@@ -100,7 +100,6 @@ def train_pair(cfg: TrainPairsConfig, images, workspace: str | Path, repetition:
     pair's folder models/pair/seed_<r>); returns {"A": paths, "B": paths}. `processes` (runtime.train_processes):
     see trainer.train_many."""
     run_root = Path(run_root) if run_root is not None else pair_dir(workspace, repetition)
-    stale_root = Path(workspace) / "models" / "stale" / run_root.relative_to(Path(workspace) / "models")
     x, y = images.split("train", cfg.train_subset, cfg.subset_seed, device=device)
     spec = model_spec(cfg, images.shape, len(images.classes))
     members = {}
@@ -110,7 +109,7 @@ def train_pair(cfg: TrainPairsConfig, images, workspace: str | Path, repetition:
                                run_dir=run_root / member,
                                meta=dict(spec=spec, scheme=cfg.scheme, member=member, train_subset=cfg.train_subset,
                                          subset_seed=cfg.subset_seed, dataset=images.name),
-                               stale_dir=stale_root / member,
+                               stale_dir=stale_dir_of(run_root / member),
                                desc=f"train {member} of pair {repetition}")
     return train_members(members, processes, make_model=partial(make_model, spec, device), x=x, y=y, cfg=cfg.optim,
                          checkpoint_epochs=cfg.checkpoint_epochs)
@@ -209,6 +208,15 @@ def headline_metrics(curves, cfg: TrainPairsConfig) -> dict:
     last = curves[curves.epoch == curves.epoch.max()]
     out = {f"final_{r.split}_{r.metric}_{r.member}": float(r.value) for r in last.itertuples()}
     return dict(out, arch=cfg.arch, width=cfg.width, scheme=cfg.scheme, epochs=cfg.optim.epochs)
+
+
+def check_curves(curves, cfg: TrainPairsConfig, n_classes: int, repetition: int) -> None:
+    """trainer.check_checkpoints on the test error of A and B at every checkpoint of the curves (unless
+    cfg.chance_guard is off): a degenerate checkpoint stops the stage, naming the model, its seeds and the epoch."""
+    errors = member_curve(curves, "test", "error").set_index("epoch")
+    for member in ("A", "B") if cfg.chance_guard else ():
+        check_checkpoints(errors[member].to_dict(), n_classes, f"model {member} of pair {repetition} ({cfg.arch}, "
+                          f"seeds {cfg.seeds(member, repetition)})")
 
 
 def member_curve(curves, split: str = "test", metric: str = "error"):

@@ -39,7 +39,7 @@ from llmc_utils.config import Alpha, NonNegativeInt, PositiveInt, Section, repet
 from llmc_utils.io import CheckpointError, load_checkpoint, read_seed_tables
 from llmc_utils.layers import StateDict, add_flat, flat, mix
 from llmc_utils.stage import progress
-from llmc_utils.trainer import OptimConfig, check_not_chance, train_members
+from llmc_utils.trainer import OptimConfig, check_not_chance, model_layout, stale_dir_of, train_members
 from llmc_utils.vit import ViTConfig
 
 STAGE = "robustness"
@@ -136,18 +136,22 @@ def make_vit(vit_cfg: ViTConfig, image_shape, n_classes: int, device="cpu") -> t
 def train_pair(cfg: RobustnessConfig, make_model: Callable[[], torch.nn.Module], x: torch.Tensor, y: torch.Tensor,
                run_root: Path, processes: int = 1) -> dict[str, Path]:
     """Train the ViT pair with llmc_utils.trainer (resumable; A and B side by side when processes > 1, see
-    trainer.train_many); returns {"A": final checkpoint, "B": ...}."""
+    trainer.train_many); returns {"A": final checkpoint, "B": ...}. Checkpoints of another configuration (their meta:
+    the ViT, its state-dict layout, which the data set's image size and classes fix, and the training subset) are
+    moved to models/stale/."""
     members = {name: dict(cfg=optim, data_seed=data_seed, checkpoint_epochs=[0, optim.epochs],
-                          run_dir=Path(run_root) / name, desc=f"ViT {name}")
+                          run_dir=Path(run_root) / name, stale_dir=stale_dir_of(Path(run_root) / name),
+                          desc=f"ViT {name}")
                for name, (optim, data_seed) in cfg.members().items()}
     paths = train_members(members, processes, make_model=make_model, x=x, y=y, init_seed=cfg.init_seed,
-                          meta=dict(arch="vit", vit=cfg.vit.model_dump(), n_train=cfg.n_train,
-                                    subset_seed=cfg.subset_seed))
+                          meta=dict(arch="vit", vit=cfg.vit.model_dump(), layout=model_layout(make_model()),
+                                    n_train=cfg.n_train, subset_seed=cfg.subset_seed))
     return {name: member_paths[-1] for name, member_paths in paths.items()}
 
 
 def check_endpoints(cfg: RobustnessConfig, endpoints: Mapping[str, dict], n_classes: int, repetition: int) -> None:
-    """trainer.check_not_chance on the final test error of both ViTs: a degenerate model stops the stage."""
+    """trainer.check_not_chance on the final test error of both ViTs, their only trained checkpoint: a degenerate
+    model stops the stage."""
     for member, (optim, data_seed) in cfg.members().items():
         check_not_chance(endpoints[member]["test"]["error"], n_classes,
                          f"ViT {member} of repetition {repetition} (init seed {cfg.init_seed}, data seed {data_seed})",

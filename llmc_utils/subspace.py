@@ -37,7 +37,7 @@ from llmc_utils.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, P
 from llmc_utils.io import read_seed_tables
 from llmc_utils.layers import StateDict, add_flat, flat, logical_layers
 from llmc_utils.models import MLP
-from llmc_utils.trainer import OptimConfig, check_not_chance, load_weights, train_members
+from llmc_utils.trainer import OptimConfig, check_checkpoints, load_weights, stale_dir_of, train_members
 
 Dataset = Literal["synthetic", "fashion_mnist"]
 Variant = Literal["snapshots", "final_only"]
@@ -122,17 +122,25 @@ def fashion_data(cfg: SubspacePerturbationsConfig, images) -> dict[str, torch.Te
     return dict(x_train=x.flatten(1), y_train=y, x_test=xt.flatten(1), y_test=yt)
 
 
+# the fields that decide what the MLPs train on (a checkpoint's meta): the data sets and the subset drawn from them
+DATA_FIELDS = {"synthetic_samples", "synthetic_features", "synthetic_classes", "synthetic_informative",
+               "synthetic_seed", "synthetic_test_fraction", "fashion_train", "subset_seed"}
+
+
 def train_halves(cfg: SubspacePerturbationsConfig, tensors: Mapping[str, torch.Tensor], n_classes: int,
                  run_root: Path, processes: int = 1) -> tuple[Callable[[], nn.Module], dict[str, list[Path]]]:
     """Train A on one half and B on the other (same init); returns (model factory, {member: snapshot paths}).
-    `processes`: see trainer.train_many."""
+    `processes`: see trainer.train_many. Checkpoints of another configuration (meta: the MLP and the DATA_FIELDS)
+    are moved to models/stale/."""
     x, y = tensors["x_train"], tensors["y_train"]
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.subset_seed))
     halves = {"A": order[: len(y) // 2], "B": order[len(y) // 2:]}
     make = partial(MLP, x.shape[1], list(cfg.hidden), n_classes)
+    meta = dict(arch="mlp", in_features=x.shape[1], hidden=list(cfg.hidden), n_classes=n_classes, n=len(y),
+                data=cfg.model_dump(include=DATA_FIELDS))
     members = {member: dict(x=x[halves[member]], y=y[halves[member]], data_seed=data_seed,
-                            run_dir=Path(run_root) / member,
-                            meta=dict(arch="mlp", hidden=list(cfg.hidden), n=len(y), half=member), desc=f"MLP {member}")
+                            run_dir=Path(run_root) / member, stale_dir=stale_dir_of(Path(run_root) / member),
+                            meta=dict(meta, half=member), desc=f"MLP {member}")
                for member, data_seed in cfg.data_seeds().items()}
     return make, train_members(members, processes, make_model=make, cfg=cfg.optim, init_seed=cfg.init_seed,
                                checkpoint_epochs=cfg.snapshot_epochs())
@@ -236,15 +244,15 @@ def loss_at(curves: pd.DataFrame, sigma: float, metric: str = "loss") -> pd.Data
     return df.groupby(keys).value.agg(["mean", "std"]).reset_index()
 
 
-def check_endpoints(endpoints: Mapping[str, Mapping[str, dict]], n_classes: Mapping[str, int],
-                    cfg: SubspacePerturbationsConfig, repetition: int) -> None:
-    """trainer.check_not_chance on the final test error of both MLPs of every dataset: a degenerate model stops the
-    stage. `endpoints[dataset][member]` = {"loss", "error"} on the test split."""
-    for dataset, members in endpoints.items():
-        for member, data_seed in cfg.data_seeds().items():
-            check_not_chance(members[member]["error"], n_classes[dataset],
-                             f"MLP {member} on {dataset}, repetition {repetition} (init seed {cfg.init_seed}, "
-                             f"data seed {data_seed})", cfg.optim.epochs)
+def check_snapshots(evaluate: Callable[[StateDict], dict], snapshots: Mapping[str, Sequence[StateDict]],
+                    n_classes: int, cfg: SubspacePerturbationsConfig, dataset: str, repetition: int) -> None:
+    """trainer.check_checkpoints on the test error of every snapshot of both MLPs of one dataset (evaluate(state) ->
+    {"test": {"error", ...}}): a degenerate run stops the stage, naming the MLP, its seeds and the epoch."""
+    for member, data_seed in cfg.data_seeds().items():
+        errors = {epoch: evaluate(state)["test"]["error"]
+                  for epoch, state in zip(cfg.snapshot_epochs(), snapshots[member], strict=True)}
+        check_checkpoints(errors, n_classes, f"MLP {member} on {dataset}, repetition {repetition} (init seed "
+                          f"{cfg.init_seed}, data seed {data_seed})")
 
 
 # -------------------------------------------------------------------------------------------- per-seed metrics ---

@@ -5,15 +5,20 @@ weights come from `init_seed`, the data order and augmentation from `data_seed` 
 "same init, different data order" is two runs with equal init_seed and different data_seed.
 
 A checkpoint stores model, optimizer, scheduler and generator state: a run interrupted after checkpoint e resumes
-from e and produces the same weights as an uninterrupted one. Under DVC the pairs' checkpoints are `persist` outputs,
-so this also holds for an interrupted `dvc repro`. A checkpoint is only resumed from when its stored `meta` (seeds,
-optimizer, whatever the caller describes the run with) equals the run's: checkpoints of another configuration are
-moved aside (`stale_dir`) or stop the run with what to do, and a file that is not a readable checkpoint of this trainer
-stops it; nothing is ever mixed in, guessed about or deleted.
+from e and produces the same weights as an uninterrupted one. Under DVC the checkpoint folders in models/ (pairs,
+BN pair, ViT pair, subspace MLPs, language models) are `persist` outputs, so this also holds for an interrupted `dvc
+repro`. A checkpoint is only resumed from when its stored `meta` (seeds, optimizer, data, architecture: whatever
+the caller describes the run with) equals the run's: checkpoints of another configuration are moved aside
+(`stale_dir`; the stages pass `stale_dir_of(run_dir)`, the same path under models/stale/) or stop the run with what
+to do, and a file that is not a readable checkpoint of this trainer stops it; nothing is ever mixed in, guessed about
+or deleted.
 
-Two guards: a non-finite loss stops the run at once (TrainingDiverged names the run, its seeds and the epoch), and
-`perturb_init` lets the test suite prove that no checked output depends on the last digits of a training run
-(LLMC_PERTURB_INIT=1e-6 multiplies every initial weight by 1 + 1e-6 * noise; unset everywhere but in that test).
+Guards: a non-finite loss stops the run at once, and so does a checkpoint about to be saved with a non-finite weight
+(the last step of an epoch comes after its loss; TrainingDiverged names the run, its seeds and the epoch); a stage
+then calls `check_checkpoints` on a classifier's error at its checkpoints, so that no checkpoint of a run that ended
+at chance level, or fell back to it, reaches a figure. `perturb_init` lets the test suite prove that no checked output depends on the last digits
+of a training run (LLMC_PERTURB_INIT=1e-6 multiplies every initial weight by 1 + 1e-6 * noise; unset everywhere but
+in that test).
 """
 
 from __future__ import annotations
@@ -79,13 +84,34 @@ def check_finite(loss: torch.Tensor | float, desc: str, epoch: int) -> None:
                                "or add gradient clipping in params.yaml")
 
 
+def check_finite_state(state: Mapping[str, torch.Tensor], desc: str, epoch: int) -> None:
+    """Stop before a checkpoint with a NaN or infinite weight is written, naming the tensor."""
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise TrainingDiverged(f"{desc}: training diverged at epoch {epoch} ({key} is no longer finite); lower "
+                                   "the learning rate or add gradient clipping in params.yaml")
+
+
 def check_not_chance(error: float, n_classes: int, desc: str, epoch: int, margin: float = 0.95) -> None:
     """Stop when a trained classifier's error (%) is at least `margin` x chance (100 (1 - 1/C)): a run that fell off
     the stable training regime must never reach a figure."""
     chance = 100.0 * (1.0 - 1.0 / n_classes)
-    if error >= margin * chance:
+    if not error < margin * chance:  # NaN too
         raise TrainingDiverged(f"{desc}: error {error:.1f} % at epoch {epoch} is at chance level ({chance:.0f} %); "
                                "the run degenerated: lower the learning rate or change the recipe in params.yaml")
+
+
+def check_checkpoints(errors: Mapping[int, float], n_classes: int, desc: str, margin: float = 0.95) -> None:
+    """check_not_chance over a run's checkpoints ({epoch: error %}): at the last one, and at every one after the
+    first that left chance level. A run may start slowly (the initialisation, epoch 0, is at chance by construction
+    and never counts as having left it), but a run that falls back to chance half way must not put those
+    checkpoints into a figure, even when it recovers by the end."""
+    trained = sorted(epoch for epoch in errors if epoch > 0)
+    left_chance = False
+    for epoch in trained:
+        if left_chance or epoch == trained[-1]:
+            check_not_chance(errors[epoch], n_classes, desc, epoch, margin)
+        left_chance = left_chance or errors[epoch] < margin * 100.0 * (1.0 - 1.0 / n_classes)
 
 
 def lr_factor(cfg: OptimConfig, step: int, steps_per_epoch: int) -> float:
@@ -174,6 +200,23 @@ def survey_checkpoints(run_dir: Path, meta: dict) -> tuple[dict[int, Path], dict
     return current, other
 
 
+def model_layout(model: torch.nn.Module) -> dict[str, list[int]]:
+    """{state-dict key: shape} of a model: for a checkpoint's meta when the configuration alone does not fix the
+    architecture (the data set fixes input and output sizes), so that checkpoints of another one are not resumed."""
+    return {key: list(tensor.shape) for key, tensor in model.state_dict().items()}
+
+
+def stale_dir_of(run_dir: Path) -> Path:
+    """Where checkpoints of another configuration found in `run_dir` go: the same path under models/stale/ of its
+    workspace (models/robustness/seed_0/vit/A -> models/stale/robustness/seed_0/vit/A), outside every DVC output and
+    ignored by git; a run folder outside any models/ folder gets stale/ beside it."""
+    parts = Path(run_dir).parts
+    if "models" not in parts:
+        return Path(run_dir).parent / "stale" / Path(run_dir).name
+    cut = len(parts) - parts[::-1].index("models")  # after the last "models"
+    return Path(*parts[:cut], "stale", *parts[cut:])
+
+
 def set_aside(stale: dict[Path, list[str]], run_dir: Path, stale_dir: Path | None, desc: str) -> None:
     """Move checkpoints of another configuration out of `run_dir` into a new folder under `stale_dir` (nothing is
     deleted: they may be hours of compute), saying where; without a stale_dir, stop and say what to do."""
@@ -246,7 +289,10 @@ def train_model(make_model: Callable[[], torch.nn.Module], x: torch.Tensor, y: t
         generator.set_state(ckpt["generator"])
         start = ckpt["epoch"]
 
+    run = f"{desc} (init seed {init_seed}, data seed {data_seed})"  # how the guards name the run
+
     def save(epoch: int) -> None:
+        check_finite_state(model.state_dict(), run, epoch)
         save_torch(dict(epoch=epoch, meta=meta, model=model.state_dict(), optimizer=optimizer.state_dict(),
                         scheduler=scheduler.state_dict(), generator=generator.get_state()),
                    checkpoint_path(run_dir, epoch))
@@ -258,7 +304,7 @@ def train_model(make_model: Callable[[], torch.nn.Module], x: torch.Tensor, y: t
     for epoch in range(start + 1, cfg.epochs + 1):
         loss = sgd_epoch(model, optimizer, x, y, cfg.batch_size, generator, loss_fn, cfg.augment, cfg.grad_clip,
                          after_step=lambda: (scheduler.step(), bar.update(1)))
-        check_finite(loss, f"{desc} (init seed {init_seed}, data seed {data_seed})", epoch)
+        check_finite(loss, run, epoch)
         bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)  # shown at the next timed refresh
         if epoch in checkpoint_epochs:
             save(epoch)

@@ -8,6 +8,10 @@ params.yaml; `${item}` is the repetition index r.
 
 The first stage, check_params, validates the whole params.yaml (llmc_utils/check_params.py); every other stage
 depends on its stamp, so a bad params file stops `dvc repro` before DVC deletes any stage's outputs.
+
+Every checkpoint folder a stage trains into (`persist` in the table) is a `persist` output: DVC does not delete it
+before rerunning the stage, so an interrupted `dvc repro` resumes training (llmc_utils.trainer), and checkpoints of
+other params are moved to models/stale/ rather than mixed in.
 """
 
 from __future__ import annotations
@@ -44,11 +48,11 @@ STAGES = {
     "robustness": ("05_robustness", "robustness", ["robustness", "train_pairs.train_subset", "train_pairs.subset_seed"],
                    ["data/images.pt", f"models/pair/seed_{R}"],
                    [f"results/robustness/seed_{R}"], [f"metrics/robustness/seed_{R}.json"],
-                   {"models": [f"models/robustness/seed_{R}"]}),
+                   {"persist": [f"models/robustness/seed_{R}"]}),
     "subspace_perturbations": ("06_subspace_perturbations", "subspace_perturbations", ["subspace_perturbations"],
                                ["data/images.pt"], [f"results/subspace_perturbations/seed_{R}"],
                                [f"metrics/subspace_perturbations/seed_{R}.json"],
-                               {"models": [f"models/subspace_perturbations/seed_{R}"]}),
+                               {"persist": [f"models/subspace_perturbations/seed_{R}"]}),
     "federated": ("07_federated", "federated", ["federated", "report.partial_minus_full_points"], ["data/images.pt"], [f"results/federated/seed_{R}"],
                   [f"metrics/federated/seed_{R}.json"], {}),
     "alignment": ("09_alignment", None,
@@ -62,7 +66,7 @@ STAGES = {
                  ["metrics/bn_reset.json"], {"persist": ["models/bn_reset"], "figures": ["fig9_bn_reset"]}),
     "language_model": ("08_language_model", "language_model", ["language_model"], [],
                        [f"results/language_model/seed_{R}"], [f"metrics/language_model/seed_{R}.json"],
-                       {"models": [f"models/language_model/seed_{R}"]}),
+                       {"persist": [f"models/language_model/seed_{R}"]}),
 }
 
 
@@ -119,7 +123,7 @@ def stage_entry(name, spec):
         "cmd": papermill(notebook, bool(reps)),
         "deps": code_deps(notebook) + data_deps,
         "params": params + RUNTIME_PARAMS,
-        "outs": ([{p: {"persist": True}} for p in extra.get("persist", [])] + extra.get("models", [])
+        "outs": ([{p: {"persist": True}} for p in extra.get("persist", [])]
                  + uncached([executed] + outs) + figure_outs(extra.get("figures", []))),
         "metrics": uncached(metrics),
     }

@@ -1,15 +1,19 @@
 """Nothing lost under DVC: an interrupted `dvc repro` resumes training, and a bad params file stops `dvc repro`
 before any output is deleted.
 
-The DVC tests drive the real pipeline (dvc.yaml, notebook 01, papermill) on the tiny profile in a scratch workspace,
-on fabricated Fashion-MNIST files (random pixels, so the chance guard is off), and run only train_pairs@0: SIGKILL
-`dvc repro` and every process under it once model A has written its epoch-1 checkpoint, rerun, and show that
+The DVC tests drive the real pipeline (dvc.yaml, notebooks 01 and 08, papermill) on the tiny profile in a scratch
+workspace, on fabricated Fashion-MNIST files (random pixels, so the chance guard is off), and run one training stage
+at a time, train_pairs@0 and language_model@0 (the language models, like the ViT pair and the subspace MLPs, became
+`persist` outputs later than the pairs): SIGKILL `dvc repro` and every process under it once model A has written its
+epoch-1 checkpoint, rerun, and show that
 
 * it resumed: every checkpoint written before the kill is the very same file afterwards (same inode, time and bytes;
   a restart from epoch 0 would have replaced each through a new temporary file), and the rerun's executed notebook
   says "resuming at epoch 1 of 3" for A, so A trained 2 epochs instead of 3;
 * the outputs that must not persist (metrics, results, executed notebook) were written by the rerun;
 * the final checkpoints equal an uninterrupted run's (same seeds, same thread count, same machine).
+
+Every other checkpoint folder of dvc.yaml is declared `persist` the same way (checked without running it).
 """
 
 import contextlib
@@ -27,6 +31,7 @@ import torch
 import yaml
 
 from llmc_utils import check_params, data, pairs, profiles
+from llmc_utils import language_model as lm
 from llmc_utils.config import load_params
 from llmc_utils.trainer import OptimConfig, train_model
 from tests import fabricate
@@ -97,7 +102,9 @@ OVERRIDES = {"repetitions": {"train_pairs": [0]},
              "train_pairs": {"curve_train_subset": 100, "curve_test_subset": 100, "chance_guard": False},
              # A then B in the notebook's own process, on one thread: a second thread only adds waiting on a busy
              # 2-core machine (measured: 0.1 s per epoch on one thread, 8 s on two while another job ran)
-             "runtime": {"train_processes": 1, "num_threads": 1}}
+             "runtime": {"train_processes": 1, "num_threads": 1},
+             # 128 steps per epoch instead of 32 (about 0.25 s): room for the kill between A's checkpoints 1 and 3
+             "language_model": {"train_windows": 2048}}
 
 
 @pytest.fixture(scope="module")
@@ -133,9 +140,31 @@ def dvc_env():
     return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
-def test_killed_dvc_repro_resumes_training(workspace):
-    ckpt_dir = pairs.pair_dir(workspace, 0)
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-s", "train_pairs@0"], cwd=workspace,
+# stage: (its checkpoint folder for repetition 0, what its notebook prints when model A resumes, its notebook)
+KILLED = {"train_pairs": ("models/pair/seed_0", "train A of pair 0: resuming at epoch 1 of 3 from", "01_train_pairs"),
+          "language_model": ("models/language_model/seed_0", "GPT A of repetition 0: resuming at epoch 1 of 3 from",
+                             "08_language_model")}
+
+
+def train_uninterrupted(stage: str, workspace: Path, reference: Path) -> dict[str, list[Path]]:
+    """{member: checkpoint paths} of the stage's training run without interruption, in this process with the thread
+    count its notebook sets, in the workspace folder `reference`."""
+    params = load_params(workspace / "params.yaml")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(getattr(params[stage], "threads", None) or params["runtime"].num_threads)
+    try:
+        if stage == "train_pairs":
+            return pairs.train_pair(params[stage], data.load_prepared(data.prepared_path(workspace)), reference, 0)
+        return lm.train_models(params[stage], lm.prepare(params[stage], 0), reference / KILLED[stage][0])
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("stage", list(KILLED))
+def test_killed_dvc_repro_resumes_training(workspace, stage):
+    folder, resumed, notebook = KILLED[stage]
+    ckpt_dir = workspace / folder
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-s", f"{stage}@0"], cwd=workspace,
                             env=dvc_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 180
     while not (ckpt_dir / "A" / "epoch_0001.pt").exists() and proc.poll() is None and time.time() < deadline:
@@ -146,30 +175,34 @@ def test_killed_dvc_repro_resumes_training(workspace):
     assert "A/epoch_0001.pt" in names and "A/epoch_0003.pt" not in names, f"kill did not land mid-training: {names}"
 
     started = time.time_ns()
-    log = profiles.dvc(workspace, "repro", "-s", "train_pairs@0")
-    assert "Running stage 'train_pairs@0'" in log.stdout
+    log = profiles.dvc(workspace, "repro", "-s", f"{stage}@0")
+    assert f"Running stage '{stage}@0'" in log.stdout
     # resumed: the checkpoints of before the kill are the same files, and A restarted at epoch 1
     assert {p: identity(p) for p in at_kill} == at_kill
-    executed = json.loads((workspace / "reports" / "executed" / "01_train_pairs" / "seed_0.ipynb").read_text())
+    executed = json.loads((workspace / "reports" / "executed" / notebook / "seed_0.ipynb").read_text())
     printed = "".join("".join(o.get("text", "")) for c in executed["cells"] for o in c.get("outputs", []))
-    assert "train A of pair 0: resuming at epoch 1 of 3 from" in printed
+    assert resumed in printed
     # outputs that must not persist stale were written again by the rerun
-    for path in ("metrics/train_pairs/seed_0.json", "results/train_pairs/seed_0/training_curves.csv"):
+    for path in (f"metrics/{stage}/seed_0.json", f"results/{stage}/seed_0"):
         assert (workspace / path).stat().st_mtime_ns >= started, path
     assert not list(ckpt_dir.rglob("*.tmp"))
 
     # the final checkpoints equal an uninterrupted run's (what the notebook does, in this process, same threads)
-    params = load_params(workspace / "params.yaml")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(params["runtime"].num_threads)
-    try:
-        reference = pairs.train_pair(params["train_pairs"], data.load_prepared(data.prepared_path(workspace)),
-                                     workspace.parent / "reference", repetition=0)
-    finally:
-        torch.set_num_threads(threads)
-    for member, paths in reference.items():
+    for paths in train_uninterrupted(stage, workspace, workspace.parent / "reference").values():
         for path in paths:
-            assert_same_checkpoint(ckpt_dir / member / path.name, path)
+            assert_same_checkpoint(ckpt_dir / path.parent.name / path.name, path)
+
+
+def test_every_checkpoint_folder_survives_an_interrupted_repro(root):
+    """DVC deletes a stage's outputs before it reruns the stage, unless they are `persist`: every checkpoint folder
+    under models/ must be, or a killed `dvc repro` would make its stage train from scratch."""
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    outs = [out for stage in stages.values() for out in stage.get("do", stage).get("outs", [])]
+    models = {next(iter(out)) if isinstance(out, dict) else out: out for out in outs
+              if str(next(iter(out)) if isinstance(out, dict) else out).startswith("models/")}
+    assert {"models/pair/seed_${item}", "models/robustness/seed_${item}", "models/subspace_perturbations/seed_${item}",
+            "models/language_model/seed_${item}", "models/bn_reset"} == set(models)
+    assert all(isinstance(out, dict) and out[path] == {"persist": True} for path, out in models.items())
 
 
 def snapshot(folder: Path) -> dict:

@@ -35,6 +35,21 @@ def tiny_runs(tmp_path, epochs=3):
     return cfg, tensors, make, runs
 
 
+def test_checkpoints_of_other_data_are_moved_aside_not_resumed(tmp_path, capsys):
+    """The MLPs' checkpoints persist across `dvc repro` runs: a run on other data (here: another make_classification
+    draw of the same size) must not find them as its own, but train afresh and keep them under models/stale/."""
+    run_root = tmp_path / "models" / "subspace_perturbations" / "seed_0" / "synthetic"
+    cfg, _, _, runs = tiny_runs(run_root, epochs=1)
+    first = {p: p.read_bytes() for member in runs.values() for p in member}
+    other = cfg.model_copy(update={"synthetic_informative": 4})
+    subspace.train_halves(other, subspace.synthetic_data(other), other.synthetic_classes, run_root)
+    assert "synthetic_informative: 8 in the checkpoint, 4 now" in capsys.readouterr().out
+    stale = tmp_path / "models" / "stale" / "subspace_perturbations" / "seed_0" / "synthetic"
+    moved = [p.read_bytes() for p in stale.glob("[AB]/*/epoch_*.pt")]  # <member>/<time>/
+    assert sorted(moved) == sorted(first.values())  # kept, byte for byte
+    assert all(path.read_bytes() != first[path] for path in first)  # trained afresh
+
+
 def test_snapshots_are_copies_and_null_vectors_are_orthogonal_to_all(tmp_path):
     cfg, tensors, make, runs = tiny_runs(tmp_path)
     snaps_a, snaps_b = subspace.load_snapshots(runs["A"]), subspace.load_snapshots(runs["B"])
@@ -137,15 +152,18 @@ def test_repetition_offsets_every_seed_by_100_r():
     assert not torch.equal(a["x_train"], b["x_train"])  # another repetition, another draw of the dataset
 
 
-def test_check_endpoints_stops_an_mlp_at_chance():
+def test_check_snapshots_stops_an_mlp_back_at_chance():
+    """Every snapshot's test error is checked: a slow start passes, a fall back to chance after leaving it does not,
+    even when the run recovers by its last snapshot."""
     from llmc_utils.trainer import TrainingDiverged
 
-    cfg = subspace.SubspacePerturbationsConfig()
-    good = {"synthetic": {m: {"loss": 0.6, "error": 20.0} for m in "AB"}}
-    subspace.check_endpoints(good, {"synthetic": 3}, cfg, 0)
-    bad = {"synthetic": {"A": {"loss": 1.1, "error": 70.0}, "B": {"loss": 0.6, "error": 20.0}}}
-    with pytest.raises(TrainingDiverged, match="MLP A on synthetic, repetition 2"):
-        subspace.check_endpoints(bad, {"synthetic": 3}, cfg, 2)
+    cfg = subspace.SubspacePerturbationsConfig(optim=dict(epochs=3, batch_size=32, lr=0.05))  # snapshots 0, 1, 2, 3
+    errors = lambda e: {"test": {"loss": 1.0, "error": e}}  # noqa: E731  (a snapshot here is its error)
+    slow = {"A": [66.0, 65.0, 40.0, 30.0], "B": [66.0, 30.0, 25.0, 20.0]}
+    subspace.check_snapshots(errors, slow, 3, cfg, "synthetic", 0)
+    relapse = {"A": [66.0, 30.0, 65.0, 20.0], "B": slow["B"]}
+    with pytest.raises(TrainingDiverged, match=r"MLP A on synthetic, repetition 2 .*error 65.0 % at epoch 2"):
+        subspace.check_snapshots(errors, relapse, 3, cfg, "synthetic", 2)
 
 
 def run_tables(tmp_path, seed=0):

@@ -1,5 +1,7 @@
 """The shared trainer: deterministic, resumable, schedules and augmentation as documented."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -85,6 +87,33 @@ def test_divergence_and_chance_level_stop_the_run_naming_it():
     check_not_chance(20.0, 10, "model B of pair 4", 30)
     with pytest.raises(TrainingDiverged, match="model B of pair 4.*chance"):
         check_not_chance(90.1, 10, "model B of pair 4", 30)
+    with pytest.raises(TrainingDiverged, match="error nan % at epoch 30"):
+        check_not_chance(float("nan"), 10, "model B of pair 4", 30)
+
+
+def test_every_checkpoint_after_leaving_chance_is_checked():
+    from llmc_utils.trainer import TrainingDiverged, check_checkpoints
+
+    # epoch 0 (the initialisation) and a slow first epoch at chance are fine while the run learns afterwards
+    check_checkpoints({0: 80.0, 1: 89.0, 5: 30.0, 10: 20.0}, 10, "model A of pair 0")
+    with pytest.raises(TrainingDiverged, match="model A of pair 0: error 88.0 % at epoch 5"):
+        check_checkpoints({0: 90.0, 1: 40.0, 5: 88.0, 10: 20.0}, 10, "model A of pair 0")  # collapsed, recovered
+    with pytest.raises(TrainingDiverged, match="at epoch 10"):
+        check_checkpoints({0: 90.0, 1: 89.0, 10: 89.5}, 10, "model A of pair 0")  # never learned
+
+
+def test_a_checkpoint_with_a_non_finite_weight_is_not_written(tmp_path):
+    """The last step of an epoch comes after the loss that check_finite sees: the weights it leaves are checked
+    before the checkpoint is saved."""
+    from llmc_utils.trainer import OptimConfig, TrainingDiverged, train_model
+
+    x, y = 1e3 * torch.randn(16, 4), torch.randint(0, 3, (16,))  # finite loss, gradients in the hundreds
+    cfg = OptimConfig(epochs=1, batch_size=16, lr=1e38, momentum=0.0, weight_decay=0.0)  # one step, to infinity
+    with pytest.raises(TrainingDiverged, match=r"toy \(init seed 0, data seed 0\): training diverged at epoch 1 "
+                                               r"\((weight|bias) is no longer finite\)"):
+        train_model(lambda: torch.nn.Linear(4, 3), x, y, cfg, init_seed=0, data_seed=0, checkpoint_epochs=[0, 1],
+                    run_dir=tmp_path, desc="toy")
+    assert [p.name for p in tmp_path.glob("*.pt")] == ["epoch_0000.pt"]
 
 
 def test_a_nan_learning_run_stops_train_model(tmp_path):
@@ -133,3 +162,12 @@ def test_train_members_merges_shared_arguments_and_keeps_accelerator_data_in_pro
                                   processes=3, x=x, y=x, data_seed=0, init_seed=7)
     assert paths == {"A": ["a"], "B": ["b"]}
     assert [(c["data_seed"], c["init_seed"], c["x"] is x) for c in calls] == [(1, 7, True), (2, 7, True)]
+
+
+def test_stale_checkpoints_go_to_the_same_path_under_models_stale():
+    from llmc_utils.trainer import stale_dir_of
+
+    assert stale_dir_of(Path("ws/models/robustness/seed_0/vit/A")) == Path("ws/models/stale/robustness/seed_0/vit/A")
+    assert stale_dir_of(Path("models/language_model/seed_1/B_prime")) == \
+        Path("models/stale/language_model/seed_1/B_prime")
+    assert stale_dir_of(Path("/tmp/run/A")) == Path("/tmp/run/stale/A")  # outside a workspace: beside the run
