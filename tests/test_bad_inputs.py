@@ -5,20 +5,32 @@ and what to do), and no existing output was deleted or changed (a snapshot of ev
 content). Params files go through `python -m llmc_utils.profiles` (main(), in process) and the check_params stage's
 entry point, which is what stops `dvc repro` before DVC deletes anything (tests/test_resume.py shows that under DVC);
 checkpoints, datasets, texts and folders go through the functions the stages call.
+
+The last section is the table of untrusted inputs to the commands `llmc barriers`, `python -m llmc_utils.profiles`
+and `python -m llmc_utils.launch`, each run through the command's main() as a user runs it: hostile files (pickles
+that run a command), careless ones (NaN weights, integer weights, a folder of someone else's), each answered by one
+error line and exit code 2 before any compute, with no file changed outside the output folder and no pickled command
+run.
 """
 
+import argparse
 import hashlib
+import json
 import os
+import pickle
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from safetensors.torch import save_file
 
-from llmc_utils import check_params, data, pairs, profiles
-from llmc_utils.io import CheckpointError, OutputNotWritable, save_json, save_torch
+from llmc_utils import check_params, cli, data, launch, own_models, pairs, profiles
+from llmc_utils.io import CheckpointError, OutputNotWritable, load_checkpoint, save_json, save_torch
 from llmc_utils.language_model import LanguageModelConfig, load_text
+from llmc_utils.own_report import MARKER, output_names
 from llmc_utils.trainer import OptimConfig, train_model
 from tests import fabricate
 from tests.conftest import ROOT
@@ -206,6 +218,7 @@ def test_damaged_or_foreign_checkpoint_stops_training(tmp_path, damage, expected
         train(run_dir)
     assert f"checkpoint {bad} " in str(exc.value) and expected in str(exc.value)
     assert f"mv {bad} {bad}.bad" in str(exc.value)  # what to do
+    assert "weights_only" not in str(exc.value)  # torch's advice to load it unsafely is not passed on
     assert snapshot(run_dir) == before  # never resumed from, moved or deleted
 
 
@@ -322,3 +335,262 @@ def test_read_only_workspace_for_the_profiles_cli(workspace, read_only, capsys):
     read_only(workspace)
     err = cli_error(capsys, workspace, "tiny")
     assert f"cannot write the workspace {workspace}" in err and "choose another --dest or make it writable" in err
+
+
+# ------------------------------------------------------------------------------ untrusted inputs of the commands
+class RunsCommand:
+    """What a hostile pickle holds: an object whose unpickling runs a shell command."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def outside(root, out):
+    """snapshot() of everything under `root` but the output folder `out`."""
+    return {k: v for k, v in snapshot(root).items() if not (root / k).is_relative_to(out)}
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """What one `llmc barriers` run needs, in tmp_path: two tiny MLP checkpoints and fabricated Fashion-MNIST; the
+    output folder tmp_path/out."""
+    from llmc_utils.models import MLP
+
+    states = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        states.append(MLP(784, [8], 10).state_dict())
+        torch.save(states[-1], tmp_path / f"{'AB'[seed]}.pt")
+    folder = fabricate.fashion_mnist(tmp_path / "fashion", n_train=40, n_test=20)
+    args = {"--model": "llmc_utils.models:MLP", "--model-kwargs": json.dumps(dict(in_features=784, hidden=[8],
+                                                                                    n_classes=10)),
+            "--a": str(tmp_path / "A.pt"), "--b": str(tmp_path / "B.pt"), "--data": f"fashion_mnist:{folder}",
+            "--out": str(tmp_path / "out")}
+    return dict(root=tmp_path, out=tmp_path / "out", state_b=states[1], args=args)
+
+
+def llmc(pair, *flags: str, **replace: str) -> int:
+    """`llmc barriers` on the pair (--a=... replaced by a=...), with the few samples and alphas of a quick run."""
+    args = dict(pair["args"], **{f"--{key.replace('_', '-')}": value for key, value in replace.items()})
+    return cli.main(["barriers", *(x for item in args.items() for x in item), "--n-eval", "8", "--alphas", "0.5",
+                     "--no-progress", "--threads", "1", *flags])
+
+
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Evaluating any model fails the test: the errors below must come before any compute."""
+    def evaluate(*args, **kwargs):
+        raise AssertionError("the pair was evaluated")
+
+    monkeypatch.setattr(own_models, "evaluate", evaluate)
+
+
+def llmc_error(pair, capsys, *flags: str, **replace: str) -> str:
+    """Run `llmc barriers`; it must exit with code 2 and one `llmc: error:` line, and change no file at all."""
+    before = snapshot(pair["root"])
+    assert llmc(pair, *flags, **replace) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("llmc: error: ") and "\n" not in err and "Traceback" not in err, err
+    assert snapshot(pair["root"]) == before
+    return err
+
+
+@pytest.mark.parametrize("name, protocol, wrap", [
+    ("data_batch_3", 2, lambda bad: {"data": bad}),
+    ("test_batch", 5, lambda bad: {"labels": [1, 2], "data": np.array([bad], dtype=object)}),  # inside an array
+    ("batches.meta", 0, lambda bad: {"label_names": [bad]}),
+])
+def test_cifar_batch_whose_pickle_runs_a_command(pair, capsys, no_compute, name, protocol, wrap):
+    marker = pair["root"] / "pickle_ran"
+    folder = fabricate.cifar10(pair["root"] / "cifar", per_batch=4)
+    (folder / name).write_bytes(pickle.dumps(wrap(RunsCommand(f"touch {marker}")), protocol=protocol))
+    err = llmc_error(pair, capsys, data=f"cifar10:{folder.parent}")
+    assert f"{folder / name} is not a plain data pickle (it names {os.system.__module__}.system; only numpy " \
+           "arrays, dicts, lists, strings, bytes and numbers are read" in err and "nothing of it was run" in err
+    assert not marker.exists()
+    # the pipeline reads CIFAR-10 with the same reader (stage prepare_data): nothing runs, nothing is written
+    workspace = pair["root"] / "ws"
+    with pytest.raises(data.DatasetUnreadable, match=f"{folder / name} is not a plain data pickle"):
+        data.prepare(data.DataConfig(dataset="cifar10", root=str(folder.parent)), workspace)
+    assert not marker.exists() and not workspace.exists()
+
+
+def test_model_spec_that_runs_a_command_is_documented_as_code(pair, capsys, tmp_path_factory):
+    """A module.path:callable spec is code the user names: it runs, as the docs and --help say, and its result is
+    refused when it is no model."""
+    marker = tmp_path_factory.mktemp("elsewhere") / "spec_ran"
+    err = llmc_error(pair, capsys, model="os:system", model_kwargs=json.dumps({"command": f"touch {marker}"}))
+    assert "--model 'os:system' returned a int, not a torch.nn.Module (a module.path:callable spec imports that " \
+           "module and calls the callable: it ran)" in err
+    assert marker.exists()
+    assert "imports that module and calls the callable: it runs that code" in \
+        " ".join((ROOT / "docs" / "own_models.md").read_text().split())
+    with pytest.raises(SystemExit):
+        cli.main(["barriers", "--help"])
+    assert "imports and runs that code" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("value, counts", [(float("nan"), "1 NaN and 0 infinite"), (float("inf"), "0 NaN and 1 inf")])
+def test_checkpoint_with_nan_or_inf(pair, capsys, no_compute, value, counts):
+    state = dict(pair["state_b"], **{"fc2.weight": pair["state_b"]["fc2.weight"].clone()})
+    state["fc2.weight"][3, 1] = value
+    path = pair["root"] / "B_diverged.pt"
+    torch.save(state, path)
+    err = llmc_error(pair, capsys, b=str(path))
+    assert f"checkpoint B ({path}): fc2.weight holds {counts}" in err and "(of 80); every barrier would be NaN" in err
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bool])
+def test_integer_checkpoint_for_a_float_model(pair, capsys, no_compute, dtype):
+    path = pair["root"] / "B_int.safetensors"
+    save_file({k: v.to(dtype) for k, v in pair["state_b"].items()}, str(path))
+    err = llmc_error(pair, capsys, b=str(path))
+    assert f"checkpoint B ({path}): fc1.weight is {dtype}, but --model llmc_utils.models:MLP has torch.float32 " \
+           "there; integers cast to floats are not the weights" in err
+
+
+@pytest.mark.parametrize("extra", ["namespace", "command"])
+def test_checkpoint_that_holds_python_objects(pair, capsys, no_compute, extra):
+    """torch refuses to unpickle objects (weights_only=True); the message says why and never suggests loading the
+    file anyway (weights_only=False would run whatever it asks for)."""
+    marker = pair["root"] / "pickle_ran"
+    obj = argparse.Namespace(lr=0.1) if extra == "namespace" else RunsCommand(f"touch {marker}")
+    path = pair["root"] / "B_objects.pt"
+    torch.save({"state_dict": pair["state_b"], "extra": obj}, path)
+    name = "argparse.Namespace" if extra == "namespace" else f"{os.system.__module__}.system"
+    err = llmc_error(pair, capsys, b=str(path))
+    assert f"checkpoint B ({path}) holds a pickled Python object ({name}), not only tensors" in err
+    assert "save the weights alone" in err and "weights_only" not in err and not marker.exists()
+    with pytest.raises(CheckpointError) as exc:  # the pipeline's own loader says the same
+        load_checkpoint(path)
+    assert f"holds a pickled Python object ({name})" in str(exc.value) and "weights_only" not in str(exc.value)
+    assert not marker.exists()
+
+
+def test_out_holding_an_earlier_run_is_replaced_without_stale_files(pair, capsys):
+    assert llmc(pair) == 0
+    out = pair["out"]
+    assert {"cumulative.csv", "cumulative.png", MARKER} <= {p.name for p in out.iterdir()}
+    (out / "notes.txt").write_text("mine")  # a file of the user's own beside an earlier run
+    before = outside(pair["root"], out)
+    capsys.readouterr()
+    assert llmc(pair, "--orders") == 0  # no cumulative orders this time
+    assert f"{out} holds an earlier run of llmc barriers: its files are replaced" in capsys.readouterr().out
+    files = output_names(cumulative=False)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*files, MARKER, "notes.txt"])
+    assert json.loads((out / MARKER).read_text())["files"] == files
+    assert "cumulative" not in (out / "report.md").read_text()  # the report lists what the folder holds
+    assert (out / "notes.txt").read_text() == "mine" and outside(pair["root"], out) == before
+
+
+def test_out_holding_other_files_needs_force(pair, capsys):
+    out = pair["out"]
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    err = llmc_error(pair, capsys)
+    assert f"--out {out} holds files that llmc barriers did not write (notes.txt; no .llmc_barriers.json); choose " \
+           "a new or empty folder, or add --force" in err
+    before = outside(pair["root"], out)
+    assert llmc(pair, "--force") == 0
+    assert (out / "notes.txt").read_text() == "mine" and (out / "report.html").is_file()
+    assert outside(pair["root"], out) == before
+
+
+def git(folder, *args):
+    subprocess.run(["git", "-C", str(folder), "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+                   check=True, capture_output=True)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_out_over_files_tracked_by_git_or_dvc(pair, capsys, no_compute):
+    repo = pair["root"] / "repo"
+    (repo / "reports").mkdir(parents=True)
+    (repo / "reports" / "report.html").write_text("<p>the project's report</p>")
+    git(repo, "init", "-q")
+    git(repo, "add", "reports/report.html")
+    git(repo, "commit", "-q", "-m", "report")
+    for flags in ((), ("--force",)):
+        err = llmc_error(pair, capsys, *flags, out=str(repo / "reports"))
+        assert f"--out {repo / 'reports'}: {repo / 'reports' / 'report.html'} is tracked by git; llmc barriers " \
+               "never writes over tracked files, not even with --force" in err
+    # a DVC project: outputs of dvc.yaml (a foreach stage's too) and a folder tracked by a .dvc file
+    project = pair["root"] / "dvcproject"
+    (project / ".dvc").mkdir(parents=True)
+    (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"fit": {"foreach": [0, 1], "do": {
+        "cmd": "true", "outs": [{"results/seed_${item}": {"cache": False}}]}}}}))
+    (project / "data.dvc").write_text("outs:\n- path: data\n")
+    err = llmc_error(pair, capsys, "--force", out=str(project / "results" / "seed_1"))
+    assert f"results/seed_1/barriers.csv is an output of the DVC pipeline in {project} (dvc.yaml / dvc.lock)" in err
+    err = llmc_error(pair, capsys, "--force", out=str(project / "data" / "mine"))
+    assert "data/mine/barriers.csv is tracked by DVC (data.dvc)" in err
+
+
+def test_out_inside_this_repository(pair, capsys, no_compute):
+    """The issue's own case: `--out reports` in the repository, where reports/report.html is the pipeline's."""
+    before = snapshot(ROOT / "reports")
+    err = llmc_error(pair, capsys, "--force", out=str(ROOT / "reports"))
+    assert f"{ROOT / 'reports' / 'report.html'} is " in err and "never writes over tracked files" in err
+    assert snapshot(ROOT / "reports") == before and not (ROOT / "reports" / MARKER).exists()
+
+
+def test_outputs_and_checkpoints_get_the_umask_mode(pair):
+    previous = os.umask(0o002)  # a group-shared cluster folder
+    try:
+        assert llmc(pair, "--orders") == 0
+        save_torch({"w": torch.ones(2)}, pair["root"] / "models" / "epoch_0001.pt")
+    finally:
+        os.umask(previous)
+    written = [*pair["out"].iterdir(), pair["root"] / "models" / "epoch_0001.pt"]
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: "0o664" for p in written}
+
+
+@pytest.fixture
+def foreign_project(tmp_path):
+    """A folder holding a pipeline of someone else's: params.yaml, dvc.yaml and a notebook."""
+    folder = tmp_path / "project"
+    (folder / "notebooks").mkdir(parents=True)
+    (folder / "params.yaml").write_text("lr: 0.1\n")
+    (folder / "dvc.yaml").write_text("stages: {}\n")
+    (folder / "notebooks" / "01_train_pairs.ipynb").write_text("{}")
+    return folder
+
+
+def test_profiles_dest_holding_another_pipeline(foreign_project, capsys, monkeypatch):
+    before = snapshot(foreign_project.parent)
+    assert profiles.main(["tiny", "--dest", str(foreign_project)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --dest {foreign_project} holds params.yaml, dvc.yaml, notebooks, not written by llmc (no " \
+           ".llmc_workspace there), and making a workspace would overwrite them; choose another --dest, or add " \
+           "--force" in err and "Traceback" not in err
+    assert snapshot(foreign_project.parent) == before
+    # --force: the workspace is made there (DVC itself replaced by recorders)
+    monkeypatch.setattr(profiles, "dvc", lambda *args, **kwargs: None)
+    monkeypatch.setattr(profiles.subprocess, "call", lambda *args, **kwargs: 0)
+    assert profiles.main(["tiny", "--dest", str(foreign_project), "--force"]) == 0
+    assert "train_pairs" in yaml.safe_load((foreign_project / "params.yaml").read_text())
+    assert profiles.main(["tiny", "--dest", str(foreign_project)]) == 0  # now marked as a workspace of llmc's
+
+
+@pytest.mark.parametrize("where", [".", "seed_1"])
+def test_launch_dest_holding_another_pipeline(foreign_project, capsys, where):
+    dest = foreign_project if where == "." else foreign_project.parent / "launch"
+    if where != ".":
+        shutil.copytree(foreign_project, dest / where)
+    before = snapshot(foreign_project.parent)
+    assert launch.main(["tiny", "--seeds", "0-1", "--dest", str(dest)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --dest {(dest / where).resolve()} holds params.yaml, dvc.yaml, notebooks, not written by llmc" \
+           in err and "--force" in err
+    assert snapshot(foreign_project.parent) == before
+
+
+@pytest.mark.parametrize("seeds, count", [("0-99999999999", "100,000,000,000"), ("0-100000", "100,001")])
+def test_launch_seed_range_above_the_limit(tmp_path, capsys, seeds, count):
+    assert launch.main(["tiny", "--seeds", seeds, "--dest", str(tmp_path / "launch")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --seeds {seeds} asks for {count} seeds, one workspace and pipeline run each; more than 1,000 " \
+           "need --many-seeds" in err
+    assert list(tmp_path.iterdir()) == []
