@@ -6,7 +6,10 @@ of pair r". Across the n repetitions it reports the mean and a Student-t confide
 
 * reproduced      - every value in the interval satisfies the criterion;
 * not reproduced  - every value in the interval violates it;
-* inconclusive    - the interval straddles the threshold (or n < 2: one run has no interval).
+* inconclusive    - the interval straddles the threshold (or n < 2: one run has no interval);
+* premise not met - the claim names a `Premise` (the regime in which the paper's statement is about something, e.g.
+                    "the pair has a large full barrier and both endpoints fit their data") and the measured runs are
+                    not in it: the claim is not tested, whatever its interval says.
 
 So a verdict never rests on one run that sits on its threshold, and a different CPU (other rounding, other last
 digits) moves the interval a little but not the verdict unless the interval itself touches the threshold.
@@ -15,8 +18,8 @@ Thresholds are read from the `report` section of params.yaml by name, so the cri
 the one applied. Identities of the setup (e.g. a ratio fixed by the chosen minima, a theorem checked numerically)
 are `SanityCheck`s: listed apart, they must hold exactly and are not evidence for the paper.
 
-Each stage module owns its claims (`CLAIMS`, `SANITY_CHECKS`) next to the metrics they read; `all_claims()` collects
-them in the paper's order.
+Each stage module owns its claims (`CLAIMS`, `SANITY_CHECKS`, `PREMISES`) next to the metrics they read;
+`all_claims()` and `all_premises()` collect them in the paper's order.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ import numpy as np
 Relation = Literal["<=", "<", ">=", ">"]
 _OPS: dict[str, Callable[[float, float], bool]] = {"<=": operator.le, "<": operator.lt, ">=": operator.ge,
                                                    ">": operator.gt}
-VERDICTS = ("reproduced", "inconclusive", "not reproduced")
+VERDICTS = ("reproduced", "inconclusive", "not reproduced", "premise not met")
+PREMISE_NOT_MET = VERDICTS[3]
 
 # stage modules that define CLAIMS / SANITY_CHECKS, in the paper's order
 CLAIM_MODULES = ("llmc_utils.barriers", "llmc_utils.cumulative", "llmc_utils.deep_linear", "llmc_utils.robustness",
@@ -54,6 +58,7 @@ class Claim:
     relation: Relation
     threshold: str | float  # a field of ReportConfig, or a number that is part of the statement (e.g. 0)
     quantity: str  # what the measured value is, in words (shown in the criterion column)
+    premise: str | None = None  # name of the Premise the claim is tested under (None: none needed)
 
     def threshold_value(self, cfg) -> float:
         return float(getattr(cfg, self.threshold) if isinstance(self.threshold, str) else self.threshold)
@@ -62,6 +67,35 @@ class Claim:
         if isinstance(self.threshold, str):
             return f"{self.quantity} {self.relation} {self.threshold} = {self.threshold_value(cfg):g}"
         return f"{self.quantity} {self.relation} {self.threshold:g}"
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One condition of a Premise: `measure` per repetition (like a Claim's), `relation threshold`, required either
+    of the whole interval over repetitions (over="interval": its far end must satisfy it, as a reproduced verdict) or
+    of every repetition's value (over="every")."""
+
+    quantity: str
+    stage: str  # whose per-repetition metrics `measure` reads
+    measure: Callable[[dict, Any], float | Sequence[float]]
+    relation: Relation
+    threshold: str | float
+    over: Literal["interval", "every"]
+
+    threshold_value = Claim.threshold_value
+    criterion = Claim.criterion
+
+
+@dataclass(frozen=True)
+class Premise:
+    """The regime a group of claims is about, stated before they are measured: it holds when every condition does.
+    It is not evidence for the paper (the setup was chosen to meet it); claims naming it are judged only when it
+    holds, and their verdict is "premise not met" otherwise."""
+
+    name: str
+    source: str
+    statement: str
+    conditions: tuple[Condition, ...]
 
 
 @dataclass(frozen=True)
@@ -105,29 +139,50 @@ def verdict(low: float, high: float, relation: Relation, threshold: float) -> st
     return "inconclusive"
 
 
-def claim_values(claim: Claim, metrics: dict[str, dict[int | None, dict]], cfg) -> list[float]:
+def claim_values(claim: Claim | SanityCheck | Condition, metrics: dict[str, dict[int | None, dict]], cfg
+                 ) -> list[float]:
     """One value per repetition; `metrics[stage][seed]` is one repetition's metrics (seed None: a single run)."""
     if claim.stage not in metrics or not metrics[claim.stage]:
-        raise KeyError(f"claim {claim.statement!r} needs the metrics of stage {claim.stage!r}, which no run wrote; "
+        raise KeyError(f"{claim.quantity!r} needs the metrics of stage {claim.stage!r}, which no run wrote; "
                        "run the whole pipeline (dvc repro)")
     values: list[float] = []
     for seed, m in sorted(metrics[claim.stage].items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
         try:
             value = claim.measure(m, cfg)
         except KeyError as exc:
-            raise KeyError(f"claim {claim.statement!r} needs metric {exc} in {claim.stage} (seed {seed}); "
+            raise KeyError(f"{claim.quantity!r} needs metric {exc} in {claim.stage} (seed {seed}); "
                            "rerun that stage") from exc
         values += [float(x) for x in value] if isinstance(value, (list, tuple, np.ndarray)) else [float(value)]
     return values
 
 
-def evaluate(claim: Claim, metrics: dict, cfg, confidence: float = 0.95) -> dict:
-    """One row of the claims table."""
+def evaluate(claim: Claim, metrics: dict, cfg, confidence: float = 0.95, premise_holds: bool | None = None) -> dict:
+    """One row of the claims table; premise_holds=False (the claim's premise was measured and failed) turns the
+    verdict into "premise not met", keeping the measured interval beside it."""
     values = claim_values(claim, metrics, cfg)
     mean, low, high = interval(values, confidence)
     threshold = claim.threshold_value(cfg)
+    judged = verdict(low, high, claim.relation, threshold) if premise_holds is not False else PREMISE_NOT_MET
     return dict(source=claim.source, claim=claim.statement, paper=claim.paper, criterion=claim.criterion(cfg),
-                n=len(values), mean=mean, low=low, high=high, verdict=verdict(low, high, claim.relation, threshold))
+                n=len(values), mean=mean, low=low, high=high, verdict=judged, premise=claim.premise or "")
+
+
+def evaluate_premise(premise: Premise, metrics: dict, cfg, confidence: float = 0.95) -> list[dict]:
+    """One row per condition of `premise` (premise name, condition, n, mean [interval], worst value, holds) and the
+    premise's overall `premise_holds` on every row (all conditions hold)."""
+    rows = []
+    for condition in premise.conditions:
+        values = claim_values(condition, metrics, cfg)  # same lookup rules as a claim
+        mean, low, high = interval(values, confidence)
+        threshold, holds = condition.threshold_value(cfg), _OPS[condition.relation]
+        worst = max(values) if condition.relation in ("<=", "<") else min(values)
+        ok = (holds(low, threshold) and holds(high, threshold)) if condition.over == "interval" else holds(worst, threshold)
+        rows.append(dict(premise=premise.name, source=premise.source, statement=premise.statement,
+                         condition=condition.criterion(cfg) + (" (whole interval)" if condition.over == "interval"
+                                                               else " (every repetition)"),
+                         n=len(values), mean=mean, low=low, high=high, worst=worst, holds=ok))
+    overall = all(r["holds"] for r in rows)
+    return [dict(r, premise_holds=overall) for r in rows]
 
 
 def check(sanity: SanityCheck, metrics: dict, cfg) -> dict:
@@ -147,6 +202,14 @@ def all_claims() -> tuple[list[Claim], list[SanityCheck]]:
         claims += list(getattr(module, "CLAIMS", []))
         checks += list(getattr(module, "SANITY_CHECKS", []))
     return claims, checks
+
+
+def all_premises() -> dict[str, Premise]:
+    """Every stage module's PREMISES by name, in CLAIM_MODULES order."""
+    out: dict[str, Premise] = {}
+    for name in CLAIM_MODULES:
+        out.update({p.name: p for p in getattr(importlib.import_module(name), "PREMISES", [])})
+    return out
 
 
 def nested_metrics(prefix: str, nested: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str, float]:

@@ -26,6 +26,7 @@ import pandas as pd
 from pydantic import Field, model_validator
 
 from llmc_utils import plotting
+from llmc_utils.barriers import FIG1_REGIME
 from llmc_utils.claims import Claim
 from llmc_utils.config import Alpha, NonNegativeInt, PositiveFloat, PositiveInt, Section
 from llmc_utils.evaluation import LayerEvaluator, barrier_rows, endpoints, evaluate_changed
@@ -189,11 +190,13 @@ CLAIMS = [
     Claim("Fig. 2", "Averaging the outer layers together (first k + last k) creates little barrier",
           "barrier appears only when middle layers join", "cumulative_averaging",
           lambda m, c: _worst(m, "outer_group_barrier_into_", max) - m["onset_fraction"] * m["full_barrier_last"],
-          "<=", 0.0, "outer-group barrier - onset_fraction x full barrier (last checkpoint, worse base)"),
+          "<=", 0.0, "outer-group barrier - onset_fraction x full barrier (last checkpoint, worse base)",
+          premise=FIG1_REGIME),
     Claim("Fig. 2", "Windows of consecutive middle layers carry more barrier than windows at either end",
           "barrier appears when middle layers join", "cumulative_averaging",
           lambda m, c: _worst(m, "middle_minus_end_window_into_", min), ">", 0.0,
-          "largest middle-window barrier - largest end-window barrier (last checkpoint, worse base)"),
+          "largest middle-window barrier - largest end-window barrier (last checkpoint, worse base)",
+          premise=FIG1_REGIME),
 ]
 
 

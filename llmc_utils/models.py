@@ -40,16 +40,21 @@ def _after_stride2(size: int, times: int) -> int:
 
 class CNN(nn.Sequential):
     """conv(w) conv(w,/2) conv(2w) conv(2w,/2) conv(4w) conv(4w,/2) -> fc(128) -> fc(64) -> fc(classes), ReLU;
-    norm=True puts a BatchNorm2d bn<i> after conv<i> (arch `cnn_bn`: 15 logical layers).
+    norm=True puts a BatchNorm2d bn<i> after conv<i> (arch `cnn_bn`: 15 logical layers). `depth` = stride-1 convs
+    per stage before its strided conv (1 above; depth d gives 3 (d + 1) convs, numbered conv1, conv2, ... in order,
+    so depth 1 keeps the keys of the 9-layer net).
 
     An nn.Sequential with named children (conv1..conv6, fc1..fc3), so the barrier engine can reuse the activations
     in front of a layer that an interpolation leaves unchanged (llmc_utils.barriers).
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28, width: int = 16,
-                 norm: bool = False):
+                 norm: bool = False, depth: int = 1):
         w = width
-        plan = [(in_channels, w, 1), (w, w, 2), (w, 2 * w, 1), (2 * w, 2 * w, 2), (2 * w, 4 * w, 1), (4 * w, 4 * w, 2)]
+        plan, cin = [], in_channels
+        for cout in (w, 2 * w, 4 * w):
+            plan += [(cin, cout, 1)] + [(cout, cout, 1)] * (depth - 1) + [(cout, cout, 2)]
+            cin = cout
         children: dict[str, nn.Module] = {}
         for i, (cin, cout, stride) in enumerate(plan, start=1):
             children[f"conv{i}"] = nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
@@ -98,24 +103,30 @@ class ResCNN(nn.Sequential):
     block that holds the averaged layer. Initialization as for ResNets without normalization (Fixup's idea, Zhang
     et al. 2019): He init everywhere except the last conv of each residual branch, which starts at a tenth of its He
     scale, so that the residual sums do not grow with depth at the start of training. norm=True (arch `rescnn_bn`)
-    puts a BatchNorm2d after every conv (stem `bn`, block bn1/bn2, shortcut.1): 19 logical layers.
+    puts a BatchNorm2d after every conv (stem `bn`, block bn1/bn2, shortcut.1): 19 logical layers. `depth` = basic
+    blocks per stage (1 above; numbered block1, block2, ... in order, so depth 1 keeps the keys): 4 + 6 d layers.
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16, norm: bool = False):
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16, norm: bool = False,
+                 depth: int = 1):
         w = width
         stem = OrderedDict(stem=nn.Conv2d(in_channels, w, 3, stride=2, padding=1))
         if norm:
             stem["bn"] = nn.BatchNorm2d(w)
+        blocks, cin = OrderedDict(), w
+        for stage, cout in enumerate((w, 2 * w, 4 * w)):
+            for i in range(depth):  # the first block of stages 2 and 3 halves the resolution
+                blocks[f"block{len(blocks) + 1}"] = BasicBlock(cin, cout, 2 if stage and not i else 1, norm)
+                cin = cout
         super().__init__(OrderedDict(
-            **stem, relu=nn.ReLU(), block1=BasicBlock(w, w, 1, norm), block2=BasicBlock(w, 2 * w, 2, norm),
-            block3=BasicBlock(2 * w, 4 * w, 2, norm),
+            **stem, relu=nn.ReLU(), **blocks,
             pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(4 * w, num_classes)))
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
                 nn.init.zeros_(module.bias)
         if not norm:  # with BatchNorm the scale of conv2 is normalised away: nothing to damp
-            for block in (self.block1, self.block2, self.block3):
+            for block in blocks.values():
                 with torch.no_grad():
                     block.conv2.weight.mul_(0.1)
 
@@ -155,11 +166,15 @@ class VGG11(nn.Module):
 
 
 def build_model(name: str, in_channels: int, num_classes: int, image_size: int, **kw) -> nn.Module:
-    """The model named `name` for images (in_channels, image_size, image_size); kw: width."""
+    """The model named `name` for images (in_channels, image_size, image_size); kw: width, depth (cnn and rescnn
+    only: the paper's resnet18 and vgg11 have a fixed depth)."""
+    depth = kw.get("depth", 1)
+    if depth != 1 and name not in ("cnn", "cnn_bn", "rescnn", "rescnn_bn"):
+        raise ValueError(f"{name} has a fixed depth; depth={depth} applies to cnn and rescnn only")
     if name in ("cnn", "cnn_bn"):
-        return CNN(in_channels, num_classes, image_size, width=kw.get("width", 16), norm=name == "cnn_bn")
+        return CNN(in_channels, num_classes, image_size, width=kw.get("width", 16), norm=name == "cnn_bn", depth=depth)
     if name in ("rescnn", "rescnn_bn"):
-        return ResCNN(in_channels, num_classes, width=kw.get("width", 16), norm=name == "rescnn_bn")
+        return ResCNN(in_channels, num_classes, width=kw.get("width", 16), norm=name == "rescnn_bn", depth=depth)
     if name == "resnet18":
         return resnet18(in_channels, num_classes, width=kw.get("width", 64))
     if name == "vgg11":

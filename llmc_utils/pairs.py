@@ -27,8 +27,8 @@ from pydantic import Field, model_validator
 
 from llmc_utils import plotting
 from llmc_utils.config import NonNegativeInt, PositiveInt, Section, get_section, repetition_seed
-from llmc_utils.data import load_prepared, prepared_path
-from llmc_utils.evaluation import LayerEvaluator
+from llmc_utils.data import load_prepared, prepared_path, subset_indices
+from llmc_utils.evaluation import Evaluator, LayerEvaluator
 from llmc_utils.io import CheckpointError, load_checkpoint
 from llmc_utils.models import build_model
 from llmc_utils.stage import Stage
@@ -41,14 +41,21 @@ def pair_dir(workspace: str | Path, repetition: int) -> Path:
     return Path(workspace) / PAIR_DIR / f"seed_{repetition}"
 
 
+Scheme = Literal["same_init_different_order", "disjoint_halves", "different_init"]
+SAME_INIT_SCHEMES = ("same_init_different_order", "disjoint_halves")
+
+
 class TrainPairsConfig(Section):
     arch: Literal["cnn", "rescnn", "resnet18", "vgg11", "cnn_bn", "rescnn_bn"] = "cnn"
     width: PositiveInt = 16  # base channel count (cnn: 16; resnet18: must be 64; vgg11: 64 in the paper)
+    depth: PositiveInt = 1  # cnn: stride-1 convs per stage; rescnn: blocks per stage (models.build_model)
     train_subset: NonNegativeInt = 10000  # training images used (fixed random subset); 0 = the whole training set
     subset_seed: NonNegativeInt = 0
     # same_init_different_order: both start from seed_a's init, data order from seed_a / seed_b (the paper's setting);
-    # different_init: init and data order from seed_a / seed_b
-    scheme: Literal["same_init_different_order", "different_init"] = "same_init_different_order"
+    # disjoint_halves: seed_a's init for both, A trains on the first half of the training subset and B on the second
+    # (the authors' code for Fig. 1: two federated clients that never average); different_init: init and data order
+    # from seed_a / seed_b
+    scheme: Scheme = "same_init_different_order"
     seed_a: NonNegativeInt = 0
     seed_b: NonNegativeInt = 1
     optim: OptimConfig = OptimConfig()
@@ -73,24 +80,35 @@ class TrainPairsConfig(Section):
                              f"got {self.checkpoint_epochs}")
         if self.seed_a == self.seed_b:
             raise ValueError("seed_a and seed_b must differ (else A and B are the same run)")
+        if self.depth != 1 and self.arch in ("resnet18", "vgg11"):
+            raise ValueError(f"depth={self.depth} applies to cnn and rescnn only; {self.arch} has a fixed depth (use 1)")
+        if self.scheme == "disjoint_halves" and self.train_subset == 1:
+            raise ValueError("disjoint_halves needs train_subset >= 2 (or 0 = every image): each model trains on half")
         return self
 
     def seeds(self, member: str, repetition: int = 0) -> tuple[int, int]:
         """(init_seed, data_seed) of model A or B in pair `repetition`."""
         own = repetition_seed(self.seed_a if member == "A" else self.seed_b, repetition)
-        init = repetition_seed(self.seed_a, repetition) if self.scheme == "same_init_different_order" else own
+        init = repetition_seed(self.seed_a, repetition) if self.scheme in SAME_INIT_SCHEMES else own
         return init, own
+
+    def member_images(self, member: str, n: int) -> slice:
+        """Which of the pair's n training images (the subset, in subset order) `member` trains on: all of them, or
+        its half under disjoint_halves."""
+        if self.scheme != "disjoint_halves":
+            return slice(0, n)
+        return slice(0, n // 2) if member == "A" else slice(n // 2, n)
 
 
 def model_spec(cfg: TrainPairsConfig, image_shape: tuple[int, int, int], num_classes: int) -> dict:
     """Everything build_model needs, stored in every checkpoint's meta."""
     return dict(arch=cfg.arch, in_channels=image_shape[0], num_classes=num_classes, image_size=image_shape[-1],
-                width=cfg.width)
+                width=cfg.width, depth=cfg.depth)
 
 
 def make_model(spec: dict, device: torch.device | str = "cpu") -> torch.nn.Module:
     return build_model(spec["arch"], spec["in_channels"], spec["num_classes"], spec["image_size"],
-                       width=spec["width"]).to(device)
+                       width=spec["width"], depth=spec.get("depth", 1)).to(device)
 
 
 def train_pair(cfg: TrainPairsConfig, images, workspace: str | Path, repetition: int = 0,
@@ -105,13 +123,14 @@ def train_pair(cfg: TrainPairsConfig, images, workspace: str | Path, repetition:
     members = {}
     for member in ("A", "B"):
         init_seed, data_seed = cfg.seeds(member, repetition)
-        members[member] = dict(init_seed=init_seed, data_seed=data_seed,
+        own = cfg.member_images(member, len(y))
+        members[member] = dict(init_seed=init_seed, data_seed=data_seed, x=x[own], y=y[own],
                                run_dir=run_root / member,
                                meta=dict(spec=spec, scheme=cfg.scheme, member=member, train_subset=cfg.train_subset,
                                          subset_seed=cfg.subset_seed, dataset=images.name),
                                stale_dir=stale_dir_of(run_root / member),
                                desc=f"train {member} of pair {repetition}")
-    return train_members(members, processes, make_model=partial(make_model, spec, device), x=x, y=y, cfg=cfg.optim,
+    return train_members(members, processes, make_model=partial(make_model, spec, device), cfg=cfg.optim,
                          checkpoint_epochs=cfg.checkpoint_epochs)
 
 
@@ -166,10 +185,47 @@ def load_pair(workspace: str | Path, epoch: int, repetition: int = 0) -> tuple[d
 def pair_splits(images, pair_cfg: TrainPairsConfig, n_train: int, n_test: int, seed: int,
                 device: torch.device | str = "cpu") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Evaluation splits of a pair: "train" = n_train of the images the pair trained on (pair_cfg.train_subset,
-    pair_cfg.subset_seed), "test" = n_test held-out test images; both subsets drawn with `seed` (n = 0: all)."""
+    pair_cfg.subset_seed; under disjoint_halves the union of both halves, as the authors evaluate their Fig. 1
+    pair), "test" = n_test held-out test images; both subsets drawn with `seed` (n = 0: all)."""
     trained_on = (pair_cfg.train_subset, pair_cfg.subset_seed)
     return {"train": images.split("train", n_train, seed, device=device, within=trained_on),
             "test": images.split("test", n_test, seed, device=device)}
+
+
+def own_train_splits(images, pair_cfg: TrainPairsConfig, n: int, seed: int, device: torch.device | str = "cpu"
+                     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{member: n of the images that member itself trained on} (drawn with `seed`; n = 0: all): how well each endpoint
+    fits its own training data, the first half of the paper's regime (docs/profiles.md). Under disjoint_halves a
+    member's half, else the whole training subset."""
+    x, y = images.split("train", pair_cfg.train_subset, pair_cfg.subset_seed, device=device)
+    out = {}
+    for member in ("A", "B"):
+        own = pair_cfg.member_images(member, len(y))
+        idx = subset_indices(len(y[own]), n, seed).to(y.device)
+        out[member] = x[own][idx], y[own][idx]
+    return out
+
+
+def endpoint_fit(images, pair_cfg: TrainPairsConfig, model: torch.nn.Module, state_a: dict, state_b: dict, n: int,
+                 seed: int, batch_size: int = 256, device: torch.device | str = "cpu", suffix: str = "") -> dict:
+    """own_train_{loss,error}_{A,B}{suffix}: each endpoint on n of the images it was trained on (own_train_splits),
+    the "fit" half of the paper's regime (barriers.PREMISES)."""
+    splits = own_train_splits(images, pair_cfg, n, seed, device)
+    out = {}
+    for member, state in (("A", state_a), ("B", state_b)):
+        metrics = Evaluator(model, {"own": splits[member]}, batch_size, device)(state)["own"]
+        out.update({f"own_train_{name}_{member}{suffix}": value for name, value in metrics.items()})
+    return out
+
+
+def stage_endpoint_fit(st: Stage, repetition: int, epoch: int) -> dict:
+    """endpoint_fit of pair `repetition` at `epoch` with the stage's evaluation sizes (train_subset, subset_seed,
+    eval_batch_size), keys suffixed "_last": what the layer-wise stage adds to its headline metrics."""
+    cfg = st.config
+    images = load_prepared(prepared_path(st.workspace))
+    state_a, state_b = load_pair(st.workspace, epoch, repetition)
+    return endpoint_fit(images, get_section(st.params, "train_pairs"), pair_model(st.workspace, repetition).to(st.device),
+                        state_a, state_b, cfg.train_subset, cfg.subset_seed, cfg.eval_batch_size, st.device, "_last")
 
 
 def pair_inputs(st: Stage, repetition: int, splits: Sequence[str] = ("train", "test"), cache_activations: bool = True

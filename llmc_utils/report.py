@@ -15,12 +15,19 @@ from pathlib import Path
 import pandas as pd
 from pydantic import Field
 
-from llmc_utils.claims import VERDICTS, Claim, SanityCheck, all_claims, check, evaluate
+from llmc_utils.claims import PREMISE_NOT_MET, VERDICTS, Claim, Premise, SanityCheck, all_claims, all_premises, check, evaluate, \
+    evaluate_premise
 from llmc_utils.config import NonNegativeFloat, PositiveFloat, PositiveInt, Section
 
 
 class ReportConfig(Section):
     clear_barrier: PositiveFloat = 0.5  # a full barrier (train loss, nats) at least this large is "clearly present"
+    # --- the paper's regime of Fig. 1 / 2 (barriers.PREMISES; docs/profiles.md), fixed before any single-layer
+    # number was looked at: the whole interval of the full train-loss barrier over the pairs at or above
+    # regime_barrier nats (the paper: 1.9-2.3, near ln 10), and every endpoint's error on its own training images at
+    # most fit_train_error % (the paper's models fit CIFAR-10's training set)
+    regime_barrier: PositiveFloat = 1.0
+    fit_train_error: NonNegativeFloat = 2.0
     single_layer_tolerance: NonNegativeFloat = 0.1  # paper: every single-layer barrier within [-0.1, 0.1]
     single_layer_relative: PositiveFloat = 0.25  # looser: every single-layer barrier below 25 % of the full one
     min_theorem_cuts: PositiveInt = 1000  # Theorem 4.1 check must cover at least this many single-layer cuts
@@ -61,16 +68,28 @@ def load_metrics(metrics_dir: str | Path) -> dict[str, dict[int | None, dict]]:
     return out
 
 
-def claims_table(metrics: dict, cfg: ReportConfig, claims: list[Claim] | None = None) -> pd.DataFrame:
-    """One row per claim: source, statement, paper, criterion, n, mean, 95 % interval, three-state verdict, the
-    interval's edge margin to the threshold and whether it is under cfg.near_threshold."""
+def premise_table(metrics: dict, cfg: ReportConfig, premises: dict[str, Premise] | None = None) -> pd.DataFrame:
+    """One row per condition of every premise (claims.evaluate_premise), with the premise's overall verdict."""
+    premises = all_premises() if premises is None else premises
+    return pd.DataFrame([row for p in premises.values() for row in evaluate_premise(p, metrics, cfg, cfg.confidence)])
+
+
+def claims_table(metrics: dict, cfg: ReportConfig, claims: list[Claim] | None = None,
+                 premises: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per claim: source, statement, paper, criterion, n, mean, interval, verdict ("premise not met" when
+    the claim's premise, from `premises` = premise_table(...), fails), the interval's edge margin to the threshold
+    and whether it is under cfg.near_threshold."""
     claims = all_claims()[0] if claims is None else claims
+    premises = premise_table(metrics, cfg) if premises is None else premises
+    holds = dict(zip(premises.premise, premises.premise_holds)) if len(premises) else {}
     rows = []
     for claim in claims:
-        row = evaluate(claim, metrics, cfg, cfg.confidence)
+        if claim.premise is not None and claim.premise not in holds:
+            raise KeyError(f"claim {claim.statement!r} names premise {claim.premise!r}, which no stage module defines")
+        row = evaluate(claim, metrics, cfg, cfg.confidence, holds.get(claim.premise))
         rows.append(dict(row, edge_margin=edge_margin(row["low"], row["high"], claim.threshold_value(cfg))))
-    table = pd.DataFrame(rows)
-    return table.assign(near_threshold=table.edge_margin < cfg.near_threshold)
+    table = pd.DataFrame(rows)  # a claim that is not judged (premise not met) has no verdict to sit near
+    return table.assign(near_threshold=(table.edge_margin < cfg.near_threshold) & (table.verdict != PREMISE_NOT_MET))
 
 
 def edge_margin(low: float, high: float, threshold: float) -> float:
@@ -88,12 +107,15 @@ def sanity_table(metrics: dict, cfg: ReportConfig, checks: list[SanityCheck] | N
     return pd.DataFrame([check(c, metrics, cfg) for c in checks])
 
 
-def summary(claims: pd.DataFrame, sanity: pd.DataFrame) -> dict:
-    """Counts per verdict and the verdict of every claim (metrics/report.json; `dvc metrics diff` compares them)."""
+def summary(claims: pd.DataFrame, sanity: pd.DataFrame, premises: pd.DataFrame | None = None) -> dict:
+    """Counts per verdict, the verdict of every claim and whether each premise holds (metrics/report.json; `dvc
+    metrics diff` compares them)."""
+    held = {} if premises is None or not len(premises) else \
+        {name: bool(rows.premise_holds.iloc[0]) for name, rows in premises.groupby("premise", sort=False)}
     return dict(n_claims=len(claims), **{f"n_{v.replace(' ', '_')}": int((claims.verdict == v).sum()) for v in VERDICTS},
                 n_near_threshold=int(claims.near_threshold.sum()) if "near_threshold" in claims else 0,
                 n_sanity_checks=len(sanity), n_sanity_failed=int((~sanity.holds).sum()) if len(sanity) else 0,
-                verdicts={f"{r.source}: {r.claim}": r.verdict for r in claims.itertuples()})
+                premises_hold=held, verdicts={f"{r.source}: {r.claim}": r.verdict for r in claims.itertuples()})
 
 
 def styled(claims: pd.DataFrame):
@@ -177,18 +199,37 @@ def beyond_the_paper(metrics: dict[str, dict[int | None, dict]]) -> list[str]:
     return lines
 
 
+def _cell(text) -> str:
+    """Markdown table cell: a "|" inside it (as in "max |barrier|") would end it."""
+    return str(text).replace("|", "\\|")
+
+
+def premises_markdown(premises: pd.DataFrame, confidence: float = ReportConfig().confidence) -> list[str]:
+    """Markdown lines of the premise table: per condition n, mean [interval], worst repetition, whether it holds,
+    and each premise's overall verdict."""
+    lines = [f"Premises: the regime a claim is about, fixed before the claims were measured; a claim whose premise "
+             f"fails is not judged (*premise not met*). Mean over n with a {100 * confidence:g} % interval, and the "
+             "worst repetition:", "", "| premise | condition | n | mean [interval] | worst | holds |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {_cell(r.source)}: {_cell(r.statement)} | {_cell(r.condition)} | {r.n} | {_interval(r)} | "
+              f"{r.worst:.3g} | {'yes' if r.holds else '**no**'} |" for r in premises.itertuples()]
+    for name, rows in premises.groupby("premise", sort=False):
+        lines += ["", f"Premise `{name}`: **{'holds' if rows.premise_holds.iloc[0] else 'not met'}**."]
+    return lines
+
+
 def results_markdown(claims: pd.DataFrame, sanity: pd.DataFrame, findings: dict[str, str],
                      study: pd.DataFrame | None = None, confidence: float = ReportConfig().confidence,
-                     beyond: list[str] | None = None) -> str:
-    """The README's "Results" block: the claims table (n, mean [interval at `confidence`], criterion, verdict), the
-    located findings, the setup study's verdicts at its longest training, the numbers beyond the paper
-    (`beyond_the_paper`), the sanity checks' count, and the Fig. 1/2 thumbnails. Written by the report stage from
-    the computed tables, so it cannot drift from metrics/report.json."""
-    lines = [f"Claims measured by the last `dvc repro` (mean over n repetitions with a {100 * confidence:g} % "
-             "interval; verdict from the whole interval):", "",
-             "| source | claim | n | mean [interval] | criterion | verdict |", "| --- | --- | --- | --- | --- | --- |"]
-    def cell(text) -> str:  # a "|" inside a cell (as in "max |barrier|") would end it
-        return str(text).replace("|", "\\|")
+                     beyond: list[str] | None = None, premises: pd.DataFrame | None = None) -> str:
+    """The README's "Results" block: the premises of the claims (premises_markdown), the claims table (n, mean
+    [interval at `confidence`], criterion, verdict), the located findings, the setup study's summary, the numbers
+    beyond the paper (`beyond_the_paper`), the sanity checks' count, and the Fig. 1/2 thumbnails. Written by the
+    report stage from the computed tables, so it cannot drift from metrics/report.json."""
+    lines = premises_markdown(premises, confidence) + [""] if premises is not None and len(premises) else []
+    lines += [f"Claims measured by the last `dvc repro` (mean over n repetitions with a {100 * confidence:g} % "
+              "interval; verdict from the whole interval):", "",
+              "| source | claim | n | mean [interval] | criterion | verdict |", "| --- | --- | --- | --- | --- | --- |"]
+    cell = _cell
 
     near = claims.near_threshold if "near_threshold" in claims else pd.Series(False, index=claims.index)
     lines += [f"| {cell(r.source)} | {cell(r.claim)} | {r.n} | {_interval(r)} | {cell(r.criterion)} | **{r.verdict}**"
@@ -204,12 +245,12 @@ def results_markdown(claims: pd.DataFrame, sanity: pd.DataFrame, findings: dict[
         lines += ["", "Where a claim does not reproduce, located:", ""]
         lines += [f"- **{name}**: {sentence}" for name, sentence in findings.items()]
     if study is not None and len(study):
-        longest = study[study.length == study.length.max()]
-        lines += ["", f"Setup study (appendix; Fig. 1 claims per network after {int(longest.length.max())} epochs, "
-                  f"claims (1)-(3) of Fig. 1 as above, {_count_range(longest.n)} pairs each): "
-                  + "; ".join(
-                      f"{name}: " + ", ".join(f"({i}) {v.verdict}" for i, v in enumerate(group.itertuples(), 1))
-                      for name, group in longest.groupby("variant", sort=False)) + "."]
+        met = study[study.premise_holds]
+        chosen = study[study.chosen != ""]
+        lines += ["", f"Setup study ({len(study)} variants, {_count_range(study.n)} pairs each; table and figure in "
+                  "the report): the premise holds for " + (", ".join(met.variant) if len(met) else "no variant")
+                  + "; " + ("; ".join(f"chosen by the rule as the {r.chosen} pair: {r.variant} ({r.levers})"
+                                      for r in chosen.itertuples()) if len(chosen) else "no variant was chosen") + "."]
     if beyond:
         lines += ["", "Beyond the paper (descriptive numbers; the alignment claims are in the table above):", ""]
         lines += beyond

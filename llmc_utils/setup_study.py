@@ -1,182 +1,268 @@
-"""Appendix study: how the Fig. 1 claims depend on the pair's setup (width, residual vs plain, training length).
+"""Setup study: which pair setups put Fig. 1 in the paper's regime, and what the single layers do there.
 
-Why it exists: with one small plain CNN the verdict of Fig. 1 flipped between pairs, so the default architecture is
-chosen by a rule stated before any claim was measured (params.yaml, `train_pairs`: the paper's class of network, a
-residual net without normalization, at the cost of the earlier plain CNN), and this study shows what the other
-choices would have given. Each variant of `setup_study.variants` (arch, width) trains the pairs of
-`setup_study.repetitions` with everything else exactly as `train_pairs` (data subset, seeds, optimizer, checkpoints),
-and the three Fig. 1 claims (llmc_utils.barriers.CLAIMS, same report thresholds) are evaluated over those pairs at each
-training length of `setup_study.lengths`. The learning rate is constant, so the checkpoint at epoch e IS a run of
-e epochs: one run per pair gives every length.
+Why it exists. The paper's Fig. 1 asks whether averaging ONE layer stays harmless even when averaging ALL of them
+breaks the model (full train-loss barrier 1.9-2.3 nats, near ln 10, with both models fitting CIFAR-10). Whether two
+runs from one initialization end in different basins depends on their instability to SGD noise (Frankle et al.
+2020), which depends on the data, the number of steps, learning rate and batch size, augmentation, the schedule, the
+network and the pairing scheme. So the default pair is not assumed: this study measures those levers, and the
+default is chosen from it by a rule fixed before it ran (params.yaml, comments of `setup_study`; docs/profiles.md):
 
-It is not part of `dvc repro` (several times the 15-minute budget on 2 CPU cores):
+1. the premise (barriers.PREMISES, thresholds `report.regime_barrier` and `report.fit_train_error`) holds over the
+   variant's pairs: the whole interval of the full train-loss barrier at the last checkpoint lies at or above
+   regime_barrier, and every endpoint's error on its own training images is at most fit_train_error;
+2. a same-initialization scheme (the paper's different data order, or the authors' disjoint halves) is preferred;
+   a different-init variant only when no same-init variant meets (1);
+3. among those, the cheapest in training FLOPs per pair; it becomes the default profile when a pair trains within
+   `pair_budget_s` (A and B side by side on this machine), else the `faithful` profile.
+
+Only the premise's quantities decide; the single-layer barriers (what Fig. 1 tests) are measured and reported per
+variant but never enter the choice.
+
+Design: one factor at a time around `base` (the screening round: each variant changes one lever of the base, its
+name says which), then a combination round of levers that the screening showed to move the premise's quantities
+(the variant names list every lever changed). Each variant trains `repetitions` pairs (seeds as train_pairs pair r)
+and is evaluated at its last checkpoint with the layer-wise stage's images and engine: full and single-layer
+barriers at alpha 0.5 (both bases), the endpoints' fit (pairs.endpoint_fit) and test error.
+
+It is not part of `dvc repro` (several times the pipeline's budget on 2 CPU cores):
 
     python -m llmc_utils.setup_study            # params.yaml; needs data/images.pt (dvc repro prepare_data)
 
 Resumable: checkpoints go under `setup_study.scratch` (written atomically by the trainer, resumed on a rerun), each
-finished pair writes its rows once, and a rerun skips finished pairs. The result, results/setup_study/fig1_by_setup.csv
-(one row per variant, pair and length), is committed to git; the report stage turns it into per-variant intervals
-and verdicts (results/report/setup_study_claims.csv) and draws them (figures/figA_setup_study.png). A pair whose
-training diverges or ends at chance level is recorded as such (status column, message) and left out of the
-intervals; it never reaches a barrier.
+finished pair writes its row once, and a rerun skips finished pairs. The result, results/setup_study/fig1_by_setup.csv
+(one row per variant and pair), is committed to git; the report stage turns it into the per-variant table
+(results/report/setup_study.csv) and figure (figures/figA_setup_study.png). A pair whose training diverges or ends
+at chance level is recorded as such (status column, message) and left out of the intervals.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
+import time
+from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import pandas as pd
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from llmc_utils import plotting
-from llmc_utils.config import PositiveInt, Section
+from llmc_utils.config import PositiveFloat, PositiveInt, Section
 
 RESULT = Path("results") / "setup_study" / "fig1_by_setup.csv"
 STATUS_OK = "ok"
+BASE = "base"  # name of the screening round's centre in the results
 
 
-class Variant(Section):
-    arch: Literal["cnn", "rescnn", "resnet18", "vgg11"]
-    width: PositiveInt
+def _merge(base: dict, update: dict) -> dict:
+    """`base` with `update` applied, nested dicts (optim) merged key by key."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 class SetupStudyConfig(Section):
-    variants: dict[str, Variant] = Field(default_factory=lambda: {
-        "plain_w16": Variant(arch="cnn", width=16), "plain_w32": Variant(arch="cnn", width=32),
-        "residual_w16": Variant(arch="rescnn", width=16), "residual_w32": Variant(arch="rescnn", width=32)},
-        min_length=1)
+    # the screening round's centre, as overrides of train_pairs (spelled out, so that changing the default pair later
+    # does not change the study)
+    base: dict[str, Any] = Field(default_factory=lambda: dict(
+        arch="rescnn", width=16, depth=1, train_subset=1500, scheme="same_init_different_order",
+        optim=dict(epochs=30, batch_size=64, lr=0.05, schedule="constant", warmup_epochs=0, augment=False)))
+    # variant name -> overrides of `base` (keys of train_pairs; optim merged key by key)
+    variants: dict[str, dict[str, Any]] = Field(default_factory=lambda: {BASE: {}}, min_length=1)
     repetitions: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=3)  # pairs per variant (>= 3)
-    lengths: list[PositiveInt] = Field(default_factory=lambda: [5, 10, 20, 30], min_length=1)  # epochs; checkpoints
+    pair_budget_s: PositiveFloat = 60.0  # rule (3): training seconds per pair that fit the default budget
+    flop_batch: PositiveInt = 8  # images of the one forward + backward pass that counts a variant's FLOPs per image
     scratch: str = "build/setup_study"  # checkpoints and per-pair rows (not committed)
 
+    @field_validator("repetitions")
+    @classmethod
+    def _distinct(cls, repetitions: list[int]) -> list[int]:
+        if len(set(repetitions)) != len(repetitions) or min(repetitions) < 0:
+            raise ValueError(f"repetitions must be distinct non-negative indices, got {repetitions}")
+        return repetitions
+
     @model_validator(mode="after")
-    def _check(self):
-        if len(set(self.repetitions)) != len(self.repetitions) or min(self.repetitions) < 0:
-            raise ValueError(f"repetitions must be distinct non-negative indices, got {self.repetitions}")
-        if sorted(set(self.lengths)) != list(self.lengths):
-            raise ValueError(f"lengths must be strictly increasing, got {self.lengths}")
+    def _variants_build(self):
+        """Every variant must be a valid train_pairs section (checked here, before any training)."""
+        from llmc_utils.pairs import TrainPairsConfig
+
+        for name in self.variants:
+            try:
+                variant_pair_config(TrainPairsConfig(), self, name)
+            except ValidationError as exc:
+                problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'setup'} = {e['input']!r}: "
+                                     f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+                raise ValueError(f"variant {name!r} is not a valid train_pairs setup: {problems}") from None
         return self
 
 
-def check_lengths(cfg: SetupStudyConfig, pair_cfg) -> None:
-    """Every length must be a checkpoint of train_pairs (the study reads the run at that checkpoint)."""
-    missing = sorted(set(cfg.lengths) - set(pair_cfg.checkpoint_epochs))
-    if missing:
-        raise ValueError(f"setup_study.lengths {missing} are not in train_pairs.checkpoint_epochs "
-                         f"{pair_cfg.checkpoint_epochs}")
+def variant_pair_config(pair_cfg, cfg: SetupStudyConfig, name: str):
+    """train_pairs with the study's base and then variant `name` applied; checkpoints at 0 and the last epoch (the
+    study reads the last one)."""
+    merged = _merge(_merge(pair_cfg.model_dump(), cfg.base), cfg.variants[name])
+    merged["checkpoint_epochs"] = [0, merged["optim"]["epochs"]]
+    return type(pair_cfg).model_validate(merged)
 
 
-def variant_pair_config(pair_cfg, variant: Variant):
-    """train_pairs with the variant's architecture and width; everything else (data, seeds, optimizer, epochs,
-    checkpoints) unchanged."""
-    return pair_cfg.model_copy(update=dict(arch=variant.arch, width=variant.width))
+def levers(cfg: SetupStudyConfig, name: str) -> str:
+    """What variant `name` changes relative to the base, e.g. "arch=cnn, optim.schedule=step"."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        return {k2: v2 for k, v in d.items()
+                for k2, v2 in (flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(f"{prefix}{k}", v)])}
+    return ", ".join(f"{k}={v}" for k, v in flat(cfg.variants[name]).items()) or "(base)"
 
 
-def pair_rows(name: str, variant: Variant, repetition: int, cfg: SetupStudyConfig, pair_cfg, barrier_cfg, images,
-              workspace: Path, device, progress, processes: int = 1) -> list[dict]:
-    """Train one pair of one variant (resuming), then the Fig. 1 headline metrics at every study length."""
+def train_flop_per_image(vcfg, image_shape, num_classes: int, batch: int = 8) -> float:
+    """FLOPs of one training image (forward + backward, torch's FLOP counter on a batch of `batch`): the variant's
+    cost in a machine-independent unit."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from llmc_utils.pairs import make_model, model_spec
+
+    model = make_model(model_spec(vcfg, image_shape, num_classes))
+    x = torch.randn(batch, *image_shape)
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.cross_entropy(model(x), torch.zeros(batch, dtype=torch.long)).backward()
+    return counter.get_total_flops() / batch
+
+
+def pair_row(name: str, repetition: int, cfg: SetupStudyConfig, pair_cfg, barrier_cfg, images, workspace: Path,
+             device, progress, processes: int = 1) -> dict:
+    """Train one pair of one variant (resuming), then its numbers at the last checkpoint: the Fig. 1 headline
+    metrics (barriers.headline_metrics), the endpoints' fit on their own training images and the cost."""
+    import math
+
     from llmc_utils import barriers, pairs
     from llmc_utils.evaluation import LayerEvaluator
     from llmc_utils.trainer import TrainingDiverged, check_not_chance
 
-    vcfg = variant_pair_config(pair_cfg, variant)
-    base = dict(variant=name, arch=variant.arch, width=variant.width, seed=repetition)
+    vcfg = variant_pair_config(pair_cfg, cfg, name)
+    n_train = vcfg.train_subset or len(images.train_y)
+    per_member = len(range(n_train)[vcfg.member_images("A", n_train)])
+    steps = vcfg.optim.epochs * math.ceil(per_member / vcfg.optim.batch_size)
+    flop = train_flop_per_image(vcfg, images.shape, len(images.classes), cfg.flop_batch)
+    base = dict(variant=name, levers=levers(cfg, name), seed=repetition, arch=vcfg.arch, width=vcfg.width,
+                depth=vcfg.depth, scheme=vcfg.scheme, train_subset=n_train, images_per_model=per_member,
+                epochs=vcfg.optim.epochs, batch_size=vcfg.optim.batch_size, lr=vcfg.optim.lr,
+                schedule=vcfg.optim.schedule, augment=vcfg.optim.augment, steps_per_model=steps,
+                train_tflop_per_pair=2 * flop * per_member * vcfg.optim.epochs / 1e12)
     try:
+        start = time.perf_counter()
         pairs.train_pair(vcfg, images, workspace, repetition, device, processes)
+        train_seconds = time.perf_counter() - start
+        last = vcfg.optim.epochs
         splits = pairs.pair_splits(images, vcfg, barrier_cfg.train_subset, barrier_cfg.test_subset,
                                    barrier_cfg.subset_seed, device)
-        evaluator = LayerEvaluator(pairs.pair_model(workspace, repetition), splits, barrier_cfg.eval_batch_size,
-                                   device, barrier_cfg.cache_activations)
-        epochs = [e for e in pairs.pair_checkpoints(workspace, repetition)
-                  if barrier_cfg.claim_from_epoch <= e <= max(cfg.lengths)]
-        table, _ = barriers.barrier_table(evaluator, lambda e: pairs.load_pair(workspace, e, repetition), epochs,
-                                          barrier_cfg, progress=progress)
-        rows = [dict(base, length=length, status=STATUS_OK, message="",
-                     **barriers.headline_metrics(table[table.epoch <= length], barrier_cfg.heatmap_alpha,
-                                                 barrier_cfg.claim_from_epoch)) for length in cfg.lengths]
+        model = pairs.pair_model(workspace, repetition)
+        evaluator = LayerEvaluator(model, splits, barrier_cfg.eval_batch_size, device, barrier_cfg.cache_activations)
+        load = partial(pairs.load_pair, workspace, repetition=repetition)
+        table, _ = barriers.barrier_table(evaluator, load, [last], barrier_cfg, progress=progress)
+        metrics = barriers.headline_metrics(table, barrier_cfg.heatmap_alpha, barrier_cfg.claim_from_epoch)
+        metrics.update(pairs.endpoint_fit(images, vcfg, model, *load(last), barrier_cfg.train_subset,
+                                          barrier_cfg.subset_seed, barrier_cfg.eval_batch_size, device, "_last"))
         for member in ("A", "B"):  # the last checkpoint must have learned something
-            check_not_chance(rows[-1][f"test_error_{member}_last"], len(images.classes),
-                             f"setup study {name}: model {member} of pair {repetition}", max(cfg.lengths))
-        return rows
+            check_not_chance(metrics[f"test_error_{member}_last"], len(images.classes),
+                             f"setup study {name}: model {member} of pair {repetition}", last)
+        return dict(base, status=STATUS_OK, message="", train_seconds=train_seconds, **metrics)
     except TrainingDiverged as exc:  # recorded, never plotted as a barrier
-        return [dict(base, length=length, status="diverged", message=str(exc)) for length in cfg.lengths]
+        return dict(base, status="diverged", message=str(exc))
 
 
-def metrics_by_variant(table: pd.DataFrame) -> dict[tuple[str, int], dict]:
-    """{(variant, length): {"layerwise_barriers": {seed: metrics}}}: the shape llmc_utils.claims reads, from the
-    finished (status ok) pairs only."""
-    out: dict[tuple[str, int], dict] = {}
+def metrics_by_variant(table: pd.DataFrame) -> dict[str, dict]:
+    """{variant: {"layerwise_barriers": {seed: metrics}}}: the shape llmc_utils.claims reads, from the finished
+    (status ok) pairs only."""
+    out: dict[str, dict] = {}
     for row in table[table.status == STATUS_OK].to_dict("records"):
-        out.setdefault((row["variant"], int(row["length"])), {"layerwise_barriers": {}})[
-            "layerwise_barriers"][int(row["seed"])] = row
+        out.setdefault(row["variant"], {"layerwise_barriers": {}})["layerwise_barriers"][int(row["seed"])] = row
     return out
 
 
-def claims_by_setup(table: pd.DataFrame, report_cfg) -> pd.DataFrame:
-    """The Fig. 1 claims per variant and training length: n pairs, mean, interval, verdict (as the main table),
-    and how many pairs of that variant diverged."""
-    from llmc_utils.barriers import CLAIMS
-    from llmc_utils.claims import evaluate
+def summarize(table: pd.DataFrame, report_cfg, pair_budget_s: float = SetupStudyConfig().pair_budget_s
+              ) -> pd.DataFrame:
+    """One row per variant: its levers and cost, the premise's quantities (full barrier with its interval over the
+    pairs, the worst endpoint fit) and whether the premise holds, the largest single-layer barrier with its
+    interval, the Fig. 1 claims' verdicts under the premise, and `chosen` by the rule of the module docstring."""
+    from llmc_utils.barriers import CLAIMS, FIG1_REGIME, PREMISES
+    from llmc_utils.claims import evaluate, evaluate_premise, interval
+    from llmc_utils.pairs import SAME_INIT_SCHEMES
 
-    diverged = table[table.status != STATUS_OK].groupby(["variant", "length"]).seed.nunique()
+    premise = {p.name: p for p in PREMISES}[FIG1_REGIME]
     rows = []
-    for (name, length), metrics in metrics_by_variant(table).items():
-        info = table[table.variant == name].iloc[0]
-        for claim in CLAIMS:
-            row = evaluate(claim, metrics, report_cfg, report_cfg.confidence)
-            rows.append(dict(variant=name, arch=info.arch, width=int(info.width), length=length,
-                             diverged=int(diverged.get((name, length), 0)), **row))
-    return pd.DataFrame(rows)
+    for name, metrics in metrics_by_variant(table).items():
+        mine = table[table.variant == name]
+        ok = mine[mine.status == STATUS_OK]
+        conditions = evaluate_premise(premise, metrics, report_cfg, report_cfg.confidence)
+        holds = conditions[0]["premise_holds"]
+        single = interval(ok.max_abs_single_layer_barrier_last, report_cfg.confidence)
+        verdicts = {f"claim {i}": evaluate(c, metrics, report_cfg, report_cfg.confidence, holds)["verdict"]
+                    for i, c in enumerate(CLAIMS, 1)}
+        rows.append(dict(
+            variant=name, levers=mine.levers.iloc[0], scheme=mine.scheme.iloc[0], n=len(ok),
+            diverged=int((mine.status != STATUS_OK).sum()),
+            train_tflop_per_pair=float(mine.train_tflop_per_pair.iloc[0]),
+            train_seconds_per_pair=float(ok.train_seconds.mean()),
+            full_barrier=conditions[0]["mean"], full_barrier_low=conditions[0]["low"],
+            full_barrier_high=conditions[0]["high"], worst_own_train_error=conditions[1]["worst"],
+            premise_holds=bool(holds), max_single_layer_barrier=single[0], max_single_layer_barrier_low=single[1],
+            max_single_layer_barrier_high=single[2], **verdicts))
+    summary = pd.DataFrame(rows)
+    return summary.assign(chosen=choose(summary, pair_budget_s, SAME_INIT_SCHEMES))
 
 
-def verdict_grid(claims: pd.DataFrame) -> pd.DataFrame:
-    """Display layout: one row per variant and length, one column per claim, cells "mean [low, high] verdict"."""
-    from llmc_utils.barriers import CLAIMS
+def choose(summary: pd.DataFrame, pair_budget_s: float, same_init_schemes) -> pd.Series:
+    """The rule of the module docstring, as a column: "default" for the cheapest variant (training FLOPs) whose
+    premise holds, same-init schemes first, that trains a pair within pair_budget_s; "faithful" for the cheapest
+    such variant when none fits the budget; "" elsewhere."""
+    chosen = pd.Series("", index=summary.index)
+    eligible = summary[summary.premise_holds]
+    same_init = eligible[eligible.scheme.isin(same_init_schemes)]
+    pool = same_init if len(same_init) else eligible
+    if len(pool):
+        fits = pool[pool.train_seconds_per_pair <= pair_budget_s]
+        label, pick = ("default", fits) if len(fits) else ("faithful", pool)
+        chosen[pick.train_tflop_per_pair.idxmin()] = label
+    return chosen
 
-    short = {c.statement: f"claim {i}" for i, c in enumerate(CLAIMS, 1)}
-    cells = claims.assign(
-        claim=claims.claim.map(short),
-        cell=[f"{r.mean:.3f} [{r.low:.3f}, {r.high:.3f}] {r.verdict}" + (f" ({r.diverged} diverged)" if r.diverged
-                                                                        else "") for r in claims.itertuples()])
-    return cells.pivot(index=["variant", "length"], columns="claim", values="cell")
 
-
-def figure(claims: pd.DataFrame, report_cfg):
-    """One panel per Fig. 1 claim: each variant's mean and 95 % interval against training length, with the
-    criterion's threshold; a point whose interval lies on the threshold's good side is a reproduced verdict."""
-    from llmc_utils.barriers import CLAIMS
-
-    fig, axes = plotting.panels(len(CLAIMS), width=4.6, height=3.6)
-    variants = list(dict.fromkeys(claims.variant))
-    offsets = {v: (i - (len(variants) - 1) / 2) * 0.35 for i, v in enumerate(variants)}
-    for i, (ax, claim) in enumerate(zip(axes, CLAIMS), 1):
-        sel = claims[claims.claim == claim.statement]
-        for name in variants:
-            v = sel[sel.variant == name].sort_values("length")
-            x = v.length + offsets[name]
-            lo, hi = (v["mean"] - v.low).clip(upper=1e3), (v.high - v["mean"]).clip(upper=1e3)
-            ax.errorbar(x, v["mean"], yerr=[lo, hi], marker="o", ms=4, capsize=2, lw=1,
-                        label=f"{name} (n={int(v.n.max())})")
-        ax.axhline(claim.threshold_value(report_cfg), color="k", ls="--", lw=0.8, label="threshold")
-        ax.set_xlabel("training length (epochs)")
-        # the means and the threshold in view; intervals wider than that run off the axis (they are that wide)
-        ax.set_ylim(min(-0.5, sel["mean"].min() - 0.3), max(1.0, sel["mean"].max() * 1.3 + 0.3))
-        ax.set_title(textwrap.fill(f"({i}) {claim.statement}", 55)
-                     + f"\nclaim value {claim.relation} threshold; mean, 95 % interval", fontsize=8)
-        ax.set_ylabel(textwrap.fill(claim.quantity, 60), fontsize=6)
-    axes[0].legend(fontsize=6)
+def figure(summary: pd.DataFrame, report_cfg):
+    """Three panels, one line per variant (cheapest first): the full train-loss barrier (mean and interval over the
+    pairs, the regime threshold dashed), the worst endpoint's error on its own training images (the fit threshold
+    dashed), and the largest single-layer barrier (the paper's band dashed); premise met in colour, not met in grey,
+    the chosen variant marked."""
+    data = summary.sort_values("train_tflop_per_pair", ascending=False).reset_index(drop=True)
+    fig, axes = plotting.panels(3, ncols=3, width=4.2, height=0.32 * len(data) + 1.6)
+    labels = [f"{r.variant}{' ← ' + r.chosen if r.chosen else ''} ({r.train_tflop_per_pair:.2g} TFLOP)"
+              for r in data.itertuples()]
+    colour = ["tab:blue" if held else "0.6" for held in data.premise_holds]
+    panels = [("full_barrier", "full train-loss barrier (nats)", report_cfg.regime_barrier),
+              ("worst_own_train_error", "worst endpoint: error on its own training images (%)",
+               report_cfg.fit_train_error),
+              ("max_single_layer_barrier", "largest |single-layer barrier| (nats)", report_cfg.single_layer_tolerance)]
+    for ax, (column, title, threshold) in zip(axes, panels):
+        y = range(len(data))
+        if f"{column}_low" in data:
+            low, high = data[f"{column}_low"], data[f"{column}_high"]
+            ax.hlines(y, low.clip(lower=-1), high.clip(upper=10), colors=colour, lw=2)
+        ax.scatter(data[column], y, c=colour, zorder=3, s=18)
+        ax.axvline(threshold, color="k", ls="--", lw=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.set_yticks(list(y))
+        ax.set_yticklabels(labels if ax is axes[0] else [], fontsize=7)
+    axes[0].set_xlabel(f"mean and {100 * report_cfg.confidence:g} % interval over pairs; blue: premise met")
+    axes[1].set_xlabel("max over pairs and both endpoints")
+    axes[2].set_xlabel("last checkpoint, alpha 0.5, both bases; mean and interval")
+    fig.tight_layout()
     return fig
 
 
-def run(params_file: str | Path = "params.yaml", workspace: str | Path = ".", threads: int | None = None
-        ) -> pd.DataFrame:
-    """Every variant x repetition (skipping finished ones), then the combined table written to RESULT. `threads`
-    overrides runtime.num_threads for the evaluation (1 when other jobs share the cores: a two-thread team whose
-    second thread waits for a busy core runs many times slower than one thread)."""
+def run(params_file: str | Path = "params.yaml", workspace: str | Path = ".", threads: int | None = None,
+        only: list[str] | None = None) -> pd.DataFrame:
+    """Every variant (or those named in `only`) x repetition, skipping finished ones, then the combined table of
+    every finished pair written to RESULT. `threads` overrides runtime.num_threads for the evaluation (1 when other
+    jobs share the cores: a two-thread team whose second thread waits for a busy core runs many times slower)."""
     from llmc_utils import data, stage
     from llmc_utils.config import get_section
     from llmc_utils.io import save_table
@@ -189,22 +275,24 @@ def run(params_file: str | Path = "params.yaml", workspace: str | Path = ".", th
     cfg, pair_cfg = st.config, get_section(st.params, "train_pairs")
     barrier_cfg = get_section(st.params, "layerwise_barriers")
     barrier_cfg = barrier_cfg.model_copy(update=dict(alphas=[barrier_cfg.heatmap_alpha], epochs=None))
-    check_lengths(cfg, pair_cfg)
+    unknown = sorted(set(only or []) - set(cfg.variants))
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; setup_study.variants has {list(cfg.variants)}")
     prepared = data.prepared_path(st.workspace)
     if not prepared.is_file():
         raise FileNotFoundError(f"{prepared} not found: run `dvc repro prepare_data` first")
     images = data.load_prepared(prepared)
     scratch = st.workspace / cfg.scratch
-    tables = []
-    jobs = [(name, v, r) for name, v in cfg.variants.items() for r in cfg.repetitions]
-    for name, variant, r in stage.progress(jobs, desc="setup study pairs"):
-        done = scratch / name / f"rows_seed_{r}.csv"
+    jobs = [(name, r) for name in cfg.variants if not only or name in only for r in cfg.repetitions]
+    for name, r in stage.progress(jobs, desc="setup study pairs"):
+        done = scratch / name / f"row_seed_{r}.csv"
         if not done.is_file():
-            rows = pair_rows(name, variant, r, cfg, pair_cfg, barrier_cfg, images, scratch / name, st.device,
-                             stage.progress, st.runtime.train_processes)
-            save_table(pd.DataFrame(rows), done)
-        tables.append(pd.read_csv(done, keep_default_na=False, na_values=[""]))
-    table = pd.concat(tables, ignore_index=True)
+            row = pair_row(name, r, cfg, pair_cfg, barrier_cfg, images, scratch / name, st.device, stage.progress,
+                           st.runtime.train_processes)
+            save_table(pd.DataFrame([row]), done)
+    rows = [pd.read_csv(p, keep_default_na=False, na_values=[""]) for name in cfg.variants
+            for p in sorted((scratch / name).glob("row_seed_*.csv"))]
+    table = pd.concat(rows, ignore_index=True)
     save_table(table, st.workspace / RESULT)
     return table
 
@@ -224,10 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--workspace", default=".")
     parser.add_argument("--threads", type=int, help="torch threads of the evaluation (default runtime.num_threads)")
+    parser.add_argument("--only", nargs="+", metavar="VARIANT", help="train and evaluate only these variants")
     args = parser.parse_args(argv)
-    table = run(args.params, args.workspace, args.threads)
-    print(f"wrote {Path(args.workspace) / RESULT}: {len(table)} rows, "
-          f"{int((table.status != STATUS_OK).sum())} rows of diverged pairs")
+    table = run(args.params, args.workspace, args.threads, args.only)
+    print(f"wrote {Path(args.workspace) / RESULT}: {len(table)} pairs, "
+          f"{int((table.status != STATUS_OK).sum())} diverged")
     return 0
 
 

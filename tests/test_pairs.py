@@ -59,3 +59,39 @@ def test_bad_pair_config_rejected_naming_the_key():
         validate_params({"train_pairs": {"scheme": "same_order"}})
     with pytest.raises(ParamsError, match="train_pairs.optim.lr"):
         validate_params({"train_pairs": {"optim": {"lr": -1}}})
+
+
+def test_disjoint_halves_share_the_init_and_split_the_training_subset(tmp_path):
+    from llmc_utils.pairs import own_train_splits
+
+    images, cfg = fake_images(), tiny_cfg(scheme="disjoint_halves")
+    assert cfg.seeds("A", 1)[0] == cfg.seeds("B", 1)[0] != cfg.seeds("B", 1)[1]  # one init, own data order
+    assert (cfg.member_images("A", 32), cfg.member_images("B", 32)) == (slice(0, 16), slice(16, 32))
+    assert tiny_cfg().member_images("B", 32) == slice(0, 32)  # the other schemes: every image for both
+    own = own_train_splits(images, cfg, 0, 0)
+    x, y = images.split("train", cfg.train_subset, cfg.subset_seed)
+    assert torch.equal(own["A"][0], x[:16]) and torch.equal(own["B"][0], x[16:])
+    assert len(own_train_splits(images, cfg, 5, 0)["B"][1]) == 5
+    train_pair(cfg, images, tmp_path)
+    a0, b0 = load_pair(tmp_path, 0)
+    assert all(torch.equal(a0[k], b0[k]) for k in a0)
+    a2, b2 = load_pair(tmp_path, 2)
+    assert not torch.equal(a2["conv1.weight"], b2["conv1.weight"])
+
+
+def test_endpoint_fit_reads_each_member_on_its_own_images():
+    from llmc_utils.pairs import endpoint_fit, make_model, model_spec
+
+    images, cfg = fake_images(), tiny_cfg(scheme="disjoint_halves")
+    model = make_model(model_spec(cfg, images.shape, 3))
+    state = model.state_dict()
+    fit = endpoint_fit(images, cfg, model, state, state, 0, 0, suffix="_last")
+    assert set(fit) == {f"own_train_{k}_{m}_last" for m in "AB" for k in ("loss", "error")}
+    # the same weights on the two halves: the numbers differ because the images do
+    assert fit["own_train_loss_A_last"] != fit["own_train_loss_B_last"]
+
+
+def test_depth_applies_to_the_small_networks_only():
+    assert TrainPairsConfig(arch="cnn", depth=2).depth == 2
+    with pytest.raises(ValueError, match="depth=2 applies to cnn and rescnn only"):
+        TrainPairsConfig(arch="resnet18", width=64, depth=2)

@@ -2,9 +2,11 @@
 (Fig. 1 and Fig. 2) metrics that reproduce it and metrics that make it fail. The other stages' claims have the same
 kind of test in tests/test_claims_<stage>.py."""
 
+import dataclasses
 import json
 import math
 
+import pandas as pd
 import pytest
 
 from llmc_utils import barriers, claims, cumulative, report
@@ -39,14 +41,46 @@ def verdict_of(claim, per_seed):
 
 FIG1 = {c.statement: c for c in barriers.CLAIMS}
 FIG2 = {c.statement: c for c in cumulative.CLAIMS}
+REGIME = claims.all_premises()[barriers.FIG1_REGIME]
 
 
-@pytest.mark.parametrize("values, expected", [([1.5, 1.7, 1.6, 1.4, 1.8], "reproduced"),
-                                              ([0.1, 0.2, 0.15, 0.05, 0.1], "not reproduced"),
-                                              ([0.1, 1.5, 0.4, 0.9, 0.2], "inconclusive")])
-def test_full_barrier_claim(values, expected):
-    claim = FIG1["Averaging all layers creates a clear loss barrier once training is under way"]
-    assert verdict_of(claim, seeds(full_barrier_train_loss_last=values)) == expected
+def regime(full, errors_a, errors_b):
+    return claims.evaluate_premise(REGIME, {"layerwise_barriers": dict(enumerate(seeds(
+        full_barrier_train_loss_last=full, own_train_error_A_last=errors_a, own_train_error_B_last=errors_b)))}, CFG)
+
+
+@pytest.mark.parametrize("full, errors_b, holds", [
+    ([1.5, 1.7, 1.6, 1.4, 1.8], [0.0, 0.4, 1.0, 0.2, 1.8], True),
+    ([1.5, 1.7, 1.6, 1.4, 1.8], [0.0, 0.4, 2.6, 0.2, 1.8], False),  # one endpoint does not fit its data
+    ([0.1, 1.5, 0.4, 0.9, 0.2], [0.0] * 5, False),  # the interval of the full barrier reaches below 1.0
+    ([1.2, 1.15, 1.25, 1.2, 1.2], [0.0] * 5, True)])  # the whole interval above the threshold
+def test_fig1_regime_premise_needs_a_large_full_barrier_and_fitted_endpoints(full, errors_b, holds):
+    rows = regime(full, [0.0] * 5, errors_b)
+    assert rows[1]["holds"] is (max(errors_b) <= 2.0) and rows[1]["worst"] == max(errors_b)
+    assert all(r["premise_holds"] is holds for r in rows)
+
+
+def test_claims_under_a_failed_premise_are_not_judged_but_keep_their_interval():
+    metrics = {"layerwise_barriers": dict(enumerate(seeds(
+        full_barrier_train_loss_last=[0.2, 0.3, 0.25], own_train_error_A_last=[0.0] * 3,
+        own_train_error_B_last=[0.0] * 3, max_abs_single_layer_barrier=[0.01, 0.02, 0.03],
+        max_abs_single_layer_barrier_last=[0.01, 0.02, 0.03])))}
+    table = report.claims_table(metrics, CFG, barriers.CLAIMS, report.premise_table(metrics, CFG, {REGIME.name: REGIME}))
+    assert set(table.verdict) == {"premise not met"}
+    assert table["mean"].iloc[0] == pytest.approx(0.02)
+    moved = {"layerwise_barriers": {r: dict(m, full_barrier_train_loss_last=2.0)
+                                    for r, m in metrics["layerwise_barriers"].items()}}
+    passed = report.claims_table(moved, CFG, barriers.CLAIMS, report.premise_table(moved, CFG, {REGIME.name: REGIME}))
+    assert list(passed.verdict) == ["reproduced", "reproduced"]
+
+
+def test_a_claim_naming_an_unknown_premise_stops_the_report():
+    import dataclasses
+
+    claim = dataclasses.replace(barriers.CLAIMS[0], premise="nowhere")
+    metrics = {"layerwise_barriers": {0: {"max_abs_single_layer_barrier": 0.1}}}
+    with pytest.raises(KeyError, match="nowhere"):
+        report.claims_table(metrics, CFG, [claim], report.premise_table(metrics, CFG, {}))
 
 
 @pytest.mark.parametrize("values, expected", [([0.03, 0.05, 0.04, 0.06, 0.05], "reproduced"),
@@ -86,7 +120,7 @@ def test_missing_metrics_name_the_stage_to_run():
     claim = barriers.CLAIMS[0]
     with pytest.raises(KeyError, match="layerwise_barriers"):
         evaluate(claim, {}, CFG)
-    with pytest.raises(KeyError, match="full_barrier_train_loss_last"):
+    with pytest.raises(KeyError, match="max_abs_single_layer_barrier"):
         evaluate(claim, {"layerwise_barriers": {0: {}, 1: {}}}, CFG)
 
 
@@ -111,21 +145,24 @@ def test_load_metrics_reads_single_runs_and_repetitions(tmp_path):
 
 def test_claims_table_columns_and_summary_counts():
     metrics = {"layerwise_barriers": dict(enumerate(seeds(
-        full_barrier_train_loss_last=[1.5, 1.6, 1.4], max_abs_single_layer_barrier=[0.3, 0.4, 0.5],
-        max_abs_single_layer_barrier_last=[0.2, 0.6, 0.4])))}
-    table = report.claims_table(metrics, CFG, barriers.CLAIMS)
+        full_barrier_train_loss_last=[1.5, 1.6, 1.4], own_train_error_A_last=[0.0] * 3,
+        own_train_error_B_last=[1.0] * 3, max_abs_single_layer_barrier=[0.3, 0.4, 0.5],
+        max_abs_single_layer_barrier_last=[0.02, 0.5, 0.1])))}
+    plain = dataclasses.replace(FIG1["Averaging any single layer creates (almost) no barrier"], premise=None)
+    table = report.claims_table(metrics, CFG, [*barriers.CLAIMS, plain], report.premise_table(metrics, CFG))
     assert list(table.columns) == ["source", "claim", "paper", "criterion", "n", "mean", "low", "high", "verdict",
-                                   "edge_margin", "near_threshold"]
-    assert list(table.verdict) == ["reproduced", "not reproduced", "inconclusive"]
+                                   "premise", "edge_margin", "near_threshold"]
+    assert list(table.verdict) == ["not reproduced", "inconclusive", "not reproduced"]
+    assert list(table.premise) == [barriers.FIG1_REGIME] * 2 + [""]
     summary = report.summary(table, report.sanity_table(metrics, CFG, []))
-    assert (summary["n_reproduced"], summary["n_not_reproduced"], summary["n_inconclusive"]) == (1, 1, 1)
+    assert (summary["n_reproduced"], summary["n_not_reproduced"], summary["n_inconclusive"],
+            summary["n_premise_not_met"]) == (0, 2, 1, 0)
 
 
 def _one_claim_table():
-    import pandas as pd
-
     per_seed = {"layerwise_barriers": {r: {"max_abs_single_layer_barrier": v} for r, v in enumerate((0.02, 0.03, 0.01))}}
-    claims_df = report.claims_table(per_seed, CFG, [barriers.CLAIMS[1]])
+    claim = dataclasses.replace(barriers.CLAIMS[0], premise=None)
+    claims_df = report.claims_table(per_seed, CFG, [claim], pd.DataFrame())
     sanity = pd.DataFrame([dict(source="Fig. 3", check="identity", criterion="x <= 0", n=1, worst=0.0, holds=True)])
     return claims_df, sanity
 
@@ -167,7 +204,8 @@ def test_edge_margin_marks_verdicts_that_sit_on_their_threshold():
     # same claim, two sets of repetitions: one clears 0.1 by far, one ends just below it
     far = {"layerwise_barriers": {r: {"max_abs_single_layer_barrier": v} for r, v in enumerate((0.02, 0.03, 0.01))}}
     near = {"layerwise_barriers": {r: {"max_abs_single_layer_barrier": v} for r, v in enumerate((0.08, 0.085, 0.09))}}
-    tables = {name: report.claims_table(m, CFG, [barriers.CLAIMS[1]]) for name, m in (("far", far), ("near", near))}
+    claim = dataclasses.replace(barriers.CLAIMS[0], premise=None)
+    tables = {name: report.claims_table(m, CFG, [claim], pd.DataFrame()) for name, m in (("far", far), ("near", near))}
     assert list(tables["far"].near_threshold) == [False] and list(tables["near"].near_threshold) == [True]
     assert tables["near"].verdict.iloc[0] == "reproduced"  # the mark does not change the verdict
     block = report.results_markdown(tables["near"], _one_claim_table()[1], {})

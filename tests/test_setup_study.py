@@ -1,4 +1,5 @@
-"""The appendix setup study: per-variant Fig. 1 verdicts from a tidy table, diverged pairs kept out of intervals."""
+"""The setup study: variants as validated train_pairs setups, the per-variant summary (premise, single layers,
+verdicts), the rule that chooses the default pair from it, and one real (tiny) pair end to end."""
 
 import matplotlib
 
@@ -15,66 +16,107 @@ from llmc_utils.report import ReportConfig
 CFG = ReportConfig()
 
 
-def row(variant, seed, length, full, single, status="ok"):
-    base = dict(variant=variant, arch="cnn" if variant.startswith("plain") else "rescnn", width=16, seed=seed,
-                length=length, status=status, message="" if status == "ok" else "diverged at epoch 3")
+def row(variant, seed, full, single, error=0.5, scheme="same_init_different_order", tflop=1.0, seconds=30.0,
+        status="ok"):
+    base = dict(variant=variant, levers=f"lever of {variant}", seed=seed, scheme=scheme, train_tflop_per_pair=tflop,
+                status=status, message="" if status == "ok" else "diverged at epoch 3")
     if status != "ok":
         return base
-    return dict(base, full_barrier_train_loss_last=full, max_abs_single_layer_barrier=single,
-                max_abs_single_layer_barrier_last=single)
+    return dict(base, train_seconds=seconds, full_barrier_train_loss_last=full, max_abs_single_layer_barrier=single,
+                max_abs_single_layer_barrier_last=single, own_train_error_A_last=error, own_train_error_B_last=error / 2)
 
 
-@pytest.fixture
-def table():
-    rows = []
-    for seed, jitter in enumerate((0.0, 0.01, -0.01)):
-        # "good": clear full barrier, tiny single-layer barriers -> all three claims reproduced
-        rows += [row("good", seed, length, 1.5 + jitter, 0.02 + jitter / 10) for length in (10, 30)]
-        # "bad": no full barrier, large single-layer ones -> all three not reproduced
-        rows += [row("plain_bad", seed, length, 0.1 + jitter, 0.8 + jitter) for length in (10, 30)]
-    rows += [row("plain_bad", 3, length, 0, 0, status="diverged") for length in (10, 30)]
-    return pd.DataFrame(rows)
+def table(*variants):
+    """Three pairs of each (name, full, single, kwargs) with a little spread."""
+    return pd.DataFrame([row(name, seed, full + jitter, single + jitter / 10, **kw)
+                         for name, full, single, kw in variants
+                         for seed, jitter in enumerate((0.0, 0.05, -0.05))])
 
 
-def test_claims_by_setup_gives_one_verdict_per_variant_length_and_claim(table):
-    claims = setup_study.claims_by_setup(table, CFG)
-    assert len(claims) == 2 * 2 * 3
-    good, bad = claims[claims.variant == "good"], claims[claims.variant == "plain_bad"]
-    assert set(good.verdict) == {"reproduced"}
-    assert set(bad.verdict) == {"not reproduced"}
-    assert set(good.n) == {3} and set(bad.n) == {3}  # the diverged pair is not a fourth value
-    assert set(bad.diverged) == {1} and set(good.diverged) == {0}
+def test_summary_judges_the_premise_and_the_claims_per_variant():
+    t = table(("regime", 1.8, 0.02, {}), ("flat", 0.2, 0.02, {}), ("unfit", 1.8, 0.02, dict(error=4.0)),
+              ("regime_layers_bad", 1.8, 0.9, {}))
+    t = pd.concat([t, pd.DataFrame([row("flat", 3, 0, 0, status="diverged")])], ignore_index=True)
+    summary = setup_study.summarize(t, CFG).set_index("variant")
+    assert list(summary.premise_holds) == [True, False, False, True]
+    assert summary.loc["flat", "n"] == 3 and summary.loc["flat", "diverged"] == 1  # not a fourth value
+    assert summary.loc["unfit", "worst_own_train_error"] == 4.0
+    assert summary.loc["regime", "claim 1"] == "reproduced"
+    assert summary.loc["regime_layers_bad", "claim 1"] == "not reproduced"  # reported, whatever it gives
+    assert set(summary.loc[["flat", "unfit"], "claim 1"]) == {"premise not met"}
+    assert summary.loc["regime", "full_barrier_low"] > CFG.regime_barrier
 
 
-def test_a_spread_across_pairs_that_straddles_the_threshold_is_inconclusive(table):
-    straddle = table.copy()
-    sel = (straddle.variant == "good") & (straddle.seed == 0)
-    straddle.loc[sel, "max_abs_single_layer_barrier"] = 0.4  # one pair far above 0.1, two below
-    claims = setup_study.claims_by_setup(straddle, CFG)
-    second = claims[(claims.variant == "good") & (claims.claim.str.contains("any single layer"))]
-    assert set(second.verdict) == {"inconclusive"}
+def test_rule_prefers_same_init_then_the_cheapest_within_the_budget():
+    t = table(("same_cheap", 1.8, 0.02, dict(tflop=2.0)), ("same_dear", 1.9, 0.02, dict(tflop=5.0)),
+              ("diff_cheaper", 2.2, 0.02, dict(scheme="different_init", tflop=1.0)),
+              ("flat_cheapest", 0.1, 0.02, dict(tflop=0.5)))
+    chosen = setup_study.summarize(t, CFG, pair_budget_s=60).set_index("variant").chosen
+    assert chosen.to_dict() == {"same_cheap": "default", "same_dear": "", "diff_cheaper": "", "flat_cheapest": ""}
+    # no same-init variant in the regime: the cheapest different-init one; over the budget: the faithful profile
+    only_diff = table(("diff", 2.2, 0.02, dict(scheme="different_init", seconds=90.0)), ("flat", 0.1, 0.02, {}))
+    assert setup_study.summarize(only_diff, CFG, pair_budget_s=60).set_index("variant").chosen["diff"] == "faithful"
+    nothing = table(("flat", 0.1, 0.02, {}))
+    assert set(setup_study.summarize(nothing, CFG).chosen) == {""}
 
 
-def test_verdict_grid_and_figure(table):
-    claims = setup_study.claims_by_setup(table, CFG)
-    grid = setup_study.verdict_grid(claims)
-    assert grid.shape == (4, 3)
-    assert grid.loc[("plain_bad", 30), "claim 1"].endswith("not reproduced (1 diverged)")
-    fig = setup_study.figure(claims, CFG)
+def test_figure_has_three_panels():
+    t = table(("regime", 1.8, 0.02, {}), ("flat", 0.2, 0.02, {}))
+    fig = setup_study.figure(setup_study.summarize(t, CFG), CFG)
     assert len(fig.axes) == 3
 
 
-def test_config_is_validated_before_any_training():
-    with pytest.raises(ValidationError, match="lengths must be strictly increasing"):
-        setup_study.SetupStudyConfig(lengths=[10, 5])
+def test_variants_are_train_pairs_setups_validated_before_any_training():
+    cfg = setup_study.SetupStudyConfig(variants={"base": {}, "plain_step": {"arch": "cnn", "optim": {"schedule": "step"}}})
+    vcfg = setup_study.variant_pair_config(TrainPairsConfig(), cfg, "plain_step")
+    assert (vcfg.arch, vcfg.optim.schedule, vcfg.optim.lr) == ("cnn", "step", 0.05)  # optim merged key by key
+    assert vcfg.train_subset == 1500 and vcfg.checkpoint_epochs == [0, vcfg.optim.epochs]
+    assert setup_study.levers(cfg, "plain_step") == "arch=cnn, optim.schedule=step"
+    assert setup_study.levers(cfg, "base") == "(base)"
+    with pytest.raises(ValidationError, match="variant 'bad' is not a valid train_pairs setup.*scheme"):
+        setup_study.SetupStudyConfig(variants={"bad": {"scheme": "same_order"}})
+    with pytest.raises(ValidationError, match="variant 'typo'.*optim.shedule"):
+        setup_study.SetupStudyConfig(variants={"typo": {"optim": {"shedule": "step"}}})
     with pytest.raises(ValidationError):
         setup_study.SetupStudyConfig(repetitions=[0, 1])  # fewer than 3 pairs bound nothing
-    with pytest.raises(ValueError, match=r"lengths \[15\] are not in train_pairs.checkpoint_epochs"):
-        setup_study.check_lengths(setup_study.SetupStudyConfig(lengths=[10, 15]),
-                                  TrainPairsConfig(optim=dict(epochs=30), checkpoint_epochs=[0, 10, 30]))
+
+
+def test_flop_count_grows_with_width():
+    small, wide = (setup_study.variant_pair_config(TrainPairsConfig(), setup_study.SetupStudyConfig(
+        variants={"v": {"width": w}}), "v") for w in (8, 16))
+    f_small, f_wide = (setup_study.train_flop_per_image(c, (1, 28, 28), 10) for c in (small, wide))
+    assert 2.5 < f_wide / f_small < 4.5  # convolutions scale with width^2, the stem and head less
+
+
+@pytest.mark.parametrize("at_chance", [False, True])
+def test_one_tiny_pair_end_to_end(tmp_path, monkeypatch, at_chance):
+    from llmc_utils import trainer
+    from llmc_utils.barriers import LayerwiseBarriersConfig
+    from tests.test_pairs import fake_images
+
+    def guard(error, n_classes, desc, epoch):  # random labels: whether the real guard fires is up to the noise
+        if at_chance:
+            raise trainer.TrainingDiverged(f"{desc}: error {error:.1f} % at epoch {epoch} is at chance level")
+
+    monkeypatch.setattr(trainer, "check_not_chance", guard)
+    cfg = setup_study.SetupStudyConfig(base=dict(arch="rescnn", width=2, train_subset=32,
+                                                 optim=dict(epochs=2, batch_size=8, lr=0.01)),
+                                       variants={"halves": {"scheme": "disjoint_halves"}})
+    barrier_cfg = LayerwiseBarriersConfig(train_subset=16, test_subset=16, alphas=[0.5])
+    out = setup_study.pair_row("halves", 0, cfg, TrainPairsConfig(), barrier_cfg, fake_images(), tmp_path, "cpu",
+                               lambda it, **kw: it)
+    assert out["images_per_model"] == 16 and out["steps_per_model"] == 4 and out["scheme"] == "disjoint_halves"
+    assert out["train_tflop_per_pair"] > 0
+    if at_chance:  # recorded with its reason, never measured
+        assert out["status"] == "diverged" and "chance" in out["message"] and "full_barrier_train_loss_last" not in out
+    else:
+        assert out["status"] == "ok" and out["train_seconds"] > 0
+        assert 0 <= out["own_train_error_A_last"] <= 100 and out["last_epoch"] == 2
+        assert {"full_barrier_train_loss_last", "max_abs_single_layer_barrier_last"} <= set(out)
 
 
 def test_load_reads_the_committed_table_when_the_workspace_has_none(tmp_path):
     committed = setup_study.load(tmp_path)
-    assert {"variant", "seed", "length", "status"} <= set(committed.columns)
+    assert {"variant", "levers", "seed", "status", "full_barrier_train_loss_last"} <= set(committed.columns)
     assert committed.groupby("variant").seed.nunique().min() >= 3
+    assert committed.variant.nunique() >= 8
