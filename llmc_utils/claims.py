@@ -76,6 +76,7 @@ class Condition:
     of every repetition's value (over="every")."""
 
     quantity: str
+    paper: str  # the paper's number for this quantity
     stage: str  # whose per-repetition metrics `measure` reads
     measure: Callable[[dict, Any], float | Sequence[float]]
     relation: Relation
@@ -179,7 +180,7 @@ def evaluate_premise(premise: Premise, metrics: dict, cfg, confidence: float = 0
         ok = (holds(low, threshold) and holds(high, threshold)) if condition.over == "interval" else holds(worst, threshold)
         rows.append(dict(premise=premise.name, source=premise.source, statement=premise.statement,
                          condition=condition.criterion(cfg) + (" (whole interval)" if condition.over == "interval"
-                                                               else " (every repetition)"),
+                                                               else " (every repetition)"), paper=condition.paper,
                          n=len(values), mean=mean, low=low, high=high, worst=worst, holds=ok))
     overall = all(r["holds"] for r in rows)
     return [dict(r, premise_holds=overall) for r in rows]

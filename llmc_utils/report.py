@@ -263,8 +263,8 @@ def _count_range(counts: pd.Series) -> str:
     return str(low) if low == high else f"{low}-{high}"
 
 
-def update_readme(readme: str | Path, block: str) -> bool:
-    """Replace the text between README_START and README_END in `readme` with `block` (atomically); False when the
+def update_readme(readme: str | Path, block: str, start: str = README_START, end: str = README_END) -> bool:
+    """Replace the text between the markers `start` and `end` in `readme` with `block` (atomically); False when the
     file or its markers are absent (a scratch workspace has no README)."""
     from llmc_utils.io import save_text
 
@@ -272,14 +272,30 @@ def update_readme(readme: str | Path, block: str) -> bool:
     if not path.is_file():
         return False
     text = path.read_text()
-    if README_START not in text or README_END not in text:
+    if start not in text or end not in text:
         return False
-    head, rest = text.split(README_START, 1)
-    tail = rest.split(README_END, 1)[1]
-    new = f"{head}{README_START}\n{block}{README_END}{tail}"
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    new = f"{head}{start}\n{block}{end}{tail}"
     if new != text:
         save_text(new, path)
     return True
+
+
+PAPER_VS_OURS_START = "<!-- paper-vs-ours:start (written by the report stage) -->"
+PAPER_VS_OURS_END = "<!-- paper-vs-ours:end -->"
+
+
+def paper_vs_ours(claims: pd.DataFrame, premises: pd.DataFrame) -> str:
+    """Markdown table, one row per premise condition and per claim, in the paper's order: the paper's own number or
+    statement next to ours (mean [interval] over n repetitions) and the verdict; written by the report stage into the
+    marked block of docs/figures.md, so the side-by-side view is always the last run's."""
+    lines = ["| figure | what | paper | ours: mean [interval] (n) | verdict |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {_cell(r.source)} | premise: {_cell(r.condition)} | {_cell(r.paper)} | {_interval(r)} ({r.n}; "
+              f"worst {r.worst:.3g}) | {'holds' if r.holds else 'not met'} |" for r in premises.itertuples()]
+    lines += [f"| {_cell(r.source)} | {_cell(r.claim)} | {_cell(r.paper)} | {_interval(r)} ({r.n}) | {r.verdict} |"
+              for r in claims.itertuples()]
+    return "\n".join(lines) + "\n"
 
 
 def figure_paths(figures_dir: str | Path) -> list[tuple[Path, str]]:

@@ -9,11 +9,15 @@ default is chosen from it by a rule fixed before it ran (params.yaml, comments o
 
 1. the premise (barriers.PREMISES, thresholds `report.regime_barrier` and `report.fit_train_error`) holds over the
    variant's pairs: the whole interval of the full train-loss barrier at the last checkpoint lies at or above
-   regime_barrier, and every endpoint's error on its own training images is at most fit_train_error;
+   regime_barrier, and every endpoint's error on its own training images is at most fit_train_error; and every pair
+   trained: none diverged or ended at chance level (the pipeline stops on such a model, so such a variant cannot be
+   the default; this clause was added after the first combination round, in which a plain net collapsed);
 2. a same-initialization scheme (the paper's different data order, or the authors' disjoint halves) is preferred;
    a different-init variant only when no same-init variant meets (1);
-3. among those, the cheapest in training FLOPs per pair; it becomes the default profile when a pair trains within
-   `pair_budget_s` (A and B side by side on this machine), else the `faithful` profile.
+3. among those, the cheapest in training FLOPs per pair (at equal FLOPs, the smaller worst endpoint error, i.e. the
+   larger margin on the premise; this tie-break was added when two variants of equal cost met the premise); it
+   becomes the default profile when a pair trains within `pair_budget_s` (A and B side by side on this machine),
+   else the `faithful` profile.
 
 Only the premise's quantities decide; the single-layer barriers (what Fig. 1 tests) are measured and reported per
 variant but never enter the choice.
@@ -214,16 +218,17 @@ def summarize(table: pd.DataFrame, report_cfg, pair_budget_s: float = SetupStudy
 
 def choose(summary: pd.DataFrame, pair_budget_s: float, same_init_schemes) -> pd.Series:
     """The rule of the module docstring, as a column: "default" for the cheapest variant (training FLOPs) whose
-    premise holds, same-init schemes first, that trains a pair within pair_budget_s; "faithful" for the cheapest
-    such variant when none fits the budget; "" elsewhere."""
+    premise holds and none of whose pairs diverged, same-init schemes first, that trains a pair within pair_budget_s;
+    "faithful" for the cheapest such variant when none fits the budget; "" elsewhere."""
     chosen = pd.Series("", index=summary.index)
-    eligible = summary[summary.premise_holds]
+    eligible = summary[summary.premise_holds & (summary.diverged == 0)]  # the pipeline stops on a diverged model
     same_init = eligible[eligible.scheme.isin(same_init_schemes)]
     pool = same_init if len(same_init) else eligible
     if len(pool):
         fits = pool[pool.train_seconds_per_pair <= pair_budget_s]
         label, pick = ("default", fits) if len(fits) else ("faithful", pool)
-        chosen[pick.train_tflop_per_pair.idxmin()] = label
+        # equal cost (the same network and number of steps): the larger margin on the premise's fit decides
+        chosen[pick.sort_values(["train_tflop_per_pair", "worst_own_train_error"]).index[0]] = label
     return chosen
 
 
@@ -234,24 +239,37 @@ def figure(summary: pd.DataFrame, report_cfg):
     the chosen variant marked."""
     data = summary.sort_values("train_tflop_per_pair", ascending=False).reset_index(drop=True)
     fig, axes = plotting.panels(3, ncols=3, width=4.2, height=0.32 * len(data) + 1.6)
-    labels = [f"{r.variant}{' ← ' + r.chosen if r.chosen else ''} ({r.train_tflop_per_pair:.2g} TFLOP)"
-              for r in data.itertuples()]
-    colour = ["tab:blue" if held else "0.6" for held in data.premise_holds]
+    labels = [f"{r.variant}{' ← ' + r.chosen if r.chosen else ''} ({r.train_tflop_per_pair:.2g} TFLOP"
+              + (f", {r.diverged} of {r.n + r.diverged} diverged)" if r.diverged else ")") for r in data.itertuples()]
+    colour = ["tab:blue" if held and not diverged else "0.6" for held, diverged in zip(data.premise_holds,
+                                                                                       data.diverged)]
     panels = [("full_barrier", "full train-loss barrier (nats)", report_cfg.regime_barrier),
               ("worst_own_train_error", "worst endpoint: error on its own training images (%)",
                report_cfg.fit_train_error),
               ("max_single_layer_barrier", "largest |single-layer barrier| (nats)", report_cfg.single_layer_tolerance)]
     for ax, (column, title, threshold) in zip(axes, panels):
         y = range(len(data))
-        if f"{column}_low" in data:
-            low, high = data[f"{column}_low"], data[f"{column}_high"]
-            ax.hlines(y, low.clip(lower=-1), high.clip(upper=10), colors=colour, lw=2)
-        ax.scatter(data[column], y, c=colour, zorder=3, s=18)
+        if f"{column}_low" in data:  # intervals of a few pairs can be very wide: drawn to the edge of the view
+            values = data[column]
+            span = (min(values.min(), threshold, 0) - 0.5, max(values.max(), threshold) + 0.5)
+            ax.hlines(y, data[f"{column}_low"].clip(lower=span[0]), data[f"{column}_high"].clip(upper=span[1]),
+                      colors=colour, lw=2)
+            ax.set_xlim(*span)
+        values = data[column]
+        if column == "worst_own_train_error":  # errors far above the 2 % threshold: at the edge, value written
+            edge = 10 * threshold
+            for i, v in enumerate(values):
+                if v > edge:
+                    ax.annotate(f"{v:.0f} →", (edge, i), ha="right", va="center", fontsize=7)
+            values = values.clip(upper=edge)
+            ax.set_xlim(0, edge)
+        ax.scatter(values, y, c=colour, zorder=3, s=18)
         ax.axvline(threshold, color="k", ls="--", lw=0.8)
         ax.set_title(title, fontsize=9)
         ax.set_yticks(list(y))
         ax.set_yticklabels(labels if ax is axes[0] else [], fontsize=7)
-    axes[0].set_xlabel(f"mean and {100 * report_cfg.confidence:g} % interval over pairs; blue: premise met")
+    axes[0].set_xlabel(f"mean and {100 * report_cfg.confidence:g} % interval over pairs; blue: premise met, "
+                       "no pair diverged", fontsize=8)
     axes[1].set_xlabel("max over pairs and both endpoints")
     axes[2].set_xlabel("last checkpoint, alpha 0.5, both bases; mean and interval")
     fig.tight_layout()

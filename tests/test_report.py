@@ -228,3 +228,22 @@ def test_beyond_the_paper_reads_the_numbers_of_both_stages():
     assert lines[1].index("plain 0.80 / 0.40") < lines[1].index("bn_reset 0.40 / 0.20") \
         < lines[1].index("aligned+bn_reset 0.10 / 0.05")  # the stage's variant order, not the file's
     assert report.beyond_the_paper({}) == []
+
+
+def test_premises_and_the_paper_side_by_side_in_the_written_blocks(tmp_path):
+    metrics = {"layerwise_barriers": dict(enumerate(seeds(
+        full_barrier_train_loss_last=[1.8, 1.9, 2.0], own_train_error_A_last=[0.0, 0.2, 0.4],
+        own_train_error_B_last=[3.0, 0.0, 0.0], max_abs_single_layer_barrier=[0.01, 0.02, 0.03],
+        max_abs_single_layer_barrier_last=[0.01, 0.02, 0.03])))}
+    premises = report.premise_table(metrics, CFG, {REGIME.name: REGIME})
+    table = report.claims_table(metrics, CFG, barriers.CLAIMS, premises)
+    block = report.results_markdown(table, _one_claim_table()[1], {}, premises=premises)
+    assert "| **no** |" in block and "Premise `fig1_regime`: **not met**." in block  # one endpoint at 3 % error
+    assert block.index("Premises") < block.index("Claims measured")
+    side = report.paper_vs_ours(table, premises)
+    assert side.count("\n") == 2 + len(premises) + len(table)
+    assert "1.9-2.3 (-> ln 10)" in side and "| premise not met |" in side and "worst 3)" in side
+    doc = tmp_path / "figures.md"
+    doc.write_text(f"# Figures\n{report.PAPER_VS_OURS_START}\nold\n{report.PAPER_VS_OURS_END}\nmore\n")
+    assert report.update_readme(doc, side, report.PAPER_VS_OURS_START, report.PAPER_VS_OURS_END)
+    assert side in doc.read_text() and "\nold\n" not in doc.read_text() and doc.read_text().endswith("more\n")

@@ -58,6 +58,13 @@ def test_rule_prefers_same_init_then_the_cheapest_within_the_budget():
     assert setup_study.summarize(only_diff, CFG, pair_budget_s=60).set_index("variant").chosen["diff"] == "faithful"
     nothing = table(("flat", 0.1, 0.02, {}))
     assert set(setup_study.summarize(nothing, CFG).chosen) == {""}
+    # equal cost: the larger margin on the fit decides
+    tie = table(("loose_fit", 1.8, 0.02, dict(tflop=2.0, error=1.8)), ("tight_fit", 1.8, 0.02, dict(tflop=2.0)))
+    assert setup_study.summarize(tie, CFG).set_index("variant").chosen.to_dict() == {"loose_fit": "",
+                                                                                    "tight_fit": "default"}
+    # a variant one of whose pairs collapsed cannot be the default (the pipeline would stop), however cheap
+    fragile = pd.concat([t, pd.DataFrame([row("same_cheap", 3, 0, 0, status="diverged")])], ignore_index=True)
+    assert setup_study.summarize(fragile, CFG).set_index("variant").chosen["same_dear"] == "default"
 
 
 def test_figure_has_three_panels():
@@ -120,3 +127,18 @@ def test_load_reads_the_committed_table_when_the_workspace_has_none(tmp_path):
     assert {"variant", "levers", "seed", "status", "full_barrier_train_loss_last"} <= set(committed.columns)
     assert committed.groupby("variant").seed.nunique().min() >= 3
     assert committed.variant.nunique() >= 8
+
+
+def test_the_default_pair_is_the_variant_the_rule_chose(root):
+    """params.yaml's train_pairs is the setup the committed study's rule picked (everything but the checkpoint list
+    and the curve sizes, which the study does not set)."""
+    from llmc_utils.config import get_section, load_params
+
+    params = load_params(root / "params.yaml")
+    pair_cfg, cfg = get_section(params, "train_pairs"), get_section(params, "setup_study")
+    summary = setup_study.summarize(setup_study.load(root), get_section(params, "report"), cfg.pair_budget_s)
+    chosen = summary[summary.chosen == "default"]
+    assert len(chosen) == 1, summary[["variant", "premise_holds", "chosen"]]
+    picked = setup_study.variant_pair_config(pair_cfg, cfg, chosen.variant.iloc[0])
+    ignore = {"checkpoint_epochs", "curve_train_subset", "curve_test_subset"}
+    assert picked.model_dump(exclude=ignore) == pair_cfg.model_dump(exclude=ignore)
