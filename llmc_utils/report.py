@@ -1,5 +1,7 @@
-"""The claims table of the final report: each claim of the paper, measured over repetitions, as a mean with a 95 %
-interval and a three-state verdict (llmc_utils.claims), plus the sanity checks of the setup listed apart.
+"""The claims table of the final report: each claim of the paper, measured in its unit (mean over repetitions, or a
+count of units with an exact binomial interval), with a 95 % interval, the rate at which its own null reads
+"reproduced", and a three-state verdict (llmc_utils.claims, docs/claims.md); premises and the sanity checks of the
+setup listed apart.
 
 Every measured value is read from the metrics JSON files the stages wrote (metrics/<stage>.json for a stage that runs
 once, metrics/<stage>/seed_<r>.json per repetition); nothing is typed in. A claim whose metric is missing makes the
@@ -15,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 from pydantic import Field
 
-from llmc_utils.claims import PREMISE_NOT_MET, VERDICTS, Claim, Premise, SanityCheck, all_claims, all_premises, check, evaluate, \
-    evaluate_premise
+from llmc_utils.claims import PREMISE_NOT_MET, VERDICTS, Claim, Premise, SanityCheck, all_claims, all_premises, check, \
+    evaluate, evaluate_premise, null_rate
 from llmc_utils.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Section
 
 
@@ -84,21 +86,42 @@ def premise_table(metrics: dict, cfg: ReportConfig, premises: dict[str, Premise]
 
 
 def claims_table(metrics: dict, cfg: ReportConfig, claims: list[Claim] | None = None,
-                 premises: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per claim: source, statement, paper, criterion, n, mean, interval, verdict ("premise not met" when
-    the claim's premise, from `premises` = premise_table(...), fails), the interval's edge margin to the threshold
-    and whether it is under cfg.near_threshold."""
+                 premises: pd.DataFrame | None = None, null_draws: int | None = None) -> pd.DataFrame:
+    """One row per claim and sensitivity row (claims.evaluate: source, statement, paper, premise, kind, criterion,
+    n, per-unit values, mean, interval, threshold bounds, verdict, note; "premise not met" when the claim's premise,
+    from `premises` = premise_table(...), fails), its null's rate of "reproduced" over `null_draws` draws
+    (cfg.null_draws unless given; 0: not drawn), the interval's edge margin to the threshold and whether it is under
+    cfg.near_threshold. A claim whose sensitivity row reads another verdict says so in its note."""
     claims = all_claims()[0] if claims is None else claims
     premises = premise_table(metrics, cfg) if premises is None else premises
+    draws = cfg.null_draws if null_draws is None else null_draws
     holds = dict(zip(premises.premise, premises.premise_holds)) if len(premises) else {}
     rows = []
     for claim in claims:
         if claim.premise is not None and claim.premise not in holds:
             raise KeyError(f"claim {claim.statement!r} names premise {claim.premise!r}, which no stage module defines")
         row = evaluate(claim, metrics, cfg, cfg.confidence, holds.get(claim.premise))
-        rows.append(dict(row, edge_margin=edge_margin(row["low"], row["high"], claim.threshold_value(cfg))))
+        rate = null_rate(claim, metrics, cfg, draws, cfg.null_seed, cfg.confidence) if draws and claim.null \
+            else math.nan
+        margin = min(edge_margin(row["low"], row["high"], t) for t in (row["threshold_low"], row["threshold_high"]))
+        rows.append(dict(row, null_rate=rate, null=claim.null.statement if claim.null else "", edge_margin=margin))
     table = pd.DataFrame(rows)  # a claim that is not judged (premise not met) has no verdict to sit near
+    table["note"] = [_with_sensitivity(r, table) for r in table.itertuples()]
     return table.assign(near_threshold=(table.edge_margin < cfg.near_threshold) & (table.verdict != PREMISE_NOT_MET))
+
+
+def _with_sensitivity(row, table: pd.DataFrame) -> str:
+    """A claim's note, plus every sensitivity row of it whose verdict differs from the claim's."""
+    if row.sensitivity_of:
+        return row.note
+    others = table[(table.sensitivity_of == row.claim) & (table.verdict != row.verdict)]
+    return "; ".join([row.note] * bool(row.note) + [f"read otherwise ({r.claim}): {r.verdict}"
+                                                      for r in others.itertuples()])
+
+
+def main_claims(claims: pd.DataFrame) -> pd.DataFrame:
+    """The claims themselves, without their sensitivity rows (which are never counted as verdicts)."""
+    return claims[claims.sensitivity_of == ""] if "sensitivity_of" in claims else claims
 
 
 def edge_margin(low: float, high: float, threshold: float) -> float:
@@ -118,9 +141,10 @@ def sanity_table(metrics: dict, cfg: ReportConfig, checks: list[SanityCheck] | N
 
 def summary(claims: pd.DataFrame, sanity: pd.DataFrame, premises: pd.DataFrame | None = None) -> dict:
     """Counts per verdict, the verdict of every claim and whether each premise holds (metrics/report.json; `dvc
-    metrics diff` compares them)."""
+    metrics diff` compares them); sensitivity rows are not claims and are not counted."""
     held = {} if premises is None or not len(premises) else \
         {name: bool(rows.premise_holds.iloc[0]) for name, rows in premises.groupby("premise", sort=False)}
+    claims = main_claims(claims)
     return dict(n_claims=len(claims), **{f"n_{v.replace(' ', '_')}": int((claims.verdict == v).sum()) for v in VERDICTS},
                 n_near_threshold=int(claims.near_threshold.sum()) if "near_threshold" in claims else 0,
                 n_sanity_checks=len(sanity), n_sanity_failed=int((~sanity.holds).sum()) if len(sanity) else 0,
@@ -181,7 +205,7 @@ def _interval(r) -> str:
 
 
 def beyond_the_paper(metrics: dict[str, dict[int | None, dict]]) -> list[str]:
-    """Markdown bullets with the numbers of the stages beyond the paper, from their metrics: per pair of the
+    """Markdown bullets with the numbers of the stages beyond the paper, from their metrics: per cross pair of the
     alignment stage the full barrier before and after weight matching (mean ± sd over pairs) and the layers that keep
     the largest barrier after it; the BatchNorm pair's full and largest single-layer barrier per variant."""
     from llmc_utils.alignment import layer_summary
@@ -195,7 +219,8 @@ def beyond_the_paper(metrics: dict[str, dict[int | None, dict]]) -> list[str]:
     if per_pair := metrics.get("alignment"):
         top = layer_summary(per_pair).head(3)
         lines.append(
-            f"- **Permutation alignment** (weight matching, {len(per_pair)} pair(s), last checkpoint, train loss): full "
+            f"- **Permutation alignment** (weight matching, {len(per_pair)} different-init cross pair(s): A of one pair "
+            "with B of the next, last checkpoint, train loss): full "
             f"barrier {mean_sd([m['full_barrier_unaligned_last'] for m in per_pair.values()])} unaligned, "
             f"{mean_sd([m['full_barrier_aligned_last'] for m in per_pair.values()])} aligned; hidden units left in "
             f"place {mean_sd([100 * m['identity_fraction_last'] for m in per_pair.values()], '.0f')} %; largest "
@@ -205,6 +230,21 @@ def beyond_the_paper(metrics: dict[str, dict[int | None, dict]]) -> list[str]:
         lines.append("- **BatchNorm pair** (one pair, train loss at alpha 0.5; full / largest \|single layer\|): "
                      + "; ".join(f"{v} {bn[v]['full_barrier']:.2f} / {bn[v]['max_abs_single_layer_barrier']:.2f}"
                                  for v in VARIANTS if v in bn) + ".")
+    return lines
+
+
+def sec4_by_depth(metrics: dict[str, dict[int | None, dict]]) -> list[str]:
+    """Markdown lines of the Sec. 4 claim per depth and branch of the trained deep linear pairs (deep_linear
+    metrics `trained_lower_by_depth`): for each barrier reading, how many pairs have their best single-layer path
+    below the full one, with its 95 % Clopper-Pearson interval, beside the rate exchangeable paths give."""
+    rows = metrics.get("deep_linear", {}).get(None, {}).get("trained_lower_by_depth")
+    if not rows:
+        return []
+    lines = ["Sec. 4 per depth and branch (trained deep linear pairs; best single-layer path below the full one, with "
+             "its 95 % Clopper-Pearson interval, against the rate exchangeable paths give):", "",
+             "| depth | branch | reading | pairs below / pairs [interval] | exchangeable rate |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['depth']} | {r['branch']} | {r['reading']} | {r['lower']} / {r['pairs']} [{r['low']:.2f}, "
+              f"{r['high']:.2f}] | {r['exchangeable_rate']:.3f} |" for r in rows]
     return lines
 
 
@@ -229,27 +269,42 @@ def premises_markdown(premises: pd.DataFrame, confidence: float = ReportConfig()
 
 def results_markdown(claims: pd.DataFrame, sanity: pd.DataFrame, findings: dict[str, str],
                      study: pd.DataFrame | None = None, confidence: float = ReportConfig().confidence,
-                     beyond: list[str] | None = None, premises: pd.DataFrame | None = None) -> str:
-    """The README's "Results" block: the premises of the claims (premises_markdown), the claims table (n, mean
-    [interval at `confidence`], criterion, verdict), the located findings, the setup study's summary, the numbers
+                     beyond: list[str] | None = None, premises: pd.DataFrame | None = None,
+                     details: list[str] | None = None) -> str:
+    """The README's "Results" block: the premises of the claims (premises_markdown), the claims table (premise, n,
+    per-unit values, mean [interval at `confidence`], criterion, null rate, verdict and note), `details` of claims
+    (e.g. sec4_by_depth), the located findings, the setup study's summary, the numbers
     beyond the paper (`beyond_the_paper`), the sanity checks' count, and the Fig. 1/2 thumbnails. Written by the
     report stage from the computed tables, so it cannot drift from metrics/report.json."""
     lines = premises_markdown(premises, confidence) + [""] if premises is not None and len(premises) else []
-    lines += [f"Claims measured by the last `dvc repro` (mean over n repetitions with a {100 * confidence:g} % "
-              "interval; verdict from the whole interval):", "",
-              "| source | claim | n | mean [interval] | criterion | verdict |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"Claims measured by the last `dvc repro`, each in the paper's unit (docs/claims.md): per unit the "
+              f"repetitions' values or how many units satisfy it, the mean with a {100 * confidence:g} % interval "
+              "(Student t for a mean, Clopper-Pearson for a count), the rate at which the claim's own null reads "
+              "\"reproduced\", and the verdict from the whole interval; *sensitivity* rows read a claim another way "
+              "and are not counted:", "",
+              "| source | claim | premise | n | per unit | mean [interval] | criterion | null rate | verdict |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     cell = _cell
 
     near = claims.near_threshold if "near_threshold" in claims else pd.Series(False, index=claims.index)
-    lines += [f"| {cell(r.source)} | {cell(r.claim)} | {r.n} | {_interval(r)} | {cell(r.criterion)} | **{r.verdict}**"
-              + (" (near threshold)" if is_near else "") + " |" for r, is_near in zip(claims.itertuples(), near)]
-    counts = claims.verdict.value_counts()
-    lines += ["", "In all: " + ", ".join(f"{int(counts.get(v, 0))} {v}" for v in VERDICTS)
+    for r, is_near in zip(claims.itertuples(), near):
+        sensitivity = "*sensitivity:* " if getattr(r, "sensitivity_of", "") else ""
+        note = f" ({cell(r.note)})" if getattr(r, "note", "") else ""
+        rate = getattr(r, "null_rate", math.nan)
+        lines.append(f"| {cell(r.source)} | {sensitivity}{cell(r.claim)} | {cell(getattr(r, 'premise', ''))} | {r.n} | "
+                     f"{cell(getattr(r, 'values', ''))} | {_interval(r)} | {cell(r.criterion)} | "
+                     f"{'' if math.isnan(rate) else f'{rate:.3f}'} | **{r.verdict}**"
+                     + (" (near threshold)" if is_near else "") + f"{note} |")
+    counted = main_claims(claims)
+    counts = counted.verdict.value_counts()
+    lines += ["", f"In all ({len(counted)} claims): " + ", ".join(f"{int(counts.get(v, 0))} {v}" for v in VERDICTS)
               + f"; sanity checks of the setup: {int(sanity.holds.sum()) if len(sanity) else 0} of {len(sanity)} hold."]
     if near.any():
         lines += [f"{int(near.sum())} verdict(s) marked *near threshold*: the interval ends closer to the threshold "
                   "than report.near_threshold of its half-width, so the last digits of training on another machine may "
                   "change them (a decided verdict may turn inconclusive, an inconclusive one may be decided)."]
+    if details:
+        lines += [""] + details
     if findings:
         lines += ["", "Where a claim does not reproduce, located:", ""]
         lines += [f"- **{name}**: {sentence}" for name, sentence in findings.items()]
