@@ -57,9 +57,10 @@ STAGES = {
                   [f"metrics/federated/seed_{R}.json"], {}),
     "alignment": ("09_alignment", None,
                   ["alignment", "layerwise_barriers", "cumulative_averaging", "train_pairs.train_subset",
-                   "train_pairs.subset_seed", "repetitions.train_pairs"],
-                  # every pair's checkpoints, and the unaligned tables the aligned ones are set beside
-                  ["data/images.pt", "models/pair", "results/layerwise_barriers", "results/cumulative_averaging"],
+                   "train_pairs.subset_seed", "train_pairs.scheme", "train_pairs.seed_a", "train_pairs.seed_b",
+                   "repetitions.train_pairs"],
+                  # every pair's checkpoints: A of pair r and B of the next form a cross pair (different inits)
+                  ["data/images.pt", "models/pair"],
                   ["results/alignment", "metrics/alignment"], [],  # metrics/alignment/seed_<r>.json: one per pair
                   {"figures": ["fig8_alignment", "fig8_alignment_cumulative"]}),
     "bn_reset": ("10_bn_reset", None, ["bn_reset", "train_pairs"], ["data/images.pt"], ["results/bn_reset"],
