@@ -99,6 +99,7 @@ class Claim:
     kind: Kind = "mean"
     null: Null | None = None  # every claim of CLAIMS has one (tests/test_claims_null.py)
     sensitivity_of: str | None = None  # statement of the claim this row reads another way (never a verdict)
+    bounds: tuple[float, float] | None = None  # a bounded mean's range: its interval never leaves it
 
     def threshold_value(self, cfg) -> float:
         if isinstance(self.threshold, DataThreshold):
@@ -299,6 +300,8 @@ def judge(claim: Claim, runs: PerRepetition, cfg, confidence: float = 0.95) -> d
     """values, mean, low, high, threshold bounds and verdict of `claim` on one stage's per-repetition metrics."""
     values = values_of(claim, runs, cfg)
     mean, low, high = (count_interval if claim.kind == "count" else interval)(values, confidence)
+    if claim.bounds is not None:  # the mean of a bounded quantity lies in its bounds: the interval may stop there
+        low, high = max(low, claim.bounds[0]), min(high, claim.bounds[1])
     t_low, t_high = claim.threshold_bounds(cfg, runs)
     return dict(values=values, mean=mean, low=low, high=high, threshold_low=t_low, threshold_high=t_high,
                 verdict=verdict(low, high, claim.relation, t_low, t_high))

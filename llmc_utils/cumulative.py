@@ -199,14 +199,15 @@ def windows(m: dict) -> dict[str, np.ndarray]:
 
 def middle_minus_end_rank(barriers: np.ndarray) -> float:
     """Mean rank of the middle windows minus the mean rank of the two end windows (ranks 1..W of the window
-    barriers, ties averaged): > 0 when the middle carries more barrier. Each group weighs as one, whatever its
-    size, and under exchangeable windows the difference is centred on 0."""
+    barriers, ties averaged), over its largest possible value W / 2: in [-1, 1], > 0 when the middle carries more
+    barrier. Each group weighs as one, whatever its size, and under exchangeable windows the difference is centred
+    on 0."""
     from scipy.stats import rankdata
 
     if len(barriers) < 3:
         raise ValueError(f"middle vs end windows needs at least 3 windows, got {len(barriers)}")
     ranks = rankdata(barriers)
-    return float(ranks[1:-1].mean() - ranks[[0, -1]].mean())
+    return float(ranks[1:-1].mean() - ranks[[0, -1]].mean()) / (len(barriers) / 2)
 
 
 def window_claim_value(m: dict, _cfg=None) -> float:
@@ -249,9 +250,9 @@ CLAIMS = [
                                          "measured spread over pairs", _outer_null)),
     Claim("Fig. 2", "On average over pairs, windows of consecutive middle layers carry more barrier than the windows "
           "at either end", "barrier appears when middle layers join", "cumulative_averaging", window_claim_value,
-          ">", 0.0, "mean rank of the middle windows - mean rank of the two end windows (window barriers of one pair "
-          "and base, last checkpoint, worse base)", premise=FIG1_REGIME,
-          null=Null("exchangeable windows: each pair's window barriers permuted", _window_null)),
+          ">", 0.0, "(mean rank of the middle windows - mean rank of the two end windows) / (W / 2), in [-1, 1] (W "
+          "window barriers of one pair and base, last checkpoint, worse base)", premise=FIG1_REGIME,
+          null=Null("exchangeable windows: each pair's window barriers permuted", _window_null), bounds=(-1.0, 1.0)),
 ]
 
 

@@ -666,7 +666,7 @@ def table1_claims(groups) -> list[Claim]:
                 f"{closest}) {verb} full averaging by more than the seed-to-seed spread", paper, STAGE,
                 _gap(split, group), relation,
                 _margin(split), f"accuracy of {group} minus full averaging (points, mean over clients)",
-                null=_margin_null(split, group)))
+                null=_margin_null(split, group), bounds=(-100.0, 100.0)))
     return out
 
 

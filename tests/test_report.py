@@ -156,11 +156,13 @@ def test_fig2_outer_group_claim():
 
 
 def test_fig2_window_claim_ranks_equal_weight_groups():
-    assert cumulative.middle_minus_end_rank(np.array([0.1, 0.5, 0.6, 0.7, 0.8, 0.15])) == pytest.approx(4.5 - 1.5)
-    middle = [fig2_pair(), fig2_pair(windows=(0.2, 0.5, 0.9, 0.7, 0.6, 0.1)), fig2_pair(windows=(0.0, 1, 2, 3, 4, 0.1))]
+    assert cumulative.middle_minus_end_rank(np.array([0.1, 0.5, 0.6, 0.7, 0.8, 0.15])) == pytest.approx((4.5 - 1.5) / 3)
+    middle = [fig2_pair(), fig2_pair(windows=(0.2, 0.5, 0.9, 0.7, 0.6, 0.1)), fig2_pair(windows=(0.0, 1, 2, 3, 4, 1.5))]
     ends = [fig2_pair(windows=(0.9, 0.1, 0.2, 0.3, 0.2, 0.8))] * 3
     assert verdict_of(FIG2_WINDOWS, middle) == "reproduced"
     assert verdict_of(FIG2_WINDOWS, ends) == "not reproduced"
+    row = evaluate(FIG2_WINDOWS, {"cumulative_averaging": dict(enumerate(middle))}, CFG)
+    assert -1.0 <= row["low"] < row["high"] == 1.0  # a bounded mean: its t interval stops at the bound
 
 
 def test_missing_metrics_name_the_stage_to_run():
