@@ -491,8 +491,9 @@ def one_d_pairs(w1_a: np.ndarray, w1_b: np.ndarray, x: torch.Tensor, y: torch.Te
 
     minima: one row per pair (w1, w2 of both minima, same branch?, |log |r||, endpoint losses). cuts: the rows
     `pair_barriers` reads, one per pair and path (each single layer in each base, and the full path), with the loss
-    barriers at alpha = 0.5, the max over the grid and the max above the path's own chord, and the pair's branch. All pairs are evaluated at once (a leading batch dimension on
-    every weight) with the same cut_losses / mix as the deep networks.
+    barriers at alpha = 0.5, the max over the grid and the max above the path's own chord, and the pair's branch.
+    All pairs are evaluated at once (a leading batch dimension on every weight) with the same cut_losses / mix as
+    the deep networks.
     """
     n = len(w1_a)
     w1 = torch.tensor(np.stack([w1_a, w1_b]), dtype=DTYPE)

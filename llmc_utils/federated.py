@@ -589,8 +589,9 @@ def headline_metrics(tables: dict[str, pd.DataFrame], cfg: FederatedConfig) -> d
     """Flat per-repetition metrics (points = percentage points of mean client test accuracy):
 
     accuracy/<split>/<strategy>, accuracy_sd_clients/<split>/<strategy>, train_accuracy/<split>/<strategy>;
-    gap/<split>/<group> = group - full for every layer group (what the claims read); gap_claim/<split> = the same for
-    cfg.claim_group (the group the diagnostics follow); gap_best/<split> = the largest group gap (descriptive only: the max over groups is biased up);
+    gap/<split>/<group> = group - full for every layer group (what the claims read); gap_claim/<split> = the same
+    for cfg.claim_group (the group the diagnostics follow); gap_best/<split> = the largest group gap (descriptive
+    only: the max over groups is biased up);
     gap_claim_round1/<split> = claim-group gap after the first round (rounds table, its test subsets);
     sweep_gap/<concentration> = claim group - full at each sweep concentration;
     pair_full_loss_barrier/<split>/<strategy> = midpoint loss barrier of the full average between barrier_clients

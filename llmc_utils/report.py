@@ -242,7 +242,8 @@ def sec4_by_depth(metrics: dict[str, dict[int | None, dict]]) -> list[str]:
         return []
     lines = ["Sec. 4 per depth and branch (trained deep linear pairs; best single-layer path below the full one, with "
              "its 95 % Clopper-Pearson interval, against the rate exchangeable paths give):", "",
-             "| depth | branch | reading | pairs below / pairs [interval] | exchangeable rate |", "| --- | --- | --- | --- | --- |"]
+             "| depth | branch | reading | pairs below / pairs [interval] | exchangeable rate |",
+             "| --- | --- | --- | --- | --- |"]
     lines += [f"| {r['depth']} | {r['branch']} | {r['reading']} | {r['lower']} / {r['pairs']} [{r['low']:.2f}, "
               f"{r['high']:.2f}] | {r['exchangeable_rate']:.3f} |" for r in rows]
     return lines

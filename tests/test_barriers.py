@@ -137,8 +137,8 @@ def test_a_sequence_sample_is_its_window_of_tokens():
     logits, targets = torch.randn(6, 5, 7, generator=g), torch.randint(0, 7, (6, 5), generator=g)
     loss, wrong = per_sample(logits, targets)
     assert loss.shape == wrong.shape == (6,)
-    assert loss.mean().item() == pytest.approx(nn.functional.cross_entropy(logits.reshape(30, 7), targets.reshape(30)).item(),
-                                               abs=1e-6)
+    expected = nn.functional.cross_entropy(logits.reshape(30, 7), targets.reshape(30)).item()
+    assert loss.mean().item() == pytest.approx(expected, abs=1e-6)
     assert wrong.mean().item() == pytest.approx((logits.argmax(-1) != targets).float().mean().item())
 
 

@@ -179,7 +179,8 @@ def robustness_runs(n, seed=0, gap=0.2):
         for d in robustness.DIRECTIONS:
             m.update({f"vit_gap/{d}/{s}/layer{i}": gap + rng.normal(0, 0.05)
                       for s in robustness.SPLITS for i in range(16)})
-            m.update({f"cnn_gap/{d}/train/{e}/layer{i}": gap + rng.normal(0, 0.05) for e in (1, 10, 30) for i in range(10)})
+            m.update({f"cnn_gap/{d}/train/{e}/layer{i}": gap + rng.normal(0, 0.05)
+                      for e in (1, 10, 30) for i in range(10)})
         out.append(m)
     return out
 

@@ -133,7 +133,8 @@ def test_a_cell_is_outside_the_band_only_beyond_its_error():
 
 
 def test_single_layer_relative_claim_uses_the_papers_band_and_keeps_the_loose_one_as_sensitivity():
-    assert CFG.single_layer_relative == pytest.approx(0.1 / 2.3, abs=1e-4) and FIG1_LOOSE.sensitivity_of == FIG1_RELATIVE.statement
+    assert CFG.single_layer_relative == pytest.approx(0.1 / 2.3, abs=1e-4)
+    assert FIG1_LOOSE.sensitivity_of == FIG1_RELATIVE.statement
     tenth = [pair(full=2.0, single=(0.2, 0.0, 0.0))] * 7  # one layer at 10 % of the full barrier
     assert verdict_of(FIG1_RELATIVE, tenth) == "not reproduced"
     assert verdict_of(FIG1_LOOSE, tenth) == "reproduced"
@@ -279,7 +280,8 @@ def test_beyond_the_paper_reads_the_numbers_of_both_stages():
           for v, f in (("aligned+bn_reset", 0.1), ("plain", 0.8), ("bn_reset", 0.4), ("aligned", 0.6))}
     lines = report.beyond_the_paper({"alignment": {0: pair, 1: other}, "bn_reset": {None: bn}})
     assert len(lines) == 2
-    assert "2 different-init cross pair(s)" in lines[0] and "0.60 ± 0.14 unaligned" in lines[0] and "0.30 ± 0.07 aligned" in lines[0]
+    assert "2 different-init cross pair(s)" in lines[0]
+    assert "0.60 ± 0.14 unaligned" in lines[0] and "0.30 ± 0.07 aligned" in lines[0]
     assert "mid 0.23, stem 0.10, fc 0.05" in lines[0]  # largest mean barrier first
     assert lines[1].index("plain 0.80 / 0.40") < lines[1].index("bn_reset 0.40 / 0.20") \
         < lines[1].index("aligned+bn_reset 0.10 / 0.05")  # the stage's variant order, not the file's
