@@ -587,7 +587,7 @@ def lower_by_depth(pairs: pd.DataFrame, confidence: float = 0.95) -> pd.DataFram
     full one, that fraction with its Clopper-Pearson interval, and the rate exchangeable paths would give (mean of
     k / (k + 1))."""
     rows = []
-    for (kind, depth, branch_), part in pairs.groupby(["pair_kind", "depth", "branch"], sort=False):
+    for (kind, depth, branch_), part in pairs.groupby(["pair_kind", "depth", "branch"]):
         exchangeable = float((part.k_single / (part.k_single + 1)).mean())
         for at in READINGS:
             k, n = int(part[f"best_single_lower_{at}"].sum()), len(part)
