@@ -148,13 +148,19 @@ def gather_stages(aggregate_figures: list[str]) -> dict:
             "report.partial_minus_full_points", "report.tie_margin", *RUNTIME_PARAMS],
         "outs": uncached(["reports/executed/11_aggregate.ipynb", "results/aggregate"]) + figure_outs(aggregate_figures),
     }
+    from llmc_utils.claims import CLAIM_MODULES
     from llmc_utils.report import FIGURES
     from llmc_utils.setup_study import RESULT as SETUP_STUDY_RESULT
+
+    # the report judges the CLAIMS, PREMISES and SANITY_CHECKS of every stage module (claims.all_claims imports them
+    # by name, which the notebook's imports do not show): a changed claim must rerun the report
+    claim_code = module_files(name.split(".")[1] for name in CLAIM_MODULES)
 
     report = {
         "cmd": (papermill("12_report", False) + " && jupyter nbconvert --to html --no-input --log-level WARN "
                 "--output-dir reports --output report reports/executed/12_report.ipynb"),
-        "deps": (code_deps("12_report") + [f"metrics/{n}" for n in repeated] + ["metrics/alignment"]
+        "deps": (list(dict.fromkeys(code_deps("12_report") + claim_code)) + [f"metrics/{n}" for n in repeated]
+                 + ["metrics/alignment"]
                  + [m for s in STAGES.values() if not s[1] for m in s[5]] + ["results/aggregate"]
                  + [f"figures/{stem}.png" for stem, _ in FIGURES]
                  # the appendix setup study runs outside dvc repro; its committed table is an input here
