@@ -5,14 +5,23 @@ averaging does. Weight matching (llmc_utils.align, Git Re-Basin) permutes B's un
 unchanged; then the same layer-wise barriers are measured between A and the aligned B. The question the paper's
 readers ask: once the full barrier shrinks, which layers still carry one?
 
-One stage over every pair of train_pairs (the repetitions): at the checkpoints `epochs` (default: the last one), B is
-aligned to A (checked: the aligned B's logits equal B's within `function_tolerance`), then
-* Fig. 1 between A and aligned B: the full and every single-layer barrier at layerwise_barriers.heatmap_alpha, with
-  the layer-wise stage's evaluation images (its subsets, bases, batch size), so the unaligned numbers are read from
-  that stage's table, not recomputed;
-* Fig. 2 at the last of `epochs`: the cumulative `orders` (and the sliding window) with cumulative_averaging's
-  images, beside its table.
-Per-pair numbers go to metrics/alignment/seed_<r>.json, which the report turns into intervals over the pairs.
+Which pairs. Alignment can only change a pair that differs by a permutation: two runs from different
+initializations, as in Git Re-Basin. The pairs of train_pairs share their initialization (the paper's scheme), and
+weight matching returns the identity for them, so this stage pairs models of different pairs instead, at no training
+cost: cross pair i is A of pair r_i with B of pair r_{i+1} (cyclic over the first `pairs` repetitions of
+train_pairs), trained with the same recipe on the same images from different initializations and data orders.
+Neighbouring cross pairs share an initialization through a same-init twin (B of pair r and A of pair r), a weak link
+between repetitions that the intervals ignore. The premise `different_init` (every cross pair's A and B from different
+initializations) says whether the claims are about anything; with a single pair of train_pairs the cross pair is that
+pair and the premise fails.
+
+At the checkpoints `epochs` (default: the last one), B is aligned to A (checked: the aligned B's logits equal B's
+within `function_tolerance`), then, for the unaligned and the aligned B alike,
+* Fig. 1: the full and every single-layer barrier at layerwise_barriers.heatmap_alpha, with the layer-wise stage's
+  evaluation images (its subsets, bases, batch size);
+* Fig. 2 at the last of `epochs`: the cumulative `orders` (and the sliding window) with cumulative_averaging's images.
+Per-cross-pair numbers go to metrics/alignment/seed_<r>.json (r = the repetition whose A it uses), which the report
+turns into intervals over the cross pairs.
 """
 
 from __future__ import annotations
@@ -20,17 +29,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 import torch
 from pydantic import Field
 
 from llmc_utils import align, barriers, cumulative, pairs, plotting
-from llmc_utils.claims import Claim
+from llmc_utils.claims import Claim, Condition, Null, Premise, spread
 from llmc_utils.config import NonNegativeInt, PositiveFloat, PositiveInt, Section, get_section
 from llmc_utils.data import load_prepared, prepared_path
 from llmc_utils.evaluation import FULL, LayerEvaluator, checkpoint_barriers
-from llmc_utils.io import read_seed_tables
 from llmc_utils.layers import logical_layers
+
+VARIANTS = ("unaligned", "aligned")
 
 
 class AlignmentConfig(Section):
@@ -39,7 +50,8 @@ class AlignmentConfig(Section):
     epochs: list[NonNegativeInt] | Literal["last", "cumulative"] = "last"
     # cumulative orders of Fig. 2 after alignment (its sliding window always; null = those of cumulative_averaging)
     orders: list[Literal["shallow_to_deep", "deep_to_shallow", "random", "outer_first"]] | None = Field(
-        default_factory=lambda: ["shallow_to_deep", "deep_to_shallow", "outer_first"])
+        default_factory=lambda: ["shallow_to_deep", "deep_to_shallow"])
+    pairs: PositiveInt = 3  # cross pairs: A of pair r_i with B of pair r_{i+1}, over the first `pairs` of train_pairs
     seed: NonNegativeInt = 0  # order in which weight matching solves its assignment problems
     max_iter: PositiveInt = 100  # sweeps over every permutation group at most
     function_tolerance: PositiveFloat = 1e-4  # max |logit(aligned B) - logit(B)|; more stops the stage
@@ -75,16 +87,24 @@ def align_pair(model, state_a, state_b, cfg: AlignmentConfig, check_x: torch.Ten
     return result, diff
 
 
-def pair_tables(workspace: str | Path, params: dict, cfg: AlignmentConfig, repetition: int, device="cpu",
+def cross_pairs(repetitions: list[int], n: int) -> list[tuple[int, int]]:
+    """(repetition whose A, repetition whose B) of every cross pair: the first n repetitions of train_pairs, each A
+    with the next one's B (cyclic). One repetition gives its own (same-init) pair."""
+    chosen = list(repetitions)[:n]
+    return [(r, chosen[(i + 1) % len(chosen)]) for i, r in enumerate(chosen)]
+
+
+def pair_tables(workspace: str | Path, params: dict, cfg: AlignmentConfig, cross: tuple[int, int], device="cpu",
                 progress=lambda it, **kw: it) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(Fig. 1 rows, Fig. 2 rows, alignment rows) between A and aligned B of pair `repetition`, at `epochs`."""
+    """(Fig. 1 rows, Fig. 2 rows, alignment rows) of cross pair (A of pair cross[0], B of pair cross[1]) at `epochs`,
+    unaligned and with B aligned to A (column `variant`)."""
     pair_cfg = get_section(params, "train_pairs")
     fig1_cfg, fig2_cfg = get_section(params, "layerwise_barriers"), get_section(params, "cumulative_averaging")
     if cfg.orders is not None:
         fig2_cfg = fig2_cfg.model_copy(update={"orders": cfg.orders})
     epochs = checkpoint_epochs(cfg, params)
     images = load_prepared(prepared_path(workspace))
-    model = pairs.pair_model(workspace, repetition).to(device).eval()
+    model = pairs.pair_model(workspace, cross[0]).to(device).eval()
 
     def evaluator(section):
         splits = pairs.pair_splits(images, pair_cfg, section.train_subset, section.test_subset, section.subset_seed,
@@ -95,48 +115,43 @@ def pair_tables(workspace: str | Path, params: dict, cfg: AlignmentConfig, repet
 
     fig1_eval, fig2_eval = evaluator(fig1_cfg), evaluator(fig2_cfg)
     fig1, fig2, info = [], [], []
-    for epoch in progress(epochs, desc=f"pair {repetition}: align + evaluate"):
-        state_a, state_b = pairs.load_pair(workspace, epoch, repetition)
+    for epoch in progress(epochs, desc=f"cross pair {cross}: align + evaluate"):
+        state_a, state_b = pairs.load_pair(workspace, epoch, cross[0])[0], pairs.load_pair(workspace, epoch, cross[1])[1]
         result, diff = align_pair(model, state_a, state_b, cfg, fig1_eval.splits["test"][0])
         info.append(dict(epoch=epoch, sweeps=result.sweeps, objective_before=result.objective_before,
                          objective_after=result.objective_after, identity_fraction=result.identity_fraction,
                          max_logit_difference=diff))
         layers = logical_layers(state_a, fig1_cfg.layer_groups)
-        fig1 += checkpoint_barriers(fig1_eval, epoch, state_a, result.state, layers, [fig1_cfg.heatmap_alpha],
-                                    fig1_cfg.bases)
-        if epoch == epochs[-1]:
-            fig2 += cumulative.checkpoint_cumulative(fig2_eval, epoch, state_a, result.state, fig2_cfg)
+        for variant, other in zip(VARIANTS, (state_b, result.state)):
+            fig1 += [dict(row, variant=variant) for row in checkpoint_barriers(
+                fig1_eval, epoch, state_a, other, layers, [fig1_cfg.heatmap_alpha], fig1_cfg.bases)]
+            if epoch == epochs[-1]:
+                fig2 += [dict(row, variant=variant) for row in
+                         cumulative.checkpoint_cumulative(fig2_eval, epoch, state_a, other, fig2_cfg)]
     return pd.DataFrame(fig1), pd.DataFrame(fig2), pd.DataFrame(info)
 
 
-def with_unaligned(aligned: pd.DataFrame, workspace, stage: str, filename: str, seeds) -> pd.DataFrame:
-    """The aligned rows (variant "aligned") beside the unaligned stage's rows of the same epochs (variant
-    "unaligned"; alphas, and cumulative orders, restricted to those of the aligned table)."""
-    unaligned = read_seed_tables(workspace, stage, filename, seeds)
-    keep = unaligned.epoch.isin(set(aligned.epoch))
-    for column in ("alpha", "order"):
-        if column in aligned:
-            keep &= unaligned[column].isin(set(aligned[column]))
-    missing = set(aligned.epoch) - set(unaligned[keep].epoch)
-    if missing:
-        raise ValueError(f"alignment.epochs {sorted(missing)} are not in the {stage} table; evaluate them there too "
-                         f"({stage}.epochs) or drop them from alignment.epochs")
-    return pd.concat([unaligned[keep].assign(variant="unaligned"), aligned.assign(variant="aligned")],
-                     ignore_index=True)
+def init_seeds(params: dict, cross: tuple[int, int]) -> dict[str, float]:
+    """The initialization seeds of the cross pair's A and B and whether they differ (the premise)."""
+    pair_cfg = get_section(params, "train_pairs")
+    init_a, init_b = pair_cfg.seeds("A", cross[0])[0], pair_cfg.seeds("B", cross[1])[0]
+    return dict(init_seed_A=init_a, init_seed_B=init_b, different_init=float(init_a != init_b))
 
 
 def headline_metrics(fig1: pd.DataFrame, fig2: pd.DataFrame, info: pd.DataFrame, alpha: float) -> dict:
-    """One pair's numbers (train loss): full barrier unaligned / aligned at the last epoch and its drop; the largest
+    """One cross pair's numbers (train loss): full barrier unaligned / aligned at the last epoch (with standard
+    errors) and its drop; every aligned single-layer cell (barriers.cell_metrics, epochs from 1) and the largest
     |single-layer barrier| after alignment (every epoch from 1, both bases; and at the last epoch); per layer, its
     aligned barrier at the last epoch (largest over bases) and its share of the aligned full barrier; the cumulative
     full barrier of both; the alignment's own numbers (worst function check, sweeps, units left in place)."""
     last = int(fig1.epoch.max())
     sel = fig1[(fig1.split == "train") & (fig1.metric == "loss") & (fig1.alpha == alpha)]
 
-    def full(variant):
-        return float(sel[(sel.variant == variant) & (sel.layer_set == FULL) & (sel.epoch == last)].barrier.iloc[0])
+    def full(variant, column="barrier"):
+        return float(sel[(sel.variant == variant) & (sel.layer_set == FULL) & (sel.epoch == last)][column].iloc[0])
 
-    single = sel[(sel.variant == "aligned") & (sel.layer_set != FULL) & (sel.epoch >= 1)]
+    aligned = sel[sel.variant == "aligned"]
+    single = aligned[(aligned.layer_set != FULL) & (aligned.epoch >= 1)]
     per_layer = single[single.epoch == last].groupby("layer_set", sort=False).barrier.max()
     worst = single.loc[single.barrier.abs().idxmax()]
     cum = fig2[(fig2.split == fig2.split.iloc[0]) & (fig2.metric == "loss") & ~fig2.order.str.startswith("window")]
@@ -145,6 +160,7 @@ def headline_metrics(fig1: pd.DataFrame, fig2: pd.DataFrame, info: pd.DataFrame,
     return dict(
         last_epoch=last, alpha=alpha,
         full_barrier_unaligned_last=full("unaligned"), full_barrier_aligned_last=aligned_full,
+        full_barrier_unaligned_last_se=full("unaligned", "se"), full_barrier_aligned_last_se=full("aligned", "se"),
         full_barrier_drop=full("unaligned") - aligned_full,
         max_abs_single_layer_barrier_aligned=float(single.barrier.abs().max()),
         max_abs_single_layer_barrier_aligned_last=float(single[single.epoch == last].barrier.abs().max()),
@@ -154,18 +170,44 @@ def headline_metrics(fig1: pd.DataFrame, fig2: pd.DataFrame, info: pd.DataFrame,
                                           for k, v in per_layer.items()},
         cumulative_full_barrier={k: float(v) for k, v in cum_full.items()},
         max_logit_difference=float(info.max_logit_difference.max()), sweeps_max=int(info.sweeps.max()),
-        identity_fraction_last=float(info[info.epoch == last].identity_fraction.iloc[0]))
+        identity_fraction_last=float(info[info.epoch == last].identity_fraction.iloc[0]),
+        **barriers.cell_metrics(aligned, alpha, 1))
 
 
+def drop(m: dict, _cfg=None) -> float:
+    """Unaligned minus aligned full barrier of one cross pair (last checkpoint, train loss)."""
+    return m["full_barrier_unaligned_last"] - m["full_barrier_aligned_last"]
+
+
+def _drop_null(rng: np.random.Generator, runs: list[dict], cfg) -> list[dict]:
+    """Alignment lowers the full barrier by exactly tie_margin, plus the measured spread of the drops."""
+    noise = spread([drop(m) for m in runs])
+    return [dict(m, full_barrier_aligned_last=m["full_barrier_unaligned_last"] - cfg.tie_margin
+                 - rng.normal(0.0, noise)) for m in runs]
+
+
+DIFFERENT_INIT = "different_init"
+PREMISES = [
+    Premise(DIFFERENT_INIT, "Beyond: alignment", "Every pair can be changed by a permutation: A and B start from "
+            "different initializations, as in Git Re-Basin (weight matching returns the identity for a same-init "
+            "pair)", (
+                Condition("A and B from different initializations (1 = yes)",
+                          "Git Re-Basin aligns independently initialized networks", "alignment",
+                          lambda m, c: m["different_init"], ">=", 1.0, "every"),)),
+]
+
+ALIGNED_BAND = barriers.Band("single_layer_tolerance")
 CLAIMS = [
-    Claim("Beyond: alignment", "Weight matching (Git Re-Basin) lowers the full barrier of the pair",
-          "Git Re-Basin: near 0 for wide ResNets; smaller drop for narrow nets", "alignment",
-          lambda m, c: m["full_barrier_drop"], ">=", "tie_margin",
-          "unaligned - aligned full train-loss barrier, last checkpoint"),
-    Claim("Beyond: alignment", "After alignment, averaging any single layer still creates (almost) no barrier",
-          "(not in the paper) every single-layer barrier within [-0.1, 0.1]", "alignment",
-          lambda m, c: m["max_abs_single_layer_barrier_aligned"], "<=", "single_layer_tolerance",
-          "max |single-layer train-loss barrier| after alignment, alpha 0.5, alignment.epochs from 1 on, both bases"),
+    Claim("Beyond: alignment", "On average over different-init pairs, weight matching (Git Re-Basin) lowers the full "
+          "barrier", "Git Re-Basin: near 0 for wide ResNets; smaller drop for narrow nets", "alignment", drop, ">=",
+          "tie_margin", "unaligned - aligned full train-loss barrier, last checkpoint", premise=DIFFERENT_INIT,
+          null=Null("the drop exactly at tie_margin, plus the measured spread over pairs", _drop_null)),
+    Claim("Beyond: alignment", "In most different-init pairs, after alignment every single-layer barrier lies inside "
+          "the band [-0.1, 0.1], beyond its evaluation error", "(not in the paper) every single-layer barrier within "
+          "[-0.1, 0.1]", "alignment", ALIGNED_BAND.measure, ">", "majority",
+          "fraction of pairs whose every aligned single-layer cell (alpha 0.5, alignment.epochs from 1, both bases) "
+          "lies within +-single_layer_tolerance, inside the band beyond z x its standard error",
+          premise=DIFFERENT_INIT, kind="count", null=ALIGNED_BAND.null()),
 ]
 
 

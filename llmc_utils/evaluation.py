@@ -1,9 +1,11 @@
 """Exact, fast evaluation of many parameter settings of one architecture.
 
-Exact: the loss is the sum of per-sample (or per-token) cross-entropies divided by the number of samples, never a mean
-of batch means. Fast: the data sit on the device as tensors; parameters are passed to torch.func.functional_call, so an
-interpolated model is a dict of tensors (mostly shared with an endpoint) and nothing is deep-copied or loaded into a
-module; evaluation runs in inference mode with large batches.
+Exact: the loss is the mean of per-sample cross-entropies in float64 (a text window's is the mean over its tokens),
+never a mean of batch means; the per-sample values stay with the metrics (`Metrics.samples`), so every barrier gets
+its standard error over the evaluation samples (`barrier_se`) without another forward pass. Fast: the data sit on the
+device as tensors; parameters are passed to torch.func.functional_call, so an interpolated model is a dict of tensors
+(mostly shared with an endpoint) and nothing is deep-copied or loaded into a module; evaluation runs in inference mode
+with large batches.
 
 Barrier tables (`checkpoint_barriers`, the engine of the layer-wise, federated and language-model stages; cumulative
 averaging builds its rows with the same `endpoints` and `barrier_rows`), fast because (benchmarks/bench_engine.py
@@ -30,17 +32,23 @@ from torch.utils._pytree import tree_leaves
 from llmc_utils.graph_cache import InPlaceChange, trace
 from llmc_utils.layers import mix
 
-Metrics = dict[str, float]  # {"loss": mean cross-entropy, "error": 100 - accuracy in %}
+def per_sample(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy, 0/1 error) of every sample in float64; a sequence sample's (logits (N, T, V)) are the means over
+    its tokens, so that a window of text is one sample (its tokens are not independent)."""
+    logits = logits.reshape(len(y), -1, logits.shape[-1])
+    y = y.reshape(len(y), -1)
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").double()
+    return loss.reshape(y.shape).mean(1), (logits.argmax(-1) != y).double().mean(1)
 
 
-def _sums(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of cross-entropies in float64, number correct) of one batch; sequence logits are flattened per token."""
-    logits, y = logits.reshape(-1, logits.shape[-1]), y.reshape(-1)
-    return F.cross_entropy(logits.float(), y, reduction="sum").double(), (logits.argmax(-1) == y).sum()
+class Metrics(dict):
+    """{"loss": mean cross-entropy, "error": 100 - accuracy in %} of one split (exact means of per-sample values in
+    float64), with `samples`: the same two per sample, from which `barrier_rows` takes a barrier's standard error over
+    the evaluation images without any further forward pass."""
 
-
-def _metrics(loss_sum: torch.Tensor, correct: torch.Tensor, n: int) -> Metrics:
-    return {"loss": loss_sum.item() / n, "error": 100.0 * (1.0 - correct.item() / n)}
+    def __init__(self, loss: torch.Tensor, wrong: torch.Tensor):
+        super().__init__(loss=loss.mean().item(), error=100.0 * wrong.mean().item())
+        self.samples = {"loss": loss, "error": 100.0 * wrong}
 
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -101,21 +109,20 @@ class Evaluator:
     def split_metrics(self, state: Mapping[str, torch.Tensor], split: str) -> Metrics:
         x, y = self.splits[split]
         state = {k: v.to(self.device) for k, v in state.items()}
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        losses, wrong = [], []
         with torch.inference_mode(), self.autocast():
             for start in range(0, len(y), self.batch_size):
                 xb, yb = x[start:start + self.batch_size], y[start:start + self.batch_size]
-                batch_loss, batch_correct = _sums(functional_call(self.model, state, (xb,)), yb)
-                loss_sum += batch_loss
-                correct += batch_correct
+                batch_loss, batch_wrong = per_sample(functional_call(self.model, state, (xb,)), yb)
+                losses.append(batch_loss)
+                wrong.append(batch_wrong)
         self.calls += 1
-        return _metrics(loss_sum, correct, y.numel())
+        return Metrics(torch.cat(losses), torch.cat(wrong))
 
     def logits_metrics(self, logits: torch.Tensor, y: torch.Tensor) -> Metrics:
         """Metrics of logits computed elsewhere (e.g. from cached activations), counted like an evaluation."""
         self.calls += 1
-        return _metrics(*_sums(logits, y), y.numel())
+        return Metrics(*per_sample(logits, y))
 
     def __call__(self, state: Mapping[str, torch.Tensor]) -> dict[str, Metrics]:
         return {split: self.split_metrics(state, split) for split in self.splits}
@@ -276,13 +283,23 @@ def endpoints(evaluator: LayerEvaluator, state_a, state_b, bases: Iterable[str])
             for tag, state in (("A", state_a), ("B", state_b))}
 
 
+def barrier_se(mid: Metrics, end_a: Metrics, end_b: Metrics, metric: str, alpha: float) -> float:
+    """Standard error of a barrier over its evaluation samples: the barrier is the mean of the paired per-sample
+    differences d_i = m_mid,i - (1 - alpha) m_A,i - alpha m_B,i (same images for all three), so se = sd(d) / sqrt(n)
+    (0 for one sample)."""
+    d = mid.samples[metric] - (1.0 - alpha) * end_a.samples[metric] - alpha * end_b.samples[metric]
+    return float(d.std() / d.numel() ** 0.5) if d.numel() > 1 else 0.0
+
+
 def barrier_rows(where: dict, metrics: dict[str, Metrics], ends: dict[str, dict[str, Metrics]],
                  alpha: float) -> list[dict]:
     """Tidy rows of one evaluated model: the columns of `where` (epoch, what was averaged, base, ...), then split,
-    metric, value, the two full endpoints' values and the barrier against them at `alpha`."""
+    metric, value, the two full endpoints' values, the barrier against them at `alpha` and its standard error over
+    the evaluation samples (`barrier_se`)."""
     return [dict(where, split=split, metric=metric, value=value, value_a=ends["A"][split][metric],
                  value_b=ends["B"][split][metric],
-                 barrier=barrier(value, ends["A"][split][metric], ends["B"][split][metric], alpha))
+                 barrier=barrier(value, ends["A"][split][metric], ends["B"][split][metric], alpha),
+                 se=barrier_se(by_metric, ends["A"][split], ends["B"][split], metric, alpha))
             for split, by_metric in metrics.items() for metric, value in by_metric.items()]
 
 

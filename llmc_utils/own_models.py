@@ -46,7 +46,7 @@ from llmc_utils.normalization import BNReset, has_batchnorm
 
 MODEL_SPECS = "torchvision:NAME, timm:NAME, hf:CONFIG_OR_DIR or module.path:callable"
 ORDERS = ("shallow_to_deep", "deep_to_shallow", "outer_first")
-COLUMNS = ["variant", "layer_set", "base", "alpha", "split", "metric", "value", "value_a", "value_b", "barrier"]
+COLUMNS = ["variant", "layer_set", "base", "alpha", "split", "metric", "value", "value_a", "value_b", "barrier", "se"]
 
 
 class PairInputError(ValueError):

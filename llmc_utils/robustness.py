@@ -20,8 +20,11 @@ train_pairs.subset_seed); "test" numbers on held-out test images.
 
 Headline per layer (and, for the CNN, per checkpoint): the gap = loss increase of the interpolation minus the mean loss
 increase of the random directions at one alpha. A layer counts as "the direction toward the other model hurts more"
-only when the gap exceeds the report's tie margin (report.tie_margin): a tie is not a win. The claims (CLAIMS) read
-one fraction per repetition and direction from the per-seed metrics (`seed_metrics`).
+only when the gap exceeds the report's tie margin (report.tie_margin): a tie is not a win. The claims (CLAIMS) are
+count claims over the repetitions (docs/claims.md): repetition r counts when most of its layers (layer x checkpoint
+cells for the CNN) hurt more toward the other model, and the report gives how many of n do with an exact binomial
+interval (three repetitions cannot decide a majority). Their null flips the sign of every measured gap at random:
+interpolation and random directions alike, the gaps' sizes kept.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import torch
 from pydantic import Field, model_validator
 
 from llmc_utils import plotting
-from llmc_utils.claims import Claim, SanityCheck, finite_metrics, nested_metrics
+from llmc_utils.claims import Claim, SanityCheck, finite_metrics, nested_metrics, sign_flip_null
 from llmc_utils.config import Alpha, NonNegativeInt, PositiveInt, Section, repetition_seed
 from llmc_utils.io import CheckpointError, load_checkpoint, read_seed_tables
 from llmc_utils.layers import StateDict, add_flat, flat, mix
@@ -304,29 +307,34 @@ def seed_metrics(endpoints: Mapping[str, dict], vit_summary: pd.DataFrame, cnn_g
 
 # ------------------------------------------------------------------------------------------------------- claims ---
 
-def fraction_beyond_margin(prefix: str) -> Callable[[dict, object], float]:
-    """Measure: fraction of the metrics under `prefix` (one per layer, or per layer x checkpoint) whose gap exceeds
-    report.tie_margin: those layers count as "toward the other model hurts more than random"; ties do not."""
+def most_beyond_margin(prefix: str) -> Callable[[dict, object], float]:
+    """Measure: 1 when more than report.majority of the metrics under `prefix` (one per layer, or per layer x
+    checkpoint) have a gap above report.tie_margin (those count as "toward the other model hurts more than random";
+    ties do not), else 0: one repetition, one unit."""
     def measure(m: dict, cfg) -> float:
         gaps = [v for k, v in m.items() if k.startswith(prefix)]
         if not gaps:
             raise KeyError(prefix)
-        return sum(g > cfg.tie_margin for g in gaps) / len(gaps)
+        return float(sum(g > cfg.tie_margin for g in gaps) / len(gaps) > cfg.majority)
     return measure
 
 
 _PAPER = "the interpolation curve lies above the random-direction curves for most layers"
+_NULL = "interpolation and random directions alike: every measured gap's sign flipped at random"
 CLAIMS: list[Claim] = [
-    *[Claim("Fig. 4", f"ViT pair, {d} ({s} loss): moving one layer toward the other model hurts more than an "
-                      "equal-norm random move, in most layers", _PAPER, STAGE,
-            fraction_beyond_margin(f"vit_gap/{d}/{s}/"), ">", "majority",
-            f"fraction of layers with {s}-loss gap (interpolation - random increase, alpha = compare_alpha) "
-            "> tie_margin")
+    *[Claim("Fig. 4", f"ViT pair, {d} ({s} loss): in most repetitions, moving one layer toward the other model hurts "
+                      "more than an equal-norm random move in most layers", _PAPER, STAGE,
+            most_beyond_margin(f"vit_gap/{d}/{s}/"), ">", "majority",
+            f"fraction of repetitions where more than `majority` of the layers have a {s}-loss gap (interpolation - "
+            "random increase, alpha = compare_alpha) > tie_margin", kind="count",
+            null=sign_flip_null(f"vit_gap/{d}/{s}/", _NULL))
       for d in DIRECTIONS for s in SPLITS],
-    *[Claim("Fig. 4 (CNN)", f"CNN pair of Fig. 1, {d}: toward the other model hurts more than random, over layers "
-                            "x trained checkpoints", _PAPER, STAGE,
-            fraction_beyond_margin(f"cnn_gap/{d}/train/"), ">", "majority",
-            "fraction of (layer, trained checkpoint) cells with train-loss gap (alpha = cnn_alpha) > tie_margin")
+    *[Claim("Fig. 4 (CNN)", f"CNN pair of Fig. 1, {d}: in most repetitions, toward the other model hurts more than "
+                            "random in most (layer, trained checkpoint) cells", _PAPER, STAGE,
+            most_beyond_margin(f"cnn_gap/{d}/train/"), ">", "majority",
+            "fraction of repetitions where more than `majority` of the (layer, trained checkpoint) cells have a "
+            "train-loss gap (alpha = cnn_alpha) > tie_margin", kind="count",
+            null=sign_flip_null(f"cnn_gap/{d}/train/", _NULL))
       for d in DIRECTIONS],
 ]
 

@@ -57,9 +57,10 @@ STAGES = {
                   [f"metrics/federated/seed_{R}.json"], {}),
     "alignment": ("09_alignment", None,
                   ["alignment", "layerwise_barriers", "cumulative_averaging", "train_pairs.train_subset",
-                   "train_pairs.subset_seed", "repetitions.train_pairs"],
-                  # every pair's checkpoints, and the unaligned tables the aligned ones are set beside
-                  ["data/images.pt", "models/pair", "results/layerwise_barriers", "results/cumulative_averaging"],
+                   "train_pairs.subset_seed", "train_pairs.scheme", "train_pairs.seed_a", "train_pairs.seed_b",
+                   "repetitions.train_pairs"],
+                  # every pair's checkpoints: A of pair r and B of the next form a cross pair (different inits)
+                  ["data/images.pt", "models/pair"],
                   ["results/alignment", "metrics/alignment"], [],  # metrics/alignment/seed_<r>.json: one per pair
                   {"figures": ["fig8_alignment", "fig8_alignment_cumulative"]}),
     "bn_reset": ("10_bn_reset", None, ["bn_reset", "train_pairs"], ["data/images.pt"], ["results/bn_reset"],
@@ -147,13 +148,19 @@ def gather_stages(aggregate_figures: list[str]) -> dict:
             "report.partial_minus_full_points", "report.tie_margin", *RUNTIME_PARAMS],
         "outs": uncached(["reports/executed/11_aggregate.ipynb", "results/aggregate"]) + figure_outs(aggregate_figures),
     }
+    from llmc_utils.claims import CLAIM_MODULES
     from llmc_utils.report import FIGURES
     from llmc_utils.setup_study import RESULT as SETUP_STUDY_RESULT
+
+    # the report judges the CLAIMS, PREMISES and SANITY_CHECKS of every stage module (claims.all_claims imports them
+    # by name, which the notebook's imports do not show): a changed claim must rerun the report
+    claim_code = module_files(name.split(".")[1] for name in CLAIM_MODULES)
 
     report = {
         "cmd": (papermill("12_report", False) + " && jupyter nbconvert --to html --no-input --log-level WARN "
                 "--output-dir reports --output report reports/executed/12_report.ipynb"),
-        "deps": (code_deps("12_report") + [f"metrics/{n}" for n in repeated] + ["metrics/alignment"]
+        "deps": (list(dict.fromkeys(code_deps("12_report") + claim_code)) + [f"metrics/{n}" for n in repeated]
+                 + ["metrics/alignment"]
                  + [m for s in STAGES.values() if not s[1] for m in s[5]] + ["results/aggregate"]
                  + [f"figures/{stem}.png" for stem, _ in FIGURES]
                  # the appendix setup study runs outside dvc repro; its committed table is an input here

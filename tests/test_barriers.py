@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from llmc_utils.barriers import LayerwiseBarriersConfig, barrier_table, max_over_alpha, wide
+from llmc_utils.barriers import LayerwiseBarriersConfig, barrier_table, cell_metrics, headline_metrics, max_over_alpha, \
+    noise_floor, wide
 from llmc_utils.config import ParamsError, validate_params
 from llmc_utils.evaluation import FULL, Evaluator, LayerEvaluator, barrier
 from llmc_utils.layers import logical_layers, mix
@@ -103,6 +104,53 @@ def test_barrier_table_shape_and_keys():
     mid = table[table.alpha == 0.5].merge(best, on=["epoch", "layer_set", "base", "split", "metric"])
     assert (mid.barrier_y >= mid.barrier_x).all() and mid.argmax_alpha.isin([0.25, 0.5, 0.75]).all()
     assert len(geometry) == 2 * n_layers and (geometry.distance > 0).all()
+
+
+def test_every_barrier_has_the_standard_error_of_its_paired_per_image_differences():
+    model, state_a, state_b = toy_pair()
+    splits = toy_splits(40)
+    cfg = LayerwiseBarriersConfig(alphas=[0.25, 0.5])
+    table, _ = barrier_table(LayerEvaluator(model, splits, batch_size=7), lambda e: (state_a, state_b), [0, 2], cfg)
+    x, y = splits["train"]
+
+    def losses(state):
+        return nn.functional.cross_entropy(torch.func.functional_call(model, state, (x,)), y, reduction="none").double()
+
+    keys = logical_layers(state_a)["2"]
+    mid = mix(state_a, state_b, 0.25, keys, "B")
+    d = losses(mid) - 0.75 * losses(state_a) - 0.25 * losses(state_b)
+    row = table[(table.layer_set == "2") & (table.base == "B") & (table.alpha == 0.25) & (table.split == "train")
+                & (table.metric == "loss") & (table.epoch == 2)].iloc[0]
+    assert row.barrier == pytest.approx(d.mean().item(), abs=1e-6)
+    assert row.se == pytest.approx((d.std() / math.sqrt(len(d))).item(), rel=1e-4)
+    assert (table.se >= 0).all() and (table[table.layer_set != FULL].se > 0).any()
+    cells = cell_metrics(table, 0.5, from_epoch=1)
+    assert len(cells) == 2 * 3 * 2 and all(k.split("/")[1] == "2" for k in cells)  # (barrier, se) x layers x bases
+    metrics = headline_metrics(table, 0.5, 1)
+    assert metrics["full_barrier_train_loss_last_se"] > 0 and {k for k in metrics if k.startswith("cell")} == set(cells)
+
+
+def test_a_sequence_sample_is_its_window_of_tokens():
+    from llmc_utils.evaluation import per_sample
+
+    g = torch.Generator().manual_seed(2)
+    logits, targets = torch.randn(6, 5, 7, generator=g), torch.randint(0, 7, (6, 5), generator=g)
+    loss, wrong = per_sample(logits, targets)
+    assert loss.shape == wrong.shape == (6,)
+    expected = nn.functional.cross_entropy(logits.reshape(30, 7), targets.reshape(30)).item()
+    assert loss.mean().item() == pytest.approx(expected, abs=1e-6)
+    assert wrong.mean().item() == pytest.approx((logits.argmax(-1) != targets).float().mean().item())
+
+
+def test_noise_floor_is_a_model_against_itself_on_two_halves_of_the_images():
+    model, state_a, _ = toy_pair()
+    x, y = toy_splits(40)["train"]
+    floor = noise_floor(Evaluator(model, {"train": (x, y)}), state_a)
+    per_image = nn.functional.cross_entropy(model(x), y, reduction="none").detach().double()
+    assert floor["noise_floor_train_loss"] == pytest.approx((per_image[0::2].mean() - per_image[1::2].mean()).item(),
+                                                            abs=1e-6)
+    assert floor["noise_floor_se"] == pytest.approx(
+        math.sqrt(per_image[0::2].var().item() / 20 + per_image[1::2].var().item() / 20), rel=1e-4)
 
 
 def test_bad_config_values_are_rejected_naming_the_key():

@@ -1,6 +1,6 @@
-"""Claims of the robustness (Fig. 4) and subspace-perturbation (Fig. 5) stages: for every claim, synthetic per-seed
-metrics of three repetitions that must give each of the three verdicts, ties that must not count as wins, and the
-sanity checks of both stages."""
+"""Claims of the robustness (Fig. 4) and subspace-perturbation (Fig. 5) stages, count claims over repetitions: for
+every claim, synthetic per-seed metrics that must give each of the three verdicts (eight repetitions; three cannot
+decide a majority), ties that must not count as wins, and the sanity checks of both stages."""
 
 import pytest
 
@@ -51,9 +51,9 @@ def subspace_metrics(fraction: float) -> dict:
 BUILDERS = {"robustness": robustness_metrics, "subspace_perturbations": subspace_metrics}
 CLAIMS = [*robustness.CLAIMS, *subspace.CLAIMS]
 FRACTIONS = {
-    "reproduced": [0.9, 1.0, 0.9],  # every repetition clearly above the majority: the whole interval too
-    "not reproduced": [0.1, 0.0, 0.2],  # every repetition clearly below it
-    "inconclusive": [0.2, 1.0, 0.5],  # repetitions disagree: the interval straddles the majority
+    "reproduced": [0.9, 1.0, 0.9, 0.8, 1.0, 0.9, 0.9, 1.0],  # most cells in every repetition: 8 of 8, [0.63, 1]
+    "not reproduced": [0.1, 0.0, 0.2, 0.5, 0.1, 0.0, 0.2, 0.1],  # never more than half: 0 of 8, [0, 0.37]
+    "inconclusive": [0.2, 1.0, 0.5, 0.9, 0.1, 1.0, 0.0, 0.8],  # repetitions disagree: 4 of 8 straddles one half
 }
 
 
@@ -67,7 +67,7 @@ def test_every_claim_of_both_stages_is_covered():
     assert {c.stage for c in subspace.CLAIMS} == {"subspace_perturbations"}
     assert len({c.statement for c in CLAIMS}) == len(CLAIMS)  # no claim twice
     for claim in CLAIMS:
-        assert claim.threshold == "majority" and claim.relation == ">"
+        assert claim.threshold == "majority" and claim.relation == ">" and claim.kind == "count"
         assert "tie_margin" in claim.quantity and claim.criterion(CFG)
 
 
@@ -75,8 +75,17 @@ def test_every_claim_of_both_stages_is_covered():
 @pytest.mark.parametrize("claim", CLAIMS, ids=lambda c: c.statement[:70])
 def test_three_verdicts(claim, expected):
     row = evaluate(claim, by_seed(claim, FRACTIONS[expected]), CFG)
-    assert row["n"] == 3
+    assert row["n"] == 8
     assert row["verdict"] == expected, row
+    assert 0.0 <= row["low"] < row["high"] <= 1.0  # a fraction's interval stays in [0, 1], never of zero width
+
+
+@pytest.mark.parametrize("claim", CLAIMS, ids=lambda c: c.statement[:70])
+def test_three_agreeing_repetitions_are_not_certainty(claim):
+    row = evaluate(claim, by_seed(claim, [1.0, 1.0, 1.0]), CFG)
+    assert row["verdict"] == "inconclusive" and row["values"] == "3 of 3"
+    assert row["low"] == pytest.approx(0.025 ** (1 / 3)) and row["high"] == 1.0
+    assert "n = 3 cannot reproduce or fail" in row["note"]
 
 
 @pytest.mark.parametrize("claim", CLAIMS, ids=lambda c: c.statement[:70])
@@ -95,12 +104,12 @@ def test_each_claim_reads_its_own_group():
     assert [v for s, v in values.items() if "B->A (test loss)" in s] == [1.0]
     assert sum(values.values()) == 1.0
     sub = subspace_metrics(0.0)
-    key = f"loss/synthetic/final_only/fc1/{subspace.TOWARD_B}"
-    sub[key] += 1.0
+    for dataset, scope in [("synthetic", "fc1"), ("synthetic", "all"), ("fashion_mnist", "fc2"), ("synthetic", "fc2")]:
+        sub[f"loss/{dataset}/final_only/{scope}/{subspace.TOWARD_B}"] += 1.0  # 4 of 6 panels: a majority
     values = {(c.statement, i): c.measure(sub, CFG) for i, c in enumerate(subspace.CLAIMS)}
     hits = [s for (s, _), v in values.items() if v > 0]
     assert len(hits) == 1 and "toward B" in hits[0] and "final models only" in hits[0]
-    assert max(values.values()) == pytest.approx(1 / 6)
+    assert max(values.values()) == 1.0
 
 
 def test_panels_without_a_null_space_are_left_out_and_missing_metrics_are_named():

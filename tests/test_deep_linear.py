@@ -158,10 +158,17 @@ def test_theorem_check_on_a_small_run():
     # the stage's metrics: the lists the claims read, one element per pair, and the sanity checks' inputs
     _, barriers = dl.minimal_example(cfg)
     _, minima_cuts = dl.random_minima(cfg)
-    metrics = dl.stage_metrics(cfg, barriers, cuts, dl.pair_barriers(minima_cuts, cuts, tie_rtol=cfg.tie_rtol))
-    assert len(metrics["random_minima_best_single_lower"]) == len(metrics["random_minima_full_barrier"]) == 50
+    all_pairs = dl.pair_barriers(minima_cuts, cuts, tie_rtol=cfg.tie_rtol)
+    metrics = dl.stage_metrics(cfg, barriers, cuts, all_pairs, minima_cuts)
+    assert len(metrics["random_minima_best_single_lower"]) == len(metrics["random_minima_paths_mid"]) == 50
     assert len(metrics["trained_best_single_lower"]) == len(metrics["random_init_best_single_lower"]) == 4
     assert set(metrics["trained_best_single_lower"]) <= {0, 1}
+    # per pair [full, single-layer paths...]: 4 single cuts at depth 2, 6 at depth 3, in every reading
+    assert sorted(len(p) for p in metrics["trained_paths_own"]) == [5, 5, 7, 7]
+    assert all(max(p[1:]) <= 1e-12 for p in metrics["trained_paths_own"])  # Theorem 4.1: no bump above own chord
+    assert SEC4.measure(metrics, None) == [float(v) for v in metrics["trained_best_single_lower"]]
+    assert set(all_pairs.branch) <= {"same", "opposite", "connected"}
+    assert set(dl.lower_by_depth(all_pairs).depth) == {2, 3}
     assert metrics["minimal_ratio_expected"] == 16.0
     assert metrics["minimal_ratio_full_over_layer2"] == pytest.approx(16.0, rel=1e-12)
     json.dumps(metrics)  # plain JSON types only
@@ -236,43 +243,49 @@ def test_random_minima_match_the_closed_form():
     assert dl.expected_fraction_random_minima(math.sqrt(3.0)) == pytest.approx(0.5)
 
 
-def verdict_of(prefix, indicators):
-    claim = {"random_minima": dl.CLAIMS[0], "trained": dl.CLAIMS[1]}[prefix]
-    metrics = {"deep_linear": {None: {f"{prefix}_best_single_lower": list(indicators)}}}
+SEC4, SEC4_MAX, SEC4_OWN = dl.CLAIMS
+
+
+def sec4_row(paths, claim=SEC4):
+    """The Sec. 4 claim on one population of trained pairs, each [full, single-layer paths...] (same lists for every
+    reading)."""
+    metrics = {"deep_linear": {None: dict(tie_rtol=1e-9, **{f"trained_paths_{at}": paths for at in dl.READINGS})}}
     return claims.evaluate(claim, metrics, ReportConfig(), ReportConfig().confidence)
 
 
-def test_claims_read_their_population():
-    assert [c.stage for c in dl.CLAIMS] == ["deep_linear"] * 2
-    assert dl.CLAIMS[0].measure({"random_minima_best_single_lower": [1, 0]}, None) == [1.0, 0.0]
-    assert dl.CLAIMS[1].measure({"trained_best_single_lower": [0, 0, 1]}, None) == [0.0, 0.0, 1.0]
+def test_sec4_claim_names_its_reading_and_is_a_count_against_the_exchangeable_rate():
+    assert [c.stage for c in dl.CLAIMS] == ["deep_linear"] * 3
+    assert "alpha = 0.5" in SEC4.statement and SEC4.sensitivity_of is None
+    assert "max over the alpha grid" in SEC4_MAX.statement and SEC4_MAX.sensitivity_of == SEC4.statement
+    assert "own end points" in SEC4_OWN.statement and SEC4_OWN.sensitivity_of == SEC4.statement
     for claim in dl.CLAIMS:
-        assert claim.relation == ">" and claim.threshold == "majority"
+        assert claim.kind == "count" and claim.relation == ">" and claim.null is not None
+    assert SEC4.measure({"tie_rtol": 1e-9, "trained_paths_mid": [[1.0, 0.2, 3.0], [0.5, 0.5, 0.9]]}, None) == [1.0, 0.0]
 
 
-@pytest.mark.parametrize("prefix", ["random_minima", "trained"])
-@pytest.mark.parametrize("ones, n, expected", [
-    (180, 200, "reproduced"),      # 90 %: the interval lies above one half
-    (105, 200, "inconclusive"),    # 52 %: the interval straddles one half
-    (40, 200, "not reproduced"),   # 20 %: below
+@pytest.mark.parametrize("lower, n, expected", [
+    (200, 200, "reproduced"),      # every pair: the interval lies above the exchangeable rate 4/5
+    (170, 200, "inconclusive"),    # 85 %: straddles 4/5
+    (120, 200, "not reproduced"),  # 60 %: a majority, yet below what alike paths give
     (1, 1, "inconclusive"),        # one pair bounds nothing
 ])
-def test_claim_verdicts_on_synthetic_metrics(prefix, ones, n, expected):
-    row = verdict_of(prefix, [1] * ones + [0] * (n - ones))
+def test_sec4_verdicts_against_the_exchangeable_rate(lower, n, expected):
+    paths = [[1.0, 0.1, 2.0, 2.0, 2.0]] * lower + [[1.0, 1.5, 2.0, 2.0, 2.0]] * (n - lower)  # depth 2: k = 4
+    row = sec4_row(paths)
     assert row["verdict"] == expected and row["n"] == n
-    assert row["mean"] == pytest.approx(ones / n)
+    assert row["mean"] == pytest.approx(lower / n) and row["threshold_low"] == pytest.approx(0.8)
+    assert 0.0 <= row["low"] <= row["high"] <= 1.0 and row["high"] > row["low"]
 
 
 def test_identical_pairs_make_the_claim_fail():
     # A = B: every barrier is exactly 0, a tie, so no single-layer path is "lower"
     x = torch.randn(12, 1, generator=torch.Generator().manual_seed(0), dtype=DT)
-    w = np.array([0.5, 2.0, -1.5, 1.0, -0.7])
+    w = np.array([0.5, 2.0, -1.5, 1.0, -0.7] * 8)
     _, cuts = dl.one_d_pairs(w, w.copy(), x, x, dl.alpha_grid(11), ["A", "B"])
     pairs = dl.pair_barriers(cuts, tie_rtol=1e-9)
     assert (pairs[["full_mid", "best_single_mid"]].to_numpy() == 0).all()
-    metrics = dl.population_metrics(pairs)
-    assert metrics["random_minima_best_single_lower"] == [0] * 5
-    assert verdict_of("random_minima", metrics["random_minima_best_single_lower"])["verdict"] == "not reproduced"
+    assert dl.population_metrics(pairs)["random_minima_best_single_lower"] == [0] * 40
+    assert sec4_row(dl.path_lists(cuts)["random_minima"]["mid"])["verdict"] == "not reproduced"
 
 
 def test_sign_flip_is_a_tie_not_a_win():
@@ -283,6 +296,7 @@ def test_sign_flip_is_a_tie_not_a_win():
     pairs = dl.pair_barriers(cuts, tie_rtol=1e-9)
     np.testing.assert_allclose(pairs.full_mid, pairs.best_single_mid, rtol=1e-12)
     assert not pairs.best_single_lower_mid.any()
+    assert set(pairs.branch) == {"opposite"}
 
 
 def test_rescaled_one_d_minima_make_the_claim_fail():
@@ -292,9 +306,10 @@ def test_rescaled_one_d_minima_make_the_claim_fail():
     w = rng.choice([-1.0, 1.0], 50) * np.exp(rng.uniform(-1, 1, 50))
     c = np.exp(rng.uniform(-1.0, 1.0, 50))  # |log c| < log 3
     _, cuts = dl.one_d_pairs(w, c * w, x, x, dl.alpha_grid(11), ["A", "B"])
-    metrics = dl.population_metrics(dl.pair_barriers(cuts, tie_rtol=1e-9))
-    assert metrics["random_minima_fraction_best_single_lower_mid"] == 0.0
-    assert verdict_of("random_minima", metrics["random_minima_best_single_lower"])["verdict"] == "not reproduced"
+    pairs = dl.pair_barriers(cuts, tie_rtol=1e-9)
+    assert dl.population_metrics(pairs)["random_minima_fraction_best_single_lower_mid"] == 0.0
+    assert set(pairs.branch) == {"same"}
+    assert sec4_row(dl.path_lists(cuts)["random_minima"]["mid"])["verdict"] == "not reproduced"
 
 
 def test_rescaled_deep_linear_pairs_make_the_claim_fail():
@@ -309,19 +324,48 @@ def test_rescaled_deep_linear_pairs_make_the_claim_fail():
         b = {dl.key(1): c * a[dl.key(1)], dl.key(2): a[dl.key(2)] / c}
         x = torch.randn(20, 4, generator=g, dtype=DT)
         y = dl.forward(dl.weights(a), x)
+        where = dict(pair_kind="trained", depth=2, width=5, replicate=replicate, branch=dl.branch(a, b, x))
         for row, _, _ in dl.pair_cuts(cfg, a, b, x, y, dl.alpha_grid(cfg.n_alphas)):
-            rows.append(dict(pair_kind="trained", depth=2, width=5, replicate=replicate, **row))
-    pairs = dl.pair_barriers(pd.DataFrame(rows), tie_rtol=cfg.tie_rtol)
+            rows.append(dict(where, **row))
+    cuts = pd.DataFrame(rows)
+    pairs = dl.pair_barriers(cuts, tie_rtol=cfg.tie_rtol)
     assert len(pairs) == 8 and (pairs.full_mid > 0).all()
-    metrics = dl.population_metrics(pairs)
-    assert metrics["trained_best_single_lower"] == [0] * 8
-    assert verdict_of("trained", metrics["trained_best_single_lower"])["verdict"] == "not reproduced"
+    assert set(pairs.branch) == {"connected"}  # width 5 > input dimension 4: the hidden layer can turn freely
+    assert dl.population_metrics(pairs)["trained_best_single_lower"] == [0] * 8
+    assert sec4_row(dl.path_lists(cuts)["trained"]["mid"])["verdict"] == "not reproduced"
+
+
+def test_branch_of_deep_linear_pairs():
+    """The sign of the map between the two hidden representations: a reflection of one hidden unit puts B on the
+    other branch, a rescaling keeps it on A's; a hidden layer wider than its input's rank is connected."""
+    g = torch.Generator().manual_seed(4)
+    a = random_net(g, [4, 3, 2])
+    x = torch.randn(30, 4, generator=g, dtype=DT)
+    flip = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=DT))
+    scale = torch.diag(torch.tensor([2.0, 0.5, 1.5], dtype=DT))
+    for g_map, expected in ((flip, "opposite"), (scale, "same")):
+        b = {dl.key(1): a[dl.key(1)] @ g_map, dl.key(2): torch.linalg.inv(g_map) @ a[dl.key(2)]}
+        assert dl.branch(a, b, x) == expected
+    wide = random_net(g, [4, 6, 2])
+    assert dl.branch(wide, random_net(g, [4, 6, 2]), x) == "connected"
+
+
+def test_lower_by_depth_gives_counts_intervals_and_the_exchangeable_rate():
+    x = torch.randn(12, 1, generator=torch.Generator().manual_seed(5), dtype=DT)
+    rng = np.random.default_rng(1)
+    w = rng.choice([-1.0, 1.0], 60) * np.exp(rng.uniform(-1, 1, 60))
+    _, cuts = dl.one_d_pairs(w, -3.5 * w, x, x, dl.alpha_grid(11), ["A", "B"])  # opposite branch, scales 3.5x apart
+    table = dl.lower_by_depth(dl.pair_barriers(cuts, tie_rtol=1e-9))
+    assert set(table.branch) == {"opposite"} and set(table.reading) == set(dl.READING_LABELS.values())
+    assert (table.pairs == 60).all() and np.allclose(table.exchangeable_rate, 0.8)
+    assert ((0 <= table.low) & (table.low <= table.fraction) & (table.fraction <= table.high) & (table.high <= 1)).all()
 
 
 def good_sanity_metrics():
     return dict(minimal_ratio_full_over_layer2=16.0 * (1 + 1e-13), minimal_ratio_expected=16.0,
                 n_single_layer_violations=0, n_closed_form_mismatches=0, n_single_layer_cuts=2000,
-                n_two_layer_nonconvex=5)
+                n_two_layer_nonconvex=5, expected_fraction_random_minima=0.625,
+                random_minima_best_single_lower=[1] * 250 + [0] * 150)
 
 
 @pytest.mark.parametrize("change, failing", [
@@ -331,6 +375,7 @@ def good_sanity_metrics():
     ({"n_closed_form_mismatches": 2}, "is convex"),
     ({"n_single_layer_cuts": 999}, "enough single-layer cuts"),
     ({"n_two_layer_nonconvex": 0}, "counterexample exists"),
+    ({"random_minima_best_single_lower": [1] * 300 + [0] * 100}, "closed form"),  # 0.75, 5 SEs off 0.625
 ])
 def test_sanity_checks_fail_on_bad_metrics(change, failing):
     metrics = {"deep_linear": {None: dict(good_sanity_metrics(), **change)}}

@@ -1,11 +1,13 @@
-"""Claims as intervals over repetitions: the interval, the three-state verdict, and for every claim of the pair family
-(Fig. 1 and Fig. 2) metrics that reproduce it and metrics that make it fail. The other stages' claims have the same
-kind of test in tests/test_claims_<stage>.py."""
+"""Claims as intervals: the Student-t and Clopper-Pearson intervals, the three-state verdict (with a threshold that has
+its own interval), and for every claim of the pair family (Fig. 1 and Fig. 2) metrics that reproduce it and metrics
+that make it fail; the claims table, its null rates, sensitivity rows and the README block. The other stages' claims
+have the same kind of test in tests/test_claims_<stage>.py, and every claim's null in tests/test_claims_null.py."""
 
 import dataclasses
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -29,6 +31,26 @@ def test_verdict_needs_the_whole_interval_on_one_side(low, high, expected):
     assert verdict(low, high, "<=", 0.5) == expected
 
 
+def test_a_threshold_with_its_own_interval_judges_each_verdict_against_its_harder_bound():
+    assert verdict(0.1, 0.4, "<=", 0.3, 0.6) == "inconclusive"  # above the low bound: not surely below the threshold
+    assert verdict(0.1, 0.25, "<=", 0.3, 0.6) == "reproduced"
+    assert verdict(0.5, 0.9, "<=", 0.3, 0.6) == "inconclusive"  # not surely above the high bound
+    assert verdict(0.7, 0.9, "<=", 0.3, 0.6) == "not reproduced"
+    assert verdict(0.7, 0.9, ">", 0.3, 0.6) == "reproduced" and verdict(0.5, 0.9, ">", 0.3, 0.6) == "inconclusive"
+
+
+def test_clopper_pearson_count_intervals_stay_in_bounds_and_never_have_zero_width():
+    assert claims.clopper_pearson(5, 5) == pytest.approx((0.025 ** 0.2, 1.0))
+    assert claims.clopper_pearson(0, 3) == pytest.approx((0.0, 1 - 0.025 ** (1 / 3)))
+    low, high = claims.clopper_pearson(7, 20)
+    assert low == pytest.approx(0.1539, abs=1e-4) and high == pytest.approx(0.5922, abs=1e-4)  # textbook values
+    u = claims.UNDECIDED
+    assert claims.count_interval([1, 1, 0, u, u]) == pytest.approx(
+        (0.4, claims.clopper_pearson(2, 5)[0], claims.clopper_pearson(4, 5)[1]))
+    with pytest.raises(ValueError, match="1, 0 or UNDECIDED"):
+        claims.count_interval([1.0, 0.3])
+
+
 def seeds(**per_seed_values):
     """{stage: {seed: metrics}} from lists of per-seed values of each metric key."""
     n = len(next(iter(per_seed_values.values())))
@@ -39,9 +61,21 @@ def verdict_of(claim, per_seed):
     return evaluate(claim, {claim.stage: dict(enumerate(per_seed))}, CFG)["verdict"]
 
 
-FIG1 = {c.statement: c for c in barriers.CLAIMS}
-FIG2 = {c.statement: c for c in cumulative.CLAIMS}
+FIG1_BAND, FIG1_RELATIVE, FIG1_LOOSE = barriers.CLAIMS
+FIG2_OUTER, FIG2_WINDOWS = cumulative.CLAIMS
 REGIME = claims.all_premises()[barriers.FIG1_REGIME]
+LAYERS = ["stem", "block1.conv1", "fc"]
+
+
+def pair(full=2.0, single=(0.01, 0.02, 0.0), se=0.005, epochs=(1, 5), **extra):
+    """One pair's Fig. 1 metrics: every single-layer cell (both bases, every epoch) with its se, the full barrier."""
+    m = dict(full_barrier_train_loss_last=full, full_barrier_train_loss_last_se=0.01, last_epoch=epochs[-1],
+             own_train_error_A_last=0.0, own_train_error_B_last=0.0, **extra)
+    for epoch in epochs:
+        for base in ("A", "B"):
+            for layer, b in zip(LAYERS, single):
+                m[f"cell/{epoch}/{base}/{layer}"], m[f"cell_se/{epoch}/{base}/{layer}"] = b, se
+    return m
 
 
 def regime(full, errors_a, errors_b):
@@ -61,67 +95,82 @@ def test_fig1_regime_premise_needs_a_large_full_barrier_and_fitted_endpoints(ful
 
 
 def test_claims_under_a_failed_premise_are_not_judged_but_keep_their_interval():
-    metrics = {"layerwise_barriers": dict(enumerate(seeds(
-        full_barrier_train_loss_last=[0.2, 0.3, 0.25], own_train_error_A_last=[0.0] * 3,
-        own_train_error_B_last=[0.0] * 3, max_abs_single_layer_barrier=[0.01, 0.02, 0.03],
-        max_abs_single_layer_barrier_last=[0.01, 0.02, 0.03])))}
-    table = report.claims_table(metrics, CFG, barriers.CLAIMS, report.premise_table(metrics, CFG, {REGIME.name: REGIME}))
+    metrics = {"layerwise_barriers": dict(enumerate([pair(full=f) for f in (0.2, 0.3, 0.25, 0.2, 0.3, 0.25, 0.2)]))}
+    table = report.claims_table(metrics, CFG, barriers.CLAIMS, report.premise_table(metrics, CFG, {REGIME.name: REGIME}),
+                                null_draws=0)
     assert set(table.verdict) == {"premise not met"}
-    assert table["mean"].iloc[0] == pytest.approx(0.02)
+    assert table["mean"].iloc[0] == 1.0 and table["values"].iloc[0] == "7 of 7"
     moved = {"layerwise_barriers": {r: dict(m, full_barrier_train_loss_last=2.0)
                                     for r, m in metrics["layerwise_barriers"].items()}}
-    passed = report.claims_table(moved, CFG, barriers.CLAIMS, report.premise_table(moved, CFG, {REGIME.name: REGIME}))
-    assert list(passed.verdict) == ["reproduced", "reproduced"]
+    passed = report.claims_table(moved, CFG, barriers.CLAIMS, report.premise_table(moved, CFG, {REGIME.name: REGIME}),
+                                 null_draws=0)
+    assert list(passed.verdict) == ["reproduced"] * 3
 
 
 def test_a_claim_naming_an_unknown_premise_stops_the_report():
-    import dataclasses
-
-    claim = dataclasses.replace(barriers.CLAIMS[0], premise="nowhere")
-    metrics = {"layerwise_barriers": {0: {"max_abs_single_layer_barrier": 0.1}}}
+    claim = dataclasses.replace(FIG1_BAND, premise="nowhere")
+    metrics = {"layerwise_barriers": {0: pair()}}
     with pytest.raises(KeyError, match="nowhere"):
         report.claims_table(metrics, CFG, [claim], report.premise_table(metrics, CFG, {}))
 
 
-@pytest.mark.parametrize("values, expected", [([0.03, 0.05, 0.04, 0.06, 0.05], "reproduced"),
-                                              ([0.3, 1.0, 0.25, 0.4, 0.5], "not reproduced"),
-                                              ([0.05, 0.2, 0.08, 0.12, 0.09], "inconclusive")])
-def test_single_layer_band_claim(values, expected):
-    claim = FIG1["Averaging any single layer creates (almost) no barrier"]
-    assert verdict_of(claim, seeds(max_abs_single_layer_barrier=values)) == expected
+@pytest.mark.parametrize("single, n, expected", [
+    ((0.01, 0.02, 0.0), 7, "reproduced"),  # every cell inside +-0.1 beyond its se, in 7 of 7 pairs: [0.59, 1]
+    ((0.5, 0.02, 0.0), 7, "not reproduced"),  # one layer far outside the band in every pair
+    ((0.1, 0.02, 0.0), 7, "inconclusive"),  # one layer on the band's edge: no pair can tell
+    ((0.01, 0.02, 0.0), 5, "inconclusive"),  # five pairs cannot decide a majority (5 of 5: [0.48, 1])
+])
+def test_single_layer_band_claim_counts_pairs(single, n, expected):
+    row = evaluate(FIG1_BAND, {"layerwise_barriers": dict(enumerate([pair(single=single)] * n))}, CFG)
+    assert row["verdict"] == expected and row["n"] == n
+    assert ("cannot reproduce or fail" in row["note"]) is (n == 5)
 
 
-def test_single_layer_relative_claim_fails_when_one_layer_carries_the_barrier():
-    claim = FIG1["Single-layer barriers are small next to the full barrier"]
-    small = seeds(max_abs_single_layer_barrier_last=[0.05, 0.1, 0.08], full_barrier_train_loss_last=[1.5, 1.6, 1.4])
-    large = seeds(max_abs_single_layer_barrier_last=[1.0, 1.2, 0.9], full_barrier_train_loss_last=[1.5, 1.6, 1.4])
-    assert verdict_of(claim, small) == "reproduced"
-    assert verdict_of(claim, large) == "not reproduced"
+def test_a_cell_is_outside_the_band_only_beyond_its_error():
+    noisy = pair(single=(0.13, 0.0, 0.0), se=0.05)  # 0.13 > 0.1, but within the noise of one of 12 cells
+    assert FIG1_BAND.measure(noisy, CFG) == claims.UNDECIDED
+    assert FIG1_BAND.measure(pair(single=(0.13, 0.0, 0.0), se=0.001), CFG) == 0.0
+
+
+def test_single_layer_relative_claim_uses_the_papers_band_and_keeps_the_loose_one_as_sensitivity():
+    assert CFG.single_layer_relative == pytest.approx(0.1 / 2.3, abs=1e-4)
+    assert FIG1_LOOSE.sensitivity_of == FIG1_RELATIVE.statement
+    tenth = [pair(full=2.0, single=(0.2, 0.0, 0.0))] * 7  # one layer at 10 % of the full barrier
+    assert verdict_of(FIG1_RELATIVE, tenth) == "not reproduced"
+    assert verdict_of(FIG1_LOOSE, tenth) == "reproduced"
+    assert verdict_of(FIG1_RELATIVE, [pair(full=2.0, single=(0.03, 0.0, 0.0))] * 7) == "reproduced"
+
+
+def fig2_pair(outer=(0.1, 0.2), windows=(0.1, 0.5, 0.6, 0.7, 0.8, 0.15), full=2.0):
+    m = dict(onset_fraction=0.5, full_barrier_last=full, outer_group_barrier_into_A=outer[0],
+             outer_group_barrier_into_B=outer[1])
+    for base in ("A", "B"):
+        m.update({f"window/{base}/{j}": w for j, w in enumerate(windows, start=1)})
+    return m
 
 
 def test_fig2_outer_group_claim():
-    claim = FIG2["Averaging the outer layers together (first k + last k) creates little barrier"]
-    base = dict(onset_fraction=[0.5] * 3, full_barrier_last=[2.0, 2.1, 1.9])
-    low = seeds(outer_group_barrier_into_A=[0.1, 0.2, 0.1], outer_group_barrier_into_B=[0.2, 0.1, 0.3], **base)
-    high = seeds(outer_group_barrier_into_A=[0.1, 0.2, 0.1], outer_group_barrier_into_B=[1.9, 1.8, 2.0], **base)
-    assert verdict_of(claim, low) == "reproduced"
-    assert verdict_of(claim, high) == "not reproduced"  # the worse base decides
+    low = [fig2_pair(outer=(0.1, 0.2)), fig2_pair(outer=(0.2, 0.1)), fig2_pair(outer=(0.1, 0.3))]
+    high = [fig2_pair(outer=(0.1, 1.9)), fig2_pair(outer=(0.2, 1.8)), fig2_pair(outer=(0.1, 2.0))]
+    assert verdict_of(FIG2_OUTER, low) == "reproduced"
+    assert verdict_of(FIG2_OUTER, high) == "not reproduced"  # the worse base decides
 
 
-def test_fig2_middle_window_claim():
-    claim = FIG2["Windows of consecutive middle layers carry more barrier than windows at either end"]
-    middle = seeds(middle_minus_end_window_into_A=[0.5, 0.6, 0.4], middle_minus_end_window_into_B=[0.3, 0.5, 0.4])
-    ends = seeds(middle_minus_end_window_into_A=[-0.5, -0.6, -0.4], middle_minus_end_window_into_B=[0.3, 0.5, 0.4])
-    assert verdict_of(claim, middle) == "reproduced"
-    assert verdict_of(claim, ends) == "not reproduced"
+def test_fig2_window_claim_ranks_equal_weight_groups():
+    assert cumulative.middle_minus_end_rank(np.array([0.1, 0.5, 0.6, 0.7, 0.8, 0.15])) == pytest.approx((4.5 - 1.5) / 3)
+    middle = [fig2_pair(), fig2_pair(windows=(0.2, 0.5, 0.9, 0.7, 0.6, 0.1)), fig2_pair(windows=(0.0, 1, 2, 3, 4, 1.5))]
+    ends = [fig2_pair(windows=(0.9, 0.1, 0.2, 0.3, 0.2, 0.8))] * 3
+    assert verdict_of(FIG2_WINDOWS, middle) == "reproduced"
+    assert verdict_of(FIG2_WINDOWS, ends) == "not reproduced"
+    row = evaluate(FIG2_WINDOWS, {"cumulative_averaging": dict(enumerate(middle))}, CFG)
+    assert -1.0 <= row["low"] < row["high"] == 1.0  # a bounded mean: its t interval stops at the bound
 
 
 def test_missing_metrics_name_the_stage_to_run():
-    claim = barriers.CLAIMS[0]
     with pytest.raises(KeyError, match="layerwise_barriers"):
-        evaluate(claim, {}, CFG)
-    with pytest.raises(KeyError, match="max_abs_single_layer_barrier"):
-        evaluate(claim, {"layerwise_barriers": {0: {}, 1: {}}}, CFG)
+        evaluate(FIG1_BAND, {}, CFG)
+    with pytest.raises(KeyError, match="cell/"):
+        evaluate(FIG1_BAND, {"layerwise_barriers": {0: {}, 1: {}}}, CFG)
 
 
 def test_every_claim_module_is_importable_and_claims_have_valid_thresholds():
@@ -129,8 +178,12 @@ def test_every_claim_module_is_importable_and_claims_have_valid_thresholds():
     assert len(all_claims) >= 5
     for c in [*all_claims, *checks]:
         assert c.relation in ("<=", "<", ">=", ">")
-        c.threshold_value(CFG)  # a field that exists, or a number
-        assert c.criterion(CFG)
+        if not isinstance(c.threshold, claims.DataThreshold):
+            c.threshold_value(CFG)  # a field that exists, or a number
+            assert c.criterion(CFG)
+    for c in all_claims:
+        assert c.kind in ("mean", "count") and c.null is not None
+        assert c.sensitivity_of is None or c.sensitivity_of in {x.statement for x in all_claims}
 
 
 def test_load_metrics_reads_single_runs_and_repetitions(tmp_path):
@@ -143,38 +196,41 @@ def test_load_metrics_reads_single_runs_and_repetitions(tmp_path):
                                              "layerwise_barriers": {0: {"x": 1.0}, 1: {"x": 2.0}}}
 
 
-def test_claims_table_columns_and_summary_counts():
-    metrics = {"layerwise_barriers": dict(enumerate(seeds(
-        full_barrier_train_loss_last=[1.5, 1.6, 1.4], own_train_error_A_last=[0.0] * 3,
-        own_train_error_B_last=[1.0] * 3, max_abs_single_layer_barrier=[0.3, 0.4, 0.5],
-        max_abs_single_layer_barrier_last=[0.02, 0.5, 0.1])))}
-    plain = dataclasses.replace(FIG1["Averaging any single layer creates (almost) no barrier"], premise=None)
-    table = report.claims_table(metrics, CFG, [*barriers.CLAIMS, plain], report.premise_table(metrics, CFG))
-    assert list(table.columns) == ["source", "claim", "paper", "criterion", "n", "mean", "low", "high", "verdict",
-                                   "premise", "edge_margin", "near_threshold"]
-    assert list(table.verdict) == ["not reproduced", "inconclusive", "not reproduced"]
-    assert list(table.premise) == [barriers.FIG1_REGIME] * 2 + [""]
+def test_claims_table_columns_null_rates_sensitivity_notes_and_summary_counts():
+    metrics = {"layerwise_barriers": dict(enumerate([pair(single=(0.2, 0.0, 0.0))] * 7))}  # 10 % of the full barrier
+    plain = dataclasses.replace(FIG1_BAND, premise=None)
+    premises = report.premise_table(metrics, CFG, {REGIME.name: REGIME})
+    table = report.claims_table(metrics, CFG, [*barriers.CLAIMS, plain], premises, null_draws=20)
+    assert list(table.columns) == ["source", "claim", "paper", "premise", "kind", "criterion", "n", "values", "mean",
+                                   "low", "high", "threshold_low", "threshold_high", "verdict", "note",
+                                   "sensitivity_of", "null_rate", "null", "edge_margin", "near_threshold"]
+    assert list(table.verdict) == ["not reproduced", "not reproduced", "reproduced", "not reproduced"]
+    assert list(table.premise) == [barriers.FIG1_REGIME] * 3 + [""]
+    assert (table.null_rate == 0.0).all() and table.null.str.contains("just outside the band").all()
+    assert "read otherwise" in table.note.iloc[1] and "reproduced" in table.note.iloc[1]  # the loose band disagrees
     summary = report.summary(table, report.sanity_table(metrics, CFG, []))
+    assert summary["n_claims"] == 3  # the sensitivity row is not a claim
     assert (summary["n_reproduced"], summary["n_not_reproduced"], summary["n_inconclusive"],
-            summary["n_premise_not_met"]) == (0, 2, 1, 0)
+            summary["n_premise_not_met"]) == (0, 3, 0, 0)
 
 
 def _one_claim_table():
-    per_seed = {"layerwise_barriers": {r: {"max_abs_single_layer_barrier": v} for r, v in enumerate((0.02, 0.03, 0.01))}}
-    claim = dataclasses.replace(barriers.CLAIMS[0], premise=None)
-    claims_df = report.claims_table(per_seed, CFG, [claim], pd.DataFrame())
+    claim = dataclasses.replace(FIG1_BAND, premise=None)
+    claims_df = report.claims_table({"layerwise_barriers": dict(enumerate([pair()] * 7))}, CFG, [claim],
+                                    pd.DataFrame(), null_draws=0)
     sanity = pd.DataFrame([dict(source="Fig. 3", check="identity", criterion="x <= 0", n=1, worst=0.0, holds=True)])
     return claims_df, sanity
 
 
 def test_readme_results_block_is_the_computed_table_and_escapes_bars():
     claims_df, sanity = _one_claim_table()
+    claims_df = claims_df.assign(criterion="max |single-layer barrier| <= 0.1")
     block = report.results_markdown(claims_df, sanity, {"Table 1": "the gap grows with heterogeneity"})
     row = next(line for line in block.splitlines() if line.startswith("| Fig. 1"))
-    assert row.count(" | ") == 5  # six cells: the "|" of "max |...|" in the criterion is escaped
-    assert "\\|single-layer" in row and "**reproduced**" in row
+    assert row.count(" | ") == 8  # nine cells: the "|" of "max |...|" in the criterion is escaped
+    assert "\\|single-layer" in row and "**reproduced**" in row and "| 7 of 7 |" in row
     assert f"{claims_df['mean'].iloc[0]:.3g}" in row
-    assert "1 reproduced, 0 inconclusive, 0 not reproduced" in block
+    assert "In all (1 claims): 1 reproduced, 0 inconclusive, 0 not reproduced" in block
     assert "![fig1_layerwise_barriers](figures/fig1_layerwise_barriers.png)" in block
 
 
@@ -201,11 +257,12 @@ def test_edge_margin_marks_verdicts_that_sit_on_their_threshold():
     assert edge_margin(0.6, 1.0, 0.5) == pytest.approx(0.5)  # 0.1 away, half-width 0.2
     assert edge_margin(0.4, 1.0, 0.5) == pytest.approx(1 / 3)  # straddling: the nearer end counts
     assert edge_margin(1.0, 1.0, 0.5) == math.inf and edge_margin(0.5, 0.5, 0.5) == 0.0
-    # same claim, two sets of repetitions: one clears 0.1 by far, one ends just below it
-    far = {"layerwise_barriers": {r: {"max_abs_single_layer_barrier": v} for r, v in enumerate((0.02, 0.03, 0.01))}}
-    near = {"layerwise_barriers": {r: {"max_abs_single_layer_barrier": v} for r, v in enumerate((0.08, 0.085, 0.09))}}
-    claim = dataclasses.replace(barriers.CLAIMS[0], premise=None)
-    tables = {name: report.claims_table(m, CFG, [claim], pd.DataFrame()) for name, m in (("far", far), ("near", near))}
+    # same claim, two sets of repetitions: one clears 0 by far, one ends just below it
+    far = {"cumulative_averaging": dict(enumerate(fig2_pair(outer=(v, v)) for v in (0.02, 0.03, 0.01)))}
+    near = {"cumulative_averaging": dict(enumerate(fig2_pair(outer=(v, v)) for v in (0.98, 0.985, 0.99)))}
+    claim = dataclasses.replace(FIG2_OUTER, premise=None)
+    tables = {name: report.claims_table(m, CFG, [claim], pd.DataFrame(), null_draws=0)
+              for name, m in (("far", far), ("near", near))}
     assert list(tables["far"].near_threshold) == [False] and list(tables["near"].near_threshold) == [True]
     assert tables["near"].verdict.iloc[0] == "reproduced"  # the mark does not change the verdict
     block = report.results_markdown(tables["near"], _one_claim_table()[1], {})
@@ -223,7 +280,8 @@ def test_beyond_the_paper_reads_the_numbers_of_both_stages():
           for v, f in (("aligned+bn_reset", 0.1), ("plain", 0.8), ("bn_reset", 0.4), ("aligned", 0.6))}
     lines = report.beyond_the_paper({"alignment": {0: pair, 1: other}, "bn_reset": {None: bn}})
     assert len(lines) == 2
-    assert "2 pair(s)" in lines[0] and "0.60 ± 0.14 unaligned" in lines[0] and "0.30 ± 0.07 aligned" in lines[0]
+    assert "2 different-init cross pair(s)" in lines[0]
+    assert "0.60 ± 0.14 unaligned" in lines[0] and "0.30 ± 0.07 aligned" in lines[0]
     assert "mid 0.23, stem 0.10, fc 0.05" in lines[0]  # largest mean barrier first
     assert lines[1].index("plain 0.80 / 0.40") < lines[1].index("bn_reset 0.40 / 0.20") \
         < lines[1].index("aligned+bn_reset 0.10 / 0.05")  # the stage's variant order, not the file's
@@ -231,12 +289,10 @@ def test_beyond_the_paper_reads_the_numbers_of_both_stages():
 
 
 def test_premises_and_the_paper_side_by_side_in_the_written_blocks(tmp_path):
-    metrics = {"layerwise_barriers": dict(enumerate(seeds(
-        full_barrier_train_loss_last=[1.8, 1.9, 2.0], own_train_error_A_last=[0.0, 0.2, 0.4],
-        own_train_error_B_last=[3.0, 0.0, 0.0], max_abs_single_layer_barrier=[0.01, 0.02, 0.03],
-        max_abs_single_layer_barrier_last=[0.01, 0.02, 0.03])))}
+    metrics = {"layerwise_barriers": {r: dict(pair(full), own_train_error_A_last=0.2 * r, own_train_error_B_last=b_error)
+                                      for r, (full, b_error) in enumerate(((1.8, 3.0), (1.9, 0.0), (2.0, 0.0)))}}
     premises = report.premise_table(metrics, CFG, {REGIME.name: REGIME})
-    table = report.claims_table(metrics, CFG, barriers.CLAIMS, premises)
+    table = report.claims_table(metrics, CFG, barriers.CLAIMS, premises, null_draws=0)
     block = report.results_markdown(table, _one_claim_table()[1], {}, premises=premises)
     assert "| **no** |" in block and "Premise `fig1_regime`: **not met**." in block  # one endpoint at 3 % error
     assert block.index("Premises") < block.index("Claims measured")
