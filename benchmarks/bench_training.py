@@ -1,6 +1,6 @@
 """Training speed of the default pair's network: every option side by side, in images per second, in one run.
 
-    python benchmarks/bench_training.py                  # train_pairs of params.yaml, 60 SGD steps per option
+    python benchmarks/bench_training.py                  # train_pairs of params.yaml, 200 SGD steps per option
     python benchmarks/bench_training.py --steps 200 --params profiles/faithful.yaml
 
 What it measures (one SGD step = forward, backward and update of one batch, momentum and weight decay as configured;
@@ -11,7 +11,8 @@ images already in memory, as the trainer holds them), each after a few warm-up s
   and the run would differ), with torch.compile (its compile time printed apart), and two models stacked into one
   batched pass with torch.func (vmap over stacked parameters);
 * per pair, the way the stage trains it: A and B one after the other with runtime.num_threads threads, and A and B
-  side by side in two one-thread processes (train_many), start-up included, over the same number of steps.
+  side by side in two one-thread processes (train_many), start-up included, over --pair-epochs epochs each (default:
+  the profile's, so the stage's real run).
 
 Numbers depend on the CPU and on what else runs on it: run it on a quiet machine.
 """
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from llmc_utils import data, pairs  # noqa: E402
+from llmc_utils import data, pairs, stage  # noqa: E402
 from llmc_utils.config import get_section, load_params  # noqa: E402
 from llmc_utils.trainer import train_many  # noqa: E402
 
@@ -91,7 +92,8 @@ def stacked_step_fn(make_model, optim_cfg, x, y, batch: int, members: int = 2):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--steps", type=int, default=60, help="timed SGD steps per option")
+    parser.add_argument("--steps", type=int, default=200, help="timed SGD steps per option")
+    parser.add_argument("--pair-epochs", type=int, help="epochs of each pair run (default: train_pairs.optim.epochs)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (it needs a C compiler)")
     args = parser.parse_args()
     params = load_params(args.params)
@@ -128,8 +130,8 @@ def main() -> None:
 
     # the pair as the stage trains it, start-up included
     torch.set_num_threads(runtime.num_threads)
-    steps_per_epoch = -(-len(y) // batch)
-    epochs = max(1, args.steps // steps_per_epoch)
+    stage._progress_enabled = False
+    epochs = args.pair_epochs or cfg.optim.epochs
     optim = cfg.optim.model_copy(update=dict(epochs=epochs))
     scratch = Path(tempfile.mkdtemp(prefix="bench_training_"))
     try:

@@ -225,7 +225,7 @@ def layer_summary(metrics: dict[int, dict]) -> pd.DataFrame:
 def figure(fig1: pd.DataFrame, bases, alpha: float):
     """Fig. 1 beside its aligned twin: per base a row of two heatmaps (rows "full" then every layer, columns
     checkpoints) of the mean train-loss barrier over pairs, unaligned then aligned, on one colour scale; last panel
-    the full barrier per checkpoint, both variants (mean ± sd over pairs)."""
+    the full barrier at the last checkpoint, one line per pair from unaligned to aligned."""
     n = fig1.seed.nunique()
     wides = {(base, v): barriers.mean_sd_wide(fig1[fig1.variant == v], base, "train", "loss", alpha)
              for base in bases for v in ("unaligned", "aligned")}
@@ -241,9 +241,19 @@ def figure(fig1: pd.DataFrame, bases, alpha: float):
         ax.set_ylabel("averaged layers")
     full = fig1[(fig1.layer_set == FULL) & (fig1.split == "train") & (fig1.metric == "loss")
                 & (fig1.alpha == alpha) & (fig1.base == bases[0])]
-    plotting.curves(axes[-1], full, x="epoch", y="barrier", hue="variant", hue_order=["unaligned", "aligned"],
-                    title=f"full train-loss barrier ({pairs_label})")
-    axes[-1].axhline(0, color="grey", lw=0.5)
+    last = full[full.epoch == full.epoch.max()]
+    per_pair = last.pivot(index="seed", columns="variant", values="barrier")[["unaligned", "aligned"]]
+    ax = axes[-1]
+    for seed, row in per_pair.iterrows():
+        ax.plot([0, 1], row.values, "o-", color="tab:blue", lw=1)
+        ax.annotate(f"pair {seed}", (1, row.aligned), xytext=(5, 0), textcoords="offset points", fontsize=7,
+                    va="center")
+    ax.set_xticks([0, 1], ["unaligned", "aligned"])
+    ax.set_xlim(-0.3, 1.5)
+    ax.set_ylim(min(0.0, float(per_pair.min().min())) - 0.1, float(per_pair.max().max()) + 0.2)
+    ax.set_ylabel("full train-loss barrier")
+    ax.set_title(f"full barrier at epoch {int(last.epoch.max())}, per pair")
+    ax.axhline(0, color="grey", lw=0.5)
     fig.tight_layout()
     return fig
 

@@ -1,7 +1,7 @@
 """Layer-wise barriers of a BatchNorm pair, with and without REPAIR's reset (beyond the paper; the paper's networks
 have no normalization).
 
-A pair A, B of the default residual CNN with a BatchNorm2d after every conv (`rescnn_bn`, 19 logical layers: a BN's
+A pair A, B of the small residual CNN with a BatchNorm2d after every conv (`rescnn_bn`, 19 logical layers: a BN's
 weight and bias form a layer, its running statistics travel with it) is trained like pair 0 of train_pairs (same
 images, seeds, optimizer) for `epochs` epochs, by default from different initializations (`scheme`): REPAIR and Git
 Re-Basin study independently trained networks, whose units need not be in the same order. At the last checkpoint four variants are measured:

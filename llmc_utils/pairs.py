@@ -2,9 +2,12 @@
 
 Paper (Adilova et al. 2024, Sec. 3): ResNet18 without normalization on CIFAR-10, same initialization and different
 data order, SGD (momentum 0.9, wd 5e-4, batch 64, lr 0.05), 200 epochs, checkpoints every 20; the full barrier then
-reaches about ln(10) = 2.3 in train loss. Default profile: a small residual CNN without normalization (`rescnn`,
-10 logical layers) on a Fashion-MNIST subset, the paper's optimizer and scheme; the comments of `train_pairs` in
-params.yaml give the rule that chose it (docs/profiles.md).
+reaches about ln(10) = 2.3 in train loss. Default profile: the setup study's choice (llmc_utils/setup_study.py: the
+cheapest setup whose pairs meet the premise of Fig. 1, same initialization first), a plain CNN without normalization
+on a Fashion-MNIST subset from different initializations, with the paper's optimizer; the comments of `train_pairs`
+in params.yaml and docs/profiles.md say why. Schemes: same_init_different_order (the paper's), disjoint_halves (the
+authors' code for Fig. 1: one init, each model on its half of the training subset; "train" numbers are then taken
+on the union, and each endpoint's fit on its own half, `endpoint_fit`), different_init.
 
 Repetitions: pair r (the `repetitions.train_pairs` indices) offsets both seeds by 100 r (config.repetition_seed), so
 the pairs differ in data order (and in init under the different_init scheme) and nothing else.
