@@ -121,7 +121,7 @@ def test_gather_has_every_claim_over_both_seeds(launched):
     assert {"source", "claim", "n", "mean", "low", "high", "verdict", "near_threshold"} <= set(claims.columns)
     assert set(claims.verdict) <= set(VERDICTS)
     assert (claims[claims.source.str.startswith("Fig. 1")].n == 2).all()
-    assert claims.claim.str.contains("single layer").any()
+    assert claims.claim.str.contains("single-layer").any()
     summary = json.loads((gather / "metrics" / "report.json").read_text())
     assert summary["n_claims"] == len(claims) > 0
     assert report.figure_paths(gather / "figures")  # every figure the report shows exists

@@ -26,7 +26,7 @@ def test_paper_profile_is_the_papers_setting():
     assert params["data"]["dataset"] == "cifar10" and pairs["arch"] == "resnet18"
     assert pairs["scheme"] == "same_init_different_order"
     assert pairs["optim"] == {"epochs": 200, "batch_size": 64, "lr": 0.05, "momentum": 0.9,
-                                   "weight_decay": 5e-4, "schedule": "constant"}
+                                   "weight_decay": 5e-4, "schedule": "constant", "warmup_epochs": 0}
     assert pairs["checkpoint_epochs"] == list(range(0, 201, 20))
 
 
