@@ -285,15 +285,14 @@ def results_markdown(claims: pd.DataFrame, sanity: pd.DataFrame, findings: dict[
               "and are not counted:", "",
               "| source | claim | premise | n | per unit | mean [interval] | criterion | null rate | verdict |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    cell = _cell
 
     near = claims.near_threshold if "near_threshold" in claims else pd.Series(False, index=claims.index)
     for r, is_near in zip(claims.itertuples(), near):
         sensitivity = "*sensitivity:* " if getattr(r, "sensitivity_of", "") else ""
-        note = f" ({cell(r.note)})" if getattr(r, "note", "") else ""
+        note = f" ({_cell(r.note)})" if getattr(r, "note", "") else ""
         rate = getattr(r, "null_rate", math.nan)
-        lines.append(f"| {cell(r.source)} | {sensitivity}{cell(r.claim)} | {cell(getattr(r, 'premise', ''))} | {r.n} | "
-                     f"{cell(getattr(r, 'values', ''))} | {_interval(r)} | {cell(r.criterion)} | "
+        lines.append(f"| {_cell(r.source)} | {sensitivity}{_cell(r.claim)} | {_cell(getattr(r, 'premise', ''))} | "
+                     f"{r.n} | {_cell(getattr(r, 'values', ''))} | {_interval(r)} | {_cell(r.criterion)} | "
                      f"{'' if math.isnan(rate) else f'{rate:.3f}'} | **{r.verdict}**"
                      + (" (near threshold)" if is_near else "") + f"{note} |")
     counted = main_claims(claims)
