@@ -15,7 +15,7 @@ and a forward pass at its evaluation batch size, each the best of a few timed ru
 FLOPs / measured FLOP/s per stage, per seed (one pair), and the parallelism that brings K seeds under one hour.
 The small models (ViT, MLPs, char-level GPT, deep linear nets) are not counted: minutes on one CPU at any profile.
 
-    python benchmarks/bench_cost.py --profile paper [--device cuda] [--seeds 5]
+    python benchmarks/bench_cost.py --profile paper [--device cuda] [--repetitions 5]
 """
 
 from __future__ import annotations
@@ -27,12 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from llmc_utils import cumulative, pairs, profiles
-from llmc_utils.alignment import checkpoint_epochs as alignment_epochs
-from llmc_utils.config import get_section, validate_params
-from llmc_utils.evaluation import LayerEvaluator, checkpoint_barriers
-from llmc_utils.layers import logical_layers
-from llmc_utils.stage import resolve_device
+from llmc_utils.stages import cumulative_averaging as cumulative, train_pairs as pairs
+from llmc_utils.pipeline import profiles
+from llmc_utils.pipeline.params import load_profile
+from llmc_utils.stages.alignment import checkpoint_epochs as alignment_epochs
+from llmc_utils.pipeline.params import validate_params
+from llmc_utils.core.evaluation import LayerEvaluator, checkpoint_barriers
+from llmc_utils.core.layers import logical_layers
+from llmc_utils.core.runtime import resolve_device
 
 from bench_fig1_grid import DATASETS, timed  # the script's folder is on sys.path
 
@@ -49,13 +51,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="paper", help="profile name or params file (default: paper)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--seeds", type=int, default=5, help="K: seeds (pairs) to plan for")
+    parser.add_argument("--repetitions", type=int, default=5, help="K: repetitions (pairs) to plan for")
     args = parser.parse_args()
 
-    params = validate_params(profiles.load_profile(profiles.profile_path(args.profile)), source=args.profile)
-    pair_cfg, fig1 = get_section(params, "train_pairs"), get_section(params, "layerwise_barriers")
-    fig2, align_cfg = get_section(params, "cumulative_averaging"), get_section(params, "alignment")
-    shape, n_classes, n_train, n_test = DATASETS[get_section(params, "data").dataset]
+    params = validate_params(load_profile(profiles.profile_path(args.profile)), source=args.profile)
+    pair_cfg, fig1 = params["train_pairs"], params["layerwise_barriers"]
+    fig2, align_cfg = params["cumulative_averaging"], params["alignment"]
+    shape, n_classes, n_train, n_test = DATASETS[params["data"].dataset]
     device = resolve_device(args.device)
     torch.manual_seed(0)
     spec = pairs.model_spec(pair_cfg, shape, n_classes)
@@ -120,7 +122,7 @@ def main() -> None:
         total += hours
         print(f"{stage:22s} {flops / 1e15:11.2f} {hours:11.2f}")
     print(f"{'per seed (one pair)':22s} {'':11s} {total:11.2f}")
-    k = args.seeds
+    k = args.repetitions
     print(f"{k} seeds: {k * total:.1f} device-hours in series")
     if total <= 1.0:  # each device runs floor(1 / total) whole seeds in an hour
         print(f"under one hour of wall time: {math.ceil(k / math.floor(1.0 / total))} devices")

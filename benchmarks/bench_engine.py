@@ -2,7 +2,7 @@
 
 Naive reference (how such grids are often computed): for every checkpoint, layer set ("full" + every logical layer)
 and base, deep-copy the base state dict, write the averaged layer into it, load_state_dict into a module, and evaluate
-it with a fresh DataLoader; the two endpoints are re-evaluated for every point. Engine: llmc_utils.barriers
+it with a fresh DataLoader; the two endpoints are re-evaluated for every point. Engine: llmc_utils.stages.layerwise_barriers
 (endpoints once per checkpoint, shared tensors, functional_call, cached activations in front of the changed layer).
 
 Prints, for the default pair's last checkpoints and then for one random pair each of the paper profile's ResNet18 and
@@ -26,11 +26,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from llmc_utils import data, evaluation, models, pairs
-from llmc_utils.config import get_section, load_params
-from llmc_utils.evaluation import barrier
-from llmc_utils.layers import logical_layers
-from llmc_utils.vit import TinyViT, ViTConfig
+from llmc_utils.core import data, evaluation, models
+from llmc_utils.stages import train_pairs as pairs
+from llmc_utils.pipeline.params import load_params
+from llmc_utils.core.evaluation import barrier
+from llmc_utils.core.layers import logical_layers
+from llmc_utils.core.vit import TinyViT, ViTConfig
 
 
 def naive_metrics(module, state, x, y, batch_size=256) -> float:
@@ -100,10 +101,10 @@ def main():
     args = parser.parse_args()
 
     params = load_params(args.params)
-    torch.set_num_threads(get_section(params, "runtime").num_threads)
-    cfg = get_section(params, "layerwise_barriers")
+    torch.set_num_threads(params["runtime"].num_threads)
+    cfg = params["layerwise_barriers"]
     images = data.load_prepared(data.prepared_path(args.workspace))
-    splits = pairs.pair_splits(images, get_section(params, "train_pairs"), cfg.train_subset, cfg.test_subset,
+    splits = pairs.pair_splits(images, params["train_pairs"], cfg.train_subset, cfg.test_subset,
                                cfg.subset_seed)
     epochs = list(pairs.pair_checkpoints(args.workspace))[-args.checkpoints:]
     cache = {}

@@ -19,11 +19,13 @@ import time
 
 import torch
 
-from llmc_utils import pairs, profiles
-from llmc_utils.config import get_section, validate_params
-from llmc_utils.evaluation import LayerEvaluator, checkpoint_barriers
-from llmc_utils.layers import logical_layers
-from llmc_utils.stage import resolve_device
+from llmc_utils.stages import train_pairs as pairs
+from llmc_utils.pipeline import profiles
+from llmc_utils.pipeline.params import load_profile
+from llmc_utils.pipeline.params import validate_params
+from llmc_utils.core.evaluation import LayerEvaluator, checkpoint_barriers
+from llmc_utils.core.layers import logical_layers
+from llmc_utils.core.runtime import resolve_device
 
 # (channels, height, width), classes, and full training and test-set sizes of each dataset the profiles use
 DATASETS = {"fashion_mnist": ((1, 28, 28), 10, 60000, 10000), "cifar10": ((3, 32, 32), 10, 50000, 10000)}
@@ -55,9 +57,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
 
-    params = validate_params(profiles.load_profile(profiles.profile_path(args.profile)), source=args.profile)
-    pair_cfg, cfg = get_section(params, "train_pairs"), get_section(params, "layerwise_barriers")
-    dataset = get_section(params, "data").dataset
+    params = validate_params(load_profile(profiles.profile_path(args.profile)), source=args.profile)
+    pair_cfg, cfg = params["train_pairs"], params["layerwise_barriers"]
+    dataset = params["data"].dataset
     shape, n_classes, n_train, n_test = DATASETS[dataset]
     # "train" images come from the pair's training subset (0 = all), "test" from the test set; 0 here = all of them
     n_eval = {"train": cfg.train_subset or pair_cfg.train_subset or n_train, "test": cfg.test_subset or n_test}

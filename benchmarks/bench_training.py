@@ -31,9 +31,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from llmc_utils import data, pairs, stage  # noqa: E402
-from llmc_utils.config import get_section, load_params  # noqa: E402
-from llmc_utils.trainer import train_many  # noqa: E402
+from llmc_utils.core import runtime as llmc_runtime  # noqa: E402
+from llmc_utils.core import data
+from llmc_utils.stages import train_pairs as pairs
+from llmc_utils.core.config import load_params  # noqa: E402
+from llmc_utils.core.trainer import train_many  # noqa: E402
 
 WARMUP = 5
 
@@ -97,7 +99,7 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (it needs a C compiler)")
     args = parser.parse_args()
     params = load_params(args.params)
-    cfg, runtime = get_section(params, "train_pairs"), get_section(params, "runtime")
+    cfg, runtime = params["train_pairs"], params["runtime"]
     images = data.load_prepared(data.prepared_path("."))
     x, y = images.split("train", cfg.train_subset, cfg.subset_seed)
     spec = pairs.model_spec(cfg, images.shape, len(images.classes))
@@ -130,7 +132,7 @@ def main() -> None:
 
     # the pair as the stage trains it, start-up included
     torch.set_num_threads(runtime.num_threads)
-    stage._progress_enabled = False
+    llmc_runtime._progress_enabled = False
     epochs = args.pair_epochs or cfg.optim.epochs
     optim = cfg.optim.model_copy(update=dict(epochs=epochs))
     scratch = Path(tempfile.mkdtemp(prefix="bench_training_"))

@@ -26,7 +26,7 @@ if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] &&
         sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist
     else
         echo "== apt-get unavailable or not root: downloading Fashion-MNIST with torchvision into $data_home instead"
-        .venv/bin/python -c "import llmc_utils.data as d; d.download('fashion_mnist')"
+        .venv/bin/python -c "import llmc_utils.core.data as d; d.download('fashion_mnist')"
     fi
 fi
 

@@ -1,13 +1,13 @@
-"""Weight matching (llmc_utils.align): the aligned B computes B's function, a permuted copy of A is recovered."""
+"""Weight matching (llmc_utils.core.weight_matching): the aligned B computes B's function, a permuted copy of A is recovered."""
 
 import pytest
 import torch
 from torch import nn
 
 import llmc_utils  # noqa: F401  (before torchvision/timm: the compatibility step)
-from llmc_utils import align
-from llmc_utils.models import MLP, build_model
-from llmc_utils.vit import TinyViT, ViTConfig
+from llmc_utils.core import weight_matching as align
+from llmc_utils.core.models import MLP, build_model
+from llmc_utils.core.vit import TinyViT, ViTConfig
 
 
 def _timm_resnet18():

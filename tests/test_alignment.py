@@ -3,9 +3,11 @@ different initializations under every pairing scheme, a single pair does not, an
 
 import pytest
 
-from llmc_utils import alignment, claims
-from llmc_utils.config import validate_params
-from llmc_utils.report import ReportConfig
+from llmc_utils.pipeline import registry
+from llmc_utils.stages import alignment
+from llmc_utils.core import claims
+from llmc_utils.pipeline.params import validate_params
+from llmc_utils.pipeline.report import ReportConfig
 
 
 def test_cross_pairs_take_the_next_pairs_b_cyclically():
@@ -25,7 +27,7 @@ def test_cross_pairs_differ_in_initialization_under_every_scheme(scheme):
 
 
 def test_premise_fails_for_a_same_init_pair():
-    premise = claims.all_premises()[alignment.DIFFERENT_INIT]
+    premise = registry.all_premises()[alignment.DIFFERENT_INIT]
     assert all(c.premise == alignment.DIFFERENT_INIT for c in alignment.CLAIMS)
     runs = {"alignment": {0: {"different_init": 1.0}, 1: {"different_init": 0.0}}}
     assert claims.evaluate_premise(premise, runs, ReportConfig())[0]["premise_holds"] is False

@@ -2,12 +2,12 @@
 
 Every case asserts two things: the message names what is wrong (file, key, value and what is allowed, or the file
 and what to do), and no existing output was deleted or changed (a snapshot of every file before and after, by
-content). Params files go through `python -m llmc_utils.profiles` (main(), in process) and the check_params stage's
+content). Params files go through `python -m llmc_utils.pipeline.profiles` (main(), in process) and the check_params stage's
 entry point, which is what stops `dvc repro` before DVC deletes anything (tests/test_resume.py shows that under DVC);
 checkpoints, datasets, texts and folders go through the functions the stages call.
 
-The last section is the table of untrusted inputs to the commands `llmc barriers`, `python -m llmc_utils.profiles`
-and `python -m llmc_utils.launch`, each run through the command's main() as a user runs it: hostile files (pickles
+The last section is the table of untrusted inputs to the commands `llmc barriers`, `python -m llmc_utils.pipeline.profiles`
+and `python -m llmc_utils.pipeline.launch`, each run through the command's main() as a user runs it: hostile files (pickles
 that run a command), careless ones (NaN weights, integer weights, a folder of someone else's), each answered by one
 error line and exit code 2 before any compute, with no file changed outside the output folder and no pickled command
 run.
@@ -27,11 +27,15 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from llmc_utils import check_params, cli, data, launch, own_models, pairs, profiles
-from llmc_utils.io import CheckpointError, OutputNotWritable, load_checkpoint, save_json, save_torch
-from llmc_utils.language_model import LanguageModelConfig, load_text
-from llmc_utils.own_report import MARKER, output_names
-from llmc_utils.trainer import OptimConfig, train_model
+from llmc_utils.pipeline import check_params, launch, profiles
+from llmc_utils.pipeline.params import load_profile
+from llmc_utils.pairtool import cli, models as own_models
+from llmc_utils.core import data
+from llmc_utils.stages import train_pairs as pairs
+from llmc_utils.core.io import CheckpointError, OutputNotWritable, load_checkpoint, save_json, save_torch
+from llmc_utils.stages.language_model import LanguageModelConfig, load_text
+from llmc_utils.pairtool.report import MARKER, output_names
+from llmc_utils.core.trainer import OptimConfig, train_model
 from tests import fabricate
 from tests.conftest import ROOT
 
@@ -48,17 +52,17 @@ def workspace(tmp_path):
     pair checkpoint."""
     ws = tmp_path / "ws"
     (ws / "figures").mkdir(parents=True)
-    (ws / profiles.WORKSPACE_MARKER).write_text("made by llmc_utils.profiles\n")
+    (ws / profiles.WORKSPACE_MARKER).write_text("made by llmc_utils.pipeline.profiles\n")
     (ws / "figures" / "fig1_layerwise_barriers.png").write_bytes(b"\x89PNG old figure")
     save_json({"max_barrier": 1.23}, ws / "metrics" / "layerwise_barriers" / "seed_0.json")
-    shutil.copy(ROOT / "tests" / "params_tiny.yaml", ws / "params.yaml")
+    shutil.copy(ROOT / "profiles" / "tiny.yaml", ws / "params.yaml")
     save_torch({"epoch": 0, "meta": {}, "model": {"w": torch.ones(2)}}, ws / "models" / "pair" / "seed_0" / "A" / "epoch_0000.pt")
     return ws
 
 
 def tiny_with(tmp_path, name="bad.yaml", **sections) -> str:
     """The tiny profile with `sections` merged in, written as a params file."""
-    params = profiles.load_profile(ROOT / "tests" / "params_tiny.yaml")
+    params = load_profile(ROOT / "profiles" / "tiny.yaml")
     for section, values in sections.items():
         params[section] = dict(params.get(section) or {}, **values)
     path = tmp_path / name
@@ -357,7 +361,7 @@ def outside(root, out):
 def pair(tmp_path):
     """What one `llmc barriers` run needs, in tmp_path: two tiny MLP checkpoints and fabricated Fashion-MNIST; the
     output folder tmp_path/out."""
-    from llmc_utils.models import MLP
+    from llmc_utils.core.models import MLP
 
     states = []
     for seed in (0, 1):
@@ -365,7 +369,7 @@ def pair(tmp_path):
         states.append(MLP(784, [8], 10).state_dict())
         torch.save(states[-1], tmp_path / f"{'AB'[seed]}.pt")
     folder = fabricate.fashion_mnist(tmp_path / "fashion", n_train=40, n_test=20)
-    args = {"--model": "llmc_utils.models:MLP", "--model-kwargs": json.dumps(dict(in_features=784, hidden=[8],
+    args = {"--model": "llmc_utils.core.models:MLP", "--model-kwargs": json.dumps(dict(in_features=784, hidden=[8],
                                                                                     n_classes=10)),
             "--a": str(tmp_path / "A.pt"), "--b": str(tmp_path / "B.pt"), "--data": f"fashion_mnist:{folder}",
             "--out": str(tmp_path / "out")}
@@ -448,7 +452,7 @@ def test_integer_checkpoint_for_a_float_model(pair, capsys, no_compute, dtype):
     path = pair["root"] / "B_int.safetensors"
     save_file({k: v.to(dtype) for k, v in pair["state_b"].items()}, str(path))
     err = llmc_error(pair, capsys, b=str(path))
-    assert f"checkpoint B ({path}): fc1.weight is {dtype}, but --model llmc_utils.models:MLP has torch.float32 " \
+    assert f"checkpoint B ({path}): fc1.weight is {dtype}, but --model llmc_utils.core.models:MLP has torch.float32 " \
            "there; integers cast to floats are not the weights" in err
 
 
@@ -520,10 +524,10 @@ def test_out_over_files_tracked_by_git_or_dvc(pair, capsys, no_compute):
     project = pair["root"] / "dvcproject"
     (project / ".dvc").mkdir(parents=True)
     (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"fit": {"foreach": [0, 1], "do": {
-        "cmd": "true", "outs": [{"results/seed_${item}": {"cache": False}}]}}}}))
+        "cmd": "true", "outs": [{"results/repetition_${item}": {"cache": False}}]}}}}))
     (project / "data.dvc").write_text("outs:\n- path: data\n")
-    err = llmc_error(pair, capsys, "--force", out=str(project / "results" / "seed_1"))
-    assert f"results/seed_1/barriers.csv is an output of the DVC pipeline in {project} (dvc.yaml / dvc.lock)" in err
+    err = llmc_error(pair, capsys, "--force", out=str(project / "results" / "repetition_1"))
+    assert f"results/repetition_1/barriers.csv is an output of the DVC pipeline in {project} (dvc.yaml / dvc.lock)" in err
     err = llmc_error(pair, capsys, "--force", out=str(project / "data" / "mine"))
     assert "data/mine/barriers.csv is tracked by DVC (data.dvc)" in err
 
@@ -580,17 +584,17 @@ def test_launch_dest_holding_another_pipeline(foreign_project, capsys, where):
     if where != ".":
         shutil.copytree(foreign_project, dest / where)
     before = snapshot(foreign_project.parent)
-    assert launch.main(["tiny", "--seeds", "0-1", "--dest", str(dest)]) == 2
+    assert launch.main(["tiny", "--repetitions", "0-1", "--dest", str(dest)]) == 2
     err = capsys.readouterr().err
     assert f"error: --dest {(dest / where).resolve()} holds params.yaml, dvc.yaml, notebooks, not written by llmc" \
            in err and "--force" in err
     assert snapshot(foreign_project.parent) == before
 
 
-@pytest.mark.parametrize("seeds, count", [("0-99999999999", "100,000,000,000"), ("0-100000", "100,001")])
-def test_launch_seed_range_above_the_limit(tmp_path, capsys, seeds, count):
-    assert launch.main(["tiny", "--seeds", seeds, "--dest", str(tmp_path / "launch")]) == 2
+@pytest.mark.parametrize("spec, count", [("0-99999999999", "100,000,000,000"), ("0-100000", "100,001")])
+def test_launch_repetition_range_above_the_limit(tmp_path, capsys, spec, count):
+    assert launch.main(["tiny", "--repetitions", spec, "--dest", str(tmp_path / "launch")]) == 2
     err = capsys.readouterr().err
-    assert f"error: --seeds {seeds} asks for {count} seeds, one workspace and pipeline run each; more than 1,000 " \
-           "need --many-seeds" in err
+    assert f"error: --repetitions {spec} asks for {count} repetitions, one workspace and pipeline run each; more than 1,000 " \
+           "need --many-repetitions" in err
     assert list(tmp_path.iterdir()) == []

@@ -6,11 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from llmc_utils.barriers import LayerwiseBarriersConfig, barrier_table, cell_metrics, headline_metrics, max_over_alpha, \
+from llmc_utils.stages.layerwise_barriers import LayerwiseBarriersConfig, barrier_table, cell_metrics, headline_metrics, max_over_alpha, \
     noise_floor, wide
-from llmc_utils.config import ParamsError, validate_params
-from llmc_utils.evaluation import FULL, Evaluator, LayerEvaluator, barrier
-from llmc_utils.layers import logical_layers, mix
+from llmc_utils.core.config import ParamsError
+from llmc_utils.pipeline.params import validate_params
+from llmc_utils.core.evaluation import FULL, Evaluator, LayerEvaluator, barrier
+from llmc_utils.core.layers import logical_layers, mix
 
 
 def toy_pair(seed=0):
@@ -131,7 +132,7 @@ def test_every_barrier_has_the_standard_error_of_its_paired_per_image_difference
 
 
 def test_a_sequence_sample_is_its_window_of_tokens():
-    from llmc_utils.evaluation import per_sample
+    from llmc_utils.core.evaluation import per_sample
 
     g = torch.Generator().manual_seed(2)
     logits, targets = torch.randn(6, 5, 7, generator=g), torch.randint(0, 7, (6, 5), generator=g)

@@ -4,9 +4,10 @@ out reproduced, not reproduced or inconclusive (3 repetitions, Student-t interva
 
 import pytest
 
-from llmc_utils import claims
-from llmc_utils import federated as fd
-from llmc_utils.report import ReportConfig
+from llmc_utils.pipeline import registry
+from llmc_utils.core import claims
+from llmc_utils.stages import federated as fd
+from llmc_utils.pipeline.report import ReportConfig
 
 CFG = ReportConfig()  # partial_minus_full_points = 0, the paper's statement
 GROUPS = ("middle", "outer", "body")
@@ -34,7 +35,7 @@ def test_every_split_and_group_is_a_claim_with_the_seed_margin():
     assert [c.relation for c in fd.CLAIMS] == ["<="] * 6 + [">"] * 3
     assert all(isinstance(c.threshold, claims.DataThreshold) and c.null is not None for c in fd.CLAIMS)
     assert sum("closest to the authors' active group" in c.statement for c in fd.CLAIMS) == 3
-    assert set(fd.CLAIMS) <= set(claims.all_claims()[0])  # collected by the report
+    assert set(fd.CLAIMS) <= set(registry.all_claims()[0])  # collected by the report
     low, high = claim("iid", "body").threshold_bounds(CFG, list(metrics("iid", "body", [0, 0, 0])["federated"].values()))
     assert low == pytest.approx(0.5207, abs=1e-3) and high == pytest.approx(6.2847, abs=1e-3)
 

@@ -5,9 +5,10 @@ counts repetitions, and can come out reproduced, not reproduced or inconclusive,
 import numpy as np
 import pytest
 
-from llmc_utils import claims
-from llmc_utils import language_model as lm
-from llmc_utils.report import ReportConfig
+from llmc_utils.pipeline import registry
+from llmc_utils.core import claims
+from llmc_utils.stages import language_model as lm
+from llmc_utils.pipeline.report import ReportConfig
 
 CFG = ReportConfig()  # clear_barrier 0.5, single_layer_relative 0.0435 (0.1 / 2.3)
 CLAIM, LOOSE = lm.CLAIMS
@@ -33,7 +34,7 @@ def test_claims_read_the_language_model_stage_under_its_premise():
     assert all(c.premise == lm.LM_REGIME and c.kind == "count" for c in lm.CLAIMS)
     assert (CLAIM.threshold, CLAIM.relation) == ("majority", ">") and LOOSE.sensitivity_of == CLAIM.statement
     assert "single_layer_relative x" in CLAIM.quantity and "single_layer_relative_loose" in LOOSE.quantity
-    assert set(lm.CLAIMS) <= set(claims.all_claims()[0])  # collected by the report
+    assert set(lm.CLAIMS) <= set(registry.all_claims()[0])  # collected by the report
 
 
 @pytest.mark.parametrize("full, holds", [([1.7, 1.8, 1.75], True), ([0.10, 0.12, 0.11], False),

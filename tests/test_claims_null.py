@@ -9,10 +9,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from llmc_utils import alignment, barriers, claims, cumulative, deep_linear, federated, language_model, robustness, \
-    subspace
-from llmc_utils.claims import null_rate
-from llmc_utils.report import ReportConfig
+from llmc_utils.pipeline import registry
+from llmc_utils.core import claims
+from llmc_utils.stages import alignment, deep_linear, federated, language_model, robustness
+from llmc_utils.stages import cumulative_averaging as cumulative, layerwise_barriers as barriers
+from llmc_utils.stages import subspace_perturbations as subspace
+from llmc_utils.core.claims import null_rate
+from llmc_utils.pipeline.report import ReportConfig
 
 CFG = ReportConfig()
 DRAWS = 200
@@ -284,6 +287,6 @@ def test_alignment_claims(claim):
 def test_every_claim_has_a_null_and_a_null_test():
     """Every claim and sensitivity row of every stage module has a null, and a test above draws it (TESTED: the
     first two Fig. 2 claims have a test each, the other families one parametrized test)."""
-    every = claims.all_claims()[0]
+    every = registry.all_claims()[0]
     assert all(c.null is not None for c in every)
     assert [c.statement for c in every] == [c.statement for c in TESTED]

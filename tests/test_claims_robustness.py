@@ -4,9 +4,9 @@ decide a majority), ties that must not count as wins, and the sanity checks of b
 
 import pytest
 
-from llmc_utils import robustness, subspace
-from llmc_utils.claims import check, claim_values, evaluate
-from llmc_utils.report import ReportConfig
+from llmc_utils.stages import robustness, subspace_perturbations as subspace
+from llmc_utils.core.claims import check, claim_values, evaluate
+from llmc_utils.pipeline.report import ReportConfig
 
 CFG = ReportConfig()
 WIN = CFG.tie_margin + 0.2  # clearly beyond the margin

@@ -1,4 +1,4 @@
-"""`llmc barriers` (llmc_utils.cli, own_models, own_data, own_report): pairs built here, from the command line.
+"""`llmc barriers` (llmc_utils.pairtool.cli, own_models, own_data, own_report): pairs built here, from the command line.
 
 Each pair is made in the test: a few SGD steps from two seeds (or two random initialisations), saved as a torch file
 and as safetensors. Checked: the files, the variants, invariants that rounding cannot change (the plain full barrier
@@ -16,12 +16,13 @@ import pytest
 import torch
 from safetensors.torch import save_file, save_model
 
-from llmc_utils import data as pipeline_data, own_data, own_models
-from llmc_utils.cli import main
+from llmc_utils.core import data as pipeline_data
+from llmc_utils.pairtool import data as own_data, models as own_models
+from llmc_utils.pairtool.cli import main
 from tests import fabricate
 
 CNN = {"name": "cnn", "in_channels": 1, "num_classes": 10, "image_size": 28}
-CNN_SPEC = "llmc_utils.models:build_model"
+CNN_SPEC = "llmc_utils.core.models:build_model"
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def cnn_pair(tmp_path_factory, fashion) -> tuple[str, str]:
-    from llmc_utils.models import build_model
+    from llmc_utils.core.models import build_model
 
     folder = tmp_path_factory.mktemp("cnn")
     states = []
@@ -170,7 +171,7 @@ def test_checkpoint_keys_in_other_namings(gpt_pair):
 
 
 def test_align_adds_aligned_variants(tmp_path, fashion):
-    from llmc_utils.models import build_model
+    from llmc_utils.core.models import build_model
 
     kwargs = dict(CNN, name="cnn_bn")
     states = []
@@ -256,7 +257,7 @@ def test_checkpoint_errors(tmp_path, cnn_pair, fashion, capsys):
     msg = error(**{"--b": saved("narrow.pt", dict(state, **{"conv1.weight": state["conv1.weight"][:8]}))})
     assert "differ in shape at conv1.weight: A (16, 1, 3, 3), B (8, 1, 3, 3)" in msg
     msg = error(**{"--model-kwargs": json.dumps(dict(CNN, width=8))})
-    assert "do not fit --model llmc_utils.models:build_model at conv1.weight: checkpoints (16, 1, 3, 3), " \
+    assert "do not fit --model llmc_utils.core.models:build_model at conv1.weight: checkpoints (16, 1, 3, 3), " \
            "model (8, 1, 3, 3)" in msg
     msg = error(**{"--model-kwargs": json.dumps(dict(CNN, name="rescnn"))})
     assert "missing keys [stem.weight" in msg and "unexpected keys [conv1.weight" in msg

@@ -3,8 +3,10 @@
 import pytest
 import yaml
 
-from llmc_utils.config import SECTIONS, ParamsError, load_params, validate_params
-from llmc_utils.stage import setup
+from llmc_utils.core.config import ParamsError
+from llmc_utils.pipeline.params import load_params, validate_params
+from llmc_utils.pipeline.registry import sections
+from llmc_utils.pipeline.stage import setup
 
 
 def errors_of(raw):
@@ -41,7 +43,7 @@ def test_all_problems_reported_at_once():
 def test_alpha_outside_unit_interval_rejected():
     from pydantic import ValidationError
 
-    from llmc_utils.config import Alpha, Section
+    from llmc_utils.core.config import Alpha, Section
 
     class WithAlpha(Section):
         alpha: Alpha = 0.5
@@ -50,18 +52,18 @@ def test_alpha_outside_unit_interval_rejected():
         WithAlpha(alpha=1.5)
 
 
-@pytest.mark.parametrize("name", list(SECTIONS))
+@pytest.mark.parametrize("name", list(sections()))
 def test_every_registered_section_has_valid_defaults(name):
-    from llmc_utils.config import section_model
+    from llmc_utils.pipeline.params import section_model
 
     section_model(name)()  # the registered class exists and its defaults validate
 
 
 def test_committed_params_files_validate(root):
-    from llmc_utils.profiles import load_profile
+    from llmc_utils.pipeline.params import load_profile
 
     load_params(root / "params.yaml")
-    load_params(root / "tests" / "params_tiny.yaml")
+    load_params(root / "profiles" / "tiny.yaml")
     for path in sorted((root / "profiles").glob("*.yaml")):  # profiles extend params.yaml
         validate_params(load_profile(path), source=str(path))
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from llmc_utils import data
+from llmc_utils.core import data
 from tests import fabricate
 
 

@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from llmc_utils import claims
-from llmc_utils import deep_linear as dl
-from llmc_utils.config import ParamsError, validate_params
-from llmc_utils.report import ReportConfig
+from llmc_utils.core import claims
+from llmc_utils.stages import deep_linear as dl
+from llmc_utils.core.config import ParamsError
+from llmc_utils.pipeline.params import validate_params
+from llmc_utils.pipeline.report import ReportConfig
 
 DT = dl.DTYPE
 
@@ -202,7 +203,7 @@ def test_bad_config_is_rejected_with_key(values, fragment):
 
 def test_tiny_and_default_params_validate(root):
     import yaml
-    for path in (root / "params.yaml", root / "tests" / "params_tiny.yaml"):
+    for path in (root / "params.yaml", root / "profiles" / "tiny.yaml"):
         section = yaml.safe_load(path.read_text())["deep_linear"]
         cfg = validate_params({"deep_linear": section}, source=str(path))["deep_linear"]
         assert isinstance(cfg, dl.DeepLinearConfig)

@@ -9,11 +9,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import llmc_utils  # noqa: F401  (the torchvision compatibility step, before timm imports torchvision)
-from llmc_utils.evaluation import Evaluator, LayerEvaluator
-from llmc_utils.language_model import CharGPT
-from llmc_utils.layers import logical_layers, mix
-from llmc_utils.models import build_model
-from llmc_utils.vit import TinyViT, ViTConfig
+from llmc_utils.core.evaluation import Evaluator, LayerEvaluator
+from llmc_utils.stages.language_model import CharGPT
+from llmc_utils.core.layers import logical_layers, mix
+from llmc_utils.core.models import build_model
+from llmc_utils.core.vit import TinyViT, ViTConfig
 
 
 def images(channels, side, n=6):
@@ -181,8 +181,8 @@ def test_cache_budget_keeps_the_deepest_boundaries_that_fit():
 def test_bf16_and_channels_last_change_barriers_only_slightly(capsys):
     """Evaluation under bfloat16 autocast (a GPU option, here on the CPU): the barrier table of a pair trained a few
     steps apart moves by a small amount, printed; channels_last gives the float32 numbers up to rounding."""
-    from llmc_utils.evaluation import checkpoint_barriers
-    from llmc_utils.trainer import sgd_epoch
+    from llmc_utils.core.evaluation import checkpoint_barriers
+    from llmc_utils.core.trainer import sgd_epoch
 
     x, y = images(1, 28, n=128)
     y = (x.mean((1, 2, 3)) > 0).long() + 2 * (x[:, :, :14].mean((1, 2, 3)) > 0).long()  # a learnable rule

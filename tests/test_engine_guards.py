@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from llmc_utils.evaluation import Evaluator, LayerEvaluator
-from llmc_utils.layers import logical_layers, mix
+from llmc_utils.core.evaluation import Evaluator, LayerEvaluator
+from llmc_utils.core.layers import logical_layers, mix
 
 
 def pair(model: nn.Module):

@@ -10,12 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmc_utils import federated as fd
-from llmc_utils.config import ParamsError, validate_params
-from llmc_utils.data import ImageData
-from llmc_utils.io import save_table
-from llmc_utils.layers import keys_of, logical_layers
-from llmc_utils.trainer import TrainingDiverged, sgd_epoch
+from llmc_utils.stages import federated as fd
+from llmc_utils.core.config import ParamsError
+from llmc_utils.pipeline.params import validate_params
+from llmc_utils.core.data import ImageData
+from llmc_utils.core.io import save_table
+from llmc_utils.core.layers import keys_of, logical_layers
+from llmc_utils.core.trainer import TrainingDiverged, sgd_epoch
 
 matplotlib.use("Agg")
 
@@ -349,7 +350,7 @@ def test_gap_summary_is_computed_from_the_numbers(sweep, expected):
 def test_aggregation_over_seeds(tmp_path, repetition):
     cfg, t = repetition
     for seed, shift in ((0, 0.0), (1, 2.0)):  # seed 1: every accuracy of the claim group 2 points higher
-        folder = tmp_path / "results" / "federated" / f"seed_{seed}"
+        folder = tmp_path / "results" / "federated" / f"repetition_{seed}"
         bump = lambda df, col: df.assign(**{col: df[col] + shift * (df.strategy == cfg.claim_group)})  # noqa: E731
         save_table(bump(t["table1"], "mean_accuracy"), folder / "table1.csv")
         save_table(bump(t["rounds"], "test_accuracy"), folder / "rounds.csv")
@@ -358,15 +359,15 @@ def test_aggregation_over_seeds(tmp_path, repetition):
     table = fd.aggregate_table1(tmp_path, [0, 1])
     body = table[(table.split == "iid") & (table.strategy == cfg.claim_group)].iloc[0]
     one = t["table1"].set_index(["split", "strategy"]).mean_accuracy
-    assert body.n_seeds == 2 and body.sd_accuracy == pytest.approx(math.sqrt(2))
+    assert body.n_repetitions == 2 and body.sd_accuracy == pytest.approx(math.sqrt(2))
     assert body.mean_gap == pytest.approx(one["iid", "body"] - one["iid", "full"] + 1.0)
     assert (table[table.strategy == "full"].mean_gap == 0).all()
     gaps = fd.aggregate_gaps(tmp_path, [0, 1])
-    assert set(gaps.seed) == {0, 1} and set(gaps[gaps.claim].group) == {cfg.claim_group}
-    per_seed = gaps[gaps.claim & (gaps.axis == "concentration")].pivot(index="x", columns="seed", values="gap")
-    assert np.allclose(per_seed[1] - per_seed[0], 2.0)
+    assert set(gaps.repetition) == {0, 1} and set(gaps[gaps.claim].group) == {cfg.claim_group}
+    per_repetition = gaps[gaps.claim & (gaps.axis == "concentration")].pivot(index="x", columns="repetition", values="gap")
+    assert np.allclose(per_repetition[1] - per_repetition[0], 2.0)
     barriers = fd.aggregate_barriers(tmp_path, [0, 1])
-    assert (barriers.n_seeds == 2).all() and np.allclose(barriers.sd_barrier, 0.0)
+    assert (barriers.n_repetitions == 2).all() and np.allclose(barriers.sd_barrier, 0.0)
     assert "repetitions" in fd.gap_summary(gaps)
     for fig in (fd.plot_table1(table), fd.plot_gaps(gaps), fd.plot_barriers(barriers)):
         assert len(fig.axes) >= 2

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmc_utils.io import CheckpointError, atomic_path, load_checkpoint, save_json, save_torch
+from llmc_utils.core.io import CheckpointError, atomic_path, load_checkpoint, save_json, save_torch
 
 
 def test_interrupted_write_leaves_old_file_and_no_temp(tmp_path):

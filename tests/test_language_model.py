@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 
-from llmc_utils import language_model as lm
-from llmc_utils.config import ParamsError, validate_params
-from llmc_utils.layers import logical_layers
-from llmc_utils.trainer import TrainingDiverged, load_weights
+from llmc_utils.stages import language_model as lm
+from llmc_utils.core.config import ParamsError
+from llmc_utils.pipeline.params import validate_params
+from llmc_utils.core.layers import logical_layers
+from llmc_utils.core.trainer import TrainingDiverged, load_weights
 
 TEXT = "def f(x):\n    return x * 2  # doubles\n" * 20
 
@@ -170,7 +171,7 @@ def test_curves_metrics_and_summary_agree_with_the_table(trained):
 def test_aggregate_reads_every_repetition_and_draws_fig7(trained, tmp_path):
     _, _, _, barriers, _ = trained
     for seed, shift in ((0, 0.0), (1, 0.2)):
-        path = tmp_path / "results" / "language_model" / f"seed_{seed}" / "barriers.csv"
+        path = tmp_path / "results" / "language_model" / f"repetition_{seed}" / "barriers.csv"
         path.parent.mkdir(parents=True)
         barriers.assign(barrier=barriers.barrier + shift).to_csv(path, index=False)
     table = lm.aggregate_language_model(tmp_path, [0, 1])

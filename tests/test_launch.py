@@ -1,8 +1,8 @@
-"""Scale out (llmc_utils.launch): seeds in workspaces of their own, run by submitit's local executor and by DVC's
+"""Scale out (llmc_utils.pipeline.launch): repetitions in workspaces of their own, run by submitit's local executor and by DVC's
 experiment queue, gathered into one claims table; a DVC remote that lets a fresh workspace pull checkpoints.
 
-One launch of two tiny seeds (module fixture, with the gather and a remote) serves the launch, gather, resubmit and
-remote tests. Nothing here compares a trained number: files, seeds, stages run or skipped, claims and verdict columns.
+One launch of two tiny repetitions (module fixture, with the gather and a remote) serves the launch, gather, resubmit and
+remote tests. Nothing here compares a trained number: files, repetitions, stages run or skipped, claims and verdict columns.
 The launch runs on a snapshot of the sources, so a file edited in the checkout meanwhile cannot make the resubmit
 test see changed code.
 """
@@ -20,10 +20,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from llmc_utils import launch, profiles, report
-from llmc_utils.claims import VERDICTS
+from llmc_utils.pipeline import launch, profiles, report
+from llmc_utils.core.claims import VERDICTS
 
-TINY = ["tiny", "--seeds", "0-1", "--executor", "local", "--set", "runtime.num_threads=1"]
+TINY = ["tiny", "--repetitions", "0-1", "--executor", "local", "--set", "runtime.num_threads=1"]
 
 
 @pytest.fixture(scope="module")
@@ -57,28 +57,28 @@ def launched(snapshot, tmp_path_factory):
     return dest, out
 
 
-def test_parse_seeds():
-    assert launch.parse_seeds("0-4") == [0, 1, 2, 3, 4]
-    assert launch.parse_seeds("7,0,2") == [0, 2, 7]
-    assert launch.parse_seeds("0-2,7,1") == [0, 1, 2, 7]
+def test_parse_repetitions():
+    assert launch.parse_repetitions("0-4") == [0, 1, 2, 3, 4]
+    assert launch.parse_repetitions("7,0,2") == [0, 2, 7]
+    assert launch.parse_repetitions("0-2,7,1") == [0, 1, 2, 7]
     for bad in ("", "a", "3-1", "-1", "0-", "1.5"):
-        with pytest.raises(ValueError, match="bad seeds"):
-            launch.parse_seeds(bad)
-    # at most MAX_SEEDS distinct seeds (overlaps counted once) without --many-seeds; counted before any list is made
-    assert len(launch.parse_seeds("0-999,500-999,7")) == launch.MAX_SEEDS == 1000
-    with pytest.raises(ValueError, match="--seeds 0-1000 asks for 1,001 seeds"):
-        launch.parse_seeds("0-1000")
-    with pytest.raises(ValueError, match="asks for 100,000,000,000 seeds"):
-        launch.parse_seeds("5,0-99999999999")
-    assert len(launch.parse_seeds("0-1000", limit=None)) == 1001
+        with pytest.raises(ValueError, match="bad repetitions"):
+            launch.parse_repetitions(bad)
+    # at most MAX_REPETITIONS distinct repetitions (overlaps counted once) without --many-repetitions; counted before any list is made
+    assert len(launch.parse_repetitions("0-999,500-999,7")) == launch.MAX_REPETITIONS == 1000
+    with pytest.raises(ValueError, match="--repetitions 0-1000 asks for 1,001 repetitions"):
+        launch.parse_repetitions("0-1000")
+    with pytest.raises(ValueError, match="asks for 100,000,000,000 repetitions"):
+        launch.parse_repetitions("5,0-99999999999")
+    assert len(launch.parse_repetitions("0-1000", limit=None)) == 1001
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["tiny", "--seeds", "2-0"], "bad seeds '2-0'"),
-    (["no_such_profile", "--seeds", "0"], "unknown profile 'no_such_profile'"),
-    (["tiny", "--seeds", "0", "--set", "runtime"], "bad --set 'runtime'"),
-    (["tiny", "--seeds", "0", "--executor", "slurm"], "`sbatch` is not on PATH"),
-    (["tiny", "--seeds", "0", "--executor", "queue", "--remote", "x"], "--remote is for the local and slurm"),
+    (["tiny", "--repetitions", "2-0"], "bad repetitions '2-0'"),
+    (["no_such_profile", "--repetitions", "0"], "unknown profile 'no_such_profile'"),
+    (["tiny", "--repetitions", "0", "--set", "runtime"], "bad --set 'runtime'"),
+    (["tiny", "--repetitions", "0", "--executor", "slurm"], "`sbatch` is not on PATH"),
+    (["tiny", "--repetitions", "0", "--executor", "queue", "--remote", "x"], "--remote is for the local and slurm"),
 ])
 def test_usage_errors_name_the_problem(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here (nor anywhere on this machine)
@@ -88,8 +88,8 @@ def test_usage_errors_name_the_problem(argv, message, capsys, tmp_path, monkeypa
     assert not (tmp_path / "dest").exists()  # stopped before any workspace was made
 
 
-def test_seed_targets_split_run_once_and_gather_stages():
-    first, other = launch.seed_targets(profiles.REPO, True), launch.seed_targets(profiles.REPO, False)
+def test_repetition_targets_split_run_once_and_gather_stages():
+    first, other = launch.repetition_targets(profiles.REPO, True), launch.repetition_targets(profiles.REPO, False)
     assert {"train_pairs", "layerwise_barriers", "alignment"} <= set(other)
     assert {"prepare_data", "deep_linear", "bn_reset"} <= set(first) - set(other)
     assert not set(launch.GATHER_STAGES) & set(first)
@@ -99,14 +99,14 @@ def test_each_seed_ran_in_its_own_workspace(launched):
     dest, out = launched
     assert "2 job(s) submitted" in out
     for r, other in ((0, 1), (1, 0)):
-        ws = dest / f"seed_{r}"
+        ws = dest / f"repetition_{r}"
         params = yaml.safe_load((ws / "params.yaml").read_text())
         assert all(v == [r] for v in params["repetitions"].values())
-        assert (ws / "metrics" / "train_pairs" / f"seed_{r}.json").is_file()
-        assert (ws / "metrics" / "alignment" / f"seed_{r}.json").is_file()
-        assert not (ws / "metrics" / "train_pairs" / f"seed_{other}.json").exists()
+        assert (ws / "metrics" / "train_pairs" / f"repetition_{r}.json").is_file()
+        assert (ws / "metrics" / "alignment" / f"repetition_{r}.json").is_file()
+        assert not (ws / "metrics" / "train_pairs" / f"repetition_{other}.json").exists()
         assert not (ws / "metrics" / "report.json").exists()  # aggregate and report run only in the gather
-    # the stages that run once ran in the lowest seed's workspace only
+    # the stages that run once ran in the lowest repetition's workspace only
     assert (dest / "seed_0" / "metrics" / "deep_linear.json").is_file()
     assert not (dest / "seed_1" / "metrics" / "deep_linear.json").exists()
     assert list((dest / "submitit").glob("*/*_log.out"))
@@ -138,8 +138,8 @@ def test_resubmitting_skips_finished_seeds(launched, capsys):
     dest, _ = launched
     code, out = run_main([*TINY, "--dest", str(dest), "--remote", str(dest / "remote")])
     assert code == 0, out
-    assert "seed 0: up to date" in out and "seed 1: up to date" in out
-    assert "0 job(s) submitted, 2 seed(s) skipped" in out
+    assert "repetition 0: up to date" in out and "repetition 1: up to date" in out
+    assert "0 job(s) submitted, 2 repetition(s) skipped" in out
 
 
 def test_fresh_workspace_pulls_checkpoints_instead_of_retraining(launched, tmp_path, monkeypatch):
@@ -147,7 +147,7 @@ def test_fresh_workspace_pulls_checkpoints_instead_of_retraining(launched, tmp_p
     remote = dest / "remote"
     assert (remote / launch.LOCKS / "tiny" / "seed_0.lock").is_file()  # the job kept its dvc.lock there
     ws = profiles.make_workspace(profiles.profile_path("tiny"), tmp_path / "seed_0",
-                                 launch.with_seeds(profiles.profile_path("tiny"), {}, [0]))
+                                 launch.with_repetitions(profiles.profile_path("tiny"), {}, [0]))
     launch.configure_remote(ws, remote)
     checkpoints = {}
     stream = launch._stream
@@ -158,7 +158,7 @@ def test_fresh_workspace_pulls_checkpoints_instead_of_retraining(launched, tmp_p
         return stream(workspace, *args, check=check)
 
     monkeypatch.setattr(launch, "_stream", spy)
-    result = launch.run_seed(str(ws), ["train_pairs@0"], str(remote), "tiny/seed_0.lock")
+    result = launch.run_repetition(str(ws), ["train_pairs@0"], str(remote), "tiny/seed_0.lock")
     assert checkpoints, "dvc pull restored no checkpoint of pair 0"
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints  # not retrained: files untouched
     assert (ws / "data" / "images.pt").is_file()
@@ -166,11 +166,11 @@ def test_fresh_workspace_pulls_checkpoints_instead_of_retraining(launched, tmp_p
     assert launch.state(ws, ["train_pairs@0"]) == "done"
 
 
-def test_queue_runs_one_experiment_per_seed(snapshot, tmp_path):
+def test_queue_runs_one_experiment_per_repetition(snapshot, tmp_path):
     exported = launch.run_queue(profiles.profile_path("tiny"), [0, 1], tmp_path, ["cpu", "cpu"],
                                 {"runtime": {"num_threads": 1}}, targets=["train_pairs"], poll_s=2)
     for r, tree in exported.items():
-        assert (tree / "metrics" / "train_pairs" / f"seed_{r}.json").is_file()
+        assert (tree / "metrics" / "train_pairs" / f"repetition_{r}.json").is_file()
         assert yaml.safe_load((tree / "params.yaml").read_text())["repetitions"]["train_pairs"] == [r]
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=tmp_path / "queue", env=env,
@@ -178,6 +178,6 @@ def test_queue_runs_one_experiment_per_seed(snapshot, tmp_path):
     revs = [rev for row in json.loads(shown) for exp in row.get("experiments") or [] for rev in exp["revs"]]
     assert {rev["name"] for rev in revs} == {"seed_0", "seed_1"}
     for rev in revs:
-        seed = rev["name"].split("_")[1]
-        metrics = rev["data"]["metrics"][f"metrics/train_pairs/seed_{seed}.json"]
+        repetition = rev["name"].split("_")[1]
+        metrics = rev["data"]["metrics"][f"metrics/train_pairs/repetition_{repetition}.json"]
         assert "data" in metrics and metrics["data"]

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from llmc_utils.layers import logical_layers
-from llmc_utils.models import build_model, has_normalization
+from llmc_utils.core.layers import logical_layers
+from llmc_utils.core.models import build_model, has_normalization
 
 
 def test_resnet18_has_21_logical_layers_and_no_normalization():
@@ -45,7 +45,7 @@ def test_unknown_architecture_is_named():
 @pytest.mark.parametrize("arch, depth, layers", [("cnn", 1, 9), ("cnn", 2, 12), ("rescnn", 1, 10), ("rescnn", 2, 16),
                                                  ("rescnn_bn", 2, 31)])
 def test_depth_adds_layers_and_keeps_the_names_of_depth_1(arch, depth, layers):
-    from llmc_utils.layers import logical_layers
+    from llmc_utils.core.layers import logical_layers
 
     model = build_model(arch, 1, 10, 28, width=4, depth=depth)
     names = list(logical_layers(model.state_dict()))

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from llmc_utils.evaluation import LayerEvaluator, checkpoint_barriers
-from llmc_utils.layers import logical_layers, mix
-from llmc_utils.models import build_model
-from llmc_utils.normalization import BNReset, has_batchnorm, reset_batches
+from llmc_utils.core.evaluation import LayerEvaluator, checkpoint_barriers
+from llmc_utils.core.layers import logical_layers, mix
+from llmc_utils.core.models import build_model
+from llmc_utils.core.normalization import BNReset, has_batchnorm, reset_batches
 
 
 def _trained_stats(model, x):

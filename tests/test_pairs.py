@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from llmc_utils.config import ParamsError, validate_params
-from llmc_utils.data import ImageData
-from llmc_utils.pairs import TrainPairsConfig, load_pair, pair_checkpoints, pair_model, train_pair
+from llmc_utils.core.config import ParamsError
+from llmc_utils.pipeline.params import validate_params
+from llmc_utils.core.data import ImageData
+from llmc_utils.stages.train_pairs import TrainPairsConfig, load_pair, pair_checkpoints, pair_model, train_pair
 
 
 def fake_images(n=48, side=8):
@@ -62,7 +63,7 @@ def test_bad_pair_config_rejected_naming_the_key():
 
 
 def test_disjoint_halves_share_the_init_and_split_the_training_subset(tmp_path):
-    from llmc_utils.pairs import own_train_splits
+    from llmc_utils.stages.train_pairs import own_train_splits
 
     images, cfg = fake_images(), tiny_cfg(scheme="disjoint_halves")
     assert cfg.seeds("A", 1)[0] == cfg.seeds("B", 1)[0] != cfg.seeds("B", 1)[1]  # one init, own data order
@@ -80,7 +81,7 @@ def test_disjoint_halves_share_the_init_and_split_the_training_subset(tmp_path):
 
 
 def test_endpoint_fit_reads_each_member_on_its_own_images():
-    from llmc_utils.pairs import endpoint_fit, make_model, model_spec
+    from llmc_utils.stages.train_pairs import endpoint_fit, make_model, model_spec
 
     images, cfg = fake_images(), tiny_cfg(scheme="disjoint_halves")
     model = make_model(model_spec(cfg, images.shape, 3))

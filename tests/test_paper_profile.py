@@ -6,8 +6,9 @@ import json
 import pandas as pd
 import torch
 
-from llmc_utils import profiles
-from llmc_utils.config import validate_params
+from llmc_utils.pipeline import profiles
+from llmc_utils.pipeline.params import load_profile
+from llmc_utils.pipeline.params import validate_params
 from tests import fabricate
 
 TOY = {
@@ -20,7 +21,7 @@ TOY = {
 
 
 def test_paper_profile_is_the_papers_setting():
-    params = profiles.load_profile(profiles.profile_path("paper"))
+    params = load_profile(profiles.profile_path("paper"))
     validate_params(params)
     pairs = params["train_pairs"]
     assert params["data"]["dataset"] == "cifar10" and pairs["arch"] == "resnet18"

@@ -11,7 +11,7 @@ import shutil
 import pytest
 import yaml
 
-from llmc_utils import profiles
+from llmc_utils.pipeline import profiles
 
 
 def dvc(cwd, *args: str) -> str:

@@ -6,7 +6,7 @@ import math
 import pandas as pd
 from PIL import Image
 
-from llmc_utils import plotting
+from llmc_utils.core import plotting
 
 
 def test_save_writes_a_palette_png_atomically(tmp_path):

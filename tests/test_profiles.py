@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from llmc_utils import profiles
+from llmc_utils.pipeline import profiles
 from tests.conftest import ROOT
 
 DOCUMENTED = [  # every place that shows a command line of the CLI
@@ -68,7 +68,7 @@ def test_several_targets_and_the_default_workspace(recorder):
 
 
 def test_profile_names_resolve_to_files():
-    assert profiles.profile_path("tiny") == ROOT / "tests" / "params_tiny.yaml"
+    assert profiles.profile_path("tiny") == ROOT / "profiles" / "tiny.yaml"
     assert profiles.profile_path("paper_vgg11") == ROOT / "profiles" / "paper_vgg11.yaml"  # profiles/<name>.yaml
     assert profiles.profile_path(ROOT / "params.yaml") == ROOT / "params.yaml"
 
@@ -78,4 +78,4 @@ def test_usage_errors_are_one_line_without_traceback(capsys):
         profiles.main(["--dest"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "usage: python -m llmc_utils.profiles" in err and "Traceback" not in err
+    assert "usage: python -m llmc_utils.pipeline.profiles" in err and "Traceback" not in err

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from llmc_utils.io import load_checkpoint
-from llmc_utils.trainer import OptimConfig, checkpoint_path, load_weights, train_model
+from llmc_utils.core.io import load_checkpoint
+from llmc_utils.core.trainer import OptimConfig, checkpoint_path, load_weights, train_model
 
 EPOCHS = 12
 SCRIPT = f"""

@@ -11,8 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmc_utils import barriers, claims, cumulative, report
-from llmc_utils.claims import evaluate, interval, verdict
+from llmc_utils.pipeline import registry
+from llmc_utils.stages import layerwise_barriers as barriers, cumulative_averaging as cumulative
+from llmc_utils.core import claims
+from llmc_utils.pipeline import report
+from llmc_utils.core.claims import evaluate, interval, verdict
 
 CFG = report.ReportConfig()
 
@@ -63,7 +66,7 @@ def verdict_of(claim, per_seed):
 
 FIG1_BAND, FIG1_RELATIVE, FIG1_LOOSE = barriers.CLAIMS
 FIG2_OUTER, FIG2_WINDOWS = cumulative.CLAIMS
-REGIME = claims.all_premises()[barriers.FIG1_REGIME]
+REGIME = registry.all_premises()[barriers.FIG1_REGIME]
 LAYERS = ["stem", "block1.conv1", "fc"]
 
 
@@ -174,7 +177,7 @@ def test_missing_metrics_name_the_stage_to_run():
 
 
 def test_every_claim_module_is_importable_and_claims_have_valid_thresholds():
-    all_claims, checks = claims.all_claims()
+    all_claims, checks = registry.all_claims()
     assert len(all_claims) >= 5
     for c in [*all_claims, *checks]:
         assert c.relation in ("<=", "<", ">=", ">")
@@ -189,7 +192,7 @@ def test_every_claim_module_is_importable_and_claims_have_valid_thresholds():
 def test_load_metrics_reads_single_runs_and_repetitions(tmp_path):
     (tmp_path / "layerwise_barriers").mkdir()
     for seed, value in enumerate([1.0, 2.0]):
-        (tmp_path / "layerwise_barriers" / f"seed_{seed}.json").write_text(json.dumps({"x": value}))
+        (tmp_path / "layerwise_barriers" / f"repetition_{seed}.json").write_text(json.dumps({"x": value}))
     (tmp_path / "deep_linear.json").write_text(json.dumps({"y": 3}))
     (tmp_path / "report.json").write_text("{}")
     assert report.load_metrics(tmp_path) == {"deep_linear": {None: {"y": 3}},
@@ -252,7 +255,7 @@ def test_readme_results_block_states_the_configured_confidence():
 
 
 def test_edge_margin_marks_verdicts_that_sit_on_their_threshold():
-    from llmc_utils.report import edge_margin
+    from llmc_utils.pipeline.report import edge_margin
 
     assert edge_margin(0.6, 1.0, 0.5) == pytest.approx(0.5)  # 0.1 away, half-width 0.2
     assert edge_margin(0.4, 1.0, 0.5) == pytest.approx(1 / 3)  # straddling: the nearer end counts

@@ -30,10 +30,12 @@ import pytest
 import torch
 import yaml
 
-from llmc_utils import check_params, data, pairs, profiles
-from llmc_utils import language_model as lm
-from llmc_utils.config import load_params
-from llmc_utils.trainer import OptimConfig, train_model
+from llmc_utils.pipeline import check_params, profiles
+from llmc_utils.core import data
+from llmc_utils.stages import train_pairs as pairs
+from llmc_utils.stages import language_model as lm
+from llmc_utils.pipeline.params import load_params
+from llmc_utils.core.trainer import OptimConfig, train_model
 from tests import fabricate
 
 # ------------------------------------------------------------------------------------------- resume without DVC
@@ -200,8 +202,8 @@ def test_every_checkpoint_folder_survives_an_interrupted_repro(root):
     outs = [out for stage in stages.values() for out in stage.get("do", stage).get("outs", [])]
     models = {next(iter(out)) if isinstance(out, dict) else out: out for out in outs
               if str(next(iter(out)) if isinstance(out, dict) else out).startswith("models/")}
-    assert {"models/pair/seed_${item}", "models/robustness/seed_${item}", "models/subspace_perturbations/seed_${item}",
-            "models/language_model/seed_${item}", "models/bn_reset"} == set(models)
+    assert {"models/pair/repetition_${item}", "models/robustness/repetition_${item}", "models/subspace_perturbations/repetition_${item}",
+            "models/language_model/repetition_${item}", "models/bn_reset"} == set(models)
     assert all(isinstance(out, dict) and out[path] == {"persist": True} for path, out in models.items())
 
 

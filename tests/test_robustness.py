@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from llmc_utils import robustness
-from llmc_utils.config import ParamsError, validate_params
-from llmc_utils.evaluation import Evaluator, LayerEvaluator
-from llmc_utils.layers import flat, logical_layers
-from llmc_utils.vit import TinyViT, ViTConfig
+from llmc_utils.stages import robustness
+from llmc_utils.core.config import ParamsError
+from llmc_utils.pipeline.params import validate_params
+from llmc_utils.core.evaluation import Evaluator, LayerEvaluator
+from llmc_utils.core.layers import flat, logical_layers
+from llmc_utils.core.vit import TinyViT, ViTConfig
 
 
 def toy_pair():
@@ -142,7 +143,7 @@ def test_config_errors(section, needle):
 
 def fake_images(n_train=300, n_test=100, seed=0):
     """An ImageData whose every training image is distinct (pixel 0 holds its index), so subsets can be traced."""
-    from llmc_utils.data import ImageData
+    from llmc_utils.core.data import ImageData
 
     gen = torch.Generator().manual_seed(seed)
     train_x = torch.randint(0, 256, (n_train, 1, 28, 28), generator=gen, dtype=torch.uint8)
@@ -179,7 +180,7 @@ def test_vit_train_split_is_made_of_training_images_and_test_is_not():
 
 
 def test_cnn_train_split_comes_from_the_pairs_training_subset():
-    from llmc_utils.pairs import TrainPairsConfig, pair_splits
+    from llmc_utils.stages.train_pairs import TrainPairsConfig, pair_splits
 
     images = fake_images()
     pair_cfg = TrainPairsConfig(train_subset=80, subset_seed=5)
@@ -191,8 +192,8 @@ def test_cnn_train_split_comes_from_the_pairs_training_subset():
 
 
 def test_check_pair_subset_rejects_another_training_subset(tmp_path):
-    from llmc_utils.io import CheckpointError, save_torch
-    from llmc_utils.pairs import TrainPairsConfig
+    from llmc_utils.core.io import CheckpointError, save_torch
+    from llmc_utils.stages.train_pairs import TrainPairsConfig
 
     path = tmp_path / "epoch_0000.pt"
     save_torch(dict(meta=dict(train_subset=80, subset_seed=5)), path)
@@ -202,7 +203,7 @@ def test_check_pair_subset_rejects_another_training_subset(tmp_path):
 
 
 def test_check_endpoints_stops_a_vit_at_chance():
-    from llmc_utils.trainer import TrainingDiverged
+    from llmc_utils.core.trainer import TrainingDiverged
 
     cfg = robustness.RobustnessConfig()
     good = {m: {"test": {"loss": 0.5, "error": 20.0}} for m in "AB"}
@@ -214,7 +215,7 @@ def test_check_endpoints_stops_a_vit_at_chance():
 # -------------------------------------------------------------------------------- engine, metrics, aggregation ---
 
 def test_layer_evaluator_gives_the_same_curves_as_full_evaluation():
-    from llmc_utils.evaluation import LayerEvaluator
+    from llmc_utils.core.evaluation import LayerEvaluator
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 5), torch.nn.ReLU(),
@@ -271,14 +272,14 @@ def test_seed_metrics_are_flat_finite_and_hold_every_gap():
 
 
 def write_seed_results(workspace, seeds):
-    from llmc_utils.io import save_table
+    from llmc_utils.core.io import save_table
 
     a, b = toy_pair()
     for seed in seeds:
         endpoints, summary, gap = vit_like_run(seed)
         curves = robustness.layer_curves(quadratic_loss({k: v + seed for k, v in b.items()}), a, b, logical_layers(a),
                                          [0.0, 0.5, 1.0], [0, 1])
-        folder = workspace / "results" / "robustness" / f"seed_{seed}"
+        folder = workspace / "results" / "robustness" / f"repetition_{seed}"
         save_table(curves, folder / "vit_curves.csv")
         save_table(gap, folder / "cnn_gap.csv")
 
@@ -290,7 +291,7 @@ def test_aggregation_and_figures_over_seeds(tmp_path):
     curves = robustness.aggregate_vit_curves(tmp_path, [0, 1, 2])
     assert sorted(curves.seed.unique()) == [0, 1, 2]
     table = robustness.vit_gap_table(curves, 1.0)
-    assert (table.n_seeds == 3).all() and table["std"].notna().all() and "mean ± sd" in table
+    assert (table.n_repetitions == 3).all() and table["std"].notna().all() and "mean ± sd" in table
     gaps = robustness.aggregate_cnn_gaps(tmp_path, [0, 1, 2])
     for fig in (robustness.fig4_robustness(curves, 1.0, margin=0.01), robustness.fig4_robustness_cnn(gaps, 0.5),
                 robustness.fig4_robustness(curves[curves.seed == 0], 1.0)):

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from llmc_utils import setup_study
-from llmc_utils.pairs import TrainPairsConfig
-from llmc_utils.report import ReportConfig
+from llmc_utils.pipeline import setup_study
+from llmc_utils.stages.train_pairs import TrainPairsConfig
+from llmc_utils.pipeline.report import ReportConfig
 
 CFG = ReportConfig()
 
@@ -100,8 +100,8 @@ def test_flop_count_grows_with_width():
 
 @pytest.mark.parametrize("at_chance", [False, True])
 def test_one_tiny_pair_end_to_end(tmp_path, monkeypatch, at_chance):
-    from llmc_utils import trainer
-    from llmc_utils.barriers import LayerwiseBarriersConfig
+    from llmc_utils.core import trainer
+    from llmc_utils.stages.layerwise_barriers import LayerwiseBarriersConfig
     from tests.test_pairs import fake_images
 
     def guard(error, n_classes, desc, epoch):  # random labels: whether the real guard fires is up to the noise
@@ -135,11 +135,11 @@ def test_load_reads_the_committed_table_when_the_workspace_has_none(tmp_path):
 def test_the_default_pair_is_the_variant_the_rule_chose(root):
     """params.yaml's train_pairs is the setup the committed study's rule picked (everything but the checkpoint list
     and the curve sizes, which the study does not set)."""
-    from llmc_utils.config import get_section, load_params
+    from llmc_utils.pipeline.params import load_params
 
     params = load_params(root / "params.yaml")
-    pair_cfg, cfg = get_section(params, "train_pairs"), get_section(params, "setup_study")
-    summary = setup_study.summarize(setup_study.load(root), get_section(params, "report"), cfg.pair_budget_s)
+    pair_cfg, cfg = params["train_pairs"], params["setup_study"]
+    summary = setup_study.summarize(setup_study.load(root), params["report"], cfg.pair_budget_s)
     chosen = summary[summary.chosen == "default"]
     assert len(chosen) == 1, summary[["variant", "premise_holds", "chosen"]]
     picked = setup_study.variant_pair_config(pair_cfg, cfg, chosen.variant.iloc[0])

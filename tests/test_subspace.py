@@ -4,10 +4,11 @@ import pandas as pd
 import pytest
 import torch
 
-from llmc_utils import subspace
-from llmc_utils.config import ParamsError, validate_params
-from llmc_utils.evaluation import Evaluator
-from llmc_utils.layers import add_flat, flat, logical_layers
+from llmc_utils.stages import subspace_perturbations as subspace
+from llmc_utils.core.config import ParamsError
+from llmc_utils.pipeline.params import validate_params
+from llmc_utils.core.evaluation import Evaluator
+from llmc_utils.core.layers import add_flat, flat, logical_layers
 
 
 def test_basis_is_orthonormal_with_numerical_rank():
@@ -155,7 +156,7 @@ def test_repetition_offsets_every_seed_by_100_r():
 def test_check_snapshots_stops_an_mlp_back_at_chance():
     """Every snapshot's test error is checked: a slow start passes, a fall back to chance after leaving it does not,
     even when the run recovers by its last snapshot."""
-    from llmc_utils.trainer import TrainingDiverged
+    from llmc_utils.core.trainer import TrainingDiverged
 
     cfg = subspace.SubspacePerturbationsConfig(optim=dict(epochs=3, batch_size=32, lr=0.05))  # snapshots 0, 1, 2, 3
     errors = lambda e: {"test": {"loss": 1.0, "error": e}}  # noqa: E731  (a snapshot here is its error)
@@ -168,7 +169,7 @@ def test_check_snapshots_stops_an_mlp_back_at_chance():
 
 def run_tables(tmp_path, seed=0):
     """(curves, spans, at_max, endpoints) of one tiny repetition on the synthetic data, as the notebook builds them."""
-    from llmc_utils.io import save_table
+    from llmc_utils.core.io import save_table
 
     cfg, tensors, make, runs = tiny_runs(tmp_path / f"models_{seed}", epochs=2)
     snaps_a, snaps_b = subspace.load_snapshots(runs["A"]), subspace.load_snapshots(runs["B"])
@@ -180,7 +181,7 @@ def run_tables(tmp_path, seed=0):
         frames.append(curves.assign(dataset="synthetic", variant=variant))
         span_frames.append(spans.assign(dataset="synthetic", variant=variant))
     curves, spans = pd.concat(frames, ignore_index=True), pd.concat(span_frames, ignore_index=True)
-    save_table(curves, tmp_path / "results" / "subspace_perturbations" / f"seed_{seed}" / "curves.csv")
+    save_table(curves, tmp_path / "results" / "subspace_perturbations" / f"repetition_{seed}" / "curves.csv")
     endpoints = {"synthetic": {m: evaluator(s[-1])["test"] for m, s in (("A", snaps_a), ("B", snaps_b))}}
     return curves, spans, subspace.loss_at(curves, 3.0), endpoints
 
@@ -203,7 +204,7 @@ def test_aggregation_and_figure_over_seeds(tmp_path):
     curves = subspace.aggregate_curves(tmp_path, [0, 1])
     assert sorted(curves.seed.unique()) == [0, 1]
     table = subspace.loss_at_table(curves, 3.0)
-    assert (table.n_seeds == 2).all() and set(table.kind) == set(subspace.KINDS) and "mean ± sd" in table
+    assert (table.n_repetitions == 2).all() and set(table.kind) == set(subspace.KINDS) and "mean ± sd" in table
     for fig in (subspace.fig5_subspace_perturbations(curves),
                 subspace.fig5_subspace_perturbations(curves[curves.seed == 1])):
         assert len(fig.axes) == 2 * 3  # (dataset, variant) rows x scopes

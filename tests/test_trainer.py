@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmc_utils.io import CheckpointError
-from llmc_utils.trainer import OptimConfig, augment_batch, load_weights, lr_factor, train_model
+from llmc_utils.core.io import CheckpointError
+from llmc_utils.core.trainer import OptimConfig, augment_batch, load_weights, lr_factor, train_model
 
 
 def make_mlp():
@@ -64,7 +64,7 @@ def test_augmentation_is_crop_and_flip():
 
 
 def test_perturb_init_moves_every_weight_by_the_relative_amount_asked(monkeypatch):
-    from llmc_utils.trainer import PERTURB_ENV, perturb_init
+    from llmc_utils.core.trainer import PERTURB_ENV, perturb_init
 
     torch.manual_seed(0)
     model = torch.nn.Linear(50, 40)
@@ -79,7 +79,7 @@ def test_perturb_init_moves_every_weight_by_the_relative_amount_asked(monkeypatc
 
 
 def test_divergence_and_chance_level_stop_the_run_naming_it():
-    from llmc_utils.trainer import TrainingDiverged, check_finite, check_not_chance
+    from llmc_utils.core.trainer import TrainingDiverged, check_finite, check_not_chance
 
     check_finite(torch.tensor(2.3), "model A (seed 0)", 3)  # finite: passes
     with pytest.raises(TrainingDiverged, match=r"model A \(seed 0\).*epoch 3"):
@@ -92,7 +92,7 @@ def test_divergence_and_chance_level_stop_the_run_naming_it():
 
 
 def test_every_checkpoint_after_leaving_chance_is_checked():
-    from llmc_utils.trainer import TrainingDiverged, check_checkpoints
+    from llmc_utils.core.trainer import TrainingDiverged, check_checkpoints
 
     # epoch 0 (the initialisation) and a slow first epoch at chance are fine while the run learns afterwards
     check_checkpoints({0: 80.0, 1: 89.0, 5: 30.0, 10: 20.0}, 10, "model A of pair 0")
@@ -105,7 +105,7 @@ def test_every_checkpoint_after_leaving_chance_is_checked():
 def test_a_checkpoint_with_a_non_finite_weight_is_not_written(tmp_path):
     """The last step of an epoch comes after the loss that check_finite sees: the weights it leaves are checked
     before the checkpoint is saved."""
-    from llmc_utils.trainer import OptimConfig, TrainingDiverged, train_model
+    from llmc_utils.core.trainer import OptimConfig, TrainingDiverged, train_model
 
     x, y = 1e3 * torch.randn(16, 4), torch.randint(0, 3, (16,))  # finite loss, gradients in the hundreds
     cfg = OptimConfig(epochs=1, batch_size=16, lr=1e38, momentum=0.0, weight_decay=0.0)  # one step, to infinity
@@ -117,7 +117,7 @@ def test_a_checkpoint_with_a_non_finite_weight_is_not_written(tmp_path):
 
 
 def test_a_nan_learning_run_stops_train_model(tmp_path):
-    from llmc_utils.trainer import OptimConfig, TrainingDiverged, train_model
+    from llmc_utils.core.trainer import OptimConfig, TrainingDiverged, train_model
 
     x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
     x[5, 0] = float("inf")  # one bad input poisons the weights: every later loss is NaN
@@ -130,7 +130,7 @@ def test_a_nan_learning_run_stops_train_model(tmp_path):
 def test_train_many_in_worker_processes_equals_one_thread_runs_in_process(toy, tmp_path):
     """The parallel path (A and B of a pair side by side, one thread each) gives exactly the weights of the same
     runs trained one after the other on one thread: parallelism changes the wall time, never the numbers."""
-    from llmc_utils.trainer import train_many
+    from llmc_utils.core.trainer import train_many
 
     cfg = OptimConfig(epochs=2, batch_size=16, lr=0.1)
     jobs = [dict(make_model=make_mlp, x=toy[0], y=toy[1], cfg=cfg, init_seed=0, data_seed=seed,
@@ -153,7 +153,7 @@ def test_train_members_merges_shared_arguments_and_keeps_accelerator_data_in_pro
     """train_members: each member's arguments over the shared ones, results by name; train_many trains jobs whose
     data are not on the CPU one after the other in this process, whatever `processes` says (no worker is started:
     a tensor on another device would not even reach one)."""
-    from llmc_utils import trainer
+    from llmc_utils.core import trainer
 
     calls = []
     monkeypatch.setattr(trainer, "train_model", lambda **job: calls.append(job) or [job["run_dir"]])
@@ -165,7 +165,7 @@ def test_train_members_merges_shared_arguments_and_keeps_accelerator_data_in_pro
 
 
 def test_stale_checkpoints_go_to_the_same_path_under_models_stale():
-    from llmc_utils.trainer import stale_dir_of
+    from llmc_utils.core.trainer import stale_dir_of
 
     assert stale_dir_of(Path("ws/models/robustness/seed_0/vit/A")) == Path("ws/models/stale/robustness/seed_0/vit/A")
     assert stale_dir_of(Path("models/language_model/seed_1/B_prime")) == \
