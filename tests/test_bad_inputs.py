@@ -54,9 +54,9 @@ def workspace(tmp_path):
     (ws / "figures").mkdir(parents=True)
     (ws / profiles.WORKSPACE_MARKER).write_text("made by llmc_utils.pipeline.profiles\n")
     (ws / "figures" / "fig1_layerwise_barriers.png").write_bytes(b"\x89PNG old figure")
-    save_json({"max_barrier": 1.23}, ws / "metrics" / "layerwise_barriers" / "seed_0.json")
+    save_json({"max_barrier": 1.23}, ws / "metrics" / "layerwise_barriers" / "repetition_0.json")
     shutil.copy(ROOT / "profiles" / "tiny.yaml", ws / "params.yaml")
-    save_torch({"epoch": 0, "meta": {}, "model": {"w": torch.ones(2)}}, ws / "models" / "pair" / "seed_0" / "A" / "epoch_0000.pt")
+    save_torch({"epoch": 0, "meta": {}, "model": {"w": torch.ones(2)}}, ws / "models" / "pair" / "repetition_0" / "A" / "epoch_0000.pt")
     return ws
 
 
@@ -174,7 +174,7 @@ def test_key_that_dvc_yaml_reads_is_missing(workspace, capsys, monkeypatch):
     shutil.copy(ROOT / "dvc.yaml", workspace / "dvc.yaml")
     monkeypatch.chdir(workspace)
     before = snapshot(workspace)
-    assert check_params.main([]) == 1
+    assert check_params.main([]) == 2
     err = capsys.readouterr().err
     assert "params.yaml: missing key runtime.num_threads, which dvc.yaml's stage(s) prepare_data" in err
     assert "add it (default: 2)" in err and "Traceback" not in err
@@ -330,8 +330,8 @@ def test_read_only_output_folder(workspace, read_only):
     read_only(metrics)
     before = snapshot(workspace)
     with pytest.raises(OutputNotWritable) as exc:
-        save_json({"max_barrier": 9.9}, metrics / "seed_0.json")
-    assert f"cannot write {metrics}/seed_0.json: {metrics} is not writable" in str(exc.value)
+        save_json({"max_barrier": 9.9}, metrics / "repetition_0.json")
+    assert f"cannot write {metrics}/repetition_0.json: {metrics} is not writable" in str(exc.value)
     assert snapshot(workspace) == before
 
 
@@ -578,7 +578,7 @@ def test_profiles_dest_holding_another_pipeline(foreign_project, capsys, monkeyp
     assert profiles.main(["tiny", "--dest", str(foreign_project)]) == 0  # now marked as a workspace of llmc's
 
 
-@pytest.mark.parametrize("where", [".", "seed_1"])
+@pytest.mark.parametrize("where", [".", "repetition_1"])
 def test_launch_dest_holding_another_pipeline(foreign_project, capsys, where):
     dest = foreign_project if where == "." else foreign_project.parent / "launch"
     if where != ".":

@@ -95,7 +95,7 @@ def test_repetition_targets_split_run_once_and_gather_stages():
     assert not set(launch.GATHER_STAGES) & set(first)
 
 
-def test_each_seed_ran_in_its_own_workspace(launched):
+def test_each_repetition_ran_in_its_own_workspace(launched):
     dest, out = launched
     assert "2 job(s) submitted" in out
     for r, other in ((0, 1), (1, 0)):
@@ -107,12 +107,12 @@ def test_each_seed_ran_in_its_own_workspace(launched):
         assert not (ws / "metrics" / "train_pairs" / f"repetition_{other}.json").exists()
         assert not (ws / "metrics" / "report.json").exists()  # aggregate and report run only in the gather
     # the stages that run once ran in the lowest repetition's workspace only
-    assert (dest / "seed_0" / "metrics" / "deep_linear.json").is_file()
-    assert not (dest / "seed_1" / "metrics" / "deep_linear.json").exists()
+    assert (dest / "repetition_0" / "metrics" / "deep_linear.json").is_file()
+    assert not (dest / "repetition_1" / "metrics" / "deep_linear.json").exists()
     assert list((dest / "submitit").glob("*/*_log.out"))
 
 
-def test_gather_has_every_claim_over_both_seeds(launched):
+def test_gather_has_every_claim_over_both_repetitions(launched):
     dest, out = launched
     gather = dest / "gather"
     assert "gather: ran ['check_params', 'aggregate', 'report']" in out
@@ -130,11 +130,11 @@ def test_gather_has_every_claim_over_both_seeds(launched):
     metrics = report.load_metrics(gather / "metrics")
     for stage in ("train_pairs", "layerwise_barriers", "federated", "language_model", "alignment"):
         assert set(metrics[stage]) == {0, 1}, stage
-    assert set(pd.read_csv(gather / "results" / "alignment" / "barriers.csv").seed) == {0, 1}
+    assert set(pd.read_csv(gather / "results" / "alignment" / "barriers.csv").repetition) == {0, 1}
     print("\n".join(line for line in out.splitlines() if " done in " in line))
 
 
-def test_resubmitting_skips_finished_seeds(launched, capsys):
+def test_resubmitting_skips_finished_repetitions(launched, capsys):
     dest, _ = launched
     code, out = run_main([*TINY, "--dest", str(dest), "--remote", str(dest / "remote")])
     assert code == 0, out
@@ -145,8 +145,8 @@ def test_resubmitting_skips_finished_seeds(launched, capsys):
 def test_fresh_workspace_pulls_checkpoints_instead_of_retraining(launched, tmp_path, monkeypatch):
     dest, _ = launched
     remote = dest / "remote"
-    assert (remote / launch.LOCKS / "tiny" / "seed_0.lock").is_file()  # the job kept its dvc.lock there
-    ws = profiles.make_workspace(profiles.profile_path("tiny"), tmp_path / "seed_0",
+    assert (remote / launch.LOCKS / "tiny" / "repetition_0.lock").is_file()  # the job kept its dvc.lock there
+    ws = profiles.make_workspace(profiles.profile_path("tiny"), tmp_path / "repetition_0",
                                  launch.with_repetitions(profiles.profile_path("tiny"), {}, [0]))
     launch.configure_remote(ws, remote)
     checkpoints = {}
@@ -154,11 +154,11 @@ def test_fresh_workspace_pulls_checkpoints_instead_of_retraining(launched, tmp_p
 
     def spy(workspace, *args, check=True):  # what the pull left, just before `dvc repro`
         if args[0] == "repro":
-            checkpoints.update({p: p.stat().st_mtime_ns for p in (ws / "models" / "pair" / "seed_0").rglob("*.pt")})
+            checkpoints.update({p: p.stat().st_mtime_ns for p in (ws / "models" / "pair" / "repetition_0").rglob("*.pt")})
         return stream(workspace, *args, check=check)
 
     monkeypatch.setattr(launch, "_stream", spy)
-    result = launch.run_repetition(str(ws), ["train_pairs@0"], str(remote), "tiny/seed_0.lock")
+    result = launch.run_repetition(str(ws), ["train_pairs@0"], str(remote), "tiny/repetition_0.lock")
     assert checkpoints, "dvc pull restored no checkpoint of pair 0"
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints  # not retrained: files untouched
     assert (ws / "data" / "images.pt").is_file()
@@ -176,7 +176,7 @@ def test_queue_runs_one_experiment_per_repetition(snapshot, tmp_path):
     shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=tmp_path / "queue", env=env,
                            capture_output=True, text=True, check=True).stdout
     revs = [rev for row in json.loads(shown) for exp in row.get("experiments") or [] for rev in exp["revs"]]
-    assert {rev["name"] for rev in revs} == {"seed_0", "seed_1"}
+    assert {rev["name"] for rev in revs} == {"repetition_0", "repetition_1"}
     for rev in revs:
         repetition = rev["name"].split("_")[1]
         metrics = rev["data"]["metrics"][f"metrics/train_pairs/repetition_{repetition}.json"]

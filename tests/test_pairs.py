@@ -27,7 +27,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     train_pair(cfg, images, tmp_path / "full")
     train_pair(cfg, images, tmp_path / "cut")
     for member in "AB":  # interrupt after epoch 1: the last checkpoint is gone, the rerun resumes from epoch 1
-        (tmp_path / "cut" / "models" / "pair" / "seed_0" / member / "epoch_0002.pt").unlink()
+        (tmp_path / "cut" / "models" / "pair" / "repetition_0" / member / "epoch_0002.pt").unlink()
     train_pair(cfg, images, tmp_path / "cut")
     full, cut = load_pair(tmp_path / "full", 2), load_pair(tmp_path / "cut", 2)
     for s_full, s_cut in zip(full, cut):

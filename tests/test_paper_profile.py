@@ -37,12 +37,12 @@ def test_paper_code_path_on_fabricated_cifar(tmp_path):
     ws = profiles.make_workspace(profiles.profile_path("paper"), tmp_path / "ws", overrides)
     profiles.dvc(ws, "repro", "layerwise_barriers@0")
 
-    ckpt = torch.load(ws / "models" / "pair" / "seed_0" / "B" / "epoch_0001.pt", weights_only=True)
+    ckpt = torch.load(ws / "models" / "pair" / "repetition_0" / "B" / "epoch_0001.pt", weights_only=True)
     assert ckpt["meta"]["spec"]["arch"] == "resnet18" and ckpt["meta"]["spec"]["in_channels"] == 3
-    table = pd.read_csv(ws / "results" / "layerwise_barriers" / "seed_0" / "barriers.csv")
+    table = pd.read_csv(ws / "results" / "layerwise_barriers" / "repetition_0" / "barriers.csv")
     layer_sets = set(table.layer_set)
     assert "full" in layer_sets and len(layer_sets - {"full"}) == 21  # ResNet18 without norm: 21 logical layers
     assert set(table.epoch) == {0, 1} and set(table.base) == {"A", "B"}
-    metrics = json.loads((ws / "metrics" / "layerwise_barriers" / "seed_0.json").read_text())
+    metrics = json.loads((ws / "metrics" / "layerwise_barriers" / "repetition_0.json").read_text())
     assert metrics["last_epoch"] == 1
-    assert json.loads((ws / "metrics" / "train_pairs" / "seed_0.json").read_text())["arch"] == "resnet18"
+    assert json.loads((ws / "metrics" / "train_pairs" / "repetition_0.json").read_text())["arch"] == "resnet18"

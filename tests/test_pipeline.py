@@ -11,7 +11,8 @@ import shutil
 import pytest
 import yaml
 
-from llmc_utils.pipeline import profiles
+from llmc_utils.pipeline import profiles, registry
+from llmc_utils.stages.spec import EVALUATION
 
 
 def dvc(cwd, *args: str) -> str:
@@ -39,8 +40,7 @@ def declared_outputs(pipeline: dict, params: dict) -> list[str]:
     return paths
 
 
-TWO_EACH = {"repetitions": {name: [0, 1] for name in ("train_pairs", "robustness", "subspace_perturbations",
-                                                      "federated", "language_model")}}
+TWO_EACH = {"repetitions": {s.name: [0, 1] for s in registry.repetition_owners()}}
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +67,9 @@ def test_forced_rerun_gives_identical_metrics(pipeline_copy):
     # same machine, seeds and thread count: retraining pair 1 from scratch reproduces every number downstream
     # exactly (another CPU may give other last digits; the claims' intervals absorb that, see tests/test_portability)
     stages = ("train_pairs", "layerwise_barriers", "cumulative_averaging")
-    files = [pipeline_copy / "metrics" / s / "seed_1.json" for s in stages]
+    files = [pipeline_copy / "metrics" / s / "repetition_1.json" for s in stages]
     before = [f.read_text() for f in files]
-    shutil.rmtree(pipeline_copy / "models" / "pair" / "seed_1")  # persisted checkpoints: remove them to retrain
+    shutil.rmtree(pipeline_copy / "models" / "pair" / "repetition_1")  # persisted checkpoints: remove them to retrain
     assert ran_stages(dvc(pipeline_copy, "repro", "--force", *(f"{s}@1" for s in stages))) >= {f"{s}@1" for s in stages}
     assert [f.read_text() for f in files] == before
 
@@ -85,3 +85,20 @@ def test_changing_one_param_reruns_only_its_stage(pipeline_copy):
     assert "prepare_data" in status
     # check_params reruns on any edit of params.yaml; its stamp stays the same, so it reruns nothing by itself
     assert ran_stages(dvc(pipeline_copy, "repro")) == {"check_params", "prepare_data"}
+
+
+def test_changing_eval_precision_marks_exactly_the_evaluating_stages(pipeline_copy):
+    """runtime.eval_precision changes the numbers of every stage that evaluates barriers (stage setup applies it to
+    them), so `dvc status` must list those stages as changed, and no other stage but check_params."""
+    params_path = pipeline_copy / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    params["runtime"]["eval_precision"] = "bf16"
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        changed = set(re.findall(r"^(\w+)(?:@\d+)?:", dvc(pipeline_copy, "status"), flags=re.M))
+    finally:
+        params_path.write_text(original)
+    evaluating = {s.name for s in registry.all_specs() if set(EVALUATION) <= set(s.reads)}
+    assert evaluating >= {"layerwise_barriers", "cumulative_averaging", "alignment", "federated"}
+    assert changed == evaluating | {"check_params"}

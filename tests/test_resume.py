@@ -143,8 +143,8 @@ def dvc_env():
 
 
 # stage: (its checkpoint folder for repetition 0, what its notebook prints when model A resumes, its notebook)
-KILLED = {"train_pairs": ("models/pair/seed_0", "train A of pair 0: resuming at epoch 1 of 3 from", "01_train_pairs"),
-          "language_model": ("models/language_model/seed_0", "GPT A of repetition 0: resuming at epoch 1 of 3 from",
+KILLED = {"train_pairs": ("models/pair/repetition_0", "train A of pair 0: resuming at epoch 1 of 3 from", "01_train_pairs"),
+          "language_model": ("models/language_model/repetition_0", "GPT A of repetition 0: resuming at epoch 1 of 3 from",
                              "08_language_model")}
 
 
@@ -181,11 +181,11 @@ def test_killed_dvc_repro_resumes_training(workspace, stage):
     assert f"Running stage '{stage}@0'" in log.stdout
     # resumed: the checkpoints of before the kill are the same files, and A restarted at epoch 1
     assert {p: identity(p) for p in at_kill} == at_kill
-    executed = json.loads((workspace / "reports" / "executed" / notebook / "seed_0.ipynb").read_text())
+    executed = json.loads((workspace / "reports" / "executed" / notebook / "repetition_0.ipynb").read_text())
     printed = "".join("".join(o.get("text", "")) for c in executed["cells"] for o in c.get("outputs", []))
     assert resumed in printed
     # outputs that must not persist stale were written again by the rerun
-    for path in (f"metrics/{stage}/seed_0.json", f"results/{stage}/seed_0"):
+    for path in (f"metrics/{stage}/repetition_0.json", f"results/{stage}/repetition_0"):
         assert (workspace / path).stat().st_mtime_ns >= started, path
     assert not list(ckpt_dir.rglob("*.tmp"))
 

@@ -39,13 +39,13 @@ def tiny_runs(tmp_path, epochs=3):
 def test_checkpoints_of_other_data_are_moved_aside_not_resumed(tmp_path, capsys):
     """The MLPs' checkpoints persist across `dvc repro` runs: a run on other data (here: another make_classification
     draw of the same size) must not find them as its own, but train afresh and keep them under models/stale/."""
-    run_root = tmp_path / "models" / "subspace_perturbations" / "seed_0" / "synthetic"
+    run_root = tmp_path / "models" / "subspace_perturbations" / "repetition_0" / "synthetic"
     cfg, _, _, runs = tiny_runs(run_root, epochs=1)
     first = {p: p.read_bytes() for member in runs.values() for p in member}
     other = cfg.model_copy(update={"synthetic_informative": 4})
     subspace.train_halves(other, subspace.synthetic_data(other), other.synthetic_classes, run_root)
     assert "synthetic_informative: 8 in the checkpoint, 4 now" in capsys.readouterr().out
-    stale = tmp_path / "models" / "stale" / "subspace_perturbations" / "seed_0" / "synthetic"
+    stale = tmp_path / "models" / "stale" / "subspace_perturbations" / "repetition_0" / "synthetic"
     moved = [p.read_bytes() for p in stale.glob("[AB]/*/epoch_*.pt")]  # <member>/<time>/
     assert sorted(moved) == sorted(first.values())  # kept, byte for byte
     assert all(path.read_bytes() != first[path] for path in first)  # trained afresh

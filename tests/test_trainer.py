@@ -167,7 +167,7 @@ def test_train_members_merges_shared_arguments_and_keeps_accelerator_data_in_pro
 def test_stale_checkpoints_go_to_the_same_path_under_models_stale():
     from llmc_utils.core.trainer import stale_dir_of
 
-    assert stale_dir_of(Path("ws/models/robustness/seed_0/vit/A")) == Path("ws/models/stale/robustness/seed_0/vit/A")
-    assert stale_dir_of(Path("models/language_model/seed_1/B_prime")) == \
-        Path("models/stale/language_model/seed_1/B_prime")
+    assert stale_dir_of(Path("ws/models/robustness/repetition_0/vit/A")) == Path("ws/models/stale/robustness/repetition_0/vit/A")
+    assert stale_dir_of(Path("models/language_model/repetition_1/B_prime")) == \
+        Path("models/stale/language_model/repetition_1/B_prime")
     assert stale_dir_of(Path("/tmp/run/A")) == Path("/tmp/run/stale/A")  # outside a workspace: beside the run

@@ -208,7 +208,7 @@ def model_layout(model: torch.nn.Module) -> dict[str, list[int]]:
 
 def stale_dir_of(run_dir: Path) -> Path:
     """Where checkpoints of another configuration found in `run_dir` go: the same path under models/stale/ of its
-    workspace (models/robustness/seed_0/vit/A -> models/stale/robustness/seed_0/vit/A), outside every DVC output and
+    workspace (models/robustness/repetition_0/vit/A -> models/stale/robustness/repetition_0/vit/A), outside every DVC output and
     ignored by git; a run folder outside any models/ folder gets stale/ beside it."""
     parts = Path(run_dir).parts
     if "models" not in parts:

@@ -41,7 +41,7 @@ import llmc_utils  # noqa: F401  (the torchvision compatibility step comes befor
 from llmc_utils.stages import cumulative_averaging as cumulative
 from llmc_utils.core import data as pipeline_data
 from llmc_utils.pairtool import data as own_data, report as own_report
-from llmc_utils.pipeline import stage
+from llmc_utils.core.runtime import quiet, resolve_device
 from llmc_utils.core.evaluation import LayerEvaluator, checkpoint_barriers
 from llmc_utils.core.io import error_line, holds_objects, unsafe_global
 from llmc_utils.core.layers import logical_layers
@@ -384,7 +384,7 @@ def prepare(model: str, a, b, data: str, opts: Options, log: Callable = print) -
     """Read and check every input (no heavy compute): returns the Pair or raises PairInputError."""
     opts.check()
     try:
-        device = stage.resolve_device(opts.device)
+        device = resolve_device(opts.device)
     except RuntimeError as exc:
         raise PairInputError(f"--device: {exc}") from None
     checkpoints = load_state(a, "A"), load_state(b, "B")
@@ -454,7 +454,7 @@ def evaluate(pair: Pair, opts: Options, log: Callable = print) -> tuple[pd.DataF
     variants = pair.variants()
     table, cum = [], []
     with tqdm(total=per_variant * len(variants), desc="models evaluated", unit="model", dynamic_ncols=True,
-              disable=not opts.progress or stage.quiet()) as bar:
+              disable=not opts.progress or quiet()) as bar:
         evaluator.bar = bar
         for variant, state_b, reset in variants:
             start = time.time()

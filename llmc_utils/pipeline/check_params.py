@@ -12,7 +12,7 @@ ranges; paths that exist; a device that is present), plus every key dvc.yaml rea
 
     python -m llmc_utils.pipeline.check_params [params.yaml] [--dvc-yaml dvc.yaml] [--stamp FILE]
 
-A bad file ends with one message naming the file, key, value and what is allowed (exit 1), never a traceback.
+A bad file ends with one message naming the file, key, value and what is allowed (exit 2), never a traceback.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from llmc_utils.core.config import ParamsError, read_params_file
-from llmc_utils.pipeline.params import sections, load_params, section_model
+from llmc_utils.core.config import ParamsError
+from llmc_utils.pipeline.params import load_params, load_profile, section_model, sections
 from llmc_utils.core.io import save_text
 
 STAMP = Path("reports") / "executed" / "check_params.txt"  # the output every stage depends on
@@ -75,7 +75,7 @@ def missing_dvc_keys(raw: dict, dvc_yaml: str | Path, source: str) -> list[str]:
 def check(params_file: str | Path = "params.yaml", dvc_yaml: str | Path | None = "dvc.yaml") -> dict:
     """Validate `params_file` for a run on this machine (and for `dvc_yaml`); return its sections or raise
     ParamsError listing every problem."""
-    raw = read_params_file(params_file)  # an unreadable or empty file stops here
+    raw = load_profile(params_file)  # an unreadable or empty file (or one it extends) stops here
     missing = missing_dvc_keys(raw, dvc_yaml, str(params_file)) if dvc_yaml and Path(dvc_yaml).is_file() else []
     try:
         params = load_params(params_file)
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         params = check(args.params, args.dvc_yaml)
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
+        return 2
     save_text(STAMP_TEXT, args.stamp)
     print(f"{args.params}: valid ({len(params)} sections, every key dvc.yaml reads present)")
     return 0

@@ -31,8 +31,9 @@ from llmc_utils.stages.spec import REPETITION, StageSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 R = "${item}"
-# import plumbing, not logic: package docstrings, and the torchvision shim every import of llmc_utils runs
-SKIPPED = {"llmc_utils/__init__.py", "llmc_utils/_torchvision_compat.py"}
+# import plumbing, not logic: the torchvision shim every import of llmc_utils runs (package __init__ files, which
+# hold docstrings, are skipped too)
+SKIPPED = {"llmc_utils/_torchvision_compat.py"}
 # A stage's setup validates the whole params file, so it reaches every section's model through the registry; what
 # that validation reads is check_params' dependency, not the stage's: the closure stops at the registry (its own file
 # stays a dependency). The aggregate and report stages, which do call into other stages, name them explicitly.
@@ -74,7 +75,7 @@ def module_files(modules) -> list[str]:
             seen.add(module)
             if module not in BOUNDARY:
                 todo += imported_modules((ROOT / module_path(module)).read_text())
-    return sorted({module_path(m) for m in seen} - SKIPPED)
+    return sorted(p for p in {module_path(m) for m in seen} - SKIPPED if not p.endswith("__init__.py"))
 
 
 def notebook_imports(notebook: str) -> set[str]:

@@ -42,7 +42,7 @@ from llmc_utils.core.io import read_repetition_tables
 from llmc_utils.core.layers import StateDict, add_flat, flat, logical_layers
 from llmc_utils.core.models import MLP
 from llmc_utils.core.trainer import OptimConfig, check_checkpoints, load_weights, stale_dir_of, train_members
-from llmc_utils.stages.spec import RUNTIME, Figure, StageSpec
+from llmc_utils.stages.spec import EVALUATION, RUNTIME, Figure, StageSpec
 
 Dataset = Literal["synthetic", "fashion_mnist"]
 Variant = Literal["snapshots", "final_only"]
@@ -392,7 +392,7 @@ def aggregate(st, repetitions: list[int]) -> None:
 
 SPEC = StageSpec(
     name="subspace_perturbations", notebook="06_subspace_perturbations", config=SubspacePerturbationsConfig,
-    repeats_over="subspace_perturbations", repetitions=(0, 1, 2), reads=RUNTIME,
+    repeats_over="subspace_perturbations", repetitions=(0, 1, 2), reads=(*RUNTIME, *EVALUATION),
     inputs=("data/images.pt",), persist=("models/subspace_perturbations/repetition_{r}",),
     aggregate_figures=(Figure("fig5_subspace_perturbations", "Fig. 5: MLP test loss under training-subspace, "
                               "null-space and averaging-direction perturbations."),),
