@@ -25,7 +25,7 @@ import psutil
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from llmc_utils.pipeline import profiles  # noqa: E402
+from llmc_utils.pipeline import profiles
 
 BUDGET_SECONDS, BUDGET_MIB = 15 * 60, 3 * 1024
 

@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from llmc_utils.core import runtime as llmc_runtime  # noqa: E402
+from llmc_utils.core import runtime as llmc_runtime
 from llmc_utils.core import data
 from llmc_utils.stages import train_pairs as pairs
-from llmc_utils.core.config import load_params  # noqa: E402
-from llmc_utils.core.trainer import train_many  # noqa: E402
+from llmc_utils.core.config import load_params
+from llmc_utils.core.trainer import train_many
 
 WARMUP = 5
 

@@ -99,10 +99,31 @@ def test_round_shares_by_hand():
     assert fd.round_shares(np.full(3, 1 / 3), 10).tolist() == [4, 3, 3]
 
 
+def weighted_average(states: list[dict[str, torch.Tensor]], weights: torch.Tensor,
+                     keys: list[str]) -> dict[str, torch.Tensor]:
+    """sum_i w_i * state_i[key] / sum_i w_i for each key: FedAvg's aggregation (weights = client data sizes), written
+    the plain way, as the reference the batched engine (fd.StackedMLP) is checked against."""
+    w = weights.double() / weights.double().sum()
+    return {k: sum(wi * s[k].double() for wi, s in zip(w, states)).to(states[0][k].dtype) for k in keys}
+
+
+def train_federated(make_model, clients: list[tuple[torch.Tensor, torch.Tensor]], averaged: list[str] | None,
+                    cfg: fd.FederatedConfig) -> list[dict[str, torch.Tensor]]:
+    """One federation on its own through the stage's engine (fd.train_federations): clients = [(x_i, y_i)]; returns
+    the clients' final state dicts (data seed cfg.seed + 1, as in fd.run)."""
+    x = torch.cat([c[0] for c in clients])
+    y = torch.cat([c[1] for c in clients])
+    bounds = np.cumsum([0] + [len(c[1]) for c in clients])
+    fed = fd.Federation("federation", [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:])], averaged,
+                        cfg.seed + 1)
+    bank, position = fd.train_federations(make_model, x, y, [fed], cfg)
+    return [bank.state_dict(position[(0, i)]) for i in range(len(clients))]
+
+
 def test_weighted_average_of_a_layer_group_by_hand():
     states = [{"a.weight": torch.tensor([1.0, 2.0]), "b.weight": torch.tensor([0.0])},
               {"a.weight": torch.tensor([3.0, 6.0]), "b.weight": torch.tensor([8.0])}]
-    avg = fd.weighted_average(states, torch.tensor([100, 300]), ["a.weight"])  # weights 1/4 and 3/4
+    avg = weighted_average(states, torch.tensor([100, 300]), ["a.weight"])  # weights 1/4 and 3/4
     assert list(avg) == ["a.weight"]
     assert torch.allclose(avg["a.weight"], torch.tensor([2.5, 5.0]))
 
@@ -117,7 +138,7 @@ def toy_clients(n_clients=3, n=24, seed=0, step=8):
 def test_strategies_share_exactly_the_averaged_layers(averaged, shared):
     cfg = fd.FederatedConfig(n_clients=3, hidden=[5, 5], layer_groups={"mid": ["fc2"]}, claim_group="mid", rounds=2,
                              batch_size=8, lr=0.1, n_train=10, n_test=10)
-    states = fd.train_federated(lambda: fd.MLP(4, [5, 5], 3), toy_clients(), averaged, cfg)
+    states = train_federated(lambda: fd.MLP(4, [5, 5], 3), toy_clients(), averaged, cfg)
     for layer in ("fc1", "fc2", "fc3"):
         same = all(torch.equal(states[0][f"{layer}.weight"], s[f"{layer}.weight"]) for s in states[1:])
         assert same == (layer in shared), layer
@@ -159,7 +180,7 @@ def reference(make_model, clients, averaged, cfg):
             for _ in range(cfg.local_epochs):
                 sgd_epoch(model, optimizer, x, y, cfg.batch_size, generator, F.cross_entropy)
         if keys:
-            average = fd.weighted_average([m.state_dict() for m in models], sizes, keys)
+            average = weighted_average([m.state_dict() for m in models], sizes, keys)
             with torch.no_grad():
                 for model in models:
                     for k, v in average.items():
@@ -181,16 +202,16 @@ def max_difference(states, others):
 def test_engine_matches_per_client_sgd(averaged):
     # uneven clients (24, 37, 50 samples: partial last batches, 3 to 7 steps per epoch), 2 local epochs, stacks of 2
     cfg = toy_config()
-    make = lambda: fd.MLP(4, [5, 5], 3)  # noqa: E731
+    make = lambda: fd.MLP(4, [5, 5], 3)
     clients = toy_clients(n=24, step=13)
-    engine = fd.train_federated(make, clients, averaged, cfg)
+    engine = train_federated(make, clients, averaged, cfg)
     assert max_difference(engine, reference(make, clients, averaged, cfg)) < 1e-5
 
 
 def test_engine_trains_many_federations_at_once_like_one_each():
     # three strategies on the same clients (round 1 trained once and copied) and one on other clients, in one stack
     cfg = toy_config(momentum=0.5)
-    make = lambda: fd.MLP(4, [5, 5], 3)  # noqa: E731
+    make = lambda: fd.MLP(4, [5, 5], 3)
     first, second = toy_clients(n=24, step=13), toy_clients(n=20, step=5, seed=5)
     x = torch.cat([c[0] for c in first + second])
     y = torch.cat([c[1] for c in first + second])
@@ -207,7 +228,7 @@ def test_engine_trains_many_federations_at_once_like_one_each():
 def test_engine_stops_a_diverging_run_naming_it():
     cfg = toy_config(lr=1e6, momentum=0.9, rounds=3)
     with pytest.raises(TrainingDiverged, match="client"):
-        fd.train_federated(lambda: fd.MLP(4, [5, 5], 3), toy_clients(n=24, step=13), None, cfg)
+        train_federated(lambda: fd.MLP(4, [5, 5], 3), toy_clients(n=24, step=13), None, cfg)
 
 
 def test_stacked_mlp_refuses_other_architectures():
@@ -351,7 +372,7 @@ def test_aggregation_over_seeds(tmp_path, repetition):
     cfg, t = repetition
     for seed, shift in ((0, 0.0), (1, 2.0)):  # seed 1: every accuracy of the claim group 2 points higher
         folder = tmp_path / "results" / "federated" / f"repetition_{seed}"
-        bump = lambda df, col: df.assign(**{col: df[col] + shift * (df.strategy == cfg.claim_group)})  # noqa: E731
+        bump = lambda df, col: df.assign(**{col: df[col] + shift * (df.strategy == cfg.claim_group)})
         save_table(bump(t["table1"], "mean_accuracy"), folder / "table1.csv")
         save_table(bump(t["rounds"], "test_accuracy"), folder / "rounds.csv")
         save_table(bump(t["sweep"], "test_accuracy"), folder / "sweep.csv")

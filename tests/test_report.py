@@ -254,6 +254,18 @@ def test_readme_results_block_states_the_configured_confidence():
     assert "with a 90 % interval" in report.results_markdown(claims_df, sanity, {}, confidence=0.9)
 
 
+def test_sec4_by_depth_states_and_applies_the_configured_confidence():
+    # the stage stored an interval at its own confidence; the report recomputes it from the counts at the report's
+    row = dict(depth=2, branch="same", reading="max", lower=5, pairs=6, low=0.0, high=1.0, exchangeable_rate=0.5)
+    metrics = {"deep_linear": {None: {"trained_lower_by_depth": [row]}}}
+    for confidence in (0.95, 0.8):
+        text = "\n".join(report.sec4_by_depth(metrics, confidence))
+        low, high = claims.clopper_pearson(5, 6, confidence)
+        assert f"its {100 * confidence:g} % Clopper-Pearson interval" in text
+        assert f"5 / 6 [{low:.2f}, {high:.2f}]" in text
+    assert report.sec4_by_depth({}) == []
+
+
 def test_edge_margin_marks_verdicts_that_sit_on_their_threshold():
     from llmc_utils.pipeline.report import edge_margin
 

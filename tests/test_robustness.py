@@ -241,7 +241,7 @@ def vit_like_run(seed=0, epochs=(0, 2, 5)):
     """(endpoints, vit_summary, cnn_gap) of a toy pair with a quadratic loss, as the notebook builds them."""
     a, b = toy_pair()
     center = {k: 2 * a[k] - b[k] + 0.1 * seed for k in a}
-    evaluate = lambda s: {split: {"loss": quadratic_loss(center)(s)["train"]["loss"] + i, "error": 10.0}  # noqa: E731
+    evaluate = lambda s: {split: {"loss": quadratic_loss(center)(s)["train"]["loss"] + i, "error": 10.0}
                           for i, split in enumerate(("train", "test"))}
     layers = logical_layers(a)
     summary = robustness.loss_increase(robustness.layer_curves(evaluate, a, b, layers, [0.0, 1.0], [0, 1]), 1.0)

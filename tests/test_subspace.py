@@ -159,7 +159,7 @@ def test_check_snapshots_stops_an_mlp_back_at_chance():
     from llmc_utils.core.trainer import TrainingDiverged
 
     cfg = subspace.SubspacePerturbationsConfig(optim=dict(epochs=3, batch_size=32, lr=0.05))  # snapshots 0, 1, 2, 3
-    errors = lambda e: {"test": {"loss": 1.0, "error": e}}  # noqa: E731  (a snapshot here is its error)
+    errors = lambda e: {"test": {"loss": 1.0, "error": e}}  # a snapshot here is its error
     slow = {"A": [66.0, 65.0, 40.0, 30.0], "B": [66.0, 30.0, 25.0, 20.0]}
     subspace.check_snapshots(errors, slow, 3, cfg, "synthetic", 0)
     relapse = {"A": [66.0, 30.0, 65.0, 20.0], "B": slow["B"]}

@@ -188,7 +188,7 @@ class LayerEvaluator(Evaluator):
         if self.enabled:
             try:
                 return self._cached_endpoint(self._on_device(state), tag)
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 # the cache would hold wrong activations (InPlaceChange), or the traced graph does not run: evaluate
                 # in full from now on (which raises again if the model itself fails)
                 self.graph = None

@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 
 @functools.cache
 def _seaborn():
-    """seaborn (and through it scipy and pyplot), imported on first use: it costs ~1.5 s, and most stages that import a
-    module with a figure function run under DVC without drawing (their figures come from the aggregate stage)."""
+    """seaborn (and through it scipy and pyplot), imported on first use: the import is slow, and most stages that
+    import a module with a figure function run under DVC without drawing (their figures come from the aggregate
+    stage)."""
     import seaborn as sns
 
     sns.set_theme(style="white", context="paper")
@@ -101,7 +102,7 @@ def save(fig, stem: str | Path, formats: Sequence[str] = ("png",), dpi: int = 12
 
 
 def _to_palette(path: Path) -> None:
-    """Rewrite a PNG with a 256-colour palette: about 3x smaller, with no visible change for plots. Every figure is
+    """Rewrite a PNG with a 256-colour palette: several times smaller, with no visible change for plots. Every figure is
     committed to git and embedded in the executed notebooks and the HTML report, so its size counts several times."""
     from PIL import Image
 

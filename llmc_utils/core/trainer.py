@@ -49,8 +49,8 @@ class OptimConfig(Section):
     warmup_epochs: NonNegativeInt = 0
     augment: bool = False  # random crop (pad 2 for 28px, 4 for 32px) + horizontal flip
     grad_clip: NonNegativeFloat = 0.0  # 0 = off
-    # model and images in channels_last memory format: faster convolutions (measured on 2 CPU cores, CNN width 16,
-    # batch 64: 1.4x), other last digits; images only (4-D inputs), a no-op for token ids
+    # model and images in channels_last memory format: faster convolutions on CPU (benchmarks/bench_training.py
+    # compares it with the default layout), other last digits; images only (4-D inputs), a no-op for token ids
     channels_last: bool = False
 
 

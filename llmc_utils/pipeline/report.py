@@ -1,7 +1,7 @@
 """The claims table of the final report: each claim of the paper, measured in its unit (mean over repetitions, or a
-count of units with an exact binomial interval), with a 95 % interval, the rate at which its own null reads
-"reproduced", and a three-state verdict (llmc_utils.core.claims, docs/claims.md); premises and the sanity checks of the
-setup listed apart.
+count of units with an exact binomial interval), with its interval at the confidence report.confidence sets, the rate
+at which its own null reads "reproduced", and a three-state verdict (llmc_utils.core.claims, docs/claims.md); premises
+and the sanity checks of the setup listed apart.
 
 Every measured value is read from the metrics JSON files the stages wrote (metrics/<stage>.json for a stage that runs
 once, metrics/<stage>/repetition_<r>.json per repetition); nothing is typed in. A claim whose metric is missing makes the
@@ -17,28 +17,20 @@ from pathlib import Path
 import pandas as pd
 from pydantic import Field
 
-from llmc_utils.core.claims import PREMISE_NOT_MET, VERDICTS, Claim, Premise, SanityCheck, check, evaluate, \
-    evaluate_premise, null_rate
+from llmc_utils.core.claims import PREMISE_NOT_MET, VERDICTS, Claim, Premise, SanityCheck, check, clopper_pearson, \
+    evaluate, evaluate_premise, null_rate
 from llmc_utils.core.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Section
 from llmc_utils.pipeline import registry
 from llmc_utils.stages.spec import RUNTIME, Figure, StageSpec
 
 
 class ReportConfig(Section):
-    # Rules of the verdicts (docs/claims.md); every threshold names its source
-    clear_barrier: PositiveFloat = 0.5  # premise lm_regime: a full barrier (train loss, nats) at least this large
-    # --- the paper's regime of Fig. 1 / 2 (barriers.PREMISES; docs/profiles.md), fixed before any single-layer
-    # number was looked at: the whole interval of the full train-loss barrier over the pairs at or above
-    # regime_barrier nats (the paper: 1.9-2.3, near ln 10), and every endpoint's error on its own training images at
-    # most fit_train_error % (the paper's models fit CIFAR-10's training set)
-    regime_barrier: PositiveFloat = 1.0
-    fit_train_error: NonNegativeFloat = 2.0
-    single_layer_tolerance: NonNegativeFloat = 0.1  # paper's Fig. 1: every single-layer barrier within [-0.1, 0.1]
-    single_layer_relative: PositiveFloat = 0.0435  # paper's Fig. 1: that band against its full barrier, 0.1 / 2.3
-    single_layer_relative_loose: PositiveFloat = 0.25  # sensitivity row only: a looser band, in no figure of the paper
-    min_theorem_cuts: PositiveInt = 1000  # Theorem 4.1 check must cover at least this many single-layer cuts
-    majority: float = Field(0.5, ge=0.0, lt=1.0)  # "most pairs / layers": a fraction strictly above this
+    """Rules of the verdicts (docs/claims.md), section `report` of params.yaml: the claims of every stage read their
+    thresholds from here by name, so the criterion printed is the one applied; every threshold names its source."""
+
+    # --- intervals, verdicts and nulls of every claim (llmc_utils.core.claims) ---
     confidence: float = Field(0.95, gt=0.0, lt=1.0)  # of every interval (Student-t, Clopper-Pearson, chi-square)
+    majority: float = Field(0.5, ge=0.0, lt=1.0)  # "most pairs / layers": a fraction strictly above this
     # a verdict whose interval ends closer to its threshold than this many half-widths is marked "near threshold":
     # rerun elsewhere (other last digits of training), it may turn inconclusive (claims.edge_margin)
     near_threshold: NonNegativeFloat = 0.25
@@ -49,11 +41,24 @@ class ReportConfig(Section):
     # rate <= 5 % on synthetic metrics)
     null_draws: PositiveInt = 200
     null_seed: NonNegativeInt = 0
+    # --- premise of the language-model claims (language_model.PREMISES) ---
+    clear_barrier: PositiveFloat = 0.5  # premise lm_regime: a full barrier (train loss, nats) at least this large
+    # --- premise of the Fig. 1 / 2 claims, the paper's regime (layerwise_barriers.PREMISES; docs/profiles.md), fixed
+    # before any single-layer number was looked at: the whole interval of the full train-loss barrier over the pairs
+    # at or above regime_barrier nats (the paper: 1.9-2.3, near ln 10), and every endpoint's error on its own training
+    # images at most fit_train_error % (the paper's models fit CIFAR-10's training set)
+    regime_barrier: PositiveFloat = 1.0
+    fit_train_error: NonNegativeFloat = 2.0
+    # --- thresholds of the single-layer band claims (Fig. 1: layerwise_barriers, alignment; Fig. 7: language_model) ---
+    single_layer_tolerance: NonNegativeFloat = 0.1  # paper's Fig. 1: every single-layer barrier within [-0.1, 0.1]
+    single_layer_relative: PositiveFloat = 0.0435  # paper's Fig. 1: that band against its full barrier, 0.1 / 2.3
+    single_layer_relative_loose: PositiveFloat = 0.25  # sensitivity row only: a looser band, in no figure of the paper
     # --- thresholds of the deep_linear claims ---
+    min_theorem_cuts: PositiveInt = 1000  # Theorem 4.1 check must cover at least this many single-layer cuts
     minimal_ratio_rtol: PositiveFloat = 1e-9  # Fig. 3 identity: full/layer-2 ratio = (s^2-1)^2/4 to this relative error
     max_theorem_violations: int = Field(0, ge=0)  # Thm. 4.1: convexity violations + closed-form mismatches allowed
     min_nonconvex_two_layer_cuts: PositiveInt = 1  # Thm. 4.1 counterexample: at least this many non-convex 2-layer cuts
-    # --- thresholds of the robustness and subspace_perturbations claims ---
+    # --- thresholds of the robustness, subspace_perturbations and alignment claims ---
     # Loss gap (nats) a comparison must exceed to count as a win (Fig. 4: interpolation vs random increase; Fig. 5:
     # a direction vs the null space; alignment: the drop of the full barrier); a smaller gap is a tie, not a win.
     # Fixed before any claim was measured with it: 0.01 nats is 1 % of the base losses of these models (0.3-1 nats),
@@ -197,19 +202,23 @@ def beyond_the_paper(metrics: dict[str, dict[int | None, dict]]) -> list[str]:
     return lines
 
 
-def sec4_by_depth(metrics: dict[str, dict[int | None, dict]]) -> list[str]:
+def sec4_by_depth(metrics: dict[str, dict[int | None, dict]],
+                  confidence: float = ReportConfig().confidence) -> list[str]:
     """Markdown lines of the Sec. 4 claim per depth and branch of the trained deep linear pairs (deep_linear
     metrics `trained_lower_by_depth`): for each barrier reading, how many pairs have their best single-layer path
-    below the full one, with its 95 % Clopper-Pearson interval, beside the rate exchangeable paths give."""
+    below the full one, with its Clopper-Pearson interval at `confidence` (recomputed from the counts, so it is the
+    report's confidence whatever the stage used), beside the rate exchangeable paths give."""
     rows = metrics.get("deep_linear", {}).get(None, {}).get("trained_lower_by_depth")
     if not rows:
         return []
-    lines = ["Sec. 4 per depth and branch (trained deep linear pairs; best single-layer path below the full one, with "
-             "its 95 % Clopper-Pearson interval, against the rate exchangeable paths give):", "",
+    lines = [f"Sec. 4 per depth and branch (trained deep linear pairs; best single-layer path below the full one, with "
+             f"its {100 * confidence:g} % Clopper-Pearson interval, against the rate exchangeable paths give):", "",
              "| depth | branch | reading | pairs below / pairs [interval] | exchangeable rate |",
              "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['depth']} | {r['branch']} | {r['reading']} | {r['lower']} / {r['pairs']} [{r['low']:.2f}, "
-              f"{r['high']:.2f}] | {r['exchangeable_rate']:.3f} |" for r in rows]
+    for r in rows:
+        low, high = clopper_pearson(r["lower"], r["pairs"], confidence)
+        lines.append(f"| {r['depth']} | {r['branch']} | {r['reading']} | {r['lower']} / {r['pairs']} [{low:.2f}, "
+                     f"{high:.2f}] | {r['exchangeable_rate']:.3f} |")
     return lines
 
 

@@ -182,8 +182,8 @@ def summarize(table: pd.DataFrame, report_cfg, pair_budget_s: float = SetupStudy
     """One row per variant: its levers and cost, the premise's quantities (full barrier with its interval over the
     pairs, the worst endpoint fit) and whether the premise holds, the largest single-layer barrier with its interval
     (reported, never used to choose; the Fig. 1 claims themselves count pairs, which 3 pairs per variant cannot
-    decide at 95 %, so they are judged only on the pipeline's pairs), and `chosen` by the rule of the module
-    docstring."""
+    decide at the default report.confidence, so they are judged only on the pipeline's pairs), and `chosen` by the
+    rule of the module docstring."""
     from llmc_utils.stages.layerwise_barriers import FIG1_REGIME, PREMISES
     from llmc_utils.core.claims import evaluate_premise, interval
     from llmc_utils.stages.train_pairs import SAME_INIT_SCHEMES

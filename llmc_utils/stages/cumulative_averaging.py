@@ -54,7 +54,7 @@ class CumulativeAveragingConfig(Section):
     train_subset: NonNegativeInt = 1000
     test_subset: NonNegativeInt = 1000
     subset_seed: NonNegativeInt = 1
-    eval_batch_size: PositiveInt = 256  # fastest per image on 2 CPU cores (2048: 2.4x slower)
+    eval_batch_size: PositiveInt = 256  # fastest per image on 2 CPU cores; benchmarks/bench_fig1_grid.py --batch-size
     onset_fraction: PositiveFloat = Field(0.5, le=1.0)  # onset = first j whose barrier exceeds this x full barrier
     layer_groups: dict[str, list[str]] | None = None
 

@@ -99,8 +99,8 @@ class FederatedConfig(Section):
     momentum: float = Field(0.9, ge=0.0, lt=1.0)  # buffers restart each round (a fresh optimizer per round)
     barrier_clients: tuple[NonNegativeInt, NonNegativeInt] = (0, 1)  # the pair whose layer-wise barriers are shown
     # models trained side by side in one batched step; all of a stack's steps of a round run before the next stack's,
-    # so its weights stay in cache (speed only: on 2 busy cores, stacks of 25-50 models took about 0.8 of the time
-    # per model and step of one stack of all 250 models, and about 0.55 of one model at a time)
+    # so its weights stay in cache (speed only: on 2 busy cores, stacks of a few dozen models took less time per
+    # model and step than either one stack of all the models or one model at a time)
     stack_size: PositiveInt = 32
     # torch threads for this stage (stage.setup applies it, overriding runtime.num_threads)
     threads: PositiveInt = 1
@@ -208,13 +208,6 @@ def label_counts(labels: torch.Tensor, parts: list[np.ndarray], n_classes: int) 
 
 
 # ------------------------------------------------------------------------------------------------- training rounds
-def weighted_average(states: list[dict[str, torch.Tensor]], weights: torch.Tensor,
-                     keys: list[str]) -> dict[str, torch.Tensor]:
-    """sum_i w_i * state_i[key] / sum_i w_i for each key (FedAvg's aggregation, weights = client data sizes)."""
-    w = weights.double() / weights.double().sum()
-    return {k: sum(wi * s[k].double() for wi, s in zip(w, states)).to(states[0][k].dtype) for k in keys}
-
-
 @dataclass
 class Federation:
     """One training run: clients (index arrays into the shared training / test sets) and what they average.
@@ -412,18 +405,6 @@ def train_federations(make_model: Callable[[], nn.Module], train_x: torch.Tensor
         bar.update(1)
     bar.close()
     return bank, position
-
-
-def train_federated(make_model: Callable[[], nn.Module], clients: list[tuple[torch.Tensor, torch.Tensor]],
-                    averaged: list[str] | None, cfg: FederatedConfig) -> list[dict[str, torch.Tensor]]:
-    """One federation on its own: clients = [(x_i, y_i)]; returns the clients' final state dicts (data seed
-    cfg.seed + 1, as in run())."""
-    x = torch.cat([c[0] for c in clients])
-    y = torch.cat([c[1] for c in clients])
-    bounds = np.cumsum([0] + [len(c[1]) for c in clients])
-    fed = Federation("federation", [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:])], averaged, cfg.seed + 1)
-    bank, position = train_federations(make_model, x, y, [fed], cfg)
-    return [bank.state_dict(position[(0, i)]) for i in range(len(clients))]
 
 
 # ------------------------------------------------------------------------------------------------------ experiment
@@ -771,7 +752,7 @@ def plot_table1(table: pd.DataFrame):
     strategies = list(dict.fromkeys(table.strategy))
     labels = {r.strategy: f"{r.strategy}{' (claim)' if r.claim else ''}\n[{r.layers}]"
               for r in table.drop_duplicates("strategy").itertuples()}
-    wide = lambda col, rows: table.pivot(index="strategy", columns="split", values=col).loc[rows, splits]  # noqa
+    wide = lambda col, rows: table.pivot(index="strategy", columns="split", values=col).loc[rows, splits]
     groups = [s for s in strategies if s not in (FULL, LOCAL)]
     n = int(table.n_repetitions.max())
     fig, (ax_acc, ax_gap) = plotting.panels(2, width=5.0, height=0.55 * len(strategies) + 2.0)

@@ -43,10 +43,11 @@ class LayerwiseBarriersConfig(Section):
     alphas: list[Alpha] = Field(default_factory=lambda: [0.25, 0.5, 0.75], min_length=1)  # grid for max-over-alpha
     heatmap_alpha: Alpha = 0.5  # the paper's figures: the midpoint
     # checkpoints that get the whole alpha grid; the others get heatmap_alpha only (the figures and the claims read
-    # heatmap_alpha at every checkpoint; the grid is reported beside them): last = 3x fewer evaluations
+    # heatmap_alpha at every checkpoint; the grid is reported beside them): last = one alpha instead of the whole grid
+    # at every earlier checkpoint
     grid_epochs: Literal["all", "last"] = "all"
     bases: list[Literal["A", "B"]] = Field(default_factory=lambda: ["A", "B"], min_length=1)
-    eval_batch_size: PositiveInt = 256  # measured on 2 CPU cores: 2048 is 2.4x slower per image than 256
+    eval_batch_size: PositiveInt = 256  # fastest per image on 2 CPU cores; benchmarks/bench_fig1_grid.py --batch-size
     epochs: list[NonNegativeInt] | None = None  # checkpoints to evaluate; null = every checkpoint of the pair
     layer_groups: dict[str, list[str]] | None = None  # override of the logical layers: {name: [state-dict keys]}
     cache_activations: bool = True  # resume from cached activations at graph boundaries (same numbers, fewer FLOPs)

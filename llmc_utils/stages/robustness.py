@@ -412,7 +412,7 @@ def fig4_robustness_cnn(gaps: pd.DataFrame, alpha: float, split: str = "train"):
     limit = float(stats["mean"].abs().max()) or 1.0
     for ax, direction in zip(axes, DIRECTIONS):
         part = stats[stats.direction == direction]
-        wide = lambda col: part.pivot(index="layer", columns="epoch", values=col).reindex(  # noqa: E731
+        wide = lambda col: part.pivot(index="layer", columns="epoch", values=col).reindex(
             index=layers, columns=epochs)
         # sd over seeds is NaN with one seed: the cells then show the value alone
         plotting.heatmap(ax, wide("mean"), title=f"CNN {direction}: alpha={alpha}", fmt=".2f", vmin=-limit,

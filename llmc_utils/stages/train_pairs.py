@@ -68,7 +68,7 @@ class TrainPairsConfig(Section):
     # training curves (notebook 01): loss / error of A and B at every checkpoint on fixed subsets
     curve_train_subset: NonNegativeInt = 2000
     curve_test_subset: NonNegativeInt = 2000
-    eval_batch_size: PositiveInt = 256  # fastest per image on 2 CPU cores (2048: 2.4x slower)
+    eval_batch_size: PositiveInt = 256  # fastest per image on 2 CPU cores; benchmarks/bench_fig1_grid.py --batch-size
     # stop the stage when a trained model ends at chance level; off only for code-path tests on a few fabricated
     # images, which cannot learn anything in one epoch
     chance_guard: bool = True
