@@ -225,7 +225,7 @@ def _one_claim_table():
     return claims_df, sanity
 
 
-def test_readme_results_block_is_the_computed_table_and_escapes_bars():
+def test_results_summary_is_the_computed_table_and_escapes_bars():
     claims_df, sanity = _one_claim_table()
     claims_df = claims_df.assign(criterion="max |single-layer barrier| <= 0.1")
     block = report.results_markdown(claims_df, sanity, {"Table 1": "the gap grows with heterogeneity"})
@@ -234,21 +234,10 @@ def test_readme_results_block_is_the_computed_table_and_escapes_bars():
     assert "\\|single-layer" in row and "**reproduced**" in row and "| 7 of 7 |" in row
     assert f"{claims_df['mean'].iloc[0]:.3g}" in row
     assert "In all (1 claims): 1 reproduced, 0 inconclusive, 0 not reproduced" in block
-    assert "![fig1_layerwise_barriers](figures/fig1_layerwise_barriers.png)" in block
+    assert "![fig1_layerwise_barriers](../figures/fig1_layerwise_barriers.png)" in block  # from reports/results.md
 
 
-def test_update_readme_replaces_only_the_marked_block(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{report.README_START}\nstale numbers\n{report.README_END}\nrest\n")
-    assert report.update_readme(readme, "fresh table\n")
-    assert readme.read_text() == f"intro\n{report.README_START}\nfresh table\n{report.README_END}\nrest\n"
-    assert not report.update_readme(tmp_path / "absent.md", "x")
-    (tmp_path / "plain.md").write_text("no markers")
-    assert not report.update_readme(tmp_path / "plain.md", "x")
-    assert (tmp_path / "plain.md").read_text() == "no markers"
-
-
-def test_readme_results_block_states_the_configured_confidence():
+def test_results_summary_states_the_configured_confidence():
     claims_df, sanity = _one_claim_table()
     assert "with a 95 % interval" in report.results_markdown(claims_df, sanity, {})
     assert "with a 90 % interval" in report.results_markdown(claims_df, sanity, {}, confidence=0.9)
@@ -303,7 +292,7 @@ def test_beyond_the_paper_reads_the_numbers_of_both_stages():
     assert report.beyond_the_paper({}) == []
 
 
-def test_premises_and_the_paper_side_by_side_in_the_written_blocks(tmp_path):
+def test_premises_and_the_paper_side_by_side_in_the_written_summaries():
     metrics = {"layerwise_barriers": {r: dict(pair(full), own_train_error_A_last=0.2 * r, own_train_error_B_last=b_error)
                                       for r, (full, b_error) in enumerate(((1.8, 3.0), (1.9, 0.0), (2.0, 0.0)))}}
     premises = report.premise_table(metrics, CFG, {REGIME.name: REGIME})
@@ -314,7 +303,3 @@ def test_premises_and_the_paper_side_by_side_in_the_written_blocks(tmp_path):
     side = report.paper_vs_ours(table, premises)
     assert side.count("\n") == 2 + len(premises) + len(table)
     assert "1.9-2.3 (-> ln 10)" in side and "| premise not met |" in side and "worst 3)" in side
-    doc = tmp_path / "figures.md"
-    doc.write_text(f"# Figures\n{report.PAPER_VS_OURS_START}\nold\n{report.PAPER_VS_OURS_END}\nmore\n")
-    assert report.update_readme(doc, side, report.PAPER_VS_OURS_START, report.PAPER_VS_OURS_END)
-    assert side in doc.read_text() and "\nold\n" not in doc.read_text() and doc.read_text().endswith("more\n")
