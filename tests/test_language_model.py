@@ -151,7 +151,7 @@ def test_curves_metrics_and_summary_agree_with_the_table(trained):
     curves = lm.barrier_curves(barriers)
     assert len(curves) == 6 and set(curves.columns) >= {"pair", "epoch", "full_barrier", "max_single_layer_barrier"}
     last = barriers[(barriers.epoch == 2) & (barriers.split == "train") & (barriers.metric == "loss")]
-    m = lm.seed_metrics(cfg, barriers, endpoints, prepared)
+    m = lm.repetition_metrics(cfg, barriers, endpoints, prepared)
     for pair in lm.PAIRS:
         rows = last[last.pair == pair]
         assert m[f"{pair}_full_barrier_train_loss"] == pytest.approx(rows[rows.layer_set == "full"].barrier.iloc[0],
@@ -162,7 +162,7 @@ def test_curves_metrics_and_summary_agree_with_the_table(trained):
     assert m["n_layers"] == 10 and m["last_epoch"] == 2 and m["last_step"] == 64
     assert all(m[f"final_test_loss_{n}"] < m["unigram_entropy"] for n in ("A", "B", "B_prime"))
     assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in m.values())
-    same = lm.seed_metrics(small_cfg(scheme="same_init"), barriers, endpoints, prepared)
+    same = lm.repetition_metrics(small_cfg(scheme="same_init"), barriers, endpoints, prepared)
     assert same["full_barrier_train_loss"] == m["same_init_full_barrier_train_loss"]
     sentence = lm.summary(barriers)
     assert sentence.startswith("Char-level GPT (1 repetition") and "same init" in sentence

@@ -253,7 +253,7 @@ def vit_like_run(seed=0, epochs=(0, 2, 5)):
 def test_seed_metrics_are_flat_finite_and_hold_every_gap():
     endpoints, summary, gap = vit_like_run()
     cfg = robustness.RobustnessConfig()
-    m = robustness.seed_metrics(endpoints, summary, gap, cfg, 1e-7)
+    m = robustness.repetition_metrics(endpoints, summary, gap, cfg, 1e-7)
     assert all(isinstance(v, float) for v in m.values())
     vit_keys = [k for k in m if k.startswith("vit_gap/")]
     assert len(vit_keys) == 2 * 2 * 2  # directions x splits x layers

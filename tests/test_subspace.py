@@ -188,7 +188,7 @@ def run_tables(tmp_path, seed=0):
 
 def test_seed_metrics_hold_every_panel_and_kind(tmp_path):
     curves, spans, at_max, endpoints = run_tables(tmp_path)
-    m = subspace.seed_metrics(at_max, spans, endpoints, 3.0)
+    m = subspace.repetition_metrics(at_max, spans, endpoints, 3.0)
     loss_keys = [k for k in m if k.startswith("loss/")]
     assert len(loss_keys) == 2 * 3 * len(subspace.KINDS)  # variants x scopes (all, fc1, fc2) x kinds
     assert {k.split("/")[-1] for k in loss_keys} == set(subspace.KINDS)

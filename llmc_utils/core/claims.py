@@ -1,6 +1,6 @@
 """Claims of the paper as testable statements, each judged in the paper's unit, on an interval, against its own null.
 
-A claim reads one value per repetition (seed) of the stage that measures it, or one value per unit when a stage holds
+A claim reads one value per repetition of the stage that measures it, or one value per unit when a stage holds
 many units (the trained pairs of the deep linear stage). Two kinds (docs/claims.md):
 
 * mean  - values per repetition; Student-t confidence interval of their mean (mean +- t_{n-1,(1+c)/2} sd / sqrt(n));
@@ -52,7 +52,7 @@ REPRODUCED, PREMISE_NOT_MET = VERDICTS[0], VERDICTS[3]
 UNDECIDED = 0.5  # a count claim's unit whose own noise cannot tell whether it satisfies the statement
 UNIT_VALUES = (0.0, UNDECIDED, 1.0)
 
-PerRepetition = list[dict]  # one stage's metrics, one dict per repetition in seed order
+PerRepetition = list[dict]  # one stage's metrics, one dict per repetition in repetition order
 
 
 @dataclass(frozen=True)
@@ -266,7 +266,7 @@ def verdict(low: float, high: float, relation: Relation, threshold: float, thres
 
 
 def per_repetition(metrics: dict[str, dict[int | None, dict]], stage: str, what: str) -> PerRepetition:
-    """metrics[stage] as a list in seed order (seed None: a single run)."""
+    """metrics[stage] as a list in repetition order (repetition None: a single run)."""
     if stage not in metrics or not metrics[stage]:
         raise KeyError(f"{what!r} needs the metrics of stage {stage!r}, which no run wrote; run the whole pipeline "
                        "(dvc repro)")
@@ -276,11 +276,11 @@ def per_repetition(metrics: dict[str, dict[int | None, dict]], stage: str, what:
 def values_of(claim: Claim | SanityCheck | Condition, runs: PerRepetition, cfg) -> list[float]:
     """One value per repetition (or per unit, when a measure returns a list)."""
     values: list[float] = []
-    for seed, m in enumerate(runs):
+    for index, m in enumerate(runs):
         try:
             value = claim.measure(m, cfg)
         except KeyError as exc:
-            raise KeyError(f"{claim.quantity!r} needs metric {exc} in {claim.stage} (repetition {seed}); "
+            raise KeyError(f"{claim.quantity!r} needs metric {exc} in {claim.stage} (repetition {index}); "
                            "rerun that stage") from exc
         values += [float(x) for x in value] if isinstance(value, (list, tuple, np.ndarray)) else [float(value)]
     return values
@@ -288,7 +288,7 @@ def values_of(claim: Claim | SanityCheck | Condition, runs: PerRepetition, cfg) 
 
 def claim_values(claim: Claim | SanityCheck | Condition, metrics: dict[str, dict[int | None, dict]], cfg
                  ) -> list[float]:
-    """One value per repetition; `metrics[stage][seed]` is one repetition's metrics (seed None: a single run)."""
+    """One value per repetition; `metrics[stage][r]` is repetition r's metrics (r None: a single run)."""
     return values_of(claim, per_repetition(metrics, claim.stage, claim.quantity), cfg)
 
 

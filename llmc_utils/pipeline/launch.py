@@ -65,7 +65,8 @@ from llmc_utils.pipeline.params import validate_params
 from llmc_utils.pipeline.params import load_profile, merge
 from llmc_utils.pipeline.profiles import REPO, check_dest, claim, dvc, make_workspace, profile_path
 
-GATHER_STAGES = ("aggregate", "report")  # read every repetition: only the gather workspace runs them
+# the stages that read every repetition (aggregate, report): only the gather workspace runs them
+GATHER_STAGES = tuple(s.name for s in registry.all_specs() if s not in registry.stage_specs())
 MAX_REPETITIONS = 1000  # more repetitions (one workspace each) only with --many-repetitions: a typo like 0-100000 is not a launch
 LOCKS = "launch_locks"  # folder of the remote that keeps each repetition workspace's dvc.lock
 PENDING = ("Queued", "Running")  # `dvc queue status` states of an experiment not finished yet

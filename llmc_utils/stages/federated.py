@@ -544,7 +544,7 @@ def table1(clients: pd.DataFrame, cfg: FederatedConfig) -> pd.DataFrame:
 
 # -------------------------------------------------------------------------------------------- metrics and claims
 def gap_table(rounds: pd.DataFrame, sweep: pd.DataFrame) -> pd.DataFrame:
-    """Partial minus full averaging, mean client accuracy in points, per seed (a `repetition` column when present):
+    """Partial minus full averaging, mean client accuracy in points, per repetition (a `repetition` column when present):
     axis "round" (x = round, every split and layer group of the main runs, on the rounds table's test subsets) and
     axis "concentration" (x = Dirichlet concentration of the sweep, split "dirichlet", the group the sweep trains);
     `images` = training images the federation shares out."""
@@ -669,7 +669,7 @@ SANITY_CHECKS: list[SanityCheck] = [
 
 # ------------------------------------------------------------------------------------------ aggregation over seeds
 def aggregate_table1(workspace: str | Path, repetitions: Sequence[int]) -> pd.DataFrame:
-    """Table 1 over repetitions: split x strategy -> mean and sd over seeds of the per-seed mean client accuracy,
+    """Table 1 over repetitions: split x strategy -> mean and sd over repetitions of each repetition's mean client accuracy,
     and of the paired gap to full averaging (0 for full itself), with the averaged layers and the claim flag."""
     t = read_repetition_tables(workspace, STAGE, "table1.csv", repetitions)
     full = t[t.strategy == FULL].set_index(["repetition", "split"]).mean_accuracy
@@ -683,7 +683,7 @@ def aggregate_table1(workspace: str | Path, repetitions: Sequence[int]) -> pd.Da
 
 
 def aggregate_gaps(workspace: str | Path, repetitions: Sequence[int]) -> pd.DataFrame:
-    """Per-seed gaps (partial minus full, points) against the number of rounds and the Dirichlet concentration
+    """Per-repetition gaps (partial minus full, points) against the number of rounds and the Dirichlet concentration
     (gap_table of every seed's rounds.csv and sweep.csv), with a `repetition` column; `claim` marks the claim group."""
     rounds = read_repetition_tables(workspace, STAGE, "rounds.csv", repetitions)
     sweep = read_repetition_tables(workspace, STAGE, "sweep.csv", repetitions)

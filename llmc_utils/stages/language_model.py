@@ -330,7 +330,7 @@ def barrier_curves(barriers: pd.DataFrame, split: str = "train", metric: str = "
     return pd.concat([full, top], axis=1).reset_index()
 
 
-def seed_metrics(cfg: LanguageModelConfig, barriers: pd.DataFrame, endpoints: pd.DataFrame,
+def repetition_metrics(cfg: LanguageModelConfig, barriers: pd.DataFrame, endpoints: pd.DataFrame,
                  prepared: dict) -> dict:
     """The flat per-repetition metrics the claims read. At the last checkpoint (train loss, alpha 0.5), per pair
     scheme: full barrier and largest single-layer barrier over layers and both bases (also on test loss); the claim

@@ -268,9 +268,9 @@ def select_checkpoints(checkpoints: Mapping[int, tuple[Path, Path]], mode: str) 
     return {e: checkpoints[e] for e in chosen}
 
 
-# -------------------------------------------------------------------------------------------- per-seed metrics ---
+# -------------------------------------------------------------------------------------------- per-repetition metrics
 
-def seed_metrics(endpoints: Mapping[str, dict], vit_summary: pd.DataFrame, cnn_gap: pd.DataFrame | None,
+def repetition_metrics(endpoints: Mapping[str, dict], vit_summary: pd.DataFrame, cnn_gap: pd.DataFrame | None,
                  cfg: RobustnessConfig, step_mismatch: float) -> dict[str, float]:
     """The flat metrics of one repetition that the claims read (keys 'group/direction/split/...').
 

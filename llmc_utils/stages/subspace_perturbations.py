@@ -248,9 +248,9 @@ def check_snapshots(evaluate: Callable[[StateDict], dict], snapshots: Mapping[st
                           f"{cfg.init_seed}, data seed {data_seed})")
 
 
-# -------------------------------------------------------------------------------------------- per-seed metrics ---
+# -------------------------------------------------------------------------------------------- per-repetition metrics
 
-def seed_metrics(at_max: pd.DataFrame, spans: pd.DataFrame, endpoints: Mapping[str, Mapping[str, dict]],
+def repetition_metrics(at_max: pd.DataFrame, spans: pd.DataFrame, endpoints: Mapping[str, Mapping[str, dict]],
                  sigma_max: float) -> dict[str, float]:
     """The flat metrics of one repetition that the claims read.
 
