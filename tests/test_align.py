@@ -174,3 +174,26 @@ def test_unsupported_architectures_name_the_model():
     grouped = nn.Sequential(nn.Conv2d(4, 8, 3, groups=2), nn.ReLU(), nn.Conv2d(8, 2, 1))
     with pytest.raises(align.UnsupportedArchitecture, match="Conv2d \\(grouped\\)"):
         align.permutation_spec(grouped)
+
+
+def test_function_check_passes_rounding_relative_to_the_logits_scale():
+    """A valid alignment passes, also with logits far above 1 (the tolerance scales with them); a wrong permutation
+    (one layer's output units moved without the next layer's inputs) is stopped with a message naming the model."""
+    a, b = _model("cnn_bn", 0), _model("cnn_bn", 1)
+    state_b = b.state_dict()
+    result = align.align(a, a.state_dict(), state_b, seed=0)
+    x = torch.randn(4, 3, 32, 32)
+    check = align.check_function_kept(a, state_b, result.state, x)
+    assert check.max_difference <= check.allowed and check.allowed >= align.FUNCTION_TOLERANCE
+
+    last = [k for k in state_b if k.endswith(".weight")][-1]
+    loud = {k: v * 1e4 if k == last else v for k, v in state_b.items()}  # logits ~1e4: absolute 1e-4 is below rounding
+    loud_aligned = {k: v * 1e4 if k == last else v for k, v in result.state.items()}
+    loud_check = align.check_function_kept(a, loud, loud_aligned, x)
+    assert loud_check.allowed > 1.0 and loud_check.max_difference <= loud_check.allowed
+
+    first = next(k for k in state_b if k.endswith(".weight"))
+    broken = dict(result.state, **{first: result.state[first].roll(1, dims=0)})
+    with pytest.raises(align.AlignmentFailed, match="does not compute B's function.*CNN"):
+        align.check_function_kept(a, state_b, broken, x)
+    assert not a.training  # the check leaves the model's mode as it found it

@@ -62,3 +62,16 @@ def test_bn_models_and_barrier_rows_with_reset():
     by_hand = LayerEvaluator(a, splits, batch_size=8)(reset(mix(a.state_dict(), b.state_dict(), 0.5)))
     full = next(r for r in rows if r["layer_set"] == "full" and r["metric"] == "loss")
     assert full["value"] == pytest.approx(by_hand["test"]["loss"], abs=1e-6)
+
+
+def test_pair_variants_follow_the_inputs_in_one_order():
+    from llmc_utils.core.pair_variants import VARIANTS, pair_variants
+
+    b, aligned, reset = {"w": 1}, {"w": 2}, lambda state: state
+    assert [v.name for v in pair_variants(b)] == ["plain"]
+    assert [(v.name, v.state_b, v.reset) for v in pair_variants(b, reset=reset)] == [
+        ("plain", b, None), ("bn_reset", b, reset)]
+    assert [(v.name, v.state_b) for v in pair_variants(b, aligned, plain="unaligned")] == [
+        ("unaligned", b), ("aligned", aligned)]
+    assert tuple(v.name for v in pair_variants(b, aligned, reset)) == VARIANTS
+    assert [v.reset for v in pair_variants(b, aligned, reset)] == [None, reset, None, reset]

@@ -27,3 +27,17 @@ def test_heatmap_annotates_mean_and_spread():
     plotting.heatmap(ax, mean, fmt=".2f", spread=spread)
     texts = sorted(t.get_text() for t in ax.texts)
     assert texts == ["0.25\n±0.05", "1.00"]  # one repetition (NaN spread): the mean alone
+
+
+def test_barrier_heatmaps_share_one_symmetric_scale_on_request():
+    fig, axes = plotting.panels(2)
+    tables = {"unaligned": pd.DataFrame([[0.5, -0.1]], index=["full"], columns=[1, 2]),
+              "aligned": pd.DataFrame([[0.2, -0.8]], index=["full"], columns=[1, 2])}
+    plotting.barrier_heatmaps(axes, tables, "train loss barrier", "epoch", "averaged layers", same_scale=True)
+    assert [ax.get_title() for ax in axes] == ["unaligned", "aligned"]
+    assert all(ax.collections[0].get_clim() == (-0.8, 0.8) for ax in axes)
+    assert [ax.get_xlabel() for ax in axes] == ["epoch", "epoch"]
+    fig, axes = plotting.panels(2)
+    plotting.barrier_heatmaps(axes, tables, "train loss barrier")
+    assert axes[0].collections[0].get_clim() == (-0.1, 0.5)  # its own range (seaborn centres the colours at zero)
+    assert axes[0].get_ylabel() == ""

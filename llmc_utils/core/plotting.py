@@ -9,8 +9,9 @@ atomically. Colour scales of barrier heatmaps are centred at zero: blue = no bar
 from __future__ import annotations
 
 import functools
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from llmc_utils.core.io import atomic_path
 
@@ -48,6 +49,26 @@ def heatmap(ax, table: pd.DataFrame, title: str = "", fmt: str = ".1f", center: 
     ax.set_title(title)
     ax.tick_params(axis="y", rotation=0)
     return ax
+
+
+def barrier_heatmaps(axes, tables: Mapping[str, pd.DataFrame], cbar_label: str, xlabel: str = "", ylabel: str = "",
+                     spreads: Mapping[str, pd.DataFrame | None] | None = None, same_scale: bool = False,
+                     annot: bool = True):
+    """One annotated barrier heatmap per entry of `tables` (panel title -> wide table, rows the averaged layers), on
+    `axes` in order: cells to two decimals, colours centred at zero, the axis labels given (seaborn's default, the
+    pivoted column names, would say nothing). `spreads` (title -> sd table or None) adds "±sd" to the cells of a
+    panel. `same_scale`: every panel on one colour scale, symmetric around zero and set by the largest |value| over
+    all panels, so that the panels compare by colour (unaligned beside aligned). A panel whose cells are all NaN (not
+    finite barriers, which the callers' reports explain) stays blank, without seaborn's warning."""
+    top = max(float(t.abs().max().max()) for t in tables.values()) if same_scale else None
+    for ax, (title, table) in zip(axes, tables.items()):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
+            heatmap(ax, table, title=title, fmt=".2f", vmin=None if top is None else -top, vmax=top,
+                    cbar_label=cbar_label, annot=annot, spread=(spreads or {}).get(title))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    return axes
 
 
 def curves(ax, df: pd.DataFrame, x: str, y: str, hue: str | None = None, style: str | None = None,

@@ -12,6 +12,10 @@ A group's new permutation is taken only when it strictly raises the objective, s
 cannot make the sweeps cycle. BatchNorm running statistics are permuted with their units but are not weights, so
 they are left out of the objective.
 
+Check: the aligned B must compute B's function (check_function_kept, the one check every caller runs: its logits
+equal B's up to float32 rounding, relative to their scale); a difference beyond that means the permutation spec does
+not fit the architecture.
+
 Groups: every Conv2d/Linear output starts one, which the following BatchNorm (weight, bias, running_mean,
 running_var) and the next layer's input axis share. A residual sum ties its two inputs to one group: a block with an
 identity shortcut keeps its input's group for conv2/bn2, and one with a conv shortcut (ResNet's downsample) starts a
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -238,3 +243,46 @@ def align(model: nn.Module, state_a: dict, state_b: dict, seed: int = 0, max_ite
     kept = sum(int((p == torch.arange(len(p))).sum()) for p in perms.values())
     return Alignment(aligned, perms, sweeps, _objective(spec, state_a, state_b), _objective(spec, state_a, aligned),
                      kept / max(1, sum(len(p) for p in perms.values())))
+
+
+# ------------------------------------------------------------------------------------------ the function check
+FUNCTION_TOLERANCE = 1e-4  # of check_function_kept: relative to the logits' scale (floor 1)
+
+
+class AlignmentFailed(RuntimeError):
+    """The permuted B does not compute B's function: the permutation spec does not fit this architecture."""
+
+
+class FunctionCheck(NamedTuple):
+    max_difference: float  # max |logit(B) - logit(aligned B)| over the check inputs
+    allowed: float  # the most the rule allows: tolerance x max(1, max |logit(B)|)
+
+
+def check_function_kept(model: nn.Module, state_b: dict, state_aligned: dict, x: torch.Tensor,
+                        tolerance: float = FUNCTION_TOLERANCE) -> FunctionCheck:
+    """Whether the aligned B computes B's function on the inputs x: raises AlignmentFailed when
+    max |logit(B) - logit(aligned B)| exceeds tolerance x max(1, max |logit(B)|), else returns both numbers.
+
+    Why this rule: a permutation of hidden units changes no result in exact arithmetic, but in float32 it reorders
+    the sums of every layer (and lets the backend pick other kernels), so the two sets of logits differ by rounding,
+    and rounding grows with the size of the numbers summed. An absolute tolerance would therefore stop a valid
+    alignment of a network whose logits are large (a long-trained, confident classifier; a language model), and a
+    relative one alone would demand rounding finer than float32 resolves when every logit is near zero (an untrained
+    network), hence the floor of 1 on the scale. A wrong permutation mixes unrelated units and changes the logits by
+    a sizeable fraction of their scale, orders of magnitude above the default tolerance, so the margin costs no
+    power."""
+    training = model.training
+    model.eval()  # in train mode BatchNorm would use batch statistics and write running ones into the states
+    try:
+        with torch.inference_mode():
+            logits_b = torch.func.functional_call(model, state_b, (x,))
+            logits_aligned = torch.func.functional_call(model, state_aligned, (x,))
+    finally:
+        model.train(training)
+    check = FunctionCheck((logits_b - logits_aligned).abs().max().item(),
+                          tolerance * max(1.0, logits_b.abs().max().item()))
+    if not check.max_difference <= check.allowed:  # NaN (non-finite logits) fails too
+        raise AlignmentFailed(f"the aligned B does not compute B's function: max |logit(B) - logit(aligned B)| = "
+                              f"{check.max_difference:.3g} > {check.allowed:.3g} (tolerance {tolerance:g} x "
+                              f"max(1, max |logit(B)|)): the permutation spec does not fit {type(model).__name__}")
+    return check

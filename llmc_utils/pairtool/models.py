@@ -46,6 +46,7 @@ from llmc_utils.core.evaluation import LayerEvaluator, checkpoint_barriers
 from llmc_utils.core.io import error_line, holds_objects, unsafe_global
 from llmc_utils.core.layers import logical_layers
 from llmc_utils.core.normalization import BNReset, has_batchnorm
+from llmc_utils.core.pair_variants import Variant, pair_variants
 
 MODEL_SPECS = "torchvision:NAME, timm:NAME, hf:CONFIG_OR_DIR or module.path:callable"
 ORDERS = ("shallow_to_deep", "deep_to_shallow", "outer_first")
@@ -336,12 +337,8 @@ class Pair:
     alignment: object | None = None  # align.Alignment when aligned
     info: dict = field(default_factory=dict)
 
-    def variants(self) -> list[tuple[str, dict, BNReset | None]]:
-        out = [("plain", self.state_b, None)] + ([("bn_reset", self.state_b, self.reset)] if self.reset else [])
-        if self.alignment is not None:
-            aligned = self.alignment.state
-            out += [("aligned", aligned, None)] + ([("aligned+bn_reset", aligned, self.reset)] if self.reset else [])
-        return out
+    def variants(self) -> list[Variant]:
+        return pair_variants(self.state_b, None if self.alignment is None else self.alignment.state, self.reset)
 
 
 def select_layers(names: list[str], wanted: list[str] | None) -> list[str]:
@@ -365,13 +362,10 @@ def _align(pair: Pair, opts: Options, log) -> None:
     except getattr(align, "UnsupportedArchitecture", ValueError) as exc:
         raise PairInputError(f"--align: {exc}") from None
     x = next(iter(pair.data.splits.values()))[0][:8].to(pair.device)
-    with torch.inference_mode():
-        logits_b, logits_aligned = (torch.func.functional_call(pair.model, s, (x,))
-                                    for s in (pair.state_b, result.state))
-    diff = (logits_b - logits_aligned).abs().max().item()
-    if not diff <= 1e-4 * max(1.0, logits_b.abs().max().item()):
-        raise RuntimeError(f"--align: the aligned B does not compute B's function (max |logit difference| {diff:.3g}):"
-                           f" the permutation spec does not fit {type(pair.model).__name__}; please report it")
+    try:
+        diff = align.check_function_kept(pair.model, pair.state_b, result.state, x).max_difference
+    except align.AlignmentFailed as exc:  # a bug of weight matching, not an input error: a traceback, not exit 2
+        raise align.AlignmentFailed(f"--align: {exc}; please report it") from None
     pair.alignment = result
     pair.info["alignment"] = dict(sweeps=result.sweeps, objective_before=result.objective_before,
                                   objective_after=result.objective_after, max_logit_difference=diff,
@@ -517,7 +511,7 @@ def analyse_pair(model: str, a, b, data: str, out=None, log: Callable | None = p
         pair = prepare(model, a, b, data, opts, log)
         log(f"{model}: {pair.info['n_layers']} logical layers ({len(pair.selected)} in the table), "
             f"{pair.info['n_parameters']:,} parameters; data {pair.info['data']}; variants: "
-            f"{', '.join(v for v, _, _ in pair.variants())}")
+            f"{', '.join(v.name for v in pair.variants())}")
         barriers, cum = evaluate(pair, opts, log)
     finally:
         torch.set_num_threads(threads)

@@ -24,7 +24,6 @@ import math
 import re
 import shutil
 import subprocess
-import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -94,17 +93,15 @@ def heatmap_figure(barriers: pd.DataFrame, split: str, metric: str = "loss"):
     rows, alphas = list(dict.fromkeys(barriers.layer_set)), sorted(barriers.alpha.unique())
     fig, axes = plotting.panels(len(variants) * len(bases), ncols=len(bases), width=0.8 * len(alphas) + 3.6,
                                 height=0.28 * len(rows) + 1.5)
-    for ax, (variant, base) in zip(axes, [(v, b) for v in variants for b in bases]):
-        sel = barriers[(barriers.variant == variant) & (barriers.base == base) & (barriers.split == split)
-                       & (barriers.metric == metric)]
-        wide = sel.pivot(index="layer_set", columns="alpha", values="barrier").loc[rows, alphas]
+    sel = barriers[(barriers.split == split) & (barriers.metric == metric)]
+    tables = {}
+    for variant, base in [(v, b) for v in variants for b in bases]:
+        wide = sel[(sel.variant == variant) & (sel.base == base)].pivot(index="layer_set", columns="alpha",
+                                                                        values="barrier").loc[rows, alphas]
         wide.columns = [f"{a:g}" for a in alphas]
-        with warnings.catch_warnings():  # a panel of non-finite barriers only (the report says why) stays blank
-            warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
-            plotting.heatmap(ax, wide, title=f"{variant}, into {base}", fmt=".2f", annot=len(rows) <= 60,
-                             cbar_label=f"{split} {metric} barrier")
-        ax.set_xlabel("alpha (weight of B)")
-        ax.set_ylabel("averaged layers")
+        tables[f"{variant}, into {base}"] = wide
+    plotting.barrier_heatmaps(axes, tables, f"{split} {metric} barrier", "alpha (weight of B)", "averaged layers",
+                              annot=len(rows) <= 60)
     return fig
 
 

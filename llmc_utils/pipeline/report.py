@@ -178,7 +178,7 @@ def beyond_the_paper(metrics: dict[str, dict[int | None, dict]]) -> list[str]:
     alignment stage the full barrier before and after weight matching (mean ± sd over pairs) and the layers that keep
     the largest barrier after it; the BatchNorm pair's full and largest single-layer barrier per variant."""
     from llmc_utils.stages.alignment import layer_summary
-    from llmc_utils.stages.bn_reset import VARIANTS
+    from llmc_utils.core.pair_variants import VARIANTS
 
     def mean_sd(values, fmt=".2f") -> str:
         s = pd.Series(values, dtype=float)

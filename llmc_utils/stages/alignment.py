@@ -16,7 +16,8 @@ initializations) says whether the claims are about anything; with a single pair 
 pair and the premise fails.
 
 At the checkpoints `epochs` (default: the last one), B is aligned to A (checked: the aligned B's logits equal B's
-within `function_tolerance`), then, for the unaligned and the aligned B alike,
+within `function_tolerance` of their scale, weight_matching.check_function_kept), then, for the unaligned and the
+aligned B alike,
 * Fig. 1: the full and every single-layer barrier at layerwise_barriers.heatmap_alpha, with the layer-wise stage's
   evaluation images (its subsets, bases, batch size);
 * Fig. 2 at the last of `epochs`: the cumulative `orders` (and the sliding window) with cumulative_averaging's images.
@@ -44,9 +45,10 @@ from llmc_utils.core.data import load_prepared, prepared_path
 from llmc_utils.core.evaluation import FULL, LayerEvaluator, checkpoint_barriers
 from llmc_utils.core.io import copy_output, save_table
 from llmc_utils.core.layers import logical_layers
+from llmc_utils.core.pair_variants import pair_variants
 from llmc_utils.stages.spec import EVALUATION, RUNTIME, Figure, StageSpec
 
-VARIANTS = ("unaligned", "aligned")
+UNALIGNED = "unaligned"  # this stage's name of the plain variant (pair_variants): B as it is
 
 
 class AlignmentConfig(Section):
@@ -59,11 +61,9 @@ class AlignmentConfig(Section):
     pairs: PositiveInt = 3  # cross pairs: A of pair r_i with B of pair r_{i+1}, over the first `pairs` of train_pairs
     seed: NonNegativeInt = 0  # order in which weight matching solves its assignment problems
     max_iter: PositiveInt = 100  # sweeps over every permutation group at most
-    function_tolerance: PositiveFloat = 1e-4  # max |logit(aligned B) - logit(B)|; more stops the stage
-
-
-class AlignmentFailed(RuntimeError):
-    """The permuted B does not compute B's function: a wrong permutation spec for this architecture."""
+    # max |logit(aligned B) - logit(B)| allowed, relative to max(1, max |logit(B)|) (weight_matching.
+    # check_function_kept says why); more stops the stage
+    function_tolerance: PositiveFloat = align.FUNCTION_TOLERANCE
 
 
 def checkpoint_epochs(cfg: AlignmentConfig, params: dict) -> list[int]:
@@ -75,21 +75,15 @@ def checkpoint_epochs(cfg: AlignmentConfig, params: dict) -> list[int]:
     return [max(cumulative_epochs)] if cfg.epochs == "last" else list(cumulative_epochs)
 
 
-def max_logit_difference(model: torch.nn.Module, state_b: dict, state_aligned: dict, x: torch.Tensor) -> float:
-    """max |logits of B - logits of aligned B| on x: 0 up to float rounding when the permutation is valid."""
-    with torch.inference_mode():
-        return (torch.func.functional_call(model, state_b, (x,))
-                - torch.func.functional_call(model, state_aligned, (x,))).abs().max().item()
-
-
-def align_pair(model, state_a, state_b, cfg: AlignmentConfig, check_x: torch.Tensor) -> tuple[align.Alignment, float]:
-    """B aligned to A, and the function check; raises AlignmentFailed when the aligned B computes another function."""
+def align_pair(model, state_a, state_b, cfg: AlignmentConfig, check_x: torch.Tensor
+               ) -> tuple[align.Alignment, align.FunctionCheck]:
+    """B aligned to A, and the function check on check_x; raises align.AlignmentFailed when the aligned B computes
+    another function."""
     result = align.align(model, state_a, state_b, seed=cfg.seed, max_iter=cfg.max_iter)
-    diff = max_logit_difference(model, state_b, result.state, check_x)
-    if not diff <= cfg.function_tolerance:
-        raise AlignmentFailed(f"aligned B differs from B by {diff:.2e} in the logits (> alignment.function_tolerance "
-                              f"= {cfg.function_tolerance:g}): the permutation spec of {type(model).__name__} is wrong")
-    return result, diff
+    try:
+        return result, align.check_function_kept(model, state_b, result.state, check_x, cfg.function_tolerance)
+    except align.AlignmentFailed as exc:
+        raise align.AlignmentFailed(f"{exc} (tolerance: alignment.function_tolerance)") from None
 
 
 def cross_pairs(repetitions: list[int], n: int) -> list[tuple[int, int]]:
@@ -122,12 +116,12 @@ def pair_tables(workspace: str | Path, params: dict, cfg: AlignmentConfig, cross
     fig1, fig2, info = [], [], []
     for epoch in progress(epochs, desc=f"cross pair {cross}: align + evaluate"):
         state_a, state_b = pairs.load_pair(workspace, epoch, cross[0])[0], pairs.load_pair(workspace, epoch, cross[1])[1]
-        result, diff = align_pair(model, state_a, state_b, cfg, fig1_eval.splits["test"][0])
+        result, check = align_pair(model, state_a, state_b, cfg, fig1_eval.splits["test"][0])
         info.append(dict(epoch=epoch, sweeps=result.sweeps, objective_before=result.objective_before,
                          objective_after=result.objective_after, identity_fraction=result.identity_fraction,
-                         max_logit_difference=diff))
+                         max_logit_difference=check.max_difference, allowed_logit_difference=check.allowed))
         layers = logical_layers(state_a, fig1_cfg.layer_groups)
-        for variant, other in zip(VARIANTS, (state_b, result.state)):
+        for variant, other, _ in pair_variants(state_b, result.state, plain=UNALIGNED):
             fig1 += [dict(row, variant=variant) for row in checkpoint_barriers(
                 fig1_eval, epoch, state_a, other, layers, [fig1_cfg.heatmap_alpha], fig1_cfg.bases)]
             if epoch == epochs[-1]:
@@ -235,16 +229,13 @@ def figure(fig1: pd.DataFrame, bases, alpha: float):
     n = fig1.repetition.nunique()
     wides = {(base, v): barriers.mean_sd_wide(fig1[fig1.variant == v], base, "train", "loss", alpha)
              for base in bases for v in ("unaligned", "aligned")}
-    top = max(float(mean.abs().max().max()) for mean, _ in wides.values())
     n_rows, n_cols = next(iter(wides.values()))[0].shape
     fig, axes = plotting.panels(len(wides) + 1, ncols=2, width=0.9 * n_cols + 3.5, height=0.45 * n_rows + 1.5)
     pairs_label = f"mean ± sd, {n} pairs" if n > 1 else "one pair"
-    for ax, ((base, variant), (mean, sd)) in zip(axes, wides.items()):
-        plotting.heatmap(ax, mean, spread=sd if n > 1 else None, vmin=-top, vmax=top, fmt=".2f",
-                         cbar_label="train loss barrier",
-                         title=f"{variant} B, into {base} (alpha {alpha}; {pairs_label})")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("averaged layers")
+    titles = {key: f"{key[1]} B, into {key[0]} (alpha {alpha}; {pairs_label})" for key in wides}
+    plotting.barrier_heatmaps(axes, {titles[k]: mean for k, (mean, _) in wides.items()}, "train loss barrier",
+                              "epoch", "averaged layers", same_scale=True,
+                              spreads={titles[k]: sd if n > 1 else None for k, (_, sd) in wides.items()})
     full = fig1[(fig1.layer_set == FULL) & (fig1.split == "train") & (fig1.metric == "loss")
                 & (fig1.alpha == alpha) & (fig1.base == bases[0])]
     last = full[full.epoch == full.epoch.max()]

@@ -8,7 +8,8 @@ Re-Basin study independently trained networks, whose units need not be in the sa
 * plain: interpolate everything, running statistics included;
 * bn_reset: the same, then every BatchNorm's statistics re-estimated on `reset_batches` training batches
   (llmc_utils.core.normalization.BNReset), the endpoints keeping their own;
-* aligned, aligned+bn_reset: the same between A and B aligned to A by weight matching (llmc_utils.core.weight_matching).
+* aligned, aligned+bn_reset: the same between A and B aligned to A by weight matching (llmc_utils.core.weight_matching,
+  checked to compute B's function).
 For each: the full path (loss barrier at every alpha of `path_alphas`) and the Fig. 1 column (full and every single
 layer at alpha 0.5, into A and into B). One pair: the numbers are descriptive, not claims.
 """
@@ -27,10 +28,9 @@ from llmc_utils.core.config import Alpha, NonNegativeInt, PositiveInt, Section
 from llmc_utils.core.evaluation import FULL, LayerEvaluator, barrier_rows, checkpoint_barriers, endpoints
 from llmc_utils.core.layers import logical_layers, mix
 from llmc_utils.core.normalization import BNReset, reset_batches
+from llmc_utils.core.pair_variants import VARIANTS, pair_variants
 from llmc_utils.core.trainer import load_weights
 from llmc_utils.stages.spec import EVALUATION, RUNTIME, TRAINING, Figure, StageSpec
-
-VARIANTS = ("plain", "bn_reset", "aligned", "aligned+bn_reset")
 
 
 class BNResetConfig(Section):
@@ -84,19 +84,20 @@ def full_path(evaluator: LayerEvaluator, state_a, state_b, alphas, reset=None, *
 
 def variant_tables(cfg: BNResetConfig, model, splits, state_a, state_b, reset_x, device="cpu",
                    progress=lambda it, **kw: it) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """(full-path rows, Fig. 1 column rows, alignment info) of the four VARIANTS."""
+    """(full-path rows, Fig. 1 column rows, alignment info) of the four VARIANTS. The aligned B is checked to compute
+    B's function on the first split's inputs (align.check_function_kept raises AlignmentFailed otherwise)."""
     evaluator = LayerEvaluator(model, splits, cfg.eval_batch_size, device)
     reset = BNReset(model, reset_batches(reset_x, cfg.reset_batches, cfg.reset_batch_size, cfg.reset_seed), device)
     aligned = align.align(model, state_a, state_b, seed=cfg.align_seed)
+    check = align.check_function_kept(model, state_b, aligned.state, next(iter(splits.values()))[0])
     layers = logical_layers(state_a)
     path, column = [], []
-    for variant in progress(VARIANTS, desc="variants"):
-        other = aligned.state if variant.startswith("aligned") else state_b
-        hook = reset if variant.endswith("bn_reset") else None
+    for variant, other, hook in progress(pair_variants(state_b, aligned.state, reset), desc="variants"):
         path += full_path(evaluator, state_a, other, cfg.path_alphas, hook, variant=variant)
         column += [dict(row, variant=variant) for row in
                    checkpoint_barriers(evaluator, cfg.epochs, state_a, other, layers, [cfg.alpha], cfg.bases, hook)]
-    info = dict(sweeps=aligned.sweeps, identity_fraction=aligned.identity_fraction, reset_calls=reset.calls)
+    info = dict(sweeps=aligned.sweeps, identity_fraction=aligned.identity_fraction,
+                max_logit_difference=check.max_difference, reset_calls=reset.calls)
     return pd.DataFrame(path), pd.DataFrame(column), info
 
 
@@ -127,12 +128,10 @@ def figure(path: pd.DataFrame, column: pd.DataFrame, bases, alpha: float):
     axes[0].axhline(0, color="grey", lw=0.5)
     loss = column[(column.split == "train") & (column.metric == "loss")]
     order = list(dict.fromkeys(loss.layer_set))
-    for ax, base in zip(axes[1:], bases):
-        table = loss[loss.base == base].pivot(index="layer_set", columns="variant", values="barrier")
-        plotting.heatmap(ax, table.loc[order, list(VARIANTS)], fmt=".2f", cbar_label="train loss barrier",
-                         title=f"averaged layers into {base} (alpha {alpha})")
-        ax.set_xlabel("")
-        ax.set_ylabel("")
+    tables = {f"averaged layers into {base} (alpha {alpha})":
+              loss[loss.base == base].pivot(index="layer_set", columns="variant", values="barrier")
+              .loc[order, list(VARIANTS)] for base in bases}
+    plotting.barrier_heatmaps(axes[1:], tables, "train loss barrier")
     fig.tight_layout()
     return fig
 
