@@ -55,8 +55,10 @@ def workspace(tmp_path):
     (ws / profiles.WORKSPACE_MARKER).write_text("made by llmc_utils.pipeline.profiles\n")
     (ws / "figures" / "fig1_layerwise_barriers.png").write_bytes(b"\x89PNG old figure")
     save_json({"max_barrier": 1.23}, ws / "metrics" / "layerwise_barriers" / "repetition_0.json")
-    shutil.copy(ROOT / "profiles" / "tiny.yaml", ws / "params.yaml")
-    save_torch({"epoch": 0, "meta": {}, "model": {"w": torch.ones(2)}}, ws / "models" / "pair" / "repetition_0" / "A" / "epoch_0000.pt")
+    # as make_workspace writes it: the tiny profile with what it extends merged in
+    (ws / "params.yaml").write_text(yaml.safe_dump(load_profile(ROOT / "profiles" / "tiny.yaml"), sort_keys=False))
+    save_torch({"epoch": 0, "meta": {}, "model": {"w": torch.ones(2)}},
+               ws / "models" / "pair" / "repetition_0" / "A" / "epoch_0000.pt")
     return ws
 
 

@@ -89,18 +89,18 @@ def small_cfg(**overrides):
 
 def test_repetition_derives_every_seed():
     cfg = lm.LanguageModelConfig()
-    assert lm.model_seeds(cfg, 0) == {"A": (0, 0), "B": (1, 1), "B'": (0, 1)}
-    assert lm.model_seeds(cfg, 2) == {"A": (200, 200), "B": (201, 201), "B'": (200, 201)}
+    assert lm.model_seeds(cfg) == {"A": (0, 0), "B": (1, 1), "B'": (0, 1)}
+    assert lm.model_seeds(cfg.for_repetition(2)) == {"A": (200, 200), "B": (201, 201), "B'": (200, 201)}
     small = small_cfg()
-    first, second = lm.prepare(small, 0), lm.prepare(small, 1)
+    first, second = lm.prepare(small, 0), lm.prepare(small.for_repetition(1), 1)
     assert not torch.equal(first["train"][0], second["train"][0])  # windows drawn from repetition_seed(window_seed, r)
-    assert torch.equal(lm.prepare(small, 1)["train"][0], second["train"][0])  # and reproducibly
+    assert torch.equal(lm.prepare(small.for_repetition(1), 1)["train"][0], second["train"][0])  # and reproducibly
     for prepared in (first, second):  # "train" = the first training windows: text the models trained on
         x, y = prepared["train"]
         ex, ey = prepared["splits"]["train"]
         assert torch.equal(ex, x[:8]) and torch.equal(ey, y[:8])
         assert prepared["splits"]["test"][0].shape == (8, 8)
-    more = lm.prepare(small_cfg(train_windows=512), 1)  # test windows do not depend on how many windows train
+    more = lm.prepare(small_cfg(train_windows=512).for_repetition(1), 1)  # test windows do not depend on how many windows train
     assert torch.equal(more["splits"]["test"][0], second["splits"]["test"][0])
 
 
@@ -175,7 +175,7 @@ def test_aggregate_reads_every_repetition_and_draws_fig7(trained, tmp_path):
         path.parent.mkdir(parents=True)
         barriers.assign(barrier=barriers.barrier + shift).to_csv(path, index=False)
     table = lm.aggregate_language_model(tmp_path, [0, 1])
-    assert len(table) == 2 * len(barriers) and set(table.seed) == {0, 1}
+    assert len(table) == 2 * len(barriers) and set(table.repetition) == {0, 1}
     curves = lm.barrier_curves(table)
     assert len(curves) == 2 * 6
     heat, sd = lm.layer_barrier_grid(table, "different_init")
@@ -202,7 +202,7 @@ def test_degenerate_model_stops_naming_model_seed_and_epoch(tmp_path):
     cfg = small_cfg(optim=dict(epochs=1, batch_size=8, lr=1e-6, weight_decay=0.0), checkpoint_epochs=[0, 1])
     with pytest.raises(TrainingDiverged, match=r"GPT A of repetition 3 \(init seed 300, data seed 300\).*epoch 1.*"
                                                r"unigram entropy"):
-        lm.train_models(cfg, lm.prepare(cfg, 3), tmp_path)
+        lm.train_models(cfg.for_repetition(3), lm.prepare(cfg.for_repetition(3), 3), tmp_path)
     with pytest.raises(TrainingDiverged, match="test loss 4.000 .* epoch 7"):
         lm.check_not_degenerate({"train": 1.0, "test": 4.0}, 3.5, "GPT B", 7)
     lm.check_not_degenerate({"train": 1.0, "test": 3.4}, 3.5, "GPT B", 7)  # below the entropy: fine

@@ -66,7 +66,8 @@ def test_disjoint_halves_share_the_init_and_split_the_training_subset(tmp_path):
     from llmc_utils.stages.train_pairs import own_train_splits
 
     images, cfg = fake_images(), tiny_cfg(scheme="disjoint_halves")
-    assert cfg.seeds("A", 1)[0] == cfg.seeds("B", 1)[0] != cfg.seeds("B", 1)[1]  # one init, own data order
+    pair_1 = cfg.for_repetition(1)
+    assert pair_1.member_seeds("A")[0] == pair_1.member_seeds("B")[0] != pair_1.member_seeds("B")[1]  # one init
     assert (cfg.member_images("A", 32), cfg.member_images("B", 32)) == (slice(0, 16), slice(16, 32))
     assert tiny_cfg().member_images("B", 32) == slice(0, 32)  # the other schemes: every image for both
     own = own_train_splits(images, cfg, 0, 0)

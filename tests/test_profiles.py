@@ -12,14 +12,14 @@ from llmc_utils.pipeline import profiles
 from tests.conftest import ROOT
 
 DOCUMENTED = [  # every place that shows a command line of the CLI
-    ROOT / "llmc_utils" / "profiles.py", ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+    ROOT / "llmc_utils" / "pipeline" / "profiles.py", ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
     *sorted((ROOT / "profiles").glob("*.yaml"))]
 
 
 def documented_commands() -> list[list[str]]:
     commands = []
     for path in DOCUMENTED:
-        for match in re.finditer(r"python -m llmc_utils\.profiles ([^`#\n]*)", path.read_text()):
+        for match in re.finditer(r"python -m llmc_utils\.pipeline\.profiles ([^`#\n]*)", path.read_text()):
             commands.append(shlex.split(match.group(1)))
     return commands
 

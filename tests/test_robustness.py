@@ -284,17 +284,17 @@ def write_seed_results(workspace, seeds):
         save_table(gap, folder / "cnn_gap.csv")
 
 
-def test_aggregation_and_figures_over_seeds(tmp_path):
+def test_aggregation_and_figures_over_repetitions(tmp_path):
     import matplotlib.pyplot as plt
 
     write_seed_results(tmp_path, [0, 1, 2])
     curves = robustness.aggregate_vit_curves(tmp_path, [0, 1, 2])
-    assert sorted(curves.seed.unique()) == [0, 1, 2]
+    assert sorted(curves.repetition.unique()) == [0, 1, 2]
     table = robustness.vit_gap_table(curves, 1.0)
     assert (table.n_repetitions == 3).all() and table["std"].notna().all() and "mean ± sd" in table
     gaps = robustness.aggregate_cnn_gaps(tmp_path, [0, 1, 2])
     for fig in (robustness.fig4_robustness(curves, 1.0, margin=0.01), robustness.fig4_robustness_cnn(gaps, 0.5),
-                robustness.fig4_robustness(curves[curves.seed == 0], 1.0)):
+                robustness.fig4_robustness(curves[curves.repetition == 0], 1.0)):
         assert len(fig.axes) >= 2
         plt.close(fig)
     with pytest.raises(FileNotFoundError, match="robustness@3"):

@@ -16,9 +16,10 @@ from llmc_utils.pipeline.report import ReportConfig
 CFG = ReportConfig()
 
 
-def row(variant, seed, full, single, error=0.5, scheme="same_init_different_order", tflop=1.0, seconds=30.0,
+def row(variant, repetition, full, single, error=0.5, scheme="same_init_different_order", tflop=1.0, seconds=30.0,
         status="ok"):
-    base = dict(variant=variant, levers=f"lever of {variant}", seed=seed, scheme=scheme, train_tflop_per_pair=tflop,
+    base = dict(variant=variant, levers=f"lever of {variant}", repetition=repetition, scheme=scheme,
+                train_tflop_per_pair=tflop,
                 status=status, message="" if status == "ok" else "diverged at epoch 3")
     if status != "ok":
         return base
@@ -31,9 +32,9 @@ def row(variant, seed, full, single, error=0.5, scheme="same_init_different_orde
 
 def table(*variants):
     """Three pairs of each (name, full, single, kwargs) with a little spread."""
-    return pd.DataFrame([row(name, seed, full + jitter, single + jitter / 10, **kw)
+    return pd.DataFrame([row(name, r, full + jitter, single + jitter / 10, **kw)
                          for name, full, single, kw in variants
-                         for seed, jitter in enumerate((0.0, 0.05, -0.05))])
+                         for r, jitter in enumerate((0.0, 0.05, -0.05))])
 
 
 def test_summary_judges_the_premise_and_reports_the_single_layers_per_variant():
@@ -127,8 +128,8 @@ def test_one_tiny_pair_end_to_end(tmp_path, monkeypatch, at_chance):
 
 def test_load_reads_the_committed_table_when_the_workspace_has_none(tmp_path):
     committed = setup_study.load(tmp_path)
-    assert {"variant", "levers", "seed", "status", "full_barrier_train_loss_last"} <= set(committed.columns)
-    assert committed.groupby("variant").seed.nunique().min() >= 3
+    assert {"variant", "levers", "repetition", "status", "full_barrier_train_loss_last"} <= set(committed.columns)
+    assert committed.groupby("variant").repetition.nunique().min() >= 3
     assert committed.variant.nunique() >= 8
 
 

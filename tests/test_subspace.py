@@ -196,17 +196,17 @@ def test_seed_metrics_hold_every_panel_and_kind(tmp_path):
     assert m["subspace_rank/synthetic/final_only/all"] == 2.0
 
 
-def test_aggregation_and_figure_over_seeds(tmp_path):
+def test_aggregation_and_figure_over_repetitions(tmp_path):
     import matplotlib.pyplot as plt
 
     for seed in (0, 1):
         run_tables(tmp_path, seed)
     curves = subspace.aggregate_curves(tmp_path, [0, 1])
-    assert sorted(curves.seed.unique()) == [0, 1]
+    assert sorted(curves.repetition.unique()) == [0, 1]
     table = subspace.loss_at_table(curves, 3.0)
     assert (table.n_repetitions == 2).all() and set(table.kind) == set(subspace.KINDS) and "mean ± sd" in table
     for fig in (subspace.fig5_subspace_perturbations(curves),
-                subspace.fig5_subspace_perturbations(curves[curves.seed == 1])):
+                subspace.fig5_subspace_perturbations(curves[curves.repetition == 1])):
         assert len(fig.axes) == 2 * 3  # (dataset, variant) rows x scopes
         assert fig.axes[0].get_title().startswith("synthetic · all\nsubspace: span of all snapshots")  # table order
         plt.close(fig)
