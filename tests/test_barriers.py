@@ -89,7 +89,7 @@ def test_barrier_of_model_with_itself_is_zero():
 
 def test_barrier_table_shape_and_keys():
     model, state_a, state_b = toy_pair()
-    cfg = LayerwiseBarriersConfig(alphas=[0.25, 0.5, 0.75])
+    cfg = LayerwiseBarriersConfig(alphas=[0.25, 0.5, 0.75], grid_epochs="all")  # the whole grid at both epochs
     table, geometry = barrier_table(LayerEvaluator(model, toy_splits()), lambda e: (state_a, state_b), [0, 3], cfg)
     n_layers = 3
     assert len(table) == 2 * (1 + n_layers) * 2 * 3 * 2 * 2  # epochs x sets x bases x alphas x splits x metrics

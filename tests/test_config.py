@@ -1,9 +1,11 @@
-"""Bad parameters fail before compute, naming the key, the value and what is allowed."""
+"""Bad parameters fail before compute, naming the key, the value and what is allowed; the code's defaults are
+params.yaml's values, so a section a file leaves out runs as the committed default run does."""
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
-from llmc_utils.core.config import ParamsError
+from llmc_utils.core.config import ParamsError, read_params_file
 from llmc_utils.pipeline.params import load_params, validate_params
 from llmc_utils.pipeline.registry import sections
 from llmc_utils.pipeline.stage import setup
@@ -57,6 +59,55 @@ def test_every_registered_section_has_valid_defaults(name):
     from llmc_utils.pipeline.params import section_model
 
     section_model(name)()  # the registered class exists and its defaults validate
+
+
+# Keys whose code default may differ from params.yaml. setup_study.variants is the study's design, a large mapping
+# recorded once in params.yaml (which the study reads); a copy in the code would write the design twice.
+DEFAULTS_EXEMPT = {"setup_study.variants": "the study's design is recorded once, in params.yaml"}
+
+
+def default_differences(section: BaseModel, committed: dict, prefix: str) -> list[str]:
+    """Every key that `committed` (a section of params.yaml) sets to another value than `section` (a model holding
+    its code defaults) has, with both values; nested models are compared key by key, so a nested key that params.yaml
+    leaves out keeps its code default and is not a difference."""
+    dumped = section.model_dump(mode="json")
+    out = []
+    for key, value in committed.items():
+        where = f"{prefix}.{key}"
+        if where in DEFAULTS_EXEMPT:
+            continue
+        if key not in dumped:
+            out.append(f"{where}: params.yaml {value!r}, the code has no such key")
+        elif isinstance(getattr(section, key), BaseModel) and isinstance(value, dict):
+            out.extend(default_differences(getattr(section, key), value, where))
+        elif dumped[key] != value:
+            out.append(f"{where}: code {dumped[key]!r}, params.yaml {value!r}")
+    return out
+
+
+def test_code_defaults_equal_params_yaml(root):
+    """One source of defaults: every section's code default equals params.yaml's value (bar DEFAULTS_EXEMPT), so
+    validate_params fills a left-out section or key with what the committed default run uses."""
+    committed = read_params_file(root / "params.yaml")
+    assert "extends" not in committed, "params.yaml is the root profile: it extends no other file"
+    for key in DEFAULTS_EXEMPT:  # an exemption names a key params.yaml sets
+        section, field = key.split(".", 1)
+        assert field in committed.get(section, {}), f"exempt key {key} ({DEFAULTS_EXEMPT[key]}) is not in params.yaml"
+    problems = []
+    for name, model in sections().items():
+        problems.extend(default_differences(model(), committed.get(name) or {}, name))
+    assert not problems, "code defaults differ from params.yaml:\n  " + "\n  ".join(problems)
+
+
+def test_default_check_reports_nested_differences():
+    """The comparison reaches into nested models and reports both values of every differing key."""
+    from llmc_utils.stages.train_pairs import TrainPairsConfig
+
+    cfg = TrainPairsConfig()
+    committed = {"width": cfg.width + 1, "optim": {"epochs": cfg.optim.epochs + 1, "lr": cfg.optim.lr}}
+    assert default_differences(cfg, committed, "train_pairs") == [
+        f"train_pairs.width: code {cfg.width}, params.yaml {cfg.width + 1}",
+        f"train_pairs.optim.epochs: code {cfg.optim.epochs}, params.yaml {cfg.optim.epochs + 1}"]
 
 
 def test_committed_params_files_validate(root):

@@ -137,7 +137,7 @@ def toy_clients(n_clients=3, n=24, seed=0, step=8):
 @pytest.mark.parametrize("averaged, shared", [(None, {"fc1", "fc2", "fc3"}), (["fc2"], {"fc2"}), ([], set())])
 def test_strategies_share_exactly_the_averaged_layers(averaged, shared):
     cfg = fd.FederatedConfig(n_clients=3, hidden=[5, 5], layer_groups={"mid": ["fc2"]}, claim_group="mid", rounds=2,
-                             batch_size=8, lr=0.1, n_train=10, n_test=10)
+                             batch_size=8, lr=0.1, n_train=10, n_test=10, sweep_n_train=0)
     states = train_federated(lambda: fd.MLP(4, [5, 5], 3), toy_clients(), averaged, cfg)
     for layer in ("fc1", "fc2", "fc3"):
         same = all(torch.equal(states[0][f"{layer}.weight"], s[f"{layer}.weight"]) for s in states[1:])
@@ -190,7 +190,7 @@ def reference(make_model, clients, averaged, cfg):
 
 def toy_config(**kw):
     base = dict(n_clients=3, hidden=[5, 5], layer_groups={"mid": ["fc2"]}, claim_group="mid", rounds=3, batch_size=8,
-                lr=0.1, n_train=10, n_test=10, local_epochs=2, stack_size=2)
+                lr=0.1, n_train=10, n_test=10, sweep_n_train=0, local_epochs=2, stack_size=2)
     return fd.FederatedConfig(**{**base, **kw})
 
 
@@ -253,7 +253,7 @@ def toy_images(n_train=600, n_test=300, seed=0):
 
 
 def small_config(**kw):
-    base = dict(n_clients=4, n_train=400, n_test=200, hidden=[16, 16], classes_per_client=3,
+    base = dict(n_clients=4, n_train=400, n_test=200, sweep_n_train=0, hidden=[16, 16], classes_per_client=3,
                 layer_groups={"middle": ["fc2"], "body": ["fc1", "fc2"]}, claim_group="body",
                 sweep_concentrations=[0.3, 10.0], rounds=3, batch_size=16, lr=0.1, eval_subset=20)
     return fd.FederatedConfig(**{**base, **kw})

@@ -83,7 +83,7 @@ def small_cfg(**overrides):
     # 64 SGD steps: the smallest run that reliably gets below the unigram entropy (the degeneracy stop)
     base = dict(text_file=None, max_chars=3000, context=8, d_model=16, n_heads=2, n_blocks=1, train_windows=256,
                 eval_windows=8, optim=dict(epochs=2, batch_size=8, lr=0.3, weight_decay=0.0, grad_clip=1.0),
-                checkpoint_epochs=[0, 1, 2])
+                checkpoint_epochs=[0, 1, 2], same_init_epochs=None)
     return lm.LanguageModelConfig(**{**base, **overrides})
 
 

@@ -128,8 +128,7 @@ def test_vit_rejects_bad_shapes():
     ({"random_seeds": []}, "random_seeds"),
     ({"random_seeds": [1, 1]}, "distinct"),
     ({"vit": {"depth": 0}}, "robustness.vit.depth"),
-    ({"optim_b": {"epochs": 10, "batch_size": 128, "lr": 0.1, "weight_decay": 1e-4, "schedule": "cosine",
-                  "warmup_epochs": 1, "grad_clip": 1.0}}, "identical"),
+    ({"optim_b": robustness.RobustnessConfig().optim_a.model_dump(mode="json")}, "identical"),  # B = A's recipe
     ({"n_evall": 5}, "unknown key robustness.n_evall"),
     ({"n_train": 100, "n_eval": 200}, "must not exceed n_train"),
     ({"cnn_alpha": 0.0}, "cnn_alpha must be > 0"),

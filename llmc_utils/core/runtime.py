@@ -23,7 +23,7 @@ class RuntimeConfig(Section):
     progress: bool = True  # tqdm bars; tests turn them off
     # up to this many independent models of a stage (A and B of a pair) trained side by side, each in a one-thread
     # process, on a CPU (trainer.train_many; 1 = one after the other in the stage's own process with num_threads)
-    train_processes: PositiveInt = 2
+    train_processes: PositiveInt = 3
     # how evaluations run (evaluation.set_speed; a GPU profile may turn these on): fp32 | tf32 (CUDA only) | bf16
     # (autocast: other barriers in the last digits that matter; tests/test_engine_cache.py bounds and prints the
     # change); channels_last images; the most memory (GiB) the cached activations of one evaluated endpoint may take

@@ -42,7 +42,8 @@ ORDERS = ("shallow_to_deep", "deep_to_shallow", "random", "outer_first")
 
 
 class CumulativeAveragingConfig(Section):
-    epochs: list[NonNegativeInt] | None = None  # checkpoints of the pair to evaluate; null = every checkpoint
+    # checkpoints of the pair to evaluate; null = every checkpoint (epoch 0: A = B, every barrier is 0)
+    epochs: list[NonNegativeInt] | None = Field(default_factory=lambda: [1, 10, 30])
     orders: list[Literal["shallow_to_deep", "deep_to_shallow", "random", "outer_first"]] = Field(
         default_factory=lambda: list(ORDERS), min_length=1)
     random_seeds: list[NonNegativeInt] = Field(default_factory=lambda: [0])
@@ -51,7 +52,7 @@ class CumulativeAveragingConfig(Section):
     alpha: Alpha = 0.5
     bases: list[Literal["A", "B"]] = Field(default_factory=lambda: ["A", "B"], min_length=1)
     splits: list[Literal["train", "test"]] = Field(default_factory=lambda: ["train"], min_length=1)
-    train_subset: NonNegativeInt = 1000
+    train_subset: NonNegativeInt = 300
     test_subset: NonNegativeInt = 1000
     subset_seed: NonNegativeInt = 1
     eval_batch_size: PositiveInt = 256  # fastest per image on 2 CPU cores; benchmarks/bench_fig1_grid.py --batch-size

@@ -99,7 +99,7 @@ class DeepLinearConfig(Section):
     output_dim: PositiveInt = 4
     n_samples: PositiveInt = 32
     label_noise: NonNegativeFloat = 0.1  # Y = X T + noise * N(0, 1), teacher T ~ N(0, 1 / input_dim)
-    replicates: PositiveInt = 16  # networks per (depth, width); each gives one random and one trained pair
+    replicates: PositiveInt = 6  # networks per (depth, width); each gives one random and one trained pair
     pair_kinds: list[Literal["random", "trained"]] = Field(default_factory=lambda: ["random", "trained"], min_length=1)
     bases: list[Literal["A", "B"]] = Field(default_factory=lambda: ["A", "B"], min_length=1)
     n_alphas: int = Field(51, ge=5)  # alpha grid on [0, 1] for every cut and path; odd, so it holds alpha = 0.5

@@ -74,15 +74,16 @@ class LanguageModelConfig(Section):
     d_model: PositiveInt = 48
     n_heads: PositiveInt = 4
     n_blocks: PositiveInt = 2
-    train_windows: PositiveInt = 2048  # random windows drawn once per repetition from the train text: one epoch
-    eval_windows: PositiveInt = 64  # windows of each split (train, test) on which barriers are measured
+    train_windows: PositiveInt = 1280  # random windows drawn once per repetition from the train text: one epoch
+    eval_windows: PositiveInt = 48  # windows of each split (train, test) on which barriers are measured
     window_seed: Seed = 0  # base seed of the window draw; repetition r uses window_seed + 100 r
     seed_a: Seed = 0  # base seed of A (init and data order) and of B's init in the same-init pair B'
     seed_b: Seed = 1  # base seed of B (init and data order) and of B''s data order
     scheme: Scheme = "different_init"  # the pair the claims and the heatmap use (module docstring says why)
     optim: OptimConfig = OptimConfig(epochs=8, batch_size=16, lr=0.3, weight_decay=0.0, grad_clip=1.0)
     checkpoint_epochs: list[NonNegativeInt] = Field(default_factory=lambda: [0, 1, 2, 4, 6, 8], min_length=2)
-    same_init_epochs: list[NonNegativeInt] | None = None  # checkpoints where the same-init pair is measured; None = all
+    # checkpoints where the same-init pair is measured; None = all
+    same_init_epochs: list[NonNegativeInt] | None = Field(default_factory=lambda: [0, 4, 6, 8])
     eval_batch_size: PositiveInt = 512  # windows per evaluation batch
     threads: PositiveInt = 1  # torch threads for training and evaluation (applied by stage.setup; tiny ops)
 

@@ -37,15 +37,15 @@ from llmc_utils.stages.spec import EVALUATION, RUNTIME, Figure, StageSpec
 
 
 class LayerwiseBarriersConfig(Section):
-    train_subset: NonNegativeInt = 1000  # evaluation images from the training set (0 = all)
-    test_subset: NonNegativeInt = 1000  # evaluation images from the test set (0 = all)
+    train_subset: NonNegativeInt = 500  # evaluation images from the training set (0 = all)
+    test_subset: NonNegativeInt = 300  # evaluation images from the test set (0 = all)
     subset_seed: NonNegativeInt = 1
     alphas: list[Alpha] = Field(default_factory=lambda: [0.25, 0.5, 0.75], min_length=1)  # grid for max-over-alpha
     heatmap_alpha: Alpha = 0.5  # the paper's figures: the midpoint
     # checkpoints that get the whole alpha grid; the others get heatmap_alpha only (the figures and the claims read
     # heatmap_alpha at every checkpoint; the grid is reported beside them): last = one alpha instead of the whole grid
     # at every earlier checkpoint
-    grid_epochs: Literal["all", "last"] = "all"
+    grid_epochs: Literal["all", "last"] = "last"
     bases: list[Literal["A", "B"]] = Field(default_factory=lambda: ["A", "B"], min_length=1)
     eval_batch_size: PositiveInt = 256  # fastest per image on 2 CPU cores; benchmarks/bench_fig1_grid.py --batch-size
     epochs: list[NonNegativeInt] | None = None  # checkpoints to evaluate; null = every checkpoint of the pair

@@ -62,14 +62,14 @@ class SubspacePerturbationsConfig(Section):
     synthetic_informative: PositiveInt = 8
     synthetic_seed: Seed = 0
     synthetic_test_fraction: float = Field(0.3, gt=0.0, lt=1.0)
-    fashion_train: PositiveInt = 4000  # split into two disjoint halves of 2000
-    fashion_test: PositiveInt = 1000
+    fashion_train: PositiveInt = 2000  # split into two disjoint halves of 1000
+    fashion_test: PositiveInt = 500
     subset_seed: Seed = 0
     hidden: list[PositiveInt] = Field(default_factory=lambda: [32, 32], min_length=1)
     init_seed: Seed = 0  # both runs start here ...
     data_seed_a: Seed = 1  # ... and see their own half in their own order
     data_seed_b: Seed = 2
-    optim: OptimConfig = OptimConfig(epochs=20, batch_size=32, lr=0.05, weight_decay=0.0)
+    optim: OptimConfig = OptimConfig(epochs=12, batch_size=32, lr=0.05, weight_decay=0.0)
     snapshot_every: PositiveInt = 1  # epochs between snapshots (an epoch is a few steps on these small halves)
     variants: list[Variant] = Field(default_factory=lambda: ["snapshots", "final_only"], min_length=1)
     sigmas: list[NonNegativeFloat] = Field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0], min_length=2)

@@ -54,20 +54,21 @@ class TrainPairsConfig(Section):
     arch: Literal["cnn", "rescnn", "resnet18", "vgg11", "cnn_bn", "rescnn_bn"] = "cnn"
     width: PositiveInt = 16  # base channel count (cnn: 16; resnet18: must be 64; vgg11: 64 in the paper)
     depth: PositiveInt = 1  # cnn: stride-1 convs per stage; rescnn: blocks per stage (models.build_model)
-    train_subset: NonNegativeInt = 10000  # training images used (fixed random subset); 0 = the whole training set
+    train_subset: NonNegativeInt = 1500  # training images used (fixed random subset); 0 = the whole training set
     subset_seed: NonNegativeInt = 0
     # same_init_different_order: both start from seed_a's init, data order from seed_a / seed_b (the paper's setting);
     # disjoint_halves: seed_a's init for both, A trains on the first half of the training subset and B on the second
     # (the authors' code for Fig. 1: two federated clients that never average); different_init: init and data order
-    # from seed_a / seed_b
-    scheme: Scheme = "same_init_different_order"
+    # from seed_a / seed_b. Default: the setup study's choice (params.yaml, comments of train_pairs)
+    scheme: Scheme = "different_init"
     seed_a: Seed = 0
     seed_b: Seed = 1
-    optim: OptimConfig = OptimConfig()
-    checkpoint_epochs: list[NonNegativeInt] = Field(default_factory=lambda: [0, 1, 2, 5, 10], min_length=2)
+    optim: OptimConfig = OptimConfig(epochs=30, schedule="step", warmup_epochs=2)
+    checkpoint_epochs: list[NonNegativeInt] = Field(default_factory=lambda: [0, 1, 2, 5, 10, 15, 20, 25, 30],
+                                                  min_length=2)
     # training curves (notebook 01): loss / error of A and B at every checkpoint on fixed subsets
-    curve_train_subset: NonNegativeInt = 2000
-    curve_test_subset: NonNegativeInt = 2000
+    curve_train_subset: NonNegativeInt = 500
+    curve_test_subset: NonNegativeInt = 500
     eval_batch_size: PositiveInt = 256  # fastest per image on 2 CPU cores; benchmarks/bench_fig1_grid.py --batch-size
     # stop the stage when a trained model ends at chance level; off only for code-path tests on a few fabricated
     # images, which cannot learn anything in one epoch
