@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from llmc_utils.core import runtime as llmc_runtime
 from llmc_utils.core import data
 from llmc_utils.stages import train_pairs as pairs
-from llmc_utils.core.config import load_params
+from llmc_utils.pipeline.params import load_params
 from llmc_utils.core.trainer import train_many
 
 WARMUP = 5

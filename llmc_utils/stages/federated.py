@@ -829,7 +829,7 @@ def aggregate(st, repetitions: list[int]) -> str:
     gaps = aggregate_gaps(st.workspace, repetitions)
     plotting.save(plot_gaps(gaps, threshold), st.figures_dir / "fig6_federated_sweep")
     plotting.save(plot_barriers(aggregate_barriers(st.workspace, repetitions)), st.figures_dir / "fig6_federated_barriers")
-    print("federated repetitions:", sorted(gaps.repetition.unique()) if "repetition" in gaps else "n/a")
+    print("federated repetitions:", sorted(gaps.repetition.unique().tolist()) if "repetition" in gaps else "n/a")
     return gap_summary(gaps, threshold)
 
 

@@ -478,7 +478,7 @@ def aggregate(st, repetitions: list[int]) -> str:
     scheme = st.section("language_model").scheme
     table = aggregate_language_model(st.workspace, repetitions)
     plotting.save(plot_language_model(table, scheme), st.figures_dir / "fig7_language_model")
-    print("language-model repetitions:", sorted(table.repetition.unique()))
+    print("language-model repetitions:", sorted(table.repetition.unique().tolist()))
     return summary(table, scheme)
 
 

@@ -435,7 +435,7 @@ def aggregate(st, repetitions: list[int]) -> None:
     plotting.save(fig4_robustness(vit, cfg.compare_alpha, margin=margin), st.figures_dir / "fig4_robustness")
     plotting.save(fig4_robustness_cnn(aggregate_cnn_gaps(st.workspace, repetitions), cfg.cnn_alpha),
                   st.figures_dir / "fig4_robustness_cnn")
-    print("robustness repetitions:", sorted(vit.repetition.unique()))
+    print("robustness repetitions:", sorted(vit.repetition.unique().tolist()))
     return None
 
 

@@ -386,7 +386,7 @@ def aggregate(st, repetitions: list[int]) -> None:
     curves = aggregate_curves(st.workspace, repetitions)
     save_table(loss_at_table(curves, max(cfg.sigmas)), st.results_dir / "fig5_loss_at_largest_sigma.csv")
     plotting.save(fig5_subspace_perturbations(curves), st.figures_dir / "fig5_subspace_perturbations")
-    print("subspace repetitions:", sorted(curves.repetition.unique()))
+    print("subspace repetitions:", sorted(curves.repetition.unique().tolist()))
     return None
 
 

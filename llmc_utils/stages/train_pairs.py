@@ -303,7 +303,7 @@ def aggregate(st: Stage, repetitions: list[int]) -> None:
     """Training curves of every pair (figure only)."""
     curves = read_repetition_tables(st.workspace, "train_pairs", "training_curves.csv", repetitions)
     plotting.save(curves_figure(curves, f"{len(repetitions)} pairs"), st.figures_dir / "fig_pair_training_curves")
-    print("pairs:", sorted(curves.repetition.unique()), "rows:", len(curves))
+    print("pairs:", sorted(curves.repetition.unique().tolist()), "rows:", len(curves))
     return None
 
 
