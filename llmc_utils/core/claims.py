@@ -75,8 +75,32 @@ class Null:
     draw: Callable[[np.random.Generator, PerRepetition, Any], PerRepetition]
 
 
+class _Thresholded:
+    """threshold_value and criterion of a Claim, a Condition and a SanityCheck (`quantity relation threshold`)."""
+
+    quantity: str
+    relation: Relation
+    threshold: str | float | DataThreshold
+
+    def threshold_value(self, cfg) -> float:
+        if isinstance(self.threshold, DataThreshold):
+            raise TypeError(f"{self.quantity!r}: its threshold is computed from the metrics (threshold_bounds)")
+        return float(getattr(cfg, self.threshold) if isinstance(self.threshold, str) else self.threshold)
+
+    def criterion(self, cfg, bounds: tuple[float, float] | None = None) -> str:
+        if isinstance(self.threshold, DataThreshold):
+            if bounds is None:
+                raise TypeError(f"{self.quantity!r}: its threshold is computed from the metrics; pass its bounds")
+            low, high = bounds
+            shown = f"{low:.3g}" if low == high else f"[{low:.3g}, {high:.3g}]"
+            return f"{self.quantity} {self.relation} {self.threshold.label} = {shown}"
+        if isinstance(self.threshold, str):
+            return f"{self.quantity} {self.relation} {self.threshold} = {self.threshold_value(cfg):g}"
+        return f"{self.quantity} {self.relation} {self.threshold:g}"
+
+
 @dataclass(frozen=True)
-class Claim:
+class Claim(_Thresholded):
     """`measure(metrics of one repetition of `stage`, report config)` gives that repetition's value (kind "mean") or
     unit (kind "count": 1, 0 or UNDECIDED); a measure may also return a list, each element one unit or repetition
     (e.g. many pairs inside one deterministic stage). The claim is `value relation threshold`, the threshold being a
@@ -96,11 +120,6 @@ class Claim:
     sensitivity_of: str | None = None  # statement of the claim this row reads another way (never a verdict)
     bounds: tuple[float, float] | None = None  # a bounded mean's range: its interval never leaves it
 
-    def threshold_value(self, cfg) -> float:
-        if isinstance(self.threshold, DataThreshold):
-            raise TypeError(f"{self.quantity!r}: its threshold is computed from the metrics (threshold_bounds)")
-        return float(getattr(cfg, self.threshold) if isinstance(self.threshold, str) else self.threshold)
-
     def threshold_bounds(self, cfg, per_repetition: PerRepetition) -> tuple[float, float]:
         if isinstance(self.threshold, DataThreshold):
             low, high = self.threshold.bounds(per_repetition, cfg)
@@ -108,18 +127,9 @@ class Claim:
         value = self.threshold_value(cfg)
         return value, value
 
-    def criterion(self, cfg, bounds: tuple[float, float] | None = None) -> str:
-        if isinstance(self.threshold, DataThreshold):
-            low, high = bounds
-            shown = f"{low:.3g}" if low == high else f"[{low:.3g}, {high:.3g}]"
-            return f"{self.quantity} {self.relation} {self.threshold.label} = {shown}"
-        if isinstance(self.threshold, str):
-            return f"{self.quantity} {self.relation} {self.threshold} = {self.threshold_value(cfg):g}"
-        return f"{self.quantity} {self.relation} {self.threshold:g}"
-
 
 @dataclass(frozen=True)
-class Condition:
+class Condition(_Thresholded):
     """One condition of a Premise: `measure` per repetition (like a Claim's), `relation threshold`, required either
     of the whole interval over repetitions (over="interval": its far end must satisfy it, as a reproduced verdict) or
     of every repetition's value (over="every")."""
@@ -131,9 +141,6 @@ class Condition:
     relation: Relation
     threshold: str | float
     over: Literal["interval", "every"]
-
-    threshold_value = Claim.threshold_value
-    criterion = Claim.criterion
 
 
 @dataclass(frozen=True)
@@ -149,7 +156,7 @@ class Premise:
 
 
 @dataclass(frozen=True)
-class SanityCheck:
+class SanityCheck(_Thresholded):
     """An identity of the setup that must hold in every run (value relation threshold, no interval)."""
 
     source: str
@@ -159,9 +166,6 @@ class SanityCheck:
     relation: Relation
     threshold: str | float
     quantity: str
-
-    threshold_value = Claim.threshold_value
-    criterion = Claim.criterion
 
 
 def _finite(values: Sequence[float]) -> np.ndarray:
@@ -216,8 +220,8 @@ def sd_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[floa
     return sd * math.sqrt(dof / stats.chi2.ppf(1 - tail, dof)), sd * math.sqrt(dof / stats.chi2.ppf(tail, dof))
 
 
-def band_unit(barriers: Sequence[float], ses: Sequence[float], half_width: float, half_width_se: float = 0.0,
-              confidence: float = 0.95) -> float:
+def band_unit(barriers: Sequence[float] | np.ndarray, ses: Sequence[float] | np.ndarray, half_width: float,
+              half_width_se: float = 0.0, confidence: float = 0.95) -> float:
     """One unit of a band claim "every barrier within [-h, h]": 1 when every barrier's interval b +- z se (z for
     `confidence`) lies inside the band (h taken at its lower bound h - z se_h); 0 when some barrier lies outside it
     by more than its Bonferroni interval over the unit's m barriers (h at h + z_m se_h), so that m barriers of noise
@@ -282,7 +286,7 @@ def values_of(claim: Claim | SanityCheck | Condition, runs: PerRepetition, cfg) 
         except KeyError as exc:
             raise KeyError(f"{claim.quantity!r} needs metric {exc} in {claim.stage} (repetition {index}); "
                            "rerun that stage") from exc
-        values += [float(x) for x in value] if isinstance(value, (list, tuple, np.ndarray)) else [float(value)]
+        values += [float(x) for x in value] if isinstance(value, (Sequence, np.ndarray)) else [float(value)]
     return values
 
 

@@ -12,6 +12,7 @@ pickles of arrays need, and a file that asks for anything else is an error namin
 from __future__ import annotations
 
 import gzip
+import importlib
 import os
 import pickle
 import shutil
@@ -118,7 +119,8 @@ class ImageData:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.train_x.shape[1:])
+        channels, height, width = self.train_x.shape[1:]
+        return channels, height, width
 
 
 def _find_files(candidates: list[Path], names: tuple[str, ...]) -> Path | None:
@@ -163,10 +165,12 @@ def _numpy_globals() -> dict[tuple[str, str], object]:
     """The functions and classes numpy's pickles of arrays, dtypes and scalars name, under numpy 1.x's module names
     (numpy.core, which CIFAR-10's own files use) and 2.x's (numpy._core); protocol 5 rebuilds arrays with
     _frombuffer. Each only builds an array, a dtype or a number from the data that follows it."""
-    try:
-        from numpy._core import multiarray, numeric
+    try:  # import_module: the private names below are not in numpy's type hints
+        multiarray = importlib.import_module("numpy._core.multiarray")
+        numeric = importlib.import_module("numpy._core.numeric")
     except ImportError:  # numpy < 2
-        from numpy.core import multiarray, numeric
+        multiarray = importlib.import_module("numpy.core.multiarray")
+        numeric = importlib.import_module("numpy.core.numeric")
     found = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1_bytes}
     for core in ("numpy.core", "numpy._core"):
         found.update({(f"{core}.multiarray", "_reconstruct"): multiarray._reconstruct,

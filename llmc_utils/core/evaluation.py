@@ -22,7 +22,7 @@ measures it):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -128,9 +128,12 @@ class Evaluator:
         return {split: self.split_metrics(state, split) for split in self.splits}
 
 
-def barrier(value_mid: float, value_a: float, value_b: float, alpha: float = 0.5) -> float:
+Value = TypeVar("Value", float, torch.Tensor)
+
+
+def barrier(value_mid: Value, value_a: Value | float, value_b: Value | float, alpha: Value | float = 0.5) -> Value:
     """Loss barrier (docs/method.md): L(theta(alpha)) - [(1 - alpha) L(A) + alpha L(B)], always against the two FULL
-    models."""
+    models; numbers, or tensors that broadcast (a whole path of losses at once)."""
     return value_mid - ((1.0 - alpha) * value_a + alpha * value_b)
 
 
@@ -213,8 +216,11 @@ class LayerEvaluator(Evaluator):
         return kept
 
     def _cached_endpoint(self, state, tag: str):
+        if self.graph is None:
+            raise RuntimeError("activation caching is off: there is no traced graph to cache the endpoint with")
         params, out, self.cache[tag] = self.graph.params(state), {}, {}
         for split, (x, y) in self.splits.items():
+            batches: list[dict[int, torch.Tensor]]
             batches, logits = [], []
             # no_grad, not inference mode: the version counters of the kept tensors reveal an in-place change
             with torch.no_grad(), self.autocast():
@@ -251,7 +257,7 @@ class LayerEvaluator(Evaluator):
     def partial(self, state, tag: str, keys: Iterable[str]):
         keys = set(keys)
         self._check_partial(state, tag, keys)
-        if not self.enabled or tag not in self.cache:
+        if self.graph is None or tag not in self.cache:  # caching off (not self.enabled)
             return self(state)
         # None: no boundary in front of the first changed layer; the graph then runs from the input (the same ops,
         # with the direct Conv2d / Linear calls that a whole-model functional_call lacks)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -66,10 +68,12 @@ class ForwardGraph:
         if any(not p.args for p in self.placeholders[1:]):
             raise TypeError("forward() takes more than one required input")
         keys = list(model.state_dict())
-        # owned[i]: (key, key relative to the module) of every key of call_module node i's module
-        self.owned = {i: [(k, k[len(n.target) + 1:]) for k in keys if k.startswith(n.target + ".")]
-                      for i, n in enumerate(self.nodes) if n.op == "call_module"}
-        self.modules = {i: model.get_submodule(n.target) for i, n in enumerate(self.nodes) if n.op == "call_module"}
+        # owned[i]: (key, key relative to the module) of every key of call_module node i's module (its target: the
+        # module's path)
+        paths = {i: cast(str, n.target) for i, n in enumerate(self.nodes) if n.op == "call_module"}
+        self.owned = {i: [(k, k[len(path) + 1:]) for k in keys if k.startswith(path + ".")]
+                      for i, path in paths.items()}
+        self.modules = {i: model.get_submodule(path) for i, path in paths.items()}
         # reads[i]: the keys node i reads: its module's, the key it fetches (get_attr), those of the get_attr it uses
         key_set = set(keys)
         self.reads = [{k for k, _ in self.owned.get(i, ())}
@@ -120,7 +124,7 @@ class ForwardGraph:
                 kept[i] = env[self.resume[i]]
                 versions[i] = _versions(kept[i])
             if n.op == "output":
-                if any(_versions(kept[i]) != v for i, v in versions.items()):
+                if kept is not None and any(_versions(kept[i]) != v for i, v in versions.items()):
                     raise InPlaceChange(f"{type(self.model).__name__} modifies an activation in place after a "
                                         "boundary of its forward graph")
                 return map_arg(n.args[0], env.__getitem__)
@@ -129,7 +133,7 @@ class ForwardGraph:
     def resume_from(self, value, start: int, state, params: dict[int, dict]):
         """The output when the forward pass resumes in front of node `start` from the boundary value `value`."""
         env = {self.resume[start]: value}
-        env.update((n, self._attr(n.target, state)) for n in self.nodes[:start] if n.op == "get_attr")
+        env.update((n, self._attr(cast(str, n.target), state)) for n in self.nodes[:start] if n.op == "get_attr")
         for i, n in enumerate(self.nodes[start:], start):
             if n.op == "output":
                 return map_arg(n.args[0], env.__getitem__)
@@ -138,13 +142,14 @@ class ForwardGraph:
     def _step(self, i: int, n: Node, env: dict, state, params: dict[int, dict]) -> None:
         """Execute node i into env (call_module with the state's tensors) and drop values nobody needs any more."""
         if n.op == "get_attr":
-            env[n] = self._attr(n.target, state)
+            env[n] = self._attr(cast(str, n.target), state)
         elif n.op != "placeholder":  # placeholders are bound by run()
-            args, kwargs = map_arg((n.args, n.kwargs), env.__getitem__)
+            # map_arg keeps the structure of its argument but puts the values of env (tensors, ...) for the nodes
+            args, kwargs = cast(tuple[tuple[Any, ...], dict[str, Any]], map_arg((n.args, n.kwargs), env.__getitem__))
             if n.op == "call_function":
-                env[n] = n.target(*args, **kwargs)
+                env[n] = cast(Callable[..., Any], n.target)(*args, **kwargs)
             elif n.op == "call_method":
-                env[n] = getattr(args[0], n.target)(*args[1:], **kwargs)
+                env[n] = getattr(args[0], cast(str, n.target))(*args[1:], **kwargs)
             else:  # call_module
                 module, own = self.modules[i], params[i]
                 env[n] = (apply_module(module, own, args[0]) if len(args) == 1 and not kwargs

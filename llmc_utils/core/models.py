@@ -18,7 +18,7 @@ keys are those of the earlier plain models (the BN slots are parameter-free nn.I
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from torch import nn
@@ -72,7 +72,8 @@ class CNN(nn.Sequential):
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:  # every one has a bias
+                    nn.init.zeros_(module.bias)
 
 
 class BasicBlock(nn.Module):
@@ -84,7 +85,7 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1), _norm(cout, norm)
         self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, padding=1), _norm(cout, norm)
-        self.shortcut = nn.Identity()
+        self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             conv = nn.Conv2d(cin, cout, 1, stride=stride)
             self.shortcut = nn.Sequential(conv, nn.BatchNorm2d(cout)) if norm else conv
@@ -110,10 +111,11 @@ class ResCNN(nn.Sequential):
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16, norm: bool = False,
                  depth: int = 1):
         w = width
-        stem = OrderedDict(stem=nn.Conv2d(in_channels, w, 3, stride=2, padding=1))
+        stem: OrderedDict[str, nn.Module] = OrderedDict(stem=nn.Conv2d(in_channels, w, 3, stride=2, padding=1))
         if norm:
             stem["bn"] = nn.BatchNorm2d(w)
-        blocks, cin = OrderedDict(), w
+        blocks: OrderedDict[str, BasicBlock] = OrderedDict()
+        cin = w
         for stage, cout in enumerate((w, 2 * w, 4 * w)):
             for i in range(depth):  # the first block of stages 2 and 3 halves the resolution
                 blocks[f"block{len(blocks) + 1}"] = BasicBlock(cin, cout, 2 if stage and not i else 1, norm)
@@ -124,7 +126,8 @@ class ResCNN(nn.Sequential):
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:  # every one has a bias
+                    nn.init.zeros_(module.bias)
         if not norm:  # with BatchNorm the scale of conv2 is normalised away: nothing to damp
             for block in blocks.values():
                 with torch.no_grad():
@@ -146,11 +149,12 @@ def resnet18(in_channels: int = 3, num_classes: int = 10, width: int = 64) -> nn
 class VGG11(nn.Module):
     """CIFAR-style VGG11 without BatchNorm: 8 conv layers (widths 1,2,4,4,8,8,8,8 x width/1), max-pools, 1 linear."""
 
-    PLAN = (1, "M", 2, "M", 4, 4, "M", 8, 8, "M", 8, 8, "M")
+    PLAN: tuple[int | Literal["M"], ...] = (1, "M", 2, "M", 4, 4, "M", 8, 8, "M", 8, 8, "M")
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 64):
         super().__init__()
-        layers, cin = [], in_channels
+        layers: list[nn.Module] = []
+        cin = in_channels
         for item in self.PLAN:
             if item == "M":
                 layers.append(nn.MaxPool2d(2, ceil_mode=True))  # ceil: 28px inputs still reach 1x1

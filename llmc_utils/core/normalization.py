@@ -21,7 +21,7 @@ from torch import nn
 BATCHNORM = nn.modules.batchnorm._BatchNorm
 
 
-def batchnorms(model: nn.Module) -> dict[str, nn.Module]:
+def batchnorms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
     """{qualified name: module} of every BatchNorm (1d/2d/3d, SyncBatchNorm) that tracks running statistics."""
     return {name: m for name, m in model.named_modules() if isinstance(m, BATCHNORM) and m.track_running_stats}
 

@@ -28,7 +28,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -272,7 +272,9 @@ def train_model(make_model: Callable[[], torch.nn.Module], x: torch.Tensor, y: t
     torch.manual_seed(init_seed)
     model = perturb_init(make_model())
     if cfg.channels_last and x.dim() == 4:  # batches drawn by indexing keep the format of x
-        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        # Module.to takes memory_format (documented), which the overloads of torch's type hints leave out
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        x = x.contiguous(memory_format=torch.channels_last)
     generator = torch.Generator().manual_seed(data_seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(y) / cfg.batch_size)
@@ -301,9 +303,14 @@ def train_model(make_model: Callable[[], torch.nn.Module], x: torch.Tensor, y: t
         save(0)
     bar = progress(total=(cfg.epochs - start) * steps_per_epoch, desc=desc, leave=False)
     model.train()
+
+    def after_step() -> None:
+        scheduler.step()
+        bar.update(1)
+
     for epoch in range(start + 1, cfg.epochs + 1):
         loss = sgd_epoch(model, optimizer, x, y, cfg.batch_size, generator, loss_fn, cfg.augment, cfg.grad_clip,
-                         after_step=lambda: (scheduler.step(), bar.update(1)))
+                         after_step=after_step)
         check_finite(loss, run, epoch)
         bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)  # shown at the next timed refresh
         if epoch in checkpoint_epochs:
@@ -321,7 +328,8 @@ def _train_in_worker(job: dict, show_progress: bool) -> list[Path]:
     torch.set_num_threads(1)
     runtime._progress_enabled = show_progress
     runtime._progress_mininterval = 10.0
-    return train_model(**{k: torch.from_numpy(v) if k in ("x", "y") else v for k, v in job.items()})
+    kwargs: dict[str, Any] = {k: torch.from_numpy(v) if k in ("x", "y") else v for k, v in job.items()}
+    return train_model(**kwargs)
 
 
 def train_many(jobs: Sequence[dict], processes: int = 1) -> list[list[Path]]:

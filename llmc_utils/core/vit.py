@@ -70,7 +70,7 @@ class TinyViT(nn.Sequential):
         if cfg.dim % cfg.heads:
             raise ValueError(f"vit.heads = {cfg.heads} must divide vit.dim = {cfg.dim}")
         n_patches = (height // cfg.patch) * (width // cfg.patch)
-        modules: dict[str, nn.Module] = OrderedDict(
+        modules: OrderedDict[str, nn.Module] = OrderedDict(
             patch_embed=PatchEmbed(channels, cfg.dim, kernel_size=cfg.patch, stride=cfg.patch),
             tokens=Tokens(n_patches + 1, cfg.dim))
         for i in range(cfg.depth):

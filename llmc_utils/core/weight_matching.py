@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
@@ -105,7 +105,7 @@ class _Builder:
             self.fail(f"{name} is a {type(m).__name__}" + (" (grouped)" if getattr(m, "groups", 1) != 1 else ""))
         if g_out is _NEW:
             g_out = name
-            self.perms[g_out], self.size[g_out] = [], m.weight.shape[0]
+            self.perms[g_out], self.size[g_out] = [], m.get_parameter("weight").shape[0]
         self.put(g_out, f"{name}.weight", 0)
         self.put(g_in, f"{name}.weight", 1, multiple=type(m) is nn.Linear)  # Linear after Flatten: c*H*W + s
         if m.bias is not None:
@@ -121,15 +121,17 @@ class _Builder:
 
     def block(self, m: nn.Module, name: str, g_in):
         """relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)): shortcut and conv2/bn2 share the output group."""
-        short = m.shortcut if isinstance(m, models.BasicBlock) else m.downsample
+        short = cast(nn.Module | None, m.shortcut if isinstance(m, models.BasicBlock) else m.downsample)
         short_name = f"{name}.shortcut" if isinstance(m, models.BasicBlock) else f"{name}.downsample"
         known = {"conv1", "bn1", "conv2", "bn2", "shortcut", "downsample"}
         for child_name, child in m.named_children():  # timm's drop_block, aa, act, se, drop_path: per channel only
             if child_name not in known and type(child) not in _PASS:
                 self.fail(f"{name}.{child_name} is a {type(child).__name__}")
         g_out = g_in if short is None else self.visit(short, short_name, g_in)
-        h = self.visit(m.bn1, f"{name}.bn1", self.layer(m.conv1, f"{name}.conv1", g_in))
-        return self.visit(m.bn2, f"{name}.bn2", self.layer(m.conv2, f"{name}.conv2", h, g_out))
+        conv1 = self.layer(m.get_submodule("conv1"), f"{name}.conv1", g_in)
+        h = self.visit(m.get_submodule("bn1"), f"{name}.bn1", conv1)
+        return self.visit(m.get_submodule("bn2"), f"{name}.bn2",
+                          self.layer(m.get_submodule("conv2"), f"{name}.conv2", h, g_out))
 
     def visit(self, m: nn.Module, name: str, g):
         prefix = f"{name}." if name else ""
@@ -137,7 +139,7 @@ class _Builder:
             return self.layer(m, name, g)
         if type(m) in _BN:
             return self.norm(m, name, g)
-        if type(m) in _PASS or (type(m).__name__ == "SelectAdaptivePool2d" and "cat" not in m.pool_type):
+        if type(m) in _PASS or (type(m).__name__ == "SelectAdaptivePool2d" and "cat" not in cast(str, m.pool_type)):
             return g  # per-channel (timm's pool: avg or max, then flatten; "cat" would concatenate two)
         is_tv_block = type(m).__name__ == "BasicBlock" and type(m).__module__ in ("torchvision.models.resnet",
                                                                                    "timm.models.resnet")
@@ -197,7 +199,8 @@ def _match(spec, state_a, state_b, seed, max_iter) -> tuple[dict[str, torch.Tens
         sweeps += 1
         changed = False
         for group in rng.permutation(sorted(spec.perms)):
-            n, cost = sizes[group], 0
+            n = sizes[group]
+            cost: torch.Tensor | int = 0
             for key, axis in spec.perms[group]:
                 if key not in a:
                     continue
@@ -206,11 +209,13 @@ def _match(spec, state_a, state_b, seed, max_iter) -> tuple[dict[str, torch.Tens
                     if other_axis != axis:
                         w = _permute(w, other_axis, perms[other], sizes[other])
                 cost = cost + a[key].movedim(axis, 0).reshape(n, -1) @ w.movedim(axis, 0).reshape(n, -1).T
-            cost = cost.cpu().numpy()
-            new = linear_sum_assignment(cost, maximize=True)[1]
+            if isinstance(cost, int):  # never: every group holds the weight of a layer, which `a` has
+                continue
+            matrix = cost.cpu().numpy()
+            new = linear_sum_assignment(matrix, maximize=True)[1]
             old = perms[group].numpy()
-            gain = cost[np.arange(n), new].sum() - cost[np.arange(n), old].sum()
-            if gain > 1e-12 * max(1.0, abs(cost[np.arange(n), old].sum())):  # strict gain only: no cycling on ties
+            gain = matrix[np.arange(n), new].sum() - matrix[np.arange(n), old].sum()
+            if gain > 1e-12 * max(1.0, abs(matrix[np.arange(n), old].sum())):  # strict gain only: no cycling on ties
                 perms[group], changed = torch.from_numpy(new).long(), True
         if not changed:
             break

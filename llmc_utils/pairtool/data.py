@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal, cast
 
 import torch
 
@@ -33,6 +33,7 @@ from llmc_utils.core import data as pipeline_data
 from llmc_utils.core.normalization import reset_batches
 
 SPECS = "fashion_mnist[:DIR], cifar10[:DIR], imagefolder:DIR or text:FILE"
+BuiltinDataset = Literal["fashion_mnist", "cifar10"]  # the pipeline's data sets (data.DataConfig.dataset)
 TEXT_VOCAB = 256
 TEXT_TEST_FRACTION = 0.1
 
@@ -65,7 +66,7 @@ def load(spec: str, n_eval: int = 1000, seed: int = 0, image_size: int = 32, gra
     data.DatasetUnreadable with a message that says what to do."""
     kind, sep, arg = spec.partition(":")
     if kind in ("fashion_mnist", "cifar10"):
-        return _builtin(spec, kind, arg or None, n_eval, seed)
+        return _builtin(spec, cast(BuiltinDataset, kind), arg or None, n_eval, seed)
     if kind == "imagefolder" and arg:
         return _imagefolder(spec, Path(arg), n_eval, seed, image_size, grayscale)
     if kind == "text" and arg:
@@ -98,7 +99,7 @@ def _read_builtin(dataset: str, folder: Path) -> pipeline_data.ImageData:
                                    **{k: raw[k] for k in ("train_x", "train_y", "test_x", "test_y")})
 
 
-def _builtin(spec: str, dataset: str, root: str | None, n_eval: int, seed: int) -> EvalData:
+def _builtin(spec: str, dataset: BuiltinDataset, root: str | None, n_eval: int, seed: int) -> EvalData:
     if root is not None and not Path(root).is_dir():
         raise DataError(f"--data {spec!r}: there is no folder {root}")
     try:

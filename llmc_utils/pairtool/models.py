@@ -31,7 +31,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import pandas as pd
 import torch
@@ -48,8 +48,11 @@ from llmc_utils.core.layers import logical_layers
 from llmc_utils.core.normalization import BNReset, has_batchnorm
 from llmc_utils.core.pair_variants import Variant, pair_variants
 
+if TYPE_CHECKING:
+    from llmc_utils.core.weight_matching import Alignment
+
 MODEL_SPECS = "torchvision:NAME, timm:NAME, hf:CONFIG_OR_DIR or module.path:callable"
-ORDERS = ("shallow_to_deep", "deep_to_shallow", "outer_first")
+ORDERS: tuple[cumulative.Order, ...] = ("shallow_to_deep", "deep_to_shallow", "outer_first")
 COLUMNS = ["variant", "layer_set", "base", "alpha", "split", "metric", "value", "value_a", "value_b", "barrier", "se"]
 
 
@@ -115,7 +118,7 @@ def build_model(spec: str, num_classes: int, in_chans: int | None = None, model_
         elif kind == "hf":
             model = _hf_model(name, num_classes, kw)
         else:
-            target = importlib.import_module(kind)
+            target: Any = importlib.import_module(kind)  # then an attribute of it: a callable
             for attr in name.split("."):
                 target = getattr(target, attr)
             model = target(**kw)
@@ -136,6 +139,7 @@ def load_state(path: str | Path, label: str = "A") -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise PairInputError(f"checkpoint {label}: there is no file {path}")
+    obj: object  # whatever the file holds: checked below
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -287,12 +291,12 @@ class Options:
 
     layers: list[str] | None = None  # logical layer names or glob patterns for the single-layer rows; None = all
     alphas: tuple[float, ...] = (0.25, 0.5, 0.75)
-    bases: tuple[str, ...] = ("A", "B")
+    bases: tuple[Literal["A", "B"], ...] = ("A", "B")
     bn_reset: int = 0  # training batches of the BN reset; 0 = no reset variant
     bn_reset_batch_size: int = 128
     align: bool = False
     align_max_iter: int = 100
-    orders: tuple[str, ...] = ORDERS  # cumulative orders; () = no cumulative table
+    orders: tuple[cumulative.Order, ...] = ORDERS  # cumulative orders; () = no cumulative table
     n_eval: int = 1000  # samples (images, text windows) per split; 0 = all
     batch_size: int = 256
     seed: int = 0  # evaluation subsets, reset batches, alignment order
@@ -334,7 +338,7 @@ class Pair:
     selected: list[str]  # the layers of the single-layer rows
     device: torch.device
     reset: BNReset | None = None
-    alignment: object | None = None  # align.Alignment when aligned
+    alignment: Alignment | None = None
     info: dict = field(default_factory=dict)
 
     def variants(self) -> list[Variant]:

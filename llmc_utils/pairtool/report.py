@@ -25,6 +25,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -57,7 +58,7 @@ def summarise(barriers: pd.DataFrame, info: dict, opts, selected: list[str]) -> 
     split = "train" if "train" in splits else splits[0]
     at = barriers[barriers.alpha == alpha]
     ends = at[(at.variant == "plain") & (at.layer_set == FULL)].drop_duplicates(["split", "metric"])
-    out = dict(inputs=info.copy(), report_alpha=float(alpha), report_split=split, layers=selected,
+    out: dict[str, Any] = dict(inputs=info.copy(), report_alpha=float(alpha), report_split=split, layers=selected,
                options={k: v for k, v in dataclasses.asdict(opts).items() if k != "progress"},
                variants=list(dict.fromkeys(barriers.variant)),
                endpoints={s: {m: {"A": _finite(g.value_a.iloc[0]), "B": _finite(g.value_b.iloc[0])}
@@ -147,7 +148,7 @@ def non_finite_note(s: dict) -> str | None:
 def report_blocks(s: dict, files: list[str]) -> list[tuple]:
     """The report as blocks: ("h1"|"h2"|"p", text), ("ul", [items]), ("table", header, rows), ("img", file)."""
     i, alpha, split = s["inputs"], s["report_alpha"], s["report_split"]
-    blocks = [("h1", "Layer-wise barriers of a pair"), ("h2", "What was compared"), ("ul", [
+    blocks: list[tuple] = [("h1", "Layer-wise barriers of a pair"), ("h2", "What was compared"), ("ul", [
         f"model: `{i['model']}` ({i['n_parameters']:,} parameters, {i['n_layers']} logical layers, "
         f"{'with' if i['batchnorm'] else 'no'} BatchNorm)",
         f"A: `{i['checkpoint_a']}`", f"B: `{i['checkpoint_b']}`", f"data: {i['data']}",

@@ -33,6 +33,9 @@ def run(st: Stage) -> dict[str, str]:
     for s in stage_specs():
         if s.aggregate is None:
             continue
+        if s.repeats_over is None:
+            raise ValueError(f"stage {s.name} has an `aggregate` but runs once (repeats_over None): no repetitions "
+                             "to aggregate")
         print(f"== {s.name}")
         sentence = s.aggregate(st, getattr(repetitions, s.repeats_over))
         if sentence:

@@ -66,6 +66,13 @@ def imported_modules(source: str) -> set[str]:
     return {m for m in found if module_path(m)}
 
 
+def _file_of(module: str) -> str:
+    path = module_path(module)
+    if path is None:
+        raise FileNotFoundError(f"module {module} has no file in {ROOT}")
+    return path
+
+
 def module_files(modules) -> list[str]:
     """The files of `modules` and of every llmc_utils module they import, transitively (SKIPPED left out)."""
     todo, seen = list(modules), set()
@@ -74,8 +81,8 @@ def module_files(modules) -> list[str]:
         if module not in seen:
             seen.add(module)
             if module not in BOUNDARY:
-                todo += imported_modules((ROOT / module_path(module)).read_text())
-    return sorted(p for p in {module_path(m) for m in seen} - SKIPPED if not p.endswith("__init__.py"))
+                todo += imported_modules((ROOT / _file_of(module)).read_text())
+    return sorted(p for p in {_file_of(m) for m in seen} - SKIPPED if not p.endswith("__init__.py"))
 
 
 def notebook_imports(notebook: str) -> set[str]:

@@ -95,10 +95,10 @@ def parse_set(items: list[str]) -> dict:
     """['runtime.device=cuda', ...] -> nested overrides (values read as YAML)."""
     out: dict = {}
     for item in items:
-        key, sep, value = item.partition("=")
+        key, sep, text = item.partition("=")
         if not sep or not key:
             raise ValueError(f"bad --set {item!r}: give KEY=VALUE, like runtime.device=cuda")
-        value = yaml.safe_load(value)
+        value = yaml.safe_load(text)
         for part in reversed(key.split(".")):
             value = {part: value}
         out = merge(out, value)
@@ -160,6 +160,7 @@ def _stream(workspace: Path, *args: str, check: bool = True) -> str:
     proc = subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=workspace, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines = []
+    assert proc.stdout is not None  # stdout=PIPE
     for line in proc.stdout:
         print(line, end="", flush=True)
         lines.append(line)
@@ -173,7 +174,8 @@ def ran_stages(log: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", log)
 
 
-def run_repetition(workspace: str, targets: list[str], remote: str | None = None, lock_name: str | None = None) -> dict:
+def run_repetition(workspace: str | Path, targets: list[str], remote: str | None = None,
+                   lock_name: str | None = None) -> dict:
     """The job: [pull] `dvc repro TARGETS` [push] in one repetition workspace; returns what DVC ran.
 
     With a remote: a workspace without dvc.lock first takes the one its repetition left in the remote (the same repetition run

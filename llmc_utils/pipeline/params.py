@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from llmc_utils.core.config import ParamsError, PathField, Section, read_params_file
 from llmc_utils.pipeline.registry import sections
@@ -27,7 +28,7 @@ def section_model(name: str) -> type[Section]:
     return sections()[name]
 
 
-def _describe(source: str, section: str, err: dict[str, Any], model: type[Section]) -> str:
+def _describe(source: str, section: str, err: ErrorDetails, model: type[Section]) -> str:
     key = ".".join([section, *map(str, err["loc"])])
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":

@@ -46,7 +46,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -67,7 +67,7 @@ class SetupStudyConfig(Section):
         arch="rescnn", width=16, depth=1, train_subset=1500, scheme="same_init_different_order",
         optim=dict(epochs=30, batch_size=64, lr=0.05, schedule="constant", warmup_epochs=0, augment=False)))
     # variant name -> overrides of `base` (keys of train_pairs; optim merged key by key)
-    variants: dict[str, dict[str, Any]] = Field(default_factory=lambda: {BASE: {}}, min_length=1)
+    variants: dict[str, dict[str, Any]] = Field({BASE: {}}, min_length=1)
     repetitions: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=3)  # pairs per variant (>= 3)
     pair_budget_s: PositiveFloat = 60.0  # rule (3): training seconds per pair that fit the default budget
     flop_batch: PositiveInt = 8  # images of the one forward + backward pass that counts a variant's FLOPs per image
@@ -284,7 +284,7 @@ def run(params_file: str | Path = "params.yaml", workspace: str | Path = ".", th
         import torch
 
         torch.set_num_threads(threads)
-    cfg, pair_cfg = st.config, st.params["train_pairs"]
+    cfg, pair_cfg = cast(SetupStudyConfig, st.config), st.params["train_pairs"]  # the section of this stage
     barrier_cfg = st.params["layerwise_barriers"]
     barrier_cfg = barrier_cfg.model_copy(update=dict(alphas=[barrier_cfg.heatmap_alpha], epochs=None))
     unknown = sorted(set(only or []) - set(cfg.variants))

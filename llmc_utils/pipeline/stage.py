@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -36,7 +37,7 @@ def setup(name: str, params_file: str | Path, workspace: str | Path, verbose: bo
 
     spec = stage_spec(name)
     params = load_params(params_file)
-    runtime = params["runtime"]
+    runtime = cast(RuntimeConfig, params["runtime"])  # load_params validates section "runtime" as a RuntimeConfig
     config = params[spec.section]
     if repetition is not None:
         config = config.for_repetition(repetition)

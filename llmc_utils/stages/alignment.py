@@ -35,7 +35,6 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field
 
 from llmc_utils.core import weight_matching as align, plotting
 from llmc_utils.stages import layerwise_barriers as barriers, cumulative_averaging as cumulative, train_pairs as pairs
@@ -56,8 +55,8 @@ class AlignmentConfig(Section):
     # of them); Fig. 2 is measured at the last one
     epochs: list[NonNegativeInt] | Literal["last", "cumulative"] = "last"
     # cumulative orders of Fig. 2 after alignment (its sliding window always; null = those of cumulative_averaging)
-    orders: list[Literal["shallow_to_deep", "deep_to_shallow", "random", "outer_first"]] | None = Field(
-        default_factory=lambda: ["shallow_to_deep", "deep_to_shallow"])
+    orders: list[Literal["shallow_to_deep", "deep_to_shallow", "random", "outer_first"]] | None = [
+        "shallow_to_deep", "deep_to_shallow"]
     pairs: PositiveInt = 3  # cross pairs: A of pair r_i with B of pair r_{i+1}, over the first `pairs` of train_pairs
     seed: NonNegativeInt = 0  # order in which weight matching solves its assignment problems
     max_iter: PositiveInt = 100  # sweeps over every permutation group at most
@@ -211,7 +210,7 @@ CLAIMS = [
 ]
 
 
-def layer_summary(metrics: dict[int, dict]) -> pd.DataFrame:
+def layer_summary(metrics: dict[int | None, dict]) -> pd.DataFrame:
     """Per layer, over the pairs: mean, min and max of its aligned barrier at the last checkpoint and of its share of
     the aligned full barrier, largest first: the layers that keep a barrier after alignment."""
     rows = [dict(pair=r, layer=layer, barrier=value, share=m["aligned_layer_share_of_full_last"][layer])
@@ -290,7 +289,7 @@ def gather(workspace: Path, sources: dict[int, Path], seeds: list[int], params: 
                              "merge it")
         tables[path.name] = pd.concat([f[f.repetition == r] for f, r in zip(frames, seeds)], ignore_index=True)
         save_table(tables[path.name], results / path.name)
-    per_pair = {}
+    per_pair: dict[int | None, dict] = {}
     for r in seeds:
         copy_output(sources[r], workspace, f"metrics/alignment/repetition_{r}.json")
         per_pair[r] = json.loads((metrics_dir / f"repetition_{r}.json").read_text())

@@ -42,7 +42,7 @@ class BNResetConfig(Section):
     reset_seed: NonNegativeInt = 0
     path_alphas: list[Alpha] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0], min_length=2)
     alpha: Alpha = 0.5  # of the single-layer (Fig. 1) column
-    bases: list[Literal["A", "B"]] = Field(default_factory=lambda: ["A", "B"], min_length=1)
+    bases: list[Literal["A", "B"]] = Field(["A", "B"], min_length=1)
     train_subset: NonNegativeInt = 300  # evaluation images from the pair's training images (0 = all)
     test_subset: NonNegativeInt = 200
     subset_seed: NonNegativeInt = 1

@@ -38,7 +38,8 @@ from llmc_utils.core.io import read_repetition_tables
 from llmc_utils.core.layers import keys_of, logical_layers, mix
 from llmc_utils.stages.spec import EVALUATION, RUNTIME, Figure, StageSpec
 
-ORDERS = ("shallow_to_deep", "deep_to_shallow", "random", "outer_first")
+Order = Literal["shallow_to_deep", "deep_to_shallow", "random", "outer_first"]
+ORDERS: tuple[Order, ...] = ("shallow_to_deep", "deep_to_shallow", "random", "outer_first")
 
 
 class CumulativeAveragingConfig(Section):
@@ -50,8 +51,8 @@ class CumulativeAveragingConfig(Section):
     outer_count: PositiveInt = 5  # k of outer_first, capped at L // 4
     window: NonNegativeInt = 2  # width w of the sliding-window control; 0 = no window control
     alpha: Alpha = 0.5
-    bases: list[Literal["A", "B"]] = Field(default_factory=lambda: ["A", "B"], min_length=1)
-    splits: list[Literal["train", "test"]] = Field(default_factory=lambda: ["train"], min_length=1)
+    bases: list[Literal["A", "B"]] = Field(["A", "B"], min_length=1)
+    splits: list[Literal["train", "test"]] = Field(["train"], min_length=1)
     train_subset: NonNegativeInt = 300
     test_subset: NonNegativeInt = 1000
     subset_seed: NonNegativeInt = 1
@@ -165,6 +166,7 @@ def headline_metrics(table: pd.DataFrame, cfg: CumulativeAveragingConfig) -> dic
         else int(table[~table.order.str.startswith("window")].j.max())
     full = sel[(sel.j == n_layers) & ~sel.order.str.startswith("window")].barrier.iloc[0]
     k = min(cfg.outer_count, n_layers // 4)
+    out: dict[str, str | float | None]
     out = dict(last_epoch=int(table.epoch.max()), n_layers=n_layers, outer_k=k, split=split,
                full_barrier_last=float(full), onset_fraction=cfg.onset_fraction)
     for base in cfg.bases:

@@ -53,9 +53,10 @@ from __future__ import annotations
 
 import itertools
 import tempfile
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -100,8 +101,8 @@ class DeepLinearConfig(Section):
     n_samples: PositiveInt = 32
     label_noise: NonNegativeFloat = 0.1  # Y = X T + noise * N(0, 1), teacher T ~ N(0, 1 / input_dim)
     replicates: PositiveInt = 6  # networks per (depth, width); each gives one random and one trained pair
-    pair_kinds: list[Literal["random", "trained"]] = Field(default_factory=lambda: ["random", "trained"], min_length=1)
-    bases: list[Literal["A", "B"]] = Field(default_factory=lambda: ["A", "B"], min_length=1)
+    pair_kinds: list[Literal["random", "trained"]] = Field(["random", "trained"], min_length=1)
+    bases: list[Literal["A", "B"]] = Field(["A", "B"], min_length=1)
     n_alphas: int = Field(51, ge=5)  # alpha grid on [0, 1] for every cut and path; odd, so it holds alpha = 0.5
     convexity_tolerance: PositiveFloat = 1e-9  # a second difference >= -tol * max|L| counts as convex
     closed_form_tolerance: PositiveFloat = 1e-9  # |closed form - numeric| <= tol * max|L| counts as a match
@@ -286,7 +287,8 @@ class LinearStack(torch.nn.Module):
             self.add_module(f"layer{k}", layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return forward([layer.weight for layer in self.children()], x.transpose(0, 1)).transpose(0, 1)
+        weights = [cast(torch.Tensor, layer.weight) for layer in self.children()]  # the Parameters of __init__
+        return forward(weights, x.transpose(0, 1)).transpose(0, 1)
 
 
 def stacked_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -316,7 +318,7 @@ def network_pairs(cfg: DeepLinearConfig, depth: int, width: int, run_seed: int) 
         paths = train_members(members, make_model=partial(LinearStack, dims, r), x=x, y=y, cfg=cfg.optim(depth),
                               data_seed=run_seed, checkpoint_epochs=[0, steps], loss_fn=stacked_loss)
         states = {member: {"random": load_weights(p[0]), "trained": load_weights(p[-1])} for member, p in paths.items()}
-    pairs = {}
+    pairs: dict[str, list[tuple]] = {}
     for kind in cfg.pair_kinds:
         pairs[kind] = []
         for i in range(r):
@@ -332,10 +334,10 @@ def network_pairs(cfg: DeepLinearConfig, depth: int, width: int, run_seed: int) 
     return pairs
 
 
-def cuts_of(depth: int, bases: list[str]) -> list[tuple[tuple[int, ...], str]]:
+def cuts_of(depth: int, bases: Sequence[str]) -> list[tuple[tuple[int, ...], str]]:
     """Every single layer and every pair of layers in each base, plus all layers at once (base-independent)."""
     layers = range(1, depth + 1)
-    groups = [(k,) for k in layers] + list(itertools.combinations(layers, 2))
+    groups: list[tuple[int, ...]] = [(k,) for k in layers] + list(itertools.combinations(layers, 2))
     if depth > 2:
         groups.append(tuple(layers))
     return [(g, base) for g in groups for base in (bases[:1] if len(g) == depth else bases)]
@@ -487,7 +489,7 @@ def random_minima(cfg: DeepLinearConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def one_d_pairs(w1_a: np.ndarray, w1_b: np.ndarray, x: torch.Tensor, y: torch.Tensor, alphas: torch.Tensor,
-                bases: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+                bases: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(minima, cuts) for the pairs of 1-D minima (w1_a, 1 / w1_a), (w1_b, 1 / w1_b) of y = w2 w1 x, target y = x.
 
     minima: one row per pair (w1, w2 of both minima, same branch?, |log |r||, endpoint losses). cuts: the rows
@@ -626,7 +628,7 @@ def stage_metrics(cfg: DeepLinearConfig, minimal_barriers: pd.DataFrame, cuts: p
 def population_metrics(pairs: pd.DataFrame) -> dict:
     """Per population of a `pair_barriers` table (metrics prefix from POPULATIONS): number of pairs, the fractions
     of `lower_table`, and the per-pair 0/1 list "best single lower" at alpha = 0.5."""
-    out = {}
+    out: dict[str, float | list[int]] = {}
     for kind, part in pairs.groupby("pair_kind", sort=False):
         prefix = POPULATIONS[kind]
         out[f"{prefix}_pairs"] = len(part)

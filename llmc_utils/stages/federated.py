@@ -58,7 +58,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from llmc_utils.core import plotting
-from llmc_utils.core.claims import Claim, DataThreshold, Null, SanityCheck, sd_interval, spread
+from llmc_utils.core.claims import Claim, DataThreshold, Null, Relation, SanityCheck, sd_interval, spread
 from llmc_utils.core.config import NonNegativeInt, PositiveFloat, PositiveInt, Section, Seed
 from llmc_utils.core.evaluation import LayerEvaluator, checkpoint_barriers
 from llmc_utils.core.io import read_repetition_tables
@@ -70,6 +70,8 @@ from llmc_utils.stages.spec import EVALUATION, RUNTIME, Figure, StageSpec
 
 STAGE = "federated"
 SplitName = Literal["iid", "dirichlet", "pathological"]
+PartitionKey = tuple[SplitName, float | None, int]  # (split, concentration or None, training images shared out)
+RunKey = tuple[SplitName, float | None, int, str]  # (*partition key, strategy)
 FULL, LOCAL = "full", "local"
 
 
@@ -78,7 +80,7 @@ class FederatedConfig(Section):
     n_clients: int = Field(10, ge=2)
     n_train: PositiveInt = 4000  # random subset of the training set that the clients share out
     n_test: PositiveInt = 5000  # random subset of the test set, partitioned like the training set
-    splits: list[SplitName] = Field(default_factory=lambda: ["iid", "dirichlet", "pathological"], min_length=1)
+    splits: list[SplitName] = Field(["iid", "dirichlet", "pathological"], min_length=1)
     dirichlet_concentration: PositiveFloat = 0.3  # smaller = more skewed label mix per client
     classes_per_client: PositiveInt = 2  # pathological split
     hidden: list[PositiveInt] = Field(default_factory=lambda: [200, 100, 100, 100], min_length=1)  # MLP widths
@@ -150,7 +152,8 @@ def class_shares(split: SplitName, n_clients: int, n_classes: int, rng: np.rando
             shares = rng.dirichlet(np.full(n_clients, concentration), size=n_classes).T
             if class_counts is None:
                 return shares
-            sizes = sum(round_shares(shares[:, c], int(n)) for c, n in enumerate(class_counts))  # as assign() cuts
+            # client sizes, as assign() cuts
+            sizes = np.sum([round_shares(shares[:, c], int(n)) for c, n in enumerate(class_counts)], axis=0)
             if sizes.min() >= min_size:
                 return shares
         raise ValueError(f"dirichlet split (concentration {concentration}): no draw gave every client {min_size} "
@@ -332,7 +335,7 @@ def train_federations(make_model: Callable[[], nn.Module], train_x: torch.Tensor
     steps = cfg.local_epochs * batches
     # Until the first averaging, federations with the same clients and data seed train identical models (one shared
     # initialization): round 1 trains the first of each such family and copies it to the others.
-    family = {}
+    family: dict[tuple, int] = {}
     first_of = [family.setdefault((fed.data_seed, tuple(map(tuple, fed.train_parts))), f)
                 for f, fed in enumerate(federations)]
     copy = np.array([first_of[f] != f for f, _ in members])
@@ -432,14 +435,16 @@ def run(cfg: FederatedConfig, images) -> dict[str, pd.DataFrame]:
         return MLP(train_x[0].numel(), cfg.hidden, n_classes)
 
     # partition key: (split, concentration or None, number of training images shared out)
-    main_keys = [(s, cfg.dirichlet_concentration if s == "dirichlet" else None, cfg.n_train) for s in cfg.splits]
-    sweep_keys = [("dirichlet", float(c), n_sweep) for c in cfg.sweep_concentrations]
-    partitions = {}
+    main_keys: list[PartitionKey] = [(s, cfg.dirichlet_concentration if s == "dirichlet" else None, cfg.n_train)
+                                     for s in cfg.splits]
+    sweep_keys: list[PartitionKey] = [("dirichlet", float(c), n_sweep) for c in cfg.sweep_concentrations]
+    partitions: dict[PartitionKey, tuple[list[np.ndarray], list[np.ndarray]]] = {}
     for key in main_keys + sweep_keys:
         if key not in partitions:
             partitions[key] = partition(cfg, key[0], train_y[:key[2]], test_y, n_classes, concentration=key[1])
-    runs: dict[tuple, Federation] = {}  # (*partition key, strategy) -> run
-    main, sweep = [], []
+    runs: dict[RunKey, Federation] = {}  # (*partition key, strategy) -> run
+    main: list[RunKey] = []  # (*partition key, strategy)
+    sweep: list[RunKey] = []
     for key in main_keys:
         for strategy, averaged in cfg.strategies.items():
             main.append((*key, strategy))
@@ -485,16 +490,16 @@ def run(cfg: FederatedConfig, images) -> dict[str, pd.DataFrame]:
 
     bank, position = train_federations(make_model, train_x, train_y, federations, cfg, after_round)
 
-    final = {}  # (run key, client) -> final metrics
-    for f, key in enumerate(names):
+    final: dict[tuple[RunKey, int], dict[str, float]] = {}  # (run key, client) -> final metrics
+    for f, run_key in enumerate(names):
         fed = federations[f]
         for i, tp in enumerate(fed.train_parts):
-            x, y = test_sets[(key[:3], i)]
+            x, y = test_sets[(run_key[:3], i)]
             acc, loss = accuracy_and_loss(bank, position[(f, i)], x, y)
-            train_acc, _ = accuracy_and_loss(bank, position[(f, i)], *train_sets[(key[:3], i)])
-            final[(key, i)] = dict(client=i, n_train=len(tp), n_test=len(y), test_loss=loss, test_accuracy=acc,
+            train_acc, _ = accuracy_and_loss(bank, position[(f, i)], *train_sets[(run_key[:3], i)])
+            final[(run_key, i)] = dict(client=i, n_train=len(tp), n_test=len(y), test_loss=loss, test_accuracy=acc,
                                    train_accuracy=train_acc)
-        mean_error = 100.0 - np.mean([final[(key, i)]["test_accuracy"] for i in range(cfg.n_clients)])
+        mean_error = 100.0 - np.mean([final[(run_key, i)]["test_accuracy"] for i in range(cfg.n_clients)])
         check_not_chance(mean_error, n_classes, f"federated {fed.name} (seed {cfg.seed}), mean over clients",
                          cfg.rounds)
     clients = pd.DataFrame([dict(split=k[0], strategy=k[3], **final[(k, i)]) for k in main
@@ -511,14 +516,14 @@ def run(cfg: FederatedConfig, images) -> dict[str, pd.DataFrame]:
                                        n_train=int((train_y[tr] == c).sum()), n_test=int((test_y[te] == c).sum())))
     barrier_rows = []
     a, b = cfg.barrier_clients
-    for key in main:
-        f = names.index(key)
-        pair = np.concatenate([partitions[key[:3]][1][a], partitions[key[:3]][1][b]])
+    for run_key in main:
+        f = names.index(run_key)
+        pair = np.concatenate([partitions[run_key[:3]][1][a], partitions[run_key[:3]][1][b]])
         state_a, state_b = bank.state_dict(position[(f, a)]), bank.state_dict(position[(f, b)])
         evaluator = LayerEvaluator(make_model(), {"test": data(test_x, test_y, pair)})
         for row in checkpoint_barriers(evaluator, cfg.rounds, state_a, state_b, logical_layers(state_a),
                                        alphas=[0.5], bases=["A", "B"]):
-            barrier_rows.append(dict(row, split=key[0], strategy=key[3]))  # evaluated on the pair's test data
+            barrier_rows.append(dict(row, split=run_key[0], strategy=run_key[3]))  # evaluated on the pair's test data
     return dict(clients=clients, rounds=pd.DataFrame(round_rows), sweep=sweep_table,
                 partition=pd.DataFrame(count_rows), barriers=pd.DataFrame(barrier_rows),
                 table1=table1(clients, cfg))
@@ -628,6 +633,8 @@ def _margin_null(split: str, group: str) -> Null:
 
 # the group of the default profile closest to the authors' active group (the head with a few body layers)
 AUTHORS_CLOSEST = "outer"
+# split -> (who, relation, verb, the paper's statement)
+_SPLIT_CLAIMS: dict[SplitName, tuple[str, Relation, str, str]]
 _SPLIT_CLAIMS = {"iid": ("IID clients", "<=", "does not beat", "full averaging best on IID"),
                  "dirichlet": ("Dirichlet non-IID clients", "<=", "does not beat",
                                "full averaging best on Dirichlet non-IID"),

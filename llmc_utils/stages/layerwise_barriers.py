@@ -46,7 +46,7 @@ class LayerwiseBarriersConfig(Section):
     # heatmap_alpha at every checkpoint; the grid is reported beside them): last = one alpha instead of the whole grid
     # at every earlier checkpoint
     grid_epochs: Literal["all", "last"] = "last"
-    bases: list[Literal["A", "B"]] = Field(default_factory=lambda: ["A", "B"], min_length=1)
+    bases: list[Literal["A", "B"]] = Field(["A", "B"], min_length=1)
     eval_batch_size: PositiveInt = 256  # fastest per image on 2 CPU cores; benchmarks/bench_fig1_grid.py --batch-size
     epochs: list[NonNegativeInt] | None = None  # checkpoints to evaluate; null = every checkpoint of the pair
     layer_groups: dict[str, list[str]] | None = None  # override of the logical layers: {name: [state-dict keys]}

@@ -59,7 +59,7 @@ class StageSpec:
     aggregate_reads the params `aggregate` reads (the aggregate stage declares the union of them)
     claims, sanity_checks, premises  what the report judges from its metrics (llmc_utils.core.claims)
     gather          for launch: merges the outputs of a run-once stage that ran in every repetition's workspace
-                    (gather(workspace, sources, repetitions)); a run-once stage without it runs in one workspace
+                    (gather(workspace, sources, repetitions, params)); a run-once stage without it runs in one workspace
     """
 
     name: str
@@ -81,7 +81,7 @@ class StageSpec:
     claims: tuple = ()
     sanity_checks: tuple = ()
     premises: tuple = ()
-    gather: Callable[[Any, dict, list[int]], None] | None = None
+    gather: Callable[[Any, dict, list[int], dict], None] | None = None
 
     def __post_init__(self):
         if not self.section:

@@ -54,7 +54,7 @@ VARIANT_LABELS = {"snapshots": "span of all snapshots (copies)", "final_only": "
 
 
 class SubspacePerturbationsConfig(Section):
-    datasets: list[Dataset] = Field(default_factory=lambda: ["synthetic", "fashion_mnist"], min_length=1)
+    datasets: list[Dataset] = Field(["synthetic", "fashion_mnist"], min_length=1)
     # sklearn.datasets.make_classification, as the reference notebooks
     synthetic_samples: PositiveInt = 600
     synthetic_features: PositiveInt = 16
@@ -71,7 +71,7 @@ class SubspacePerturbationsConfig(Section):
     data_seed_b: Seed = 2
     optim: OptimConfig = OptimConfig(epochs=12, batch_size=32, lr=0.05, weight_decay=0.0)
     snapshot_every: PositiveInt = 1  # epochs between snapshots (an epoch is a few steps on these small halves)
-    variants: list[Variant] = Field(default_factory=lambda: ["snapshots", "final_only"], min_length=1)
+    variants: list[Variant] = Field(["snapshots", "final_only"], min_length=1)
     sigmas: list[NonNegativeFloat] = Field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0], min_length=2)
     n_draws: PositiveInt = 5  # random unit vectors per random kind (each averaging sign is one fixed vector)
     draw_seed: Seed = 0

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal, Protocol, Sequence, cast
 
 import torch
 from pydantic import Field, model_validator
@@ -224,10 +224,21 @@ def endpoint_fit(images, pair_cfg: TrainPairsConfig, model: torch.nn.Module, sta
     return out
 
 
+class PairEvaluationConfig(Protocol):
+    """The keys stage_endpoint_fit and pair_inputs read from the section of the stage that calls them (the pair
+    evaluating stages: layerwise_barriers, cumulative_averaging)."""
+
+    epochs: list[int] | None
+    train_subset: int
+    test_subset: int
+    subset_seed: int
+    eval_batch_size: int
+
+
 def stage_endpoint_fit(st: Stage, repetition: int, epoch: int) -> dict:
     """endpoint_fit of pair `repetition` at `epoch` with the stage's evaluation sizes (train_subset, subset_seed,
     eval_batch_size), keys suffixed "_last": what the layer-wise stage adds to its headline metrics."""
-    cfg = st.config
+    cfg = cast(PairEvaluationConfig, st.config)
     images = load_prepared(prepared_path(st.workspace))
     state_a, state_b = load_pair(st.workspace, epoch, repetition)
     return endpoint_fit(images, st.params["train_pairs"], pair_model(st.workspace, repetition).to(st.device),
@@ -239,7 +250,7 @@ def pair_inputs(st: Stage, repetition: int, splits: Sequence[str] = ("train", "t
     """What a stage that evaluates pair r needs, from its config (epochs, train_subset, test_subset, subset_seed,
     eval_batch_size): the checkpoint epochs to evaluate (`epochs`, or every checkpoint of the pair), a LayerEvaluator
     of the pair's architecture on `splits` (pair_splits), and load(epoch) -> (state of A, state of B)."""
-    cfg = st.config
+    cfg = cast(PairEvaluationConfig, st.config)
     checkpoints = pair_checkpoints(st.workspace, repetition)
     epochs = cfg.epochs if cfg.epochs is not None else list(checkpoints)
     missing = sorted(set(epochs) - set(checkpoints))
