@@ -25,18 +25,17 @@ import math
 
 import torch
 import torch.nn.functional as F
+from bench_fig1_grid import DATASETS, timed  # the script's folder is on sys.path
 from torch.utils.flop_counter import FlopCounterMode
 
-from llmc_utils.stages import cumulative_averaging as cumulative, train_pairs as pairs
-from llmc_utils.pipeline import profiles
-from llmc_utils.pipeline.params import load_profile
-from llmc_utils.stages.alignment import checkpoint_epochs as alignment_epochs
-from llmc_utils.pipeline.params import validate_params
 from llmc_utils.core.evaluation import LayerEvaluator, checkpoint_barriers
 from llmc_utils.core.layers import logical_layers
 from llmc_utils.core.runtime import resolve_device
-
-from bench_fig1_grid import DATASETS, timed  # the script's folder is on sys.path
+from llmc_utils.pipeline import profiles
+from llmc_utils.pipeline.params import load_profile, validate_params
+from llmc_utils.stages import cumulative_averaging as cumulative
+from llmc_utils.stages import train_pairs as pairs
+from llmc_utils.stages.alignment import checkpoint_epochs as alignment_epochs
 
 PROBE = 2  # images per split when counting a grid's FLOPs (the count scales linearly with the images)
 
@@ -79,19 +78,24 @@ def main() -> None:
     model.train()
     step_flops = counted(train_step) / len(y)
     model.eval()
-    probe = LayerEvaluator(model, {"train": images(PROBE), "test": images(PROBE)}, PROBE, device,
-                           fig1.cache_activations)
-    fig1_flops = {k: counted(lambda: checkpoint_barriers(probe, 0, state_a, state_b, layers, a, fig1.bases))
-                  / (2 * PROBE) for k, a in (("grid", fig1.alphas), ("heatmap", [fig1.heatmap_alpha]))}
+    probe = LayerEvaluator(
+        model, {"train": images(PROBE), "test": images(PROBE)}, PROBE, device, fig1.cache_activations
+    )
+    fig1_flops = {
+        k: counted(lambda a=a: checkpoint_barriers(probe, 0, state_a, state_b, layers, a, fig1.bases)) / (2 * PROBE)
+        for k, a in (("grid", fig1.alphas), ("heatmap", [fig1.heatmap_alpha]))
+    }
     probe2 = LayerEvaluator(model, {s: images(PROBE) for s in fig2.splits}, PROBE, device)
     fig2_flops = counted(lambda: cumulative.checkpoint_cumulative(probe2, 0, state_a, state_b, fig2)) / (
-        len(fig2.splits) * PROBE)
+        len(fig2.splits) * PROBE
+    )
 
     # --- images each stage pushes through those, per pair
     train_images = pair_cfg.train_subset or n_train
     eval1 = (fig1.train_subset or train_images) + (fig1.test_subset or n_test)
-    eval2 = sum((fig2.train_subset or train_images) if s == "train" else (fig2.test_subset or n_test)
-                for s in fig2.splits)
+    eval2 = sum(
+        (fig2.train_subset or train_images) if s == "train" else (fig2.test_subset or n_test) for s in fig2.splits
+    )
     epochs1 = fig1.epochs if fig1.epochs is not None else pair_cfg.checkpoint_epochs
     n_grid = len(epochs1) if fig1.grid_epochs == "all" else 1
     epochs2 = fig2.epochs if fig2.epochs is not None else pair_cfg.checkpoint_epochs
@@ -111,10 +115,14 @@ def main() -> None:
         eval_rate = counted(lambda: model(xe)) / timed(lambda: model(xe), device, 3)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"profile {args.profile}: {spec['arch']} width {spec['width']}, {len(layers)} logical layers, "
-          f"{train_images} training images, {pair_cfg.optim.epochs} epochs; device {name}")
-    print(f"measured fp32 throughput: training step {train_rate / 1e12:.2f} TFLOP/s (batch {len(y)}), "
-          f"evaluation {eval_rate / 1e12:.2f} TFLOP/s (batch {fig1.eval_batch_size})")
+    print(
+        f"profile {args.profile}: {spec['arch']} width {spec['width']}, {len(layers)} logical layers, "
+        f"{train_images} training images, {pair_cfg.optim.epochs} epochs; device {name}"
+    )
+    print(
+        f"measured fp32 throughput: training step {train_rate / 1e12:.2f} TFLOP/s (batch {len(y)}), "
+        f"evaluation {eval_rate / 1e12:.2f} TFLOP/s (batch {fig1.eval_batch_size})"
+    )
     total = 0.0
     print(f"{'stage':22s} {'PFLOP/pair':>11s} {'hours/pair':>11s}")
     for stage, flops in stages.items():
@@ -127,8 +135,10 @@ def main() -> None:
     if total <= 1.0:  # each device runs floor(1 / total) whole seeds in an hour
         print(f"under one hour of wall time: {math.ceil(k / math.floor(1.0 / total))} devices")
     else:  # seeds are the unit of parallelism (one workspace each): a seed longer than an hour stays that long
-        print(f"one seed per device ({k} devices): {total:.1f} h of wall time; under one hour is out of reach "
-              "without splitting a seed's stages across devices")
+        print(
+            f"one seed per device ({k} devices): {total:.1f} h of wall time; under one hour is out of reach "
+            "without splitting a seed's stages across devices"
+        )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Benchmark: the layer-wise barrier engine against a naive reference on the default grid (alpha = 0.5).
 
-Naive reference (how such grids are often computed): for every checkpoint, layer set ("full" + every logical layer)
-and base, deep-copy the base state dict, write the averaged layer into it, load_state_dict into a module, and evaluate
-it with a fresh DataLoader; the two endpoints are re-evaluated for every point. Engine: llmc_utils.stages.layerwise_barriers
-(endpoints once per checkpoint, shared tensors, functional_call, cached activations in front of the changed layer).
+Naive reference (how such grids are often computed): for every checkpoint, layer set ("full" + every logical layer) and
+base, deep-copy the base state dict, write the averaged layer into it, load_state_dict into a module, and evaluate it
+with a fresh DataLoader; the two endpoints are re-evaluated for every point. Engine:
+llmc_utils.stages.layerwise_barriers (endpoints once per checkpoint, shared tensors, functional_call, cached activations
+in front of the changed layer).
 
 Prints, for the default pair's last checkpoints and then for one random pair each of the paper profile's ResNet18 and
 the tiny ViT (random images of their input shapes: a forward pass costs the same whatever the numbers): wall time of
@@ -27,11 +28,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from llmc_utils.core import data, evaluation, models
-from llmc_utils.stages import train_pairs as pairs
-from llmc_utils.pipeline.params import load_params
 from llmc_utils.core.evaluation import barrier
 from llmc_utils.core.layers import logical_layers
 from llmc_utils.core.vit import TinyViT, ViTConfig
+from llmc_utils.pipeline.params import load_params
+from llmc_utils.stages import train_pairs as pairs
 
 
 def naive_metrics(module, state, x, y, batch_size=256) -> float:
@@ -67,10 +68,12 @@ def engine_grid(evaluator, load_pair, epochs) -> dict:
     out = {}
     for epoch in epochs:
         state_a, state_b = load_pair(epoch)
-        rows = evaluation.checkpoint_barriers(evaluator, epoch, state_a, state_b, logical_layers(state_a), [0.5],
-                                              ["A", "B"])
-        out.update({(r["epoch"], r["layer_set"], r["base"], r["split"]): r["barrier"] for r in rows
-                    if r["metric"] == "loss"})
+        rows = evaluation.checkpoint_barriers(
+            evaluator, epoch, state_a, state_b, logical_layers(state_a), [0.5], ["A", "B"]
+        )
+        out.update(
+            {(r["epoch"], r["layer_set"], r["base"], r["split"]): r["barrier"] for r in rows if r["metric"] == "loss"}
+        )
     return out
 
 
@@ -82,7 +85,7 @@ def peak_matmul_flops(n=2048, repeats=5) -> float:
         start = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best
+    return 2 * n**3 / best
 
 
 def counted_flops(fn) -> int:
@@ -104,9 +107,8 @@ def main():
     torch.set_num_threads(params["runtime"].num_threads)
     cfg = params["layerwise_barriers"]
     images = data.load_prepared(data.prepared_path(args.workspace))
-    splits = pairs.pair_splits(images, params["train_pairs"], cfg.train_subset, cfg.test_subset,
-                               cfg.subset_seed)
-    epochs = list(pairs.pair_checkpoints(args.workspace))[-args.checkpoints:]
+    splits = pairs.pair_splits(images, params["train_pairs"], cfg.train_subset, cfg.test_subset, cfg.subset_seed)
+    epochs = list(pairs.pair_checkpoints(args.workspace))[-args.checkpoints :]
     cache = {}
 
     def load_pair(epoch):  # both methods read the same (cached) weights, so disk time does not count
@@ -118,19 +120,26 @@ def main():
         load_pair(epoch)
     peak = peak_matmul_flops()
     print(f"peak matmul (2048^2 fp32): {peak / 1e9:.1f} GFLOP/s, threads {torch.get_num_threads()}")
-    failed = compare("default pair", pairs.pair_model(args.workspace), load_pair, epochs, splits, cfg.eval_batch_size,
-                     peak)
+    failed = compare(
+        "default pair", pairs.pair_model(args.workspace), load_pair, epochs, splits, cfg.eval_batch_size, peak
+    )
     # other architectures: two random initialisations (a forward pass costs the same whatever the weights), random
     # images of their input shape, one checkpoint
-    for name, make, shape, n in (("resnet18 (paper profile)", lambda: models.build_model("resnet18", 3, 10, 32),
-                                  (3, 32, 32), args.resnet_images),
-                                 ("tiny ViT (Fig. 4)", lambda: TinyViT(ViTConfig()), (1, 28, 28), args.vit_images)):
+    for name, make, shape, n in (
+        (
+            "resnet18 (paper profile)",
+            lambda: models.build_model("resnet18", 3, 10, 32),
+            (3, 32, 32),
+            args.resnet_images,
+        ),
+        ("tiny ViT (Fig. 4)", lambda: TinyViT(ViTConfig()), (1, 28, 28), args.vit_images),
+    ):
         torch.manual_seed(0)
         module, other = make(), make()
         # copies: the naive reference loads every state into `module`, which would overwrite tensors it shares
         states = tuple({k: v.detach().clone() for k, v in m.state_dict().items()} for m in (module, other))
         images_of = {s: (torch.randn(n, *shape), torch.randint(0, 10, (n,))) for s in ("train", "test")}
-        failed |= compare(name, module, lambda epoch: states, [0], images_of, cfg.eval_batch_size, peak)
+        failed |= compare(name, module, lambda epoch, states=states: states, [0], images_of, cfg.eval_batch_size, peak)
     if failed:
         raise SystemExit(1)
 
@@ -152,14 +161,22 @@ def compare(name, module, load_pair, epochs, splits, batch_size, peak: float) ->
     engine_flops = counted_flops(lambda: engine_grid(evaluator, load_pair, epochs))
     per_sample = counted_flops(lambda: module(splits["train"][0][:1]))
     naive_flops = len(epochs) * (1 + n_layers) * 2 * 3 * per_sample * sum(len(y) for _, y in splits.values())
-    cached = "cache at " + ", ".join(evaluator.boundaries) if evaluator.enabled else "no cache: " + evaluator.cache_reason
-    print(f"\n{name}: checkpoints {epochs}, {n_layers} layers + full, bases A/B, alpha 0.5, splits "
-          f"{ {s: len(y) for s, (x, y) in splits.items()} }; {cached}")
+    cached = (
+        "cache at " + ", ".join(evaluator.boundaries) if evaluator.enabled else "no cache: " + evaluator.cache_reason
+    )
+    print(
+        f"\n{name}: checkpoints {epochs}, {n_layers} layers + full, bases A/B, alpha 0.5, splits "
+        f"{ {s: len(y) for s, (x, y) in splits.items()} }; {cached}"
+    )
     for label, seconds, flops in (("naive ", naive_s, naive_flops), ("engine", engine_s, engine_flops)):
-        print(f"  {label}: {seconds:8.2f} s  {flops / 1e9:8.1f} GFLOP  {flops / seconds / 1e9:6.1f} GFLOP/s "
-              f"({100 * flops / seconds / peak:.0f} % of peak)")
+        print(
+            f"  {label}: {seconds:8.2f} s  {flops / 1e9:8.1f} GFLOP  {flops / seconds / 1e9:6.1f} GFLOP/s "
+            f"({100 * flops / seconds / peak:.0f} % of peak)"
+        )
     print(f"  speed ratio naive/engine: {naive_s / engine_s:.1f}x; FLOP ratio {naive_flops / engine_flops:.1f}x")
-    print(f"  max |barrier difference| engine vs naive: {diff:.2e} ({'OK' if diff <= 1e-5 else 'FAIL'}: tolerance 1e-5)")
+    print(
+        f"  max |barrier difference| engine vs naive: {diff:.2e} ({'OK' if diff <= 1e-5 else 'FAIL'}: tolerance 1e-5)"
+    )
     return diff > 1e-5
 
 

@@ -19,13 +19,12 @@ import time
 
 import torch
 
-from llmc_utils.stages import train_pairs as pairs
-from llmc_utils.pipeline import profiles
-from llmc_utils.pipeline.params import load_profile
-from llmc_utils.pipeline.params import validate_params
 from llmc_utils.core.evaluation import LayerEvaluator, checkpoint_barriers
 from llmc_utils.core.layers import logical_layers
 from llmc_utils.core.runtime import resolve_device
+from llmc_utils.pipeline import profiles
+from llmc_utils.pipeline.params import load_profile, validate_params
+from llmc_utils.stages import train_pairs as pairs
 
 # (channels, height, width), classes, and full training and test-set sizes of each dataset the profiles use
 DATASETS = {"fashion_mnist": ((1, 28, 28), 10, 60000, 10000), "cifar10": ((3, 32, 32), 10, 50000, 10000)}
@@ -65,8 +64,10 @@ def main() -> None:
     n_eval = {"train": cfg.train_subset or pair_cfg.train_subset or n_train, "test": cfg.test_subset or n_test}
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    splits = {split: (torch.randn(n, *shape, device=device), torch.randint(0, n_classes, (n,), device=device))
-              for split, n in n_eval.items()}
+    splits = {
+        split: (torch.randn(n, *shape, device=device), torch.randint(0, n_classes, (n,), device=device))
+        for split, n in n_eval.items()
+    }
     spec = pairs.model_spec(pair_cfg, shape, n_classes)
     model = pairs.make_model(spec, device)
     state_a = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -77,25 +78,35 @@ def main() -> None:
     def grid(alphas):
         return lambda: checkpoint_barriers(evaluator, 0, state_a, state_b, layers, alphas, cfg.bases)
 
-    seconds = {"grid": timed(grid(cfg.alphas), device, args.repeat),
-               "heatmap": timed(grid([cfg.heatmap_alpha]), device, args.repeat)}
+    seconds = {
+        "grid": timed(grid(cfg.alphas), device, args.repeat),
+        "heatmap": timed(grid([cfg.heatmap_alpha]), device, args.repeat),
+    }
     epochs = cfg.epochs if cfg.epochs is not None else pair_cfg.checkpoint_epochs
     n_grid = len(epochs) if cfg.grid_epochs == "all" else 1
     total = n_grid * seconds["grid"] + (len(epochs) - n_grid) * seconds["heatmap"]
     # models evaluated per checkpoint: the two endpoints, then per alpha the full mix and every layer in every base
-    models = {k: 2 + len(a) * (1 + len(layers) * len(cfg.bases)) for k, a in
-              (("grid", cfg.alphas), ("heatmap", [cfg.heatmap_alpha]))}
+    models = {
+        k: 2 + len(a) * (1 + len(layers) * len(cfg.bases))
+        for k, a in (("grid", cfg.alphas), ("heatmap", [cfg.heatmap_alpha]))
+    }
     images = sum(n_eval.values())
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"profile {args.profile}: {spec['arch']} width {spec['width']}, {len(layers)} logical layers, "
-          f"{sum(v.numel() for v in state_a.values()) / 1e6:.1f} M parameters; {n_eval['train']} train + "
-          f"{n_eval['test']} test images; batch {evaluator.batch_size}; device {name}; activation cache "
-          f"{'on at ' + ', '.join(evaluator.boundaries) if evaluator.enabled else 'off: ' + evaluator.cache_reason}")
+    print(
+        f"profile {args.profile}: {spec['arch']} width {spec['width']}, {len(layers)} logical layers, "
+        f"{sum(v.numel() for v in state_a.values()) / 1e6:.1f} M parameters; {n_eval['train']} train + "
+        f"{n_eval['test']} test images; batch {evaluator.batch_size}; device {name}; activation cache "
+        f"{'on at ' + ', '.join(evaluator.boundaries) if evaluator.enabled else 'off: ' + evaluator.cache_reason}"
+    )
     for kind, alphas in (("grid", cfg.alphas), ("heatmap", [cfg.heatmap_alpha])):
-        print(f"one checkpoint, alphas {alphas}: {models[kind]} models x {images} images in {seconds[kind]:.2f} s "
-              f"({models[kind] * images / seconds[kind]:,.0f} images/s)")
-    print(f"layerwise_barriers stage, {len(epochs)} checkpoints (grid_epochs: {cfg.grid_epochs}): about {total:.0f} s "
-          f"({total / 3600:.2f} h) of evaluation")
+        print(
+            f"one checkpoint, alphas {alphas}: {models[kind]} models x {images} images in {seconds[kind]:.2f} s "
+            f"({models[kind] * images / seconds[kind]:,.0f} images/s)"
+        )
+    print(
+        f"layerwise_barriers stage, {len(epochs)} checkpoints (grid_epochs: {cfg.grid_epochs}): about {total:.0f} s "
+        f"({total / 3600:.2f} h) of evaluation"
+    )
 
 
 if __name__ == "__main__":

@@ -55,8 +55,15 @@ def repro(workspace: Path) -> tuple[list[dict], float, float]:
     and every stage's share of it (checking its dependencies, writing the lock) is in its row."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=workspace, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro"],
+        cwd=workspace,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
     ps, peak, marks, log = psutil.Process(proc.pid), 0, [], []
     done = threading.Event()
 
@@ -101,10 +108,18 @@ def main() -> None:
     for row in rows:
         by_kind[row["stage"].split("@")[0]] = by_kind.get(row["stage"].split("@")[0], 0.0) + row["wall_s"]
     print("per stage kind (all repetitions):", {k: round(v, 1) for k, v in by_kind.items()})
-    verdict = dict(total_s=round(total, 1), budget_s=BUDGET_SECONDS, peak_mib=round(peak), budget_mib=BUDGET_MIB,
-                   within_time=total <= BUDGET_SECONDS, within_memory=peak <= BUDGET_MIB,
-                   cpu_count=os.cpu_count(), cpu=cpu_model(), date=time.strftime("%Y-%m-%d"), threads=yaml.safe_load((dest / "params.yaml").read_text())
-                   .get("runtime", {}).get("num_threads", 2))
+    verdict = dict(
+        total_s=round(total, 1),
+        budget_s=BUDGET_SECONDS,
+        peak_mib=round(peak),
+        budget_mib=BUDGET_MIB,
+        within_time=total <= BUDGET_SECONDS,
+        within_memory=peak <= BUDGET_MIB,
+        cpu_count=os.cpu_count(),
+        cpu=cpu_model(),
+        date=time.strftime("%Y-%m-%d"),
+        threads=yaml.safe_load((dest / "params.yaml").read_text()).get("runtime", {}).get("num_threads", 2),
+    )
     print(f"{'TOTAL':<28}{total:>9.1f}")
     print(f"time   {total:7.1f} s  / budget {BUDGET_SECONDS} s  -> {'OK' if verdict['within_time'] else 'OVER'}")
     print(f"memory {peak:7.0f} MiB / budget {BUDGET_MIB} MiB -> {'OK' if verdict['within_memory'] else 'OVER'}")

@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from llmc_utils.core import runtime as llmc_runtime
 from llmc_utils.core import data
-from llmc_utils.stages import train_pairs as pairs
-from llmc_utils.pipeline.params import load_params
+from llmc_utils.core import runtime as llmc_runtime
 from llmc_utils.core.trainer import train_many
+from llmc_utils.pipeline.params import load_params
+from llmc_utils.stages import train_pairs as pairs
 
 WARMUP = 5
 
@@ -51,8 +51,9 @@ def timed_steps(step, steps: int) -> float:
 
 
 def sgd_step_fn(model, optim_cfg, x, y, batch: int):
-    optimizer = torch.optim.SGD(model.parameters(), lr=optim_cfg.lr, momentum=optim_cfg.momentum,
-                                weight_decay=optim_cfg.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=optim_cfg.lr, momentum=optim_cfg.momentum, weight_decay=optim_cfg.weight_decay
+    )
     g = torch.Generator().manual_seed(0)
 
     def step():
@@ -61,6 +62,7 @@ def sgd_step_fn(model, optim_cfg, x, y, batch: int):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
     return step
 
 
@@ -88,6 +90,7 @@ def stacked_step_fn(make_model, optim_cfg, x, y, batch: int, members: int = 2):
                 d = grads[k] + optim_cfg.weight_decay * params[k]
                 velocity[k].mul_(optim_cfg.momentum).add_(d)
                 params[k].sub_(optim_cfg.lr * velocity[k])
+
     return step
 
 
@@ -118,10 +121,16 @@ def main() -> None:
     x_cl = x.contiguous(memory_format=torch.channels_last)
     add("channels_last", timed_steps(sgd_step_fn(model, cfg.optim, x_cl, y, batch), args.steps), batch)
     for big in (128, 256):
-        add(f"batch {big} (lr would need scaling)",
-            timed_steps(sgd_step_fn(make(), cfg.optim, x, y, big), max(1, args.steps * batch // big)), big)
-    add("2 models stacked (torch.func.vmap)",
-        timed_steps(stacked_step_fn(make, cfg.optim, x, y, batch), args.steps), 2 * batch)
+        add(
+            f"batch {big} (lr would need scaling)",
+            timed_steps(sgd_step_fn(make(), cfg.optim, x, y, big), max(1, args.steps * batch // big)),
+            big,
+        )
+    add(
+        "2 models stacked (torch.func.vmap)",
+        timed_steps(stacked_step_fn(make, cfg.optim, x, y, batch), args.steps),
+        2 * batch,
+    )
     if not args.no_compile:
         compiled = torch.compile(make())
         start = time.perf_counter()
@@ -137,11 +146,26 @@ def main() -> None:
     optim = cfg.optim.model_copy(update=dict(epochs=epochs))
     scratch = Path(tempfile.mkdtemp(prefix="bench_training_"))
     try:
+
         def jobs(tag: str) -> list[dict]:
-            return [dict(make_model=make, x=x, y=y, cfg=optim, init_seed=0, data_seed=seed,
-                         checkpoint_epochs=[0, epochs], run_dir=scratch / tag / str(seed)) for seed in (1, 2)]
-        for name, processes in ((f"pair: A then B, {runtime.num_threads} threads", 1),
-                                ("pair: A and B side by side, 1 thread each", 2)):
+            return [
+                dict(
+                    make_model=make,
+                    x=x,
+                    y=y,
+                    cfg=optim,
+                    init_seed=0,
+                    data_seed=seed,
+                    checkpoint_epochs=[0, epochs],
+                    run_dir=scratch / tag / str(seed),
+                )
+                for seed in (1, 2)
+            ]
+
+        for name, processes in (
+            (f"pair: A then B, {runtime.num_threads} threads", 1),
+            ("pair: A and B side by side, 1 thread each", 2),
+        ):
             start = time.perf_counter()
             train_many(jobs(name), processes=processes)
             add(name, time.perf_counter() - start, 2 * epochs * len(y), f"{epochs} epochs each, start-up included")

@@ -29,7 +29,9 @@ def native_extension_loads() -> bool:
     spec = importlib.util.find_spec("torchvision")
     if spec is None or spec.origin is None:
         return True
-    extension = next(Path(spec.origin).parent.glob("_C*.so"), None) or next(Path(spec.origin).parent.glob("_C*.pyd"), None)
+    extension = next(Path(spec.origin).parent.glob("_C*.so"), None) or next(
+        Path(spec.origin).parent.glob("_C*.pyd"), None
+    )
     if extension is None:
         return False
     try:

@@ -23,7 +23,9 @@ if __name__ == "__main__":
             continue
         print(f"executing {path.name} ...", flush=True)
         nb = nbformat.read(path, as_version=4)
-        NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+        NotebookClient(
+            nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+        ).execute()
         for cell in nb.cells:
             cell.metadata.pop("execution", None)  # timestamps: noise in every diff
             if cell.cell_type == "code":

@@ -1,7 +1,7 @@
 """Write dvc.yaml from the stage registry (llmc_utils.pipeline.dvc_yaml), or check that it is current.
 
-    python scripts/write_dvc_yaml.py           # rewrites dvc.yaml
-    python scripts/write_dvc_yaml.py --check   # exit 1, naming the first difference, when dvc.yaml is stale
+python scripts/write_dvc_yaml.py           # rewrites dvc.yaml
+python scripts/write_dvc_yaml.py --check   # exit 1, naming the first difference, when dvc.yaml is stale
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         if current == wanted:
             print("dvc.yaml is current")
             return 0
-        diff = difflib.unified_diff(current.splitlines(), wanted.splitlines(), "dvc.yaml", "from the specs", lineterm="")
-        print("dvc.yaml is stale: run python scripts/write_dvc_yaml.py\n" + "\n".join(list(diff)[:40]),
-              file=sys.stderr)
+        diff = difflib.unified_diff(
+            current.splitlines(), wanted.splitlines(), "dvc.yaml", "from the specs", lineterm=""
+        )
+        print("dvc.yaml is stale: run python scripts/write_dvc_yaml.py\n" + "\n".join(list(diff)[:40]), file=sys.stderr)
         return 1
     path.write_text(wanted)
     print("wrote dvc.yaml")

@@ -21,8 +21,9 @@ class Python2Pickler(pickle._Pickler):
 
     def save_bytes(self, obj):
         size = len(obj)
-        self.write((pickle.SHORT_BINSTRING + bytes([size]) if size < 256 else
-                    pickle.BINSTRING + struct.pack("<i", size)) + obj)
+        self.write(
+            (pickle.SHORT_BINSTRING + bytes([size]) if size < 256 else pickle.BINSTRING + struct.pack("<i", size)) + obj
+        )
         self.memoize(obj)
 
     dispatch[bytes] = save_bytes
@@ -60,12 +61,18 @@ def cifar10(root: Path, per_batch: int = 20, seed: int = 0, protocol: int | str 
     folder.mkdir(parents=True, exist_ok=True)
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     for name in names:
-        batch = {"batch_label": name, "labels": [int(v) for v in rng.integers(0, 10, per_batch)],
-                 "data": rng.integers(0, 256, (per_batch, 3 * 32 * 32), dtype=np.uint8),
-                 "filenames": [f"{name}_{i}.png" for i in range(per_batch)]}
+        batch = {
+            "batch_label": name,
+            "labels": [int(v) for v in rng.integers(0, 10, per_batch)],
+            "data": rng.integers(0, 256, (per_batch, 3 * 32 * 32), dtype=np.uint8),
+            "filenames": [f"{name}_{i}.png" for i in range(per_batch)],
+        }
         _dump(batch, folder / name, protocol)
-    _dump({"label_names": CIFAR_CLASSES, "num_cases_per_batch": per_batch, "num_vis": 3072}, folder / "batches.meta",
-          protocol)
+    _dump(
+        {"label_names": CIFAR_CLASSES, "num_cases_per_batch": per_batch, "num_vis": 3072},
+        folder / "batches.meta",
+        protocol,
+    )
     return folder
 
 

@@ -1,4 +1,5 @@
-"""Weight matching (llmc_utils.core.weight_matching): the aligned B computes B's function, a permuted copy of A is recovered."""
+"""Weight matching (llmc_utils.core.weight_matching): the aligned B computes B's function, a permuted copy of A is
+recovered."""
 
 import pytest
 import torch
@@ -12,11 +13,13 @@ from llmc_utils.core.vit import TinyViT, ViTConfig
 
 def _timm_resnet18():
     import timm
+
     return timm.create_model("resnet18", pretrained=False, num_classes=10, in_chans=1)
 
 
 def _tv_resnet18():
     import torchvision
+
     return torchvision.models.resnet18(num_classes=10)
 
 
@@ -70,8 +73,10 @@ def test_aligned_b_computes_the_same_function(name):
     x = torch.randn(4, *ARCHS[name][1])
     diff = (_logits(name, result.state, x) - _logits(name, state_b, x)).abs().max().item()
     MAX_DIFF[name] = diff
-    print(f"{name}: max |logit difference| = {diff:.2e}, sweeps {result.sweeps}, identity fraction "
-          f"{result.identity_fraction:.3f}, objective {result.objective_before:.4g} -> {result.objective_after:.4g}")
+    print(
+        f"{name}: max |logit difference| = {diff:.2e}, sweeps {result.sweeps}, identity fraction "
+        f"{result.identity_fraction:.3f}, objective {result.objective_before:.4g} -> {result.objective_after:.4g}"
+    )
     assert diff <= 1e-4
     assert result.objective_after >= result.objective_before
     assert result.identity_fraction < 0.5  # independent inits: almost every unit moves
@@ -110,10 +115,18 @@ def test_resnet_stages_share_one_permutation():
     spec = align.permutation_spec(_tv_resnet18())
     group = {key: g for key, axes in spec.axes.items() for axis, g in axes if axis == 0}
     assert len(spec.perms) == 12  # stem/layer1, 8 inner block units, layer2/3/4
-    assert group["conv1.weight"] == group["bn1.running_mean"] == group["layer1.0.conv2.weight"] \
+    assert (
+        group["conv1.weight"]
+        == group["bn1.running_mean"]
+        == group["layer1.0.conv2.weight"]
         == group["layer1.1.bn2.bias"]
-    assert group["layer2.0.downsample.0.weight"] == group["layer2.0.bn2.weight"] == group["layer2.1.conv2.weight"] \
+    )
+    assert (
+        group["layer2.0.downsample.0.weight"]
+        == group["layer2.0.bn2.weight"]
+        == group["layer2.1.conv2.weight"]
         != group["conv1.weight"]
+    )
     assert group["layer2.0.conv1.weight"] != group["layer2.0.conv2.weight"]
     assert spec.stats == {k for k in spec.axes if k.endswith(("running_mean", "running_var"))}
 
@@ -131,8 +144,9 @@ def test_recovers_a_permuted_copy(name):
     for key, value in state_a.items():
         assert torch.allclose(result.state[key].float(), value.float(), atol=1e-6, rtol=0), key
     assert result.objective_after >= result.objective_before
-    assert result.objective_after == pytest.approx(sum(
-        (state_a[k].double() ** 2).sum().item() for k in spec.axes if k not in spec.stats), rel=1e-9)
+    assert result.objective_after == pytest.approx(
+        sum((state_a[k].double() ** 2).sum().item() for k in spec.axes if k not in spec.stats), rel=1e-9
+    )
 
 
 @pytest.mark.parametrize("name", ["mlp", "rescnn_bn", "tv_resnet18"])

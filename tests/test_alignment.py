@@ -3,11 +3,11 @@ different initializations under every pairing scheme, a single pair does not, an
 
 import pytest
 
-from llmc_utils.pipeline import registry
-from llmc_utils.stages import alignment
 from llmc_utils.core import claims
+from llmc_utils.pipeline import registry
 from llmc_utils.pipeline.params import validate_params
 from llmc_utils.pipeline.report import ReportConfig
+from llmc_utils.stages import alignment
 
 
 def test_cross_pairs_take_the_next_pairs_b_cyclically():

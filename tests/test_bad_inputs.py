@@ -2,15 +2,15 @@
 
 Every case asserts two things: the message names what is wrong (file, key, value and what is allowed, or the file
 and what to do), and no existing output was deleted or changed (a snapshot of every file before and after, by
-content). Params files go through `python -m llmc_utils.pipeline.profiles` (main(), in process) and the check_params stage's
-entry point, which is what stops `dvc repro` before DVC deletes anything (tests/test_resume.py shows that under DVC);
-checkpoints, datasets, texts and folders go through the functions the stages call.
+content). Params files go through `python -m llmc_utils.pipeline.profiles` (main(), in process) and the
+check_params stage's entry point, which is what stops `dvc repro` before DVC deletes anything (tests/test_resume.py
+shows that under DVC); checkpoints, datasets, texts and folders go through the functions the stages call.
 
-The last section is the table of untrusted inputs to the commands `llmc barriers`, `python -m llmc_utils.pipeline.profiles`
-and `python -m llmc_utils.pipeline.launch`, each run through the command's main() as a user runs it: hostile files (pickles
-that run a command), careless ones (NaN weights, integer weights, a folder of someone else's), each answered by one
-error line and exit code 2 before any compute, with no file changed outside the output folder and no pickled command
-run.
+The last section is the table of untrusted inputs to the commands `llmc barriers`,
+`python -m llmc_utils.pipeline.profiles` and `python -m llmc_utils.pipeline.launch`, each run through the command's
+main() as a user runs it: hostile files (pickles that run a command), careless ones (NaN weights, integer weights, a
+folder of someone else's), each answered by one error line and exit code 2 before any compute, with no file changed
+outside the output folder and no pickled command run.
 """
 
 import argparse
@@ -27,23 +27,27 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
+from llmc_utils.core import data
+from llmc_utils.core.io import CheckpointError, OutputNotWritable, load_checkpoint, save_json, save_torch
+from llmc_utils.core.trainer import OptimConfig, train_model
+from llmc_utils.pairtool import cli
+from llmc_utils.pairtool import models as own_models
+from llmc_utils.pairtool.report import MARKER, output_names
 from llmc_utils.pipeline import check_params, launch, profiles
 from llmc_utils.pipeline.params import load_profile
-from llmc_utils.pairtool import cli, models as own_models
-from llmc_utils.core import data
 from llmc_utils.stages import train_pairs as pairs
-from llmc_utils.core.io import CheckpointError, OutputNotWritable, load_checkpoint, save_json, save_torch
 from llmc_utils.stages.language_model import LanguageModelConfig, load_text
-from llmc_utils.pairtool.report import MARKER, output_names
-from llmc_utils.core.trainer import OptimConfig, train_model
 from tests import fabricate
 from tests.conftest import ROOT
 
 
 def snapshot(folder):
     """{relative path: sha256} of every file under `folder`: equal snapshots = nothing deleted or changed."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -57,8 +61,10 @@ def workspace(tmp_path):
     save_json({"max_barrier": 1.23}, ws / "metrics" / "layerwise_barriers" / "repetition_0.json")
     # as make_workspace writes it: the tiny profile with what it extends merged in
     (ws / "params.yaml").write_text(yaml.safe_dump(load_profile(ROOT / "profiles" / "tiny.yaml"), sort_keys=False))
-    save_torch({"epoch": 0, "meta": {}, "model": {"w": torch.ones(2)}},
-               ws / "models" / "pair" / "repetition_0" / "A" / "epoch_0000.pt")
+    save_torch(
+        {"epoch": 0, "meta": {}, "model": {"w": torch.ones(2)}},
+        ws / "models" / "pair" / "repetition_0" / "A" / "epoch_0000.pt",
+    )
     return ws
 
 
@@ -98,14 +104,16 @@ def test_params_file_that_is_not_yaml(tmp_path, workspace, capsys):
 
 def test_params_file_that_is_binary(tmp_path, workspace, capsys):
     (tmp_path / "model.yaml").write_bytes(b"PK\x03\x04\xff\xfe binary")
-    assert "model.yaml: not a YAML params file: byte 4 is not UTF-8 text" in cli_error(capsys, workspace,
-                                                                                       str(tmp_path / "model.yaml"))
+    assert "model.yaml: not a YAML params file: byte 4 is not UTF-8 text" in cli_error(
+        capsys, workspace, str(tmp_path / "model.yaml")
+    )
 
 
 def test_params_file_that_is_a_list(tmp_path, workspace, capsys):
     (tmp_path / "list.yaml").write_text("- runtime\n- data\n")
     assert "list.yaml: expected a mapping of section names to settings, got a list" in cli_error(
-        capsys, workspace, str(tmp_path / "list.yaml"))
+        capsys, workspace, str(tmp_path / "list.yaml")
+    )
 
 
 def test_unknown_section_and_unknown_key(tmp_path, workspace, capsys):
@@ -125,27 +133,35 @@ def test_wrong_type_and_out_of_range(tmp_path, workspace, capsys):
 def test_data_root_that_does_not_exist(tmp_path, workspace, capsys):
     err = cli_error(capsys, workspace, tiny_with(tmp_path, data={"root": "no/such/folder"}))
     # relative to the params file's folder, and said so in absolute terms
-    assert f"data.root = '{tmp_path}/no/such/folder' is not allowed: there is no folder {tmp_path}/no/such/folder" in err
+    assert (
+        f"data.root = '{tmp_path}/no/such/folder' is not allowed: there is no folder {tmp_path}/no/such/folder" in err
+    )
 
 
 def test_data_root_without_the_dataset_files(tmp_path, workspace, capsys):
     folder = fabricate.fashion_mnist(tmp_path / "fm")
     (folder / "t10k-labels-idx1-ubyte.gz").unlink()
     err = cli_error(capsys, workspace, tiny_with(tmp_path, data={"root": str(folder)}))
-    assert f"data.root = '{folder}' is not allowed: {folder} does not hold the fashion_mnist files: missing " \
-           "t10k-labels-idx1-ubyte" in err
+    assert (
+        f"data.root = '{folder}' is not allowed: {folder} does not hold the fashion_mnist files: missing "
+        "t10k-labels-idx1-ubyte" in err
+    )
 
 
 def test_text_file_that_does_not_exist(tmp_path, workspace, capsys):
     err = cli_error(capsys, workspace, tiny_with(tmp_path, language_model={"text_file": str(tmp_path / "book.txt")}))
-    assert f"language_model.text_file = '{tmp_path}/book.txt' is not allowed: there is no file {tmp_path}/book.txt" in err
+    assert (
+        f"language_model.text_file = '{tmp_path}/book.txt' is not allowed: there is no file {tmp_path}/book.txt" in err
+    )
 
 
 def test_text_file_that_is_not_utf8(tmp_path, workspace, capsys):
     (tmp_path / "book.txt").write_bytes("Grüße aus Köln\n".encode("latin-1"))
     err = cli_error(capsys, workspace, tiny_with(tmp_path, language_model={"text_file": "book.txt"}))
-    assert f"language_model.text_file = '{tmp_path}/book.txt' is not allowed: {tmp_path}/book.txt is not UTF-8 text " \
-           "(byte 2: invalid start byte); convert it first, e.g. iconv -f LATIN1 -t UTF-8" in err
+    assert (
+        f"language_model.text_file = '{tmp_path}/book.txt' is not allowed: {tmp_path}/book.txt is not UTF-8 text "
+        "(byte 2: invalid start byte); convert it first, e.g. iconv -f LATIN1 -t UTF-8" in err
+    )
     with pytest.raises(ValueError, match="book.txt is not UTF-8 text"):  # and when a stage reads it directly
         load_text(LanguageModelConfig(text_file=str(tmp_path / "book.txt")))
 
@@ -159,10 +175,12 @@ def test_device_that_is_not_present(tmp_path, workspace, capsys):
 
 def test_unknown_profile_and_broken_extends(tmp_path, workspace, capsys):
     assert "unknown profile 'papr': no such file; give one of default, paper, paper_vgg11, tiny" in cli_error(
-        capsys, workspace, "papr")
+        capsys, workspace, "papr"
+    )
     (tmp_path / "child.yaml").write_text("extends: parent.yaml\ntrain_pairs: {width: 8}\n")
     assert f"child.yaml: extends = 'parent.yaml' is not allowed: there is no file {tmp_path}/parent.yaml" in cli_error(
-        capsys, workspace, str(tmp_path / "child.yaml"))
+        capsys, workspace, str(tmp_path / "child.yaml")
+    )
     (tmp_path / "parent.yaml").write_text("extends: child.yaml\n")
     assert "`extends` loops back to a file it extends" in cli_error(capsys, workspace, str(tmp_path / "child.yaml"))
 
@@ -191,8 +209,18 @@ def make_mlp():
 def train(run_dir, meta=None, **kw):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, 1, 4, 4, generator=g), torch.randint(0, 3, (64,), generator=g)
-    return train_model(make_mlp, x, y, OptimConfig(epochs=3, batch_size=16, lr=0.1), init_seed=0, data_seed=1,
-                       checkpoint_epochs=[0, 1, 3], run_dir=run_dir, meta=meta or {"arch": "mlp", "width": 8}, **kw)
+    return train_model(
+        make_mlp,
+        x,
+        y,
+        OptimConfig(epochs=3, batch_size=16, lr=0.1),
+        init_seed=0,
+        data_seed=1,
+        checkpoint_epochs=[0, 1, 3],
+        run_dir=run_dir,
+        meta=meta or {"arch": "mlp", "width": 8},
+        **kw,
+    )
 
 
 def killed_run(tmp_path):
@@ -202,12 +230,15 @@ def killed_run(tmp_path):
     return run_dir
 
 
-@pytest.mark.parametrize("damage, expected", [
-    ("truncate", "is corrupt, truncated or not a torch file"),
-    ("garbage", "is corrupt, truncated or not a torch file"),
-    ("state_dict", "lacks ['optimizer', 'scheduler', 'generator', 'epoch', 'meta']: it was written by another"),
-    ("list", "holds a list, expected a dict: it was not written by this pipeline"),
-])
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        ("truncate", "is corrupt, truncated or not a torch file"),
+        ("garbage", "is corrupt, truncated or not a torch file"),
+        ("state_dict", "lacks ['optimizer', 'scheduler', 'generator', 'epoch', 'meta']: it was written by another"),
+        ("list", "holds a list, expected a dict: it was not written by this pipeline"),
+    ],
+)
 def test_damaged_or_foreign_checkpoint_stops_training(tmp_path, damage, expected):
     run_dir = killed_run(tmp_path)
     bad = run_dir / "epoch_0001.pt"
@@ -242,14 +273,19 @@ def test_checkpoints_of_another_width_are_moved_aside_not_mixed_in(tmp_path, cap
     before = snapshot(run_dir)
     paths = train(run_dir, meta={"arch": "mlp", "width": 16}, stale_dir=tmp_path / "stale")
     message = capsys.readouterr().out
-    assert f"2 checkpoint(s) in {run_dir} were written under another configuration (width: 8 in the checkpoint, " \
-           "16 now); moved them to" in message
+    assert (
+        f"2 checkpoint(s) in {run_dir} were written under another configuration (width: 8 in the checkpoint, "
+        "16 now); moved them to" in message
+    )
     (moved,) = (tmp_path / "stale").iterdir()
     assert str(moved) in message and snapshot(moved) == before  # kept, byte for byte
     assert [p.name for p in paths] == ["epoch_0000.pt", "epoch_0001.pt", "epoch_0003.pt"]
     assert torch.load(paths[-1], weights_only=True)["meta"]["width"] == 16  # trained afresh under the new meta
-    with pytest.raises(CheckpointError, match=r"another configuration \(width: 16 in the checkpoint, 32 now\); they "
-                                              r"must not be mixed into this run. Move them away \(mv "):
+    with pytest.raises(
+        CheckpointError,
+        match=r"another configuration \(width: 16 in the checkpoint, 32 now\); they "
+        r"must not be mixed into this run. Move them away \(mv ",
+    ):
         train(run_dir, meta={"arch": "mlp", "width": 32})  # no stale_dir: stop and say what to do
 
 
@@ -259,8 +295,10 @@ def test_pair_folder_mixing_two_widths(tmp_path):
     for member, width in (("A", 8), ("B", 8)):
         for epoch in (0, 1):
             spec = dict(arch="rescnn", in_channels=1, num_classes=10, image_size=28, width=width)
-            save_torch({"epoch": epoch, "meta": {"spec": spec}, "model": pairs.make_model(spec).state_dict()},
-                       pairs.pair_dir(ws, 0) / member / f"epoch_{epoch:04d}.pt")
+            save_torch(
+                {"epoch": epoch, "meta": {"spec": spec}, "model": pairs.make_model(spec).state_dict()},
+                pairs.pair_dir(ws, 0) / member / f"epoch_{epoch:04d}.pt",
+            )
     foreign = pairs.pair_dir(ws, 0) / "B" / "epoch_0001.pt"
     spec16 = dict(arch="rescnn", in_channels=1, num_classes=10, image_size=28, width=16)
     save_torch({"epoch": 1, "meta": {"spec": spec16}, "model": pairs.make_model(spec16).state_dict()}, foreign)
@@ -308,8 +346,10 @@ def read_only():
     def make(folder):
         if os.geteuid() != 0:
             folder.chmod(0o555)
-        elif shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)],
-                                                              capture_output=True).returncode != 0:
+        elif (
+            shutil.which("chattr") is None
+            or subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0
+        ):
             pytest.skip("cannot make a folder read-only for root here (no chattr +i)")
         made.append(folder)
         try:
@@ -371,23 +411,40 @@ def pair(tmp_path):
         states.append(MLP(784, [8], 10).state_dict())
         torch.save(states[-1], tmp_path / f"{'AB'[seed]}.pt")
     folder = fabricate.fashion_mnist(tmp_path / "fashion", n_train=40, n_test=20)
-    args = {"--model": "llmc_utils.core.models:MLP", "--model-kwargs": json.dumps(dict(in_features=784, hidden=[8],
-                                                                                    n_classes=10)),
-            "--a": str(tmp_path / "A.pt"), "--b": str(tmp_path / "B.pt"), "--data": f"fashion_mnist:{folder}",
-            "--out": str(tmp_path / "out")}
+    args = {
+        "--model": "llmc_utils.core.models:MLP",
+        "--model-kwargs": json.dumps(dict(in_features=784, hidden=[8], n_classes=10)),
+        "--a": str(tmp_path / "A.pt"),
+        "--b": str(tmp_path / "B.pt"),
+        "--data": f"fashion_mnist:{folder}",
+        "--out": str(tmp_path / "out"),
+    }
     return dict(root=tmp_path, out=tmp_path / "out", state_b=states[1], args=args)
 
 
 def llmc(pair, *flags: str, **replace: str) -> int:
     """`llmc barriers` on the pair (--a=... replaced by a=...), with the few samples and alphas of a quick run."""
     args = dict(pair["args"], **{f"--{key.replace('_', '-')}": value for key, value in replace.items()})
-    return cli.main(["barriers", *(x for item in args.items() for x in item), "--n-eval", "8", "--alphas", "0.5",
-                     "--no-progress", "--threads", "1", *flags])
+    return cli.main(
+        [
+            "barriers",
+            *(x for item in args.items() for x in item),
+            "--n-eval",
+            "8",
+            "--alphas",
+            "0.5",
+            "--no-progress",
+            "--threads",
+            "1",
+            *flags,
+        ]
+    )
 
 
 @pytest.fixture
 def no_compute(monkeypatch):
     """Evaluating any model fails the test: the errors below must come before any compute."""
+
     def evaluate(*args, **kwargs):
         raise AssertionError("the pair was evaluated")
 
@@ -404,18 +461,25 @@ def llmc_error(pair, capsys, *flags: str, **replace: str) -> str:
     return err
 
 
-@pytest.mark.parametrize("name, protocol, wrap", [
-    ("data_batch_3", 2, lambda bad: {"data": bad}),
-    ("test_batch", 5, lambda bad: {"labels": [1, 2], "data": np.array([bad], dtype=object)}),  # inside an array
-    ("batches.meta", 0, lambda bad: {"label_names": [bad]}),
-])
+@pytest.mark.parametrize(
+    "name, protocol, wrap",
+    [
+        ("data_batch_3", 2, lambda bad: {"data": bad}),
+        ("test_batch", 5, lambda bad: {"labels": [1, 2], "data": np.array([bad], dtype=object)}),  # inside an array
+        ("batches.meta", 0, lambda bad: {"label_names": [bad]}),
+    ],
+)
 def test_cifar_batch_whose_pickle_runs_a_command(pair, capsys, no_compute, name, protocol, wrap):
     marker = pair["root"] / "pickle_ran"
     folder = fabricate.cifar10(pair["root"] / "cifar", per_batch=4)
     (folder / name).write_bytes(pickle.dumps(wrap(RunsCommand(f"touch {marker}")), protocol=protocol))
     err = llmc_error(pair, capsys, data=f"cifar10:{folder.parent}")
-    assert f"{folder / name} is not a plain data pickle (it names {os.system.__module__}.system; only numpy " \
-           "arrays, dicts, lists, strings, bytes and numbers are read" in err and "nothing of it was run" in err
+    assert (
+        f"{folder / name} is not a plain data pickle (it names {os.system.__module__}.system; only numpy "
+        "arrays, dicts, lists, strings, bytes and numbers are read"
+        in err
+        and "nothing of it was run" in err
+    )
     assert not marker.exists()
     # the pipeline reads CIFAR-10 with the same reader (stage prepare_data): nothing runs, nothing is written
     workspace = pair["root"] / "ws"
@@ -429,11 +493,14 @@ def test_model_spec_that_runs_a_command_is_documented_as_code(pair, capsys, tmp_
     refused when it is no model."""
     marker = tmp_path_factory.mktemp("elsewhere") / "spec_ran"
     err = llmc_error(pair, capsys, model="os:system", model_kwargs=json.dumps({"command": f"touch {marker}"}))
-    assert "--model 'os:system' returned a int, not a torch.nn.Module (a module.path:callable spec imports that " \
-           "module and calls the callable: it ran)" in err
+    assert (
+        "--model 'os:system' returned a int, not a torch.nn.Module (a module.path:callable spec imports that "
+        "module and calls the callable: it ran)" in err
+    )
     assert marker.exists()
-    assert "imports that module and calls the callable: it runs that code" in \
-        " ".join((ROOT / "docs" / "own_models.md").read_text().split())
+    assert "imports that module and calls the callable: it runs that code" in " ".join(
+        (ROOT / "docs" / "own_models.md").read_text().split()
+    )
     with pytest.raises(SystemExit):
         cli.main(["barriers", "--help"])
     assert "imports and runs that code" in " ".join(capsys.readouterr().out.split())
@@ -454,8 +521,10 @@ def test_integer_checkpoint_for_a_float_model(pair, capsys, no_compute, dtype):
     path = pair["root"] / "B_int.safetensors"
     save_file({k: v.to(dtype) for k, v in pair["state_b"].items()}, str(path))
     err = llmc_error(pair, capsys, b=str(path))
-    assert f"checkpoint B ({path}): fc1.weight is {dtype}, but --model llmc_utils.core.models:MLP has torch.float32 " \
-           "there; integers cast to floats are not the weights" in err
+    assert (
+        f"checkpoint B ({path}): fc1.weight is {dtype}, but --model llmc_utils.core.models:MLP has torch.float32 "
+        "there; integers cast to floats are not the weights" in err
+    )
 
 
 @pytest.mark.parametrize("extra", ["namespace", "command"])
@@ -497,8 +566,10 @@ def test_out_holding_other_files_needs_force(pair, capsys):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     err = llmc_error(pair, capsys)
-    assert f"--out {out} holds files that llmc barriers did not write (notes.txt; no .llmc_barriers.json); choose " \
-           "a new or empty folder, or add --force" in err
+    assert (
+        f"--out {out} holds files that llmc barriers did not write (notes.txt; no .llmc_barriers.json); choose "
+        "a new or empty folder, or add --force" in err
+    )
     before = outside(pair["root"], out)
     assert llmc(pair, "--force") == 0
     assert (out / "notes.txt").read_text() == "mine" and (out / "report.html").is_file()
@@ -506,8 +577,11 @@ def test_out_holding_other_files_needs_force(pair, capsys):
 
 
 def git(folder, *args):
-    subprocess.run(["git", "-C", str(folder), "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-C", str(folder), "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+        check=True,
+        capture_output=True,
+    )
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
@@ -520,16 +594,30 @@ def test_out_over_files_tracked_by_git_or_dvc(pair, capsys, no_compute):
     git(repo, "commit", "-q", "-m", "report")
     for flags in ((), ("--force",)):
         err = llmc_error(pair, capsys, *flags, out=str(repo / "reports"))
-        assert f"--out {repo / 'reports'}: {repo / 'reports' / 'report.html'} is tracked by git; llmc barriers " \
-               "never writes over tracked files, not even with --force" in err
+        assert (
+            f"--out {repo / 'reports'}: {repo / 'reports' / 'report.html'} is tracked by git; llmc barriers "
+            "never writes over tracked files, not even with --force" in err
+        )
     # a DVC project: outputs of dvc.yaml (a foreach stage's too) and a folder tracked by a .dvc file
     project = pair["root"] / "dvcproject"
     (project / ".dvc").mkdir(parents=True)
-    (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"fit": {"foreach": [0, 1], "do": {
-        "cmd": "true", "outs": [{"results/repetition_${item}": {"cache": False}}]}}}}))
+    (project / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    "fit": {
+                        "foreach": [0, 1],
+                        "do": {"cmd": "true", "outs": [{"results/repetition_${item}": {"cache": False}}]},
+                    }
+                }
+            }
+        )
+    )
     (project / "data.dvc").write_text("outs:\n- path: data\n")
     err = llmc_error(pair, capsys, "--force", out=str(project / "results" / "repetition_1"))
-    assert f"results/repetition_1/barriers.csv is an output of the DVC pipeline in {project} (dvc.yaml / dvc.lock)" in err
+    assert (
+        f"results/repetition_1/barriers.csv is an output of the DVC pipeline in {project} (dvc.yaml / dvc.lock)" in err
+    )
     err = llmc_error(pair, capsys, "--force", out=str(project / "data" / "mine"))
     assert "data/mine/barriers.csv is tracked by DVC (data.dvc)" in err
 
@@ -568,9 +656,13 @@ def test_profiles_dest_holding_another_pipeline(foreign_project, capsys, monkeyp
     before = snapshot(foreign_project.parent)
     assert profiles.main(["tiny", "--dest", str(foreign_project)]) == 2
     err = capsys.readouterr().err
-    assert f"error: --dest {foreign_project} holds params.yaml, dvc.yaml, notebooks, not written by llmc (no " \
-           ".llmc_workspace there), and making a workspace would overwrite them; choose another --dest, or add " \
-           "--force" in err and "Traceback" not in err
+    assert (
+        f"error: --dest {foreign_project} holds params.yaml, dvc.yaml, notebooks, not written by llmc (no "
+        ".llmc_workspace there), and making a workspace would overwrite them; choose another --dest, or add "
+        "--force"
+        in err
+        and "Traceback" not in err
+    )
     assert snapshot(foreign_project.parent) == before
     # --force: the workspace is made there (DVC itself replaced by recorders)
     monkeypatch.setattr(profiles, "dvc", lambda *args, **kwargs: None)
@@ -588,8 +680,10 @@ def test_launch_dest_holding_another_pipeline(foreign_project, capsys, where):
     before = snapshot(foreign_project.parent)
     assert launch.main(["tiny", "--repetitions", "0-1", "--dest", str(dest)]) == 2
     err = capsys.readouterr().err
-    assert f"error: --dest {(dest / where).resolve()} holds params.yaml, dvc.yaml, notebooks, not written by llmc" \
-           in err and "--force" in err
+    assert (
+        f"error: --dest {(dest / where).resolve()} holds params.yaml, dvc.yaml, notebooks, not written by llmc" in err
+        and "--force" in err
+    )
     assert snapshot(foreign_project.parent) == before
 
 
@@ -597,6 +691,8 @@ def test_launch_dest_holding_another_pipeline(foreign_project, capsys, where):
 def test_launch_repetition_range_above_the_limit(tmp_path, capsys, spec, count):
     assert launch.main(["tiny", "--repetitions", spec, "--dest", str(tmp_path / "launch")]) == 2
     err = capsys.readouterr().err
-    assert f"error: --repetitions {spec} asks for {count} repetitions, one workspace and pipeline run each; more than 1,000 " \
-           "need --many-repetitions" in err
+    assert (
+        f"error: --repetitions {spec} asks for {count} repetitions, one workspace and pipeline run each; "
+        "more than 1,000 need --many-repetitions" in err
+    )
     assert list(tmp_path.iterdir()) == []

@@ -6,12 +6,19 @@ import pytest
 import torch
 from torch import nn
 
-from llmc_utils.stages.layerwise_barriers import LayerwiseBarriersConfig, barrier_table, cell_metrics, headline_metrics, max_over_alpha, \
-    noise_floor, wide
 from llmc_utils.core.config import ParamsError
-from llmc_utils.pipeline.params import validate_params
 from llmc_utils.core.evaluation import FULL, Evaluator, LayerEvaluator, barrier
 from llmc_utils.core.layers import logical_layers, mix
+from llmc_utils.pipeline.params import validate_params
+from llmc_utils.stages.layerwise_barriers import (
+    LayerwiseBarriersConfig,
+    barrier_table,
+    cell_metrics,
+    headline_metrics,
+    max_over_alpha,
+    noise_floor,
+    wide,
+)
 
 
 def toy_pair(seed=0):
@@ -24,8 +31,10 @@ def toy_pair(seed=0):
 
 def toy_splits(n=50):
     g = torch.Generator().manual_seed(1)
-    return {"train": (torch.randn(n, 3, generator=g), torch.randint(0, 3, (n,), generator=g)),
-            "test": (torch.randn(n, 3, generator=g), torch.randint(0, 3, (n,), generator=g))}
+    return {
+        "train": (torch.randn(n, 3, generator=g), torch.randint(0, 3, (n,), generator=g)),
+        "test": (torch.randn(n, 3, generator=g), torch.randint(0, 3, (n,), generator=g)),
+    }
 
 
 def test_mix_alpha_endpoints_and_midpoint_both_bases():
@@ -61,7 +70,8 @@ def test_loss_is_exact_mean_whatever_the_batch_size():
     expected = nn.functional.cross_entropy(model(x), y).item()
     for batch in (1, 5, 37, 1000):
         assert Evaluator(model, {"train": (x, y)}, batch_size=batch)(state_a)["train"]["loss"] == pytest.approx(
-            expected, abs=1e-6)
+            expected, abs=1e-6
+        )
         cached = LayerEvaluator(model, {"train": (x, y)}, batch_size=batch)
         assert cached.endpoint(state_a, "A")["train"]["loss"] == pytest.approx(expected, abs=1e-6)
 
@@ -120,8 +130,14 @@ def test_every_barrier_has_the_standard_error_of_its_paired_per_image_difference
     keys = logical_layers(state_a)["2"]
     mid = mix(state_a, state_b, 0.25, keys, "B")
     d = losses(mid) - 0.75 * losses(state_a) - 0.25 * losses(state_b)
-    row = table[(table.layer_set == "2") & (table.base == "B") & (table.alpha == 0.25) & (table.split == "train")
-                & (table.metric == "loss") & (table.epoch == 2)].iloc[0]
+    row = table[
+        (table.layer_set == "2")
+        & (table.base == "B")
+        & (table.alpha == 0.25)
+        & (table.split == "train")
+        & (table.metric == "loss")
+        & (table.epoch == 2)
+    ].iloc[0]
     assert row.barrier == pytest.approx(d.mean().item(), abs=1e-6)
     assert row.se == pytest.approx((d.std() / math.sqrt(len(d))).item(), rel=1e-4)
     assert (table.se >= 0).all() and (table[table.layer_set != FULL].se > 0).any()
@@ -148,10 +164,12 @@ def test_noise_floor_is_a_model_against_itself_on_two_halves_of_the_images():
     x, y = toy_splits(40)["train"]
     floor = noise_floor(Evaluator(model, {"train": (x, y)}), state_a)
     per_image = nn.functional.cross_entropy(model(x), y, reduction="none").detach().double()
-    assert floor["noise_floor_train_loss"] == pytest.approx((per_image[0::2].mean() - per_image[1::2].mean()).item(),
-                                                            abs=1e-6)
+    assert floor["noise_floor_train_loss"] == pytest.approx(
+        (per_image[0::2].mean() - per_image[1::2].mean()).item(), abs=1e-6
+    )
     assert floor["noise_floor_se"] == pytest.approx(
-        math.sqrt(per_image[0::2].var().item() / 20 + per_image[1::2].var().item() / 20), rel=1e-4)
+        math.sqrt(per_image[0::2].var().item() / 20 + per_image[1::2].var().item() / 20), rel=1e-4
+    )
 
 
 def test_bad_config_values_are_rejected_naming_the_key():

@@ -5,10 +5,10 @@ counts repetitions, and can come out reproduced, not reproduced or inconclusive,
 import numpy as np
 import pytest
 
-from llmc_utils.pipeline import registry
 from llmc_utils.core import claims
-from llmc_utils.stages import language_model as lm
+from llmc_utils.pipeline import registry
 from llmc_utils.pipeline.report import ReportConfig
+from llmc_utils.stages import language_model as lm
 
 CFG = ReportConfig()  # clear_barrier 0.5, single_layer_relative 0.0435 (0.1 / 2.3)
 CLAIM, LOOSE = lm.CLAIMS
@@ -37,18 +37,22 @@ def test_claims_read_the_language_model_stage_under_its_premise():
     assert set(lm.CLAIMS) <= set(registry.all_claims()[0])  # collected by the report
 
 
-@pytest.mark.parametrize("full, holds", [([1.7, 1.8, 1.75], True), ([0.10, 0.12, 0.11], False),
-                                         ([0.3, 0.9, 0.5], False)])
+@pytest.mark.parametrize(
+    "full, holds", [([1.7, 1.8, 1.75], True), ([0.10, 0.12, 0.11], False), ([0.3, 0.9, 0.5], False)]
+)
 def test_premise_is_a_clear_full_barrier_over_the_whole_interval(full, holds):
     rows = claims.evaluate_premise(REGIME, metrics([run(f, [0.0] * 3) for f in full]), CFG)
     assert rows[0]["premise_holds"] is holds
 
 
-@pytest.mark.parametrize("singles, verdict", [
-    ([0.01, 0.02, 0.0], "reproduced"),  # every layer far inside 4.35 % of 1.8 (0.078)
-    ([1.6, 0.02, 0.0], "not reproduced"),  # one layer (e.g. the embedding) carries almost the whole barrier
-    ([0.075, 0.0, 0.0], "inconclusive"),  # one layer at the band's edge: neither inside nor outside beyond its se
-])
+@pytest.mark.parametrize(
+    "singles, verdict",
+    [
+        ([0.01, 0.02, 0.0], "reproduced"),  # every layer far inside 4.35 % of 1.8 (0.078)
+        ([1.6, 0.02, 0.0], "not reproduced"),  # one layer (e.g. the embedding) carries almost the whole barrier
+        ([0.075, 0.0, 0.0], "inconclusive"),  # one layer at the band's edge: neither inside nor outside beyond its se
+    ],
+)
 def test_relative_band_claim(singles, verdict):
     row = claims.evaluate(CLAIM, metrics([run(1.8, singles) for _ in range(8)]), CFG)
     assert row["verdict"] == verdict and row["n"] == 8

@@ -9,20 +9,29 @@ import dataclasses
 import numpy as np
 import pytest
 
-from llmc_utils.pipeline import registry
 from llmc_utils.core import claims
-from llmc_utils.stages import alignment, deep_linear, federated, language_model, robustness
-from llmc_utils.stages import cumulative_averaging as cumulative, layerwise_barriers as barriers
-from llmc_utils.stages import subspace_perturbations as subspace
 from llmc_utils.core.claims import null_rate
+from llmc_utils.pipeline import registry
 from llmc_utils.pipeline.report import ReportConfig
+from llmc_utils.stages import alignment, deep_linear, federated, language_model, robustness
+from llmc_utils.stages import cumulative_averaging as cumulative
+from llmc_utils.stages import layerwise_barriers as barriers
+from llmc_utils.stages import subspace_perturbations as subspace
 
 CFG = ReportConfig()
 DRAWS = 200
 MAX_NULL_RATE = 0.05
 # the claims each test below draws under its null (the last test checks that together they are every claim)
-TESTED = [*barriers.CLAIMS, *cumulative.CLAIMS, *deep_linear.CLAIMS, *robustness.CLAIMS, *subspace.CLAIMS,
-          *federated.CLAIMS, *language_model.CLAIMS, *alignment.CLAIMS]
+TESTED = [
+    *barriers.CLAIMS,
+    *cumulative.CLAIMS,
+    *deep_linear.CLAIMS,
+    *robustness.CLAIMS,
+    *subspace.CLAIMS,
+    *federated.CLAIMS,
+    *language_model.CLAIMS,
+    *alignment.CLAIMS,
+]
 
 
 def judged(claim, runs) -> dict:
@@ -56,8 +65,16 @@ EPOCHS = (1, 2, 5, 10, 20, 30)
 
 def fig1_pairs(n, seed=0, sd=0.01, se=0.01, full=2.3):
     rng = np.random.default_rng(seed)
-    return [dict(cells(rng, LAYERS, EPOCHS, sd, se), last_epoch=30, from_epoch=1, full_barrier_train_loss_last=full,
-                 full_barrier_train_loss_last_se=0.02) for _ in range(n)]
+    return [
+        dict(
+            cells(rng, LAYERS, EPOCHS, sd, se),
+            last_epoch=30,
+            from_epoch=1,
+            full_barrier_train_loss_last=full,
+            full_barrier_train_loss_last_se=0.02,
+        )
+        for _ in range(n)
+    ]
 
 
 # ------------------------------------------------------------------------------------------------- Fig. 1 and bands
@@ -149,8 +166,11 @@ def test_fig2_windows_with_one_dominant_window_stay_calibrated():
 # ------------------------------------------------------------------------------------------------------ Sec. 4
 def deep_linear_metrics(n_per_depth=18, depths=(2, 3, 4, 6), seed=0, single=0.1, full=1.0, noise=0.05):
     rng = np.random.default_rng(seed)
-    paths = [[full + rng.normal(0, noise)] + list(single + rng.normal(0, noise, 2 * d))
-             for d in depths for _ in range(n_per_depth)]
+    paths = [
+        [full + rng.normal(0, noise)] + list(single + rng.normal(0, noise, 2 * d))
+        for d in depths
+        for _ in range(n_per_depth)
+    ]
     return [dict(tie_rtol=1e-9, **{f"trained_paths_{at}": paths for at in deep_linear.READINGS})]
 
 
@@ -180,10 +200,12 @@ def robustness_runs(n, seed=0, gap=0.2):
     for _ in range(n):
         m = {}
         for d in robustness.DIRECTIONS:
-            m.update({f"vit_gap/{d}/{s}/layer{i}": gap + rng.normal(0, 0.05)
-                      for s in robustness.SPLITS for i in range(16)})
-            m.update({f"cnn_gap/{d}/train/{e}/layer{i}": gap + rng.normal(0, 0.05)
-                      for e in (1, 10, 30) for i in range(10)})
+            m.update(
+                {f"vit_gap/{d}/{s}/layer{i}": gap + rng.normal(0, 0.05) for s in robustness.SPLITS for i in range(16)}
+            )
+            m.update(
+                {f"cnn_gap/{d}/train/{e}/layer{i}": gap + rng.normal(0, 0.05) for e in (1, 10, 30) for i in range(10)}
+            )
         out.append(m)
     return out
 
@@ -206,8 +228,12 @@ def subspace_runs(n, seed=0, above=1.0):
                 for scope in ("network", "fc1", "fc2"):
                     null = 1.0 + rng.normal(0, 0.1)
                     m[f"loss/{dataset}/{variant}/{scope}/{subspace.NULL_SPACE}"] = null
-                    m.update({f"loss/{dataset}/{variant}/{scope}/{kind}": null + above + rng.normal(0, 0.1)
-                              for kind in subspace.COMPARED})
+                    m.update(
+                        {
+                            f"loss/{dataset}/{variant}/{scope}/{kind}": null + above + rng.normal(0, 0.1)
+                            for kind in subspace.COMPARED
+                        }
+                    )
         out.append(m)
     return out
 
@@ -247,17 +273,29 @@ def test_table1_a_tie_does_not_read_as_beating(claim):
     a tie was a coin flip between "beats" and "does not beat"; with the margin "beats" reads reproduced at most 5 %
     of the time."""
     rng = np.random.default_rng(5)
-    hits = sum(judged(claim, federated_runs(3, seed=int(rng.integers(2**31)),
-                                            gaps={"iid": 0.0, "dirichlet": 0.0, "pathological": 0.0}))["verdict"]
-               == "reproduced" for _ in range(DRAWS))
+    hits = sum(
+        judged(
+            claim,
+            federated_runs(3, seed=int(rng.integers(2**31)), gaps={"iid": 0.0, "dirichlet": 0.0, "pathological": 0.0}),
+        )["verdict"]
+        == "reproduced"
+        for _ in range(DRAWS)
+    )
     assert hits / DRAWS <= MAX_NULL_RATE
 
 
 # ------------------------------------------------------------------------------------------------ LM, alignment
 def lm_runs(n, seed=0):
     rng = np.random.default_rng(seed)
-    return [dict(cells(rng, [f"blocks.0.l{i}" for i in range(10)], (8,), 0.005, 0.005), last_epoch=8,
-                 full_barrier_train_loss=1.5 + rng.normal(0, 0.1), full_barrier_train_loss_se=0.02) for _ in range(n)]
+    return [
+        dict(
+            cells(rng, [f"blocks.0.l{i}" for i in range(10)], (8,), 0.005, 0.005),
+            last_epoch=8,
+            full_barrier_train_loss=1.5 + rng.normal(0, 0.1),
+            full_barrier_train_loss_se=0.02,
+        )
+        for _ in range(n)
+    ]
 
 
 @pytest.mark.parametrize("claim", language_model.CLAIMS, ids=lambda c: c.statement[-60:])
@@ -270,9 +308,15 @@ def test_language_model_band_claims_against_one_layer_at_the_band(claim):
 
 def alignment_runs(n, seed=0):
     rng = np.random.default_rng(seed)
-    return [dict(cells(rng, LAYERS, (30,), 0.01, 0.01), different_init=1.0,
-                 full_barrier_unaligned_last=1.0 + rng.normal(0, 0.1),
-                 full_barrier_aligned_last=0.3 + rng.normal(0, 0.1)) for _ in range(n)]
+    return [
+        dict(
+            cells(rng, LAYERS, (30,), 0.01, 0.01),
+            different_init=1.0,
+            full_barrier_unaligned_last=1.0 + rng.normal(0, 0.1),
+            full_barrier_aligned_last=0.3 + rng.normal(0, 0.1),
+        )
+        for _ in range(n)
+    ]
 
 
 @pytest.mark.parametrize("claim", alignment.CLAIMS, ids=lambda c: c.statement[:40])

@@ -4,9 +4,10 @@ decide a majority), ties that must not count as wins, and the sanity checks of b
 
 import pytest
 
-from llmc_utils.stages import robustness, subspace_perturbations as subspace
 from llmc_utils.core.claims import check, claim_values, evaluate
 from llmc_utils.pipeline.report import ReportConfig
+from llmc_utils.stages import robustness
+from llmc_utils.stages import subspace_perturbations as subspace
 
 CFG = ReportConfig()
 WIN = CFG.tie_margin + 0.2  # clearly beyond the margin
@@ -21,6 +22,7 @@ DATASETS, SCOPES = ("synthetic", "fashion_mnist"), ("all", "fc1", "fc2")
 def robustness_metrics(fraction: float) -> dict:
     """One repetition whose every gap group (ViT direction x split, CNN direction) wins in `fraction` of its cells
     and ties in the rest."""
+
     def gaps(n):
         wins = round(fraction * n)
         return [WIN] * wins + [TIE] * (n - wins)
@@ -123,10 +125,13 @@ def test_panels_without_a_null_space_are_left_out_and_missing_metrics_are_named(
         claim_values(claim, {"subspace_perturbations": {0: {"sigma_max": 8.0}}}, CFG)
 
 
-@pytest.mark.parametrize("module, key, good, bad", [
-    (robustness, "max_step_norm_mismatch", 1e-7, 1e-2),
-    (subspace, "null_max_cosine", 1e-15, 1e-3),
-])
+@pytest.mark.parametrize(
+    "module, key, good, bad",
+    [
+        (robustness, "max_step_norm_mismatch", 1e-7, 1e-2),
+        (subspace, "null_max_cosine", 1e-15, 1e-3),
+    ],
+)
 def test_sanity_checks_hold_on_the_construction_and_fail_when_it_breaks(module, key, good, bad):
     (sanity,) = module.SANITY_CHECKS
     assert check(sanity, {sanity.stage: {0: {key: good}, 1: {key: good}}}, CFG)["holds"]

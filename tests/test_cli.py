@@ -6,8 +6,6 @@ is 0 at alpha 0 and 1; the aligned B computes B's function), and that every inpu
 exit code 2 and no output, before any compute.
 """
 
-import llmc_utils  # noqa: F401  (the torchvision compatibility step comes before torchvision, timm, transformers)
-
 import json
 from pathlib import Path
 
@@ -16,8 +14,10 @@ import pytest
 import torch
 from safetensors.torch import save_file, save_model
 
+import llmc_utils  # noqa: F401  (the torchvision compatibility step comes before torchvision, timm, transformers)
 from llmc_utils.core import data as pipeline_data
-from llmc_utils.pairtool import data as own_data, models as own_models
+from llmc_utils.pairtool import data as own_data
+from llmc_utils.pairtool import models as own_models
 from llmc_utils.pairtool.cli import main
 from tests import fabricate
 
@@ -91,21 +91,58 @@ def test_timm_resnet18_plain_and_bn_reset(tmp_path, fashion):
     states = []
     for seed in (0, 1):
         torch.manual_seed(seed)
-        states.append(train(timm.create_model("resnet18", pretrained=False, num_classes=10, in_chans=1), fashion,
-                            seed))
+        states.append(train(timm.create_model("resnet18", pretrained=False, num_classes=10, in_chans=1), fashion, seed))
     a, b = save_pair(tmp_path, *states)
     out = tmp_path / "out"
-    assert run("--model", "timm:resnet18", "--a", a, "--b", b, "--data", fashion, "--n-eval", "16",
-               "--alphas", "0", "0.5", "1", "--bases", "A", "--bn-reset", "2", "--bn-reset-batch-size", "16",
-               "--layers", "conv1", "bn1", "layer4.1.*", "fc", "--orders", "--out", str(out)) == 0
+    assert (
+        run(
+            "--model",
+            "timm:resnet18",
+            "--a",
+            a,
+            "--b",
+            b,
+            "--data",
+            fashion,
+            "--n-eval",
+            "16",
+            "--alphas",
+            "0",
+            "0.5",
+            "1",
+            "--bases",
+            "A",
+            "--bn-reset",
+            "2",
+            "--bn-reset-batch-size",
+            "16",
+            "--layers",
+            "conv1",
+            "bn1",
+            "layer4.1.*",
+            "fc",
+            "--orders",
+            "--out",
+            str(out),
+        )
+        == 0
+    )
     for name in ("barriers.csv", "heatmap.png", "summary.json", "report.md", "report.html"):
         assert (out / name).stat().st_size > 0, name
     assert not (out / "cumulative.csv").exists()  # --orders with no order: no cumulative table (tested below)
     table = pd.read_csv(out / "barriers.csv")
     assert list(table.columns) == own_models.COLUMNS
     assert set(table.variant) == {"plain", "bn_reset"}
-    assert list(dict.fromkeys(table.layer_set)) == ["full", "conv1", "bn1", "layer4.1.conv1", "layer4.1.bn1",
-                                                    "layer4.1.conv2", "layer4.1.bn2", "fc"]
+    assert list(dict.fromkeys(table.layer_set)) == [
+        "full",
+        "conv1",
+        "bn1",
+        "layer4.1.conv1",
+        "layer4.1.bn1",
+        "layer4.1.conv2",
+        "layer4.1.bn2",
+        "fc",
+    ]
     full = table[table.layer_set == "full"]
     assert set(full.variant) == {"plain", "bn_reset"}
     plain_ends = full[(full.variant == "plain") & full.alpha.isin([0.0, 1.0])]
@@ -114,8 +151,10 @@ def test_timm_resnet18_plain_and_bn_reset(tmp_path, fashion):
     summary = json.loads((out / "summary.json").read_text())
     report = (out / "report.md").read_text()
     assert "bn_reset" in report and "timm:resnet18" in report and "<table>" in (out / "report.html").read_text()
-    print("full train-loss barrier at alpha 0.5:", {v: summary["full_barrier"][v]["train"]["loss"]
-                                                   for v in ("plain", "bn_reset")})
+    print(
+        "full train-loss barrier at alpha 0.5:",
+        {v: summary["full_barrier"][v]["train"]["loss"] for v in ("plain", "bn_reset")},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +162,7 @@ def gpt_pair(tmp_path_factory) -> dict:
     """A GPT-2-style pair from a tiny config: A saved as a torch state dict (tied lm_head and wte both present), B
     with safetensors' save_model (one of the two tied keys kept), and a text file of Python's help topics."""
     from pydoc_data.topics import topics
+
     from transformers import GPT2Config
 
     folder = tmp_path_factory.mktemp("gpt")
@@ -138,15 +178,43 @@ def gpt_pair(tmp_path_factory) -> dict:
         if seed == 1:
             save_model(model, str(folder / "B.safetensors"))
     torch.save(states[0], folder / "A.pt")
-    return dict(folder=folder, config=str(folder / "config"), a=str(folder / "A.pt"),
-                b=str(folder / "B.safetensors"), text=str(text), state_a=states[0])
+    return dict(
+        folder=folder,
+        config=str(folder / "config"),
+        a=str(folder / "A.pt"),
+        b=str(folder / "B.safetensors"),
+        text=str(text),
+        state_a=states[0],
+    )
 
 
 def test_gpt2_pair_from_a_config_on_text(tmp_path, gpt_pair):
     out = tmp_path / "out"
-    assert run("--model", f"hf:{gpt_pair['config']}", "--a", gpt_pair["a"], "--b", gpt_pair["b"],
-               "--data", f"text:{gpt_pair['text']}", "--context", "16", "--n-eval", "8", "--alphas", "0.5",
-               "--bases", "A", "--orders", "shallow_to_deep", "--out", str(out)) == 0
+    assert (
+        run(
+            "--model",
+            f"hf:{gpt_pair['config']}",
+            "--a",
+            gpt_pair["a"],
+            "--b",
+            gpt_pair["b"],
+            "--data",
+            f"text:{gpt_pair['text']}",
+            "--context",
+            "16",
+            "--n-eval",
+            "8",
+            "--alphas",
+            "0.5",
+            "--bases",
+            "A",
+            "--orders",
+            "shallow_to_deep",
+            "--out",
+            str(out),
+        )
+        == 0
+    )
     table = pd.read_csv(out / "barriers.csv")
     layers = list(dict.fromkeys(table.layer_set))
     assert layers[:3] == ["full", "transformer.wte", "transformer.wpe"] and layers[-1] == "transformer.ln_f"
@@ -162,7 +230,7 @@ def test_checkpoint_keys_in_other_namings(gpt_pair):
     """Checkpoints of the same weights under the names other tools write load into the same state."""
     model = own_models.build_model(f"hf:{gpt_pair['config']}", 256)
     state = gpt_pair["state_a"]
-    base = {"module." + k[len("transformer."):]: v for k, v in state.items() if k.startswith("transformer.")}
+    base = {"module." + k[len("transformer.") :]: v for k, v in state.items() if k.startswith("transformer.")}
     base["module.h.0.attn.bias"] = torch.ones(1, 1, 64, 64)  # a causal mask that old GPT-2 files hold
     compiled = {"_orig_mod." + k: v for k, v in state.items() if k != "transformer.wte.weight"}  # lm_head only
     a, b = own_models.fit_pair(model, "hf:gpt", base, compiled)
@@ -180,10 +248,39 @@ def test_align_adds_aligned_variants(tmp_path, fashion):
         states.append(train(build_model(**kwargs), fashion, seed))
     a, b = save_pair(tmp_path, *states)
     out = tmp_path / "out"
-    assert run("--model", CNN_SPEC, "--model-kwargs", json.dumps(kwargs), "--a", a, "--b", b, "--data", fashion,
-               "--n-eval", "32", "--alphas", "0", "0.5", "1", "--align", "--bn-reset", "1",
-               "--bn-reset-batch-size", "32", "--bases", "A", "--orders", "outer_first", "deep_to_shallow",
-               "--out", str(out)) == 0
+    assert (
+        run(
+            "--model",
+            CNN_SPEC,
+            "--model-kwargs",
+            json.dumps(kwargs),
+            "--a",
+            a,
+            "--b",
+            b,
+            "--data",
+            fashion,
+            "--n-eval",
+            "32",
+            "--alphas",
+            "0",
+            "0.5",
+            "1",
+            "--align",
+            "--bn-reset",
+            "1",
+            "--bn-reset-batch-size",
+            "32",
+            "--bases",
+            "A",
+            "--orders",
+            "outer_first",
+            "deep_to_shallow",
+            "--out",
+            str(out),
+        )
+        == 0
+    )
     table = pd.read_csv(out / "barriers.csv")
     assert list(dict.fromkeys(table.variant)) == ["plain", "bn_reset", "aligned", "aligned+bn_reset"]
     full = table[(table.layer_set == "full") & (table.alpha == 1.0) & (table.variant == "aligned")]
@@ -210,10 +307,19 @@ def test_imagefolder_and_python_api(tmp_path, cnn_pair):
                 Image.fromarray(pixels).save(tmp_path / "images" / split / label / f"{i}.png")
     state = torch.load(cnn_pair[0], weights_only=True)["state_dict"]
     torch.save({k: v[:2] if k.startswith("fc3") else v for k, v in state.items()}, tmp_path / "A2.pt")  # 2 classes
-    result = own_models.analyse_pair(CNN_SPEC, tmp_path / "A2.pt", tmp_path / "A2.pt",
-                                     f"imagefolder:{tmp_path / 'images'}", log=None,
-                                     model_kwargs=dict(CNN, num_classes=2), grayscale=True, image_size=28,
-                                     alphas=(0.5,), orders=(), progress=False)
+    result = own_models.analyse_pair(
+        CNN_SPEC,
+        tmp_path / "A2.pt",
+        tmp_path / "A2.pt",
+        f"imagefolder:{tmp_path / 'images'}",
+        log=None,
+        model_kwargs=dict(CNN, num_classes=2),
+        grayscale=True,
+        image_size=28,
+        alphas=(0.5,),
+        orders=(),
+        progress=False,
+    )
     assert result.files == [] and result.cumulative is None
     assert set(result.barriers.split) == {"train", "test"}
     assert result.barriers.barrier.abs().max() < 1e-5  # A against itself: no barrier anywhere
@@ -230,8 +336,15 @@ def _error(capsys, *args: str) -> str:
 
 
 def _cnn_args(cnn_pair, fashion, out, **replace) -> list[str]:
-    args = {"--model": CNN_SPEC, "--model-kwargs": json.dumps(CNN), "--a": cnn_pair[0], "--b": cnn_pair[1],
-            "--data": fashion, "--n-eval": "16", "--out": str(out)}
+    args = {
+        "--model": CNN_SPEC,
+        "--model-kwargs": json.dumps(CNN),
+        "--a": cnn_pair[0],
+        "--b": cnn_pair[1],
+        "--data": fashion,
+        "--n-eval": "16",
+        "--out": str(out),
+    }
     args.update(replace)
     return [x for k, v in args.items() for x in (k, *(v if isinstance(v, list) else [v]))]
 
@@ -257,8 +370,10 @@ def test_checkpoint_errors(tmp_path, cnn_pair, fashion, capsys):
     msg = error(**{"--b": saved("narrow.pt", dict(state, **{"conv1.weight": state["conv1.weight"][:8]}))})
     assert "differ in shape at conv1.weight: A (16, 1, 3, 3), B (8, 1, 3, 3)" in msg
     msg = error(**{"--model-kwargs": json.dumps(dict(CNN, width=8))})
-    assert "do not fit --model llmc_utils.core.models:build_model at conv1.weight: checkpoints (16, 1, 3, 3), " \
-           "model (8, 1, 3, 3)" in msg
+    assert (
+        "do not fit --model llmc_utils.core.models:build_model at conv1.weight: checkpoints (16, 1, 3, 3), "
+        "model (8, 1, 3, 3)" in msg
+    )
     msg = error(**{"--model-kwargs": json.dumps(dict(CNN, name="rescnn"))})
     assert "missing keys [stem.weight" in msg and "unexpected keys [conv1.weight" in msg
     assert not out.exists()  # stopped before writing anything
@@ -266,15 +381,20 @@ def test_checkpoint_errors(tmp_path, cnn_pair, fashion, capsys):
 
 def test_model_and_data_errors(tmp_path, cnn_pair, fashion, capsys):
     out = tmp_path / "out"
-    for spec, expected in (("timm:no_such_net", "cannot build --model 'timm:no_such_net'"),
-                           ("torchvision:no_such_net", "cannot build --model 'torchvision:no_such_net'"),
-                           ("no_such_module:build", "cannot build --model 'no_such_module:build': ModuleNotFoundError"),
-                           ("resnet18", "expected torchvision:NAME, timm:NAME"),
-                           (f"hf:{tmp_path}", "no config file there")):
+    for spec, expected in (
+        ("timm:no_such_net", "cannot build --model 'timm:no_such_net'"),
+        ("torchvision:no_such_net", "cannot build --model 'torchvision:no_such_net'"),
+        ("no_such_module:build", "cannot build --model 'no_such_module:build': ModuleNotFoundError"),
+        ("resnet18", "expected torchvision:NAME, timm:NAME"),
+        (f"hf:{tmp_path}", "no config file there"),
+    ):
         assert expected in _error(capsys, *_cnn_args(cnn_pair, fashion, out, **{"--model": spec}))
-    for spec, expected in (("mnist", "--data 'mnist': unknown kind"), ("imagefolder", "needs a path"),
-                           (f"text:{tmp_path / 'none.txt'}", "there is no file"),
-                           (f"cifar10:{tmp_path}", "CIFAR-10 not found")):
+    for spec, expected in (
+        ("mnist", "--data 'mnist': unknown kind"),
+        ("imagefolder", "needs a path"),
+        (f"text:{tmp_path / 'none.txt'}", "there is no file"),
+        (f"cifar10:{tmp_path}", "CIFAR-10 not found"),
+    ):
         assert expected in _error(capsys, *_cnn_args(cnn_pair, fashion, out, **{"--data": spec}))
     cifar = fabricate.cifar10(tmp_path / "cifar", per_batch=4).parent
     msg = _error(capsys, *_cnn_args(cnn_pair, fashion, out, **{"--data": f"cifar10:{cifar}"}))
@@ -283,7 +403,8 @@ def test_model_and_data_errors(tmp_path, cnn_pair, fashion, capsys):
     assert "--layers: unknown no_such_layer; the model's logical layers are: conv1, conv2" in msg
     assert "no BatchNorm" in _error(capsys, *_cnn_args(cnn_pair, fashion, out, **{"--bn-reset": "2"}))
     assert "--alphas must be distinct values in [0, 1]" in _error(
-        capsys, *_cnn_args(cnn_pair, fashion, out, **{"--alphas": ["0.5", "1.5"]}))
+        capsys, *_cnn_args(cnn_pair, fashion, out, **{"--alphas": ["0.5", "1.5"]})
+    )
     with pytest.raises(SystemExit) as exit_info:  # argparse's own check of --model-kwargs
         run(*_cnn_args(cnn_pair, fashion, out, **{"--model-kwargs": "{width: 8}"}))
     assert exit_info.value.code == 2 and "not JSON" in capsys.readouterr().err
@@ -292,8 +413,15 @@ def test_model_and_data_errors(tmp_path, cnn_pair, fashion, capsys):
 
 def test_transformer_errors(tmp_path, gpt_pair, capsys):
     out = tmp_path / "out"
-    base = {"--model": f"hf:{gpt_pair['config']}", "--a": gpt_pair["a"], "--b": gpt_pair["b"],
-            "--data": f"text:{gpt_pair['text']}", "--context": "16", "--n-eval": "4", "--out": str(out)}
+    base = {
+        "--model": f"hf:{gpt_pair['config']}",
+        "--a": gpt_pair["a"],
+        "--b": gpt_pair["b"],
+        "--data": f"text:{gpt_pair['text']}",
+        "--context": "16",
+        "--n-eval": "4",
+        "--out": str(out),
+    }
 
     def args(**replace):  # a value None: a flag
         return [x for k, v in dict(base, **replace).items() for x in ((k,) if v is None else (k, v))]

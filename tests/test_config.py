@@ -107,7 +107,8 @@ def test_default_check_reports_nested_differences():
     committed = {"width": cfg.width + 1, "optim": {"epochs": cfg.optim.epochs + 1, "lr": cfg.optim.lr}}
     assert default_differences(cfg, committed, "train_pairs") == [
         f"train_pairs.width: code {cfg.width}, params.yaml {cfg.width + 1}",
-        f"train_pairs.optim.epochs: code {cfg.optim.epochs}, params.yaml {cfg.optim.epochs + 1}"]
+        f"train_pairs.optim.epochs: code {cfg.optim.epochs}, params.yaml {cfg.optim.epochs + 1}",
+    ]
 
 
 def test_committed_params_files_validate(root):

@@ -38,8 +38,12 @@ def notebook_from_percent(source: str) -> str:
 
 
 def run(cwd, *args, check=True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(cwd), LLMC_QUIET="1",
-               PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(cwd),
+        LLMC_QUIET="1",
+        PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
     out = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True)
     assert not check or out.returncode == 0, out.stdout + out.stderr
     return out
@@ -86,14 +90,18 @@ def test_params_validate_the_new_section(repo, tmp_path):
     run(repo, "-m", "llmc_utils.pipeline.check_params", "params.yaml", "--stamp", str(tmp_path / "ok.txt"))
     bad = tmp_path / "bad.yaml"
     bad.write_text("extends: " + str(repo / "params.yaml") + "\nlayer_norms: {relative: sometimes}\n")
-    out = run(repo, "-m", "llmc_utils.pipeline.check_params", str(bad), "--stamp", str(tmp_path / "no.txt"),
-              check=False)
+    out = run(
+        repo, "-m", "llmc_utils.pipeline.check_params", str(bad), "--stamp", str(tmp_path / "no.txt"), check=False
+    )
     assert out.returncode == 2 and "layer_norms.relative = 'sometimes' is not allowed" in out.stderr
 
 
 def test_the_notebook_runs_on_a_trained_pair(repo, tmp_path):
     workspace = tmp_path / "ws"
-    run(repo, "-c", f"""
+    run(
+        repo,
+        "-c",
+        f"""
 import torch
 from llmc_utils.core.data import ImageData
 from llmc_utils.stages.train_pairs import TrainPairsConfig, train_pair
@@ -103,15 +111,31 @@ images = ImageData(name="fake", classes=["a", "b", "c"], train_x=x, train_y=y, t
                    mean=torch.tensor([0.5]), std=torch.tensor([0.3]))
 cfg = TrainPairsConfig(width=2, train_subset=32, checkpoint_epochs=[0, 1], optim=dict(epochs=1, batch_size=8, lr=0.01))
 train_pair(cfg, images, {str(workspace)!r})
-""")
+""",
+    )
     executed = tmp_path / "executed.ipynb"
     papermill = shutil.which("papermill", path=os.path.dirname(sys.executable)) or "papermill"
-    out = subprocess.run([papermill, NOTEBOOK, str(executed), "-p", "params_file", "profiles/tiny.yaml",
-                          "-p", "workspace", str(workspace)], cwd=repo, capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=str(repo), LLMC_QUIET="1"))
+    out = subprocess.run(
+        [
+            papermill,
+            NOTEBOOK,
+            str(executed),
+            "-p",
+            "params_file",
+            "profiles/tiny.yaml",
+            "-p",
+            "workspace",
+            str(workspace),
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(repo), LLMC_QUIET="1"),
+    )
     assert out.returncode == 0, out.stderr[-3000:]
-    printed = "".join("".join(o.get("text", "")) for c in json.loads(executed.read_text())["cells"]
-                      for o in c.get("outputs", []))
+    printed = "".join(
+        "".join(o.get("text", "")) for c in json.loads(executed.read_text())["cells"] for o in c.get("outputs", [])
+    )
     assert "layers: ['conv1'" in printed and "checkpoints: [0, 1]" in printed
     metrics = json.loads((workspace / "metrics" / "layer_norms" / "repetition_0.json").read_text())
     assert metrics["largest_relative_norm"] > 0

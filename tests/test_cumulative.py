@@ -4,12 +4,19 @@ import pytest
 import torch
 from torch import nn
 
-from llmc_utils.stages.layerwise_barriers import LayerwiseBarriersConfig, barrier_table
 from llmc_utils.core.config import ParamsError
-from llmc_utils.pipeline.params import validate_params
 from llmc_utils.core.evaluation import LayerEvaluator
-from llmc_utils.stages.cumulative_averaging import (CumulativeAveragingConfig, cumulative_table, groups, layer_order, onset,
-                                   outer_first, sliding_windows)
+from llmc_utils.pipeline.params import validate_params
+from llmc_utils.stages.cumulative_averaging import (
+    CumulativeAveragingConfig,
+    cumulative_table,
+    groups,
+    layer_order,
+    onset,
+    outer_first,
+    sliding_windows,
+)
+from llmc_utils.stages.layerwise_barriers import LayerwiseBarriersConfig, barrier_table
 
 NAMES21 = [f"l{i}" for i in range(21)]
 

@@ -41,8 +41,9 @@ def test_cifar10_in_every_pickle_format_reads_the_same(tmp_path):
     reference = data.read_cifar10(fabricate.cifar10(tmp_path / "python2", per_batch=4, protocol="python2"))
     assert reference["classes"] == fabricate.CIFAR_CLASSES
     for protocol in (2, pickle.HIGHEST_PROTOCOL):
-        assert_same_tensors(data.read_cifar10(fabricate.cifar10(tmp_path / str(protocol), per_batch=4,
-                                                                protocol=protocol)), reference)
+        assert_same_tensors(
+            data.read_cifar10(fabricate.cifar10(tmp_path / str(protocol), per_batch=4, protocol=protocol)), reference
+        )
     folder = fabricate.cifar10(tmp_path / "bytes", per_batch=4)
     for path in folder.iterdir():  # keys and strings as bytes (loaded with encoding="bytes"), pickled by Python 3
         with open(path, "rb") as f:

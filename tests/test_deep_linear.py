@@ -11,17 +11,19 @@ import pytest
 import torch
 
 from llmc_utils.core import claims
-from llmc_utils.stages import deep_linear as dl
 from llmc_utils.core.config import ParamsError
 from llmc_utils.pipeline.params import validate_params
 from llmc_utils.pipeline.report import ReportConfig
+from llmc_utils.stages import deep_linear as dl
 
 DT = dl.DTYPE
 
 
 def random_net(generator, dims, scale=1.0):
-    return {dl.key(k): scale * torch.randn(a, b, generator=generator, dtype=DT) / a ** 0.5
-            for k, (a, b) in enumerate(zip(dims[:-1], dims[1:]), start=1)}
+    return {
+        dl.key(k): scale * torch.randn(a, b, generator=generator, dtype=DT) / a**0.5
+        for k, (a, b) in enumerate(zip(dims[:-1], dims[1:]), start=1)
+    }
 
 
 @pytest.fixture
@@ -36,6 +38,7 @@ def problem():
 
 def loss_of_alpha(a, b, x, y, layer, base):
     """L(alpha) written directly (no mix, no closed form), differentiable in alpha."""
+
     def fn(alpha):
         other = a if base == "A" else b
         ws = [other[dl.key(k)] for k in range(1, len(a) + 1)]
@@ -44,6 +47,7 @@ def loss_of_alpha(a, b, x, y, layer, base):
         for w in ws:
             out = out @ w
         return ((out - y) ** 2).sum(-1).mean()
+
     return fn
 
 
@@ -58,7 +62,7 @@ def test_closed_form_matches_autograd_derivatives(problem, layer, base):
         value = fn(alpha)
         (grad,) = torch.autograd.grad(value, alpha, create_graph=True)
         (second,) = torch.autograd.grad(grad, alpha)
-        assert value.item() == pytest.approx(c0 + c1 * alpha0 + c2 * alpha0 ** 2, rel=1e-12)
+        assert value.item() == pytest.approx(c0 + c1 * alpha0 + c2 * alpha0**2, rel=1e-12)
         assert grad.item() == pytest.approx(c1 + 2 * c2 * alpha0, rel=1e-10, abs=1e-12)
         assert second.item() == pytest.approx(2 * c2, rel=1e-10)
     hessian = torch.autograd.functional.hessian(fn, torch.tensor(0.7, dtype=DT))
@@ -74,9 +78,13 @@ def test_every_single_layer_cut_is_convex_and_equals_closed_form(problem):
             c0, c1, c2 = dl.quadratic_coefficients(a, b, layer, base, x, y)
             h = 1 / 40
             # a quadratic's second difference is exactly 2 c2 h^2 on a uniform grid
-            assert torch.allclose(dl.second_differences(losses), torch.full((39,), 2 * c2 * h * h, dtype=DT),
-                                  rtol=1e-8, atol=1e-12 * losses.max().item())
-            assert torch.allclose(losses, c0 + c1 * alphas + c2 * alphas ** 2, rtol=1e-12)
+            assert torch.allclose(
+                dl.second_differences(losses),
+                torch.full((39,), 2 * c2 * h * h, dtype=DT),
+                rtol=1e-8,
+                atol=1e-12 * losses.max().item(),
+            )
+            assert torch.allclose(losses, c0 + c1 * alphas + c2 * alphas**2, rtol=1e-12)
 
 
 def test_cut_endpoints_are_the_hybrid_and_full_models(problem):
@@ -85,13 +93,16 @@ def test_cut_endpoints_are_the_hybrid_and_full_models(problem):
     assert ends.tolist() == pytest.approx([dl.network_loss(a, x, y), dl.network_loss(b, x, y)], rel=1e-14)
     hybrid = dict(b, **{dl.key(2): a[dl.key(2)]})  # base B with layer 2 still at A's value
     assert dl.cut_losses(a, b, (2,), "B", x, y, torch.tensor([0.0], dtype=DT)).item() == pytest.approx(
-        dl.network_loss(hybrid, x, y), rel=1e-14)
+        dl.network_loss(hybrid, x, y), rel=1e-14
+    )
 
 
 def test_one_dimensional_network_by_hand():
     x = torch.tensor([[1.0], [2.0]], dtype=DT)  # mean x^2 = 2.5; target y = x
+
     def net(w1, w2):
         return {dl.key(1): torch.tensor([[w1]], dtype=DT), dl.key(2): torch.tensor([[w2]], dtype=DT)}
+
     # L(w1, w2) = 2.5 (w1 w2 - 1)^2
     assert dl.network_loss(net(1.0, 1.0), x, x) == 0.0
     assert dl.network_loss(net(2.0, 1.0), x, x) == pytest.approx(2.5)
@@ -127,15 +138,16 @@ def test_two_layer_counterexample_is_not_convex():
     alphas = dl.alpha_grid(21)
     both = dl.cut_losses(a, b, (1, 2), "A", x, x, alphas)
     assert both[0].item() == 0.0 and both[-1].item() == 0.0
-    assert both[10].item() == pytest.approx((x ** 2).mean().item())
+    assert both[10].item() == pytest.approx((x**2).mean().item())
     assert dl.second_differences(both).min().item() < -1e-3
     for layer in (1, 2):  # each layer alone stays convex
         assert dl.second_differences(dl.cut_losses(a, b, (layer,), "A", x, x, alphas)).min().item() >= -1e-15
 
 
 def test_theorem_check_on_a_small_run():
-    cfg = dl.DeepLinearConfig(depths=[2, 3], widths=[3], replicates=2, n_alphas=21, train_steps=30,
-                              random_minima=50, landscape_resolution=11)
+    cfg = dl.DeepLinearConfig(
+        depths=[2, 3], widths=[3], replicates=2, n_alphas=21, train_steps=30, random_minima=50, landscape_resolution=11
+    )
     cuts, curves = dl.theorem_check(cfg)
     # per network pair: depth 2 -> 4 single + 1 pair; depth 3 -> 6 single + 6 pairs + 1 all; x 2 kinds x 2 replicates
     assert len(cuts) == (5 + 13) * 2 * 2
@@ -150,7 +162,8 @@ def test_theorem_check_on_a_small_run():
     assert trained < 0.5 * random  # gradient descent really trained the endpoints
     table = dl.nonconvex_table(cuts)
     assert set(table.group) == {"single layer", "two layers", "all layers"}
-    # barriers against the two full models (docs/method.md): the full path's max over the grid is at least its midpoint value
+    # barriers against the two full models (docs/method.md): the full path's max over the grid is at least its midpoint
+    # value
     full = cuts[cuts.n_layers == cuts.depth]
     assert (full.barrier_max >= full.barrier_mid - 1e-12).all()
     pairs = dl.pair_barriers(cuts, tie_rtol=cfg.tie_rtol)
@@ -180,21 +193,24 @@ def test_theorem_check_on_a_small_run():
         assert claims.check(check, everything, ReportConfig(min_theorem_cuts=10))["holds"], check.statement
 
 
-@pytest.mark.parametrize("values, fragment", [
-    ({"minimum_scale": 1.0}, "minimum_scale must differ from 1"),
-    ({"minimum_scale": -2.0}, "deep_linear.minimum_scale = -2.0"),
-    ({"minimum_scale": 5.0}, "must contain both minima"),
-    ({"depths": [1, 2]}, "deep_linear.depths.0 = 1"),
-    ({"widths": [4, 4]}, "widths must not repeat"),
-    ({"n_alphas": 3}, "deep_linear.n_alphas = 3"),
-    ({"n_alphas": 50}, "n_alphas must be odd"),
-    ({"random_minima_scale": 1.0}, "deep_linear.random_minima_scale"),
-    ({"random_minima": 1}, "deep_linear.random_minima"),
-    ({"pair_kinds": ["trained", "permuted"]}, "'random' or 'trained'"),
-    ({"bases": []}, "deep_linear.bases"),
-    ({"momentum": 1.0}, "deep_linear.momentum"),
-    ({"learning_rte": 0.1}, "unknown key deep_linear.learning_rte"),
-])
+@pytest.mark.parametrize(
+    "values, fragment",
+    [
+        ({"minimum_scale": 1.0}, "minimum_scale must differ from 1"),
+        ({"minimum_scale": -2.0}, "deep_linear.minimum_scale = -2.0"),
+        ({"minimum_scale": 5.0}, "must contain both minima"),
+        ({"depths": [1, 2]}, "deep_linear.depths.0 = 1"),
+        ({"widths": [4, 4]}, "widths must not repeat"),
+        ({"n_alphas": 3}, "deep_linear.n_alphas = 3"),
+        ({"n_alphas": 50}, "n_alphas must be odd"),
+        ({"random_minima_scale": 1.0}, "deep_linear.random_minima_scale"),
+        ({"random_minima": 1}, "deep_linear.random_minima"),
+        ({"pair_kinds": ["trained", "permuted"]}, "'random' or 'trained'"),
+        ({"bases": []}, "deep_linear.bases"),
+        ({"momentum": 1.0}, "deep_linear.momentum"),
+        ({"learning_rte": 0.1}, "unknown key deep_linear.learning_rte"),
+    ],
+)
 def test_bad_config_is_rejected_with_key(values, fragment):
     with pytest.raises(ParamsError, match="deep_linear") as exc:
         validate_params({"deep_linear": values}, source="params.yaml")
@@ -203,6 +219,7 @@ def test_bad_config_is_rejected_with_key(values, fragment):
 
 def test_tiny_and_default_params_validate(root):
     import yaml
+
     for path in (root / "params.yaml", root / "profiles" / "tiny.yaml"):
         section = yaml.safe_load(path.read_text())["deep_linear"]
         cfg = validate_params({"deep_linear": section}, source=str(path))["deep_linear"]
@@ -215,8 +232,8 @@ def test_tiny_and_default_params_validate(root):
 
 def one_d_formulas(r, m):
     """Module docstring: barriers at alpha = 0.5 of the 1-D minima (a, 1/a), (a', 1/a'), r = a'/a."""
-    full = m * (r - 1) ** 4 / (16 * r ** 2)
-    best = m * (r - 1) ** 2 / 4 * np.minimum(1.0, 1.0 / r ** 2)
+    full = m * (r - 1) ** 4 / (16 * r**2)
+    best = m * (r - 1) ** 2 / 4 * np.minimum(1.0, 1.0 / r**2)
     return full, best
 
 
@@ -230,7 +247,7 @@ def test_random_minima_match_the_closed_form():
     pairs = dl.pair_barriers(cuts, tie_rtol=cfg.tie_rtol)
     x, _ = dl.minimal_data(cfg)
     r = (minima.w1_b / minima.w1_a).to_numpy()
-    full, best = one_d_formulas(r, (x ** 2).mean().item())
+    full, best = one_d_formulas(r, (x**2).mean().item())
     np.testing.assert_allclose(pairs.full_mid, full, rtol=1e-9, atol=1e-14)
     np.testing.assert_allclose(pairs.best_single_mid, best, rtol=1e-9, atol=1e-14)
     # best single lower exactly when r < 0 or |log r| > log 3 (away from the boundary, where rounding decides)
@@ -264,12 +281,15 @@ def test_sec4_claim_names_its_reading_and_is_a_count_against_the_exchangeable_ra
     assert SEC4.measure({"tie_rtol": 1e-9, "trained_paths_mid": [[1.0, 0.2, 3.0], [0.5, 0.5, 0.9]]}, None) == [1.0, 0.0]
 
 
-@pytest.mark.parametrize("lower, n, expected", [
-    (200, 200, "reproduced"),      # every pair: the interval lies above the exchangeable rate 4/5
-    (170, 200, "inconclusive"),    # 85 %: straddles 4/5
-    (120, 200, "not reproduced"),  # 60 %: a majority, yet below what alike paths give
-    (1, 1, "inconclusive"),        # one pair bounds nothing
-])
+@pytest.mark.parametrize(
+    "lower, n, expected",
+    [
+        (200, 200, "reproduced"),  # every pair: the interval lies above the exchangeable rate 4/5
+        (170, 200, "inconclusive"),  # 85 %: straddles 4/5
+        (120, 200, "not reproduced"),  # 60 %: a majority, yet below what alike paths give
+        (1, 1, "inconclusive"),  # one pair bounds nothing
+    ],
+)
 def test_sec4_verdicts_against_the_exchangeable_rate(lower, n, expected):
     paths = [[1.0, 0.1, 2.0, 2.0, 2.0]] * lower + [[1.0, 1.5, 2.0, 2.0, 2.0]] * (n - lower)  # depth 2: k = 4
     row = sec4_row(paths)
@@ -363,21 +383,30 @@ def test_lower_by_depth_gives_counts_intervals_and_the_exchangeable_rate():
 
 
 def good_sanity_metrics():
-    return dict(minimal_ratio_full_over_layer2=16.0 * (1 + 1e-13), minimal_ratio_expected=16.0,
-                n_single_layer_violations=0, n_closed_form_mismatches=0, n_single_layer_cuts=2000,
-                n_two_layer_nonconvex=5, expected_fraction_random_minima=0.625,
-                random_minima_best_single_lower=[1] * 250 + [0] * 150)
+    return dict(
+        minimal_ratio_full_over_layer2=16.0 * (1 + 1e-13),
+        minimal_ratio_expected=16.0,
+        n_single_layer_violations=0,
+        n_closed_form_mismatches=0,
+        n_single_layer_cuts=2000,
+        n_two_layer_nonconvex=5,
+        expected_fraction_random_minima=0.625,
+        random_minima_best_single_lower=[1] * 250 + [0] * 150,
+    )
 
 
-@pytest.mark.parametrize("change, failing", [
-    ({}, None),
-    ({"minimal_ratio_full_over_layer2": 16.0 * (1 + 1e-6)}, "ratio equals"),
-    ({"n_single_layer_violations": 1}, "is convex"),
-    ({"n_closed_form_mismatches": 2}, "is convex"),
-    ({"n_single_layer_cuts": 999}, "enough single-layer cuts"),
-    ({"n_two_layer_nonconvex": 0}, "counterexample exists"),
-    ({"random_minima_best_single_lower": [1] * 300 + [0] * 100}, "closed form"),  # 0.75, 5 SEs off 0.625
-])
+@pytest.mark.parametrize(
+    "change, failing",
+    [
+        ({}, None),
+        ({"minimal_ratio_full_over_layer2": 16.0 * (1 + 1e-6)}, "ratio equals"),
+        ({"n_single_layer_violations": 1}, "is convex"),
+        ({"n_closed_form_mismatches": 2}, "is convex"),
+        ({"n_single_layer_cuts": 999}, "enough single-layer cuts"),
+        ({"n_two_layer_nonconvex": 0}, "counterexample exists"),
+        ({"random_minima_best_single_lower": [1] * 300 + [0] * 100}, "closed form"),  # 0.75, 5 SEs off 0.625
+    ],
+)
 def test_sanity_checks_fail_on_bad_metrics(change, failing):
     metrics = {"deep_linear": {None: dict(good_sanity_metrics(), **change)}}
     rows = [claims.check(c, metrics, ReportConfig()) for c in dl.SANITY_CHECKS]

@@ -28,8 +28,9 @@ def notebook_code(notebook: str) -> str:
 
 
 def test_dvc_yaml_is_what_the_specs_give():
-    out = subprocess.run([sys.executable, "scripts/write_dvc_yaml.py", "--check"], cwd=ROOT, capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        [sys.executable, "scripts/write_dvc_yaml.py", "--check"], cwd=ROOT, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -46,7 +47,9 @@ def test_stage_depends_on_its_notebook_and_every_module_it_imports(spec):
     # the modules named in its notebook's import lines (`from llmc_utils.pkg import module, ...`, `from
     # llmc_utils.pkg.module import name`), read with a plain pattern, independently of dvc_yaml's parser
     direct = set()
-    for package, names in re.findall(r"from (llmc_utils\.\w+(?:\.\w+)?) import ([\w, ]+)", notebook_code(spec.notebook)):
+    for package, names in re.findall(
+        r"from (llmc_utils\.\w+(?:\.\w+)?) import ([\w, ]+)", notebook_code(spec.notebook)
+    ):
         for name in (n.split(" as ")[0].strip() for n in names.split(",")):
             direct.add(f"{package}.{name}" if dvc_yaml.module_path(f"{package}.{name}") else package)
     files = {dvc_yaml.module_path(m) for m in direct} - {None} - dvc_yaml.SKIPPED

@@ -10,10 +10,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import llmc_utils  # noqa: F401  (the torchvision compatibility step, before timm imports torchvision)
 from llmc_utils.core.evaluation import Evaluator, LayerEvaluator
-from llmc_utils.stages.language_model import CharGPT
 from llmc_utils.core.layers import logical_layers, mix
 from llmc_utils.core.models import build_model
 from llmc_utils.core.vit import TinyViT, ViTConfig
+from llmc_utils.stages.language_model import CharGPT
 
 
 def images(channels, side, n=6):
@@ -36,9 +36,10 @@ MODELS = {  # name: (model factory, split)
     "vgg11": (lambda: build_model("vgg11", 3, 10, 32, width=8), lambda: images(3, 32)),
     "timm_resnet18": (timm_resnet18, lambda: images(1, 32, n=3)),
     "vit": (lambda: TinyViT(ViTConfig()), lambda: images(1, 28)),
-    "char_gpt": (lambda: CharGPT(vocab_size=20, context=16),
-                 lambda: tuple(torch.randint(0, 20, (6, 16), generator=torch.Generator().manual_seed(1))
-                               for _ in range(2))),
+    "char_gpt": (
+        lambda: CharGPT(vocab_size=20, context=16),
+        lambda: tuple(torch.randint(0, 20, (6, 16), generator=torch.Generator().manual_seed(1)) for _ in range(2)),
+    ),
 }
 
 
@@ -82,9 +83,13 @@ def test_partial_from_cached_boundaries_equals_full_evaluation(name):
 
 def test_boundaries_of_the_architectures():
     blocks = [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
-    expected = {"rescnn": ["block1", "block2", "block3", "fc"], "resnet18": [*blocks, "fc"],
-                "timm_resnet18": ["bn1", *blocks, "fc"], "vit": ["tokens", "block0", "block1", "norm", "head"],
-                "char_gpt": ["blocks.0", "blocks.1", "ln_f", "head"]}
+    expected = {
+        "rescnn": ["block1", "block2", "block3", "fc"],
+        "resnet18": [*blocks, "fc"],
+        "timm_resnet18": ["bn1", *blocks, "fc"],
+        "vit": ["tokens", "block0", "block1", "norm", "head"],
+        "char_gpt": ["blocks.0", "blocks.1", "ln_f", "head"],
+    }
     for name, boundaries in expected.items():
         model, splits = build(name)
         assert LayerEvaluator(model, splits).boundaries == boundaries, name
@@ -136,8 +141,10 @@ class InPlace(nn.Module):
         return self.fc3(y + h)
 
 
-@pytest.mark.parametrize("model_class, reason", [(Branching, "torch.fx cannot trace Branching"),
-                                                 (InPlace, "modifies an activation in place")])
+@pytest.mark.parametrize(
+    "model_class, reason",
+    [(Branching, "torch.fx cannot trace Branching"), (InPlace, "modifies an activation in place")],
+)
 def test_models_without_a_usable_cache_are_evaluated_in_full_and_say_why(model_class, reason):
     torch.manual_seed(0)
     model = model_class()
@@ -169,10 +176,12 @@ def test_cache_budget_keeps_the_deepest_boundaries_that_fit():
     small.endpoint(state, "A")
     assert small.kept and small.kept < everything and min(small.kept) > min(everything)
     assert all(set(batch) == small.kept for batch in small.cache["A"]["test"])
-    changed = mix(state, {k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, 1.0,
-                  ["layer1.0.conv1.weight"])  # in front of every kept boundary: runs from the input
+    changed = mix(
+        state, {k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, 1.0, ["layer1.0.conv1.weight"]
+    )  # in front of every kept boundary: runs from the input
     assert small.partial(changed, "A", ["layer1.0.conv1.weight"])["test"]["loss"] == pytest.approx(
-        Evaluator(model, {"test": (x, y)})(changed)["test"]["loss"], abs=1e-5)
+        Evaluator(model, {"test": (x, y)})(changed)["test"]["loss"], abs=1e-5
+    )
     none = LayerEvaluator(model, {"test": (x, y)}, batch_size=3, cache_gb=1e-9)
     none.endpoint(state, "A")
     assert none.kept == set() and "cache_gb" in none.cache_reason
@@ -191,8 +200,15 @@ def test_bf16_and_channels_last_change_barriers_only_slightly(capsys):
         torch.manual_seed(seed)
         net = build_model("rescnn", 1, 10, 28, width=8)
         optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-        sgd_epoch(net, optimizer, x, y, 32, torch.Generator().manual_seed(seed),
-                  lambda out, target: torch.nn.functional.cross_entropy(out, target))
+        sgd_epoch(
+            net,
+            optimizer,
+            x,
+            y,
+            32,
+            torch.Generator().manual_seed(seed),
+            lambda out, target: torch.nn.functional.cross_entropy(out, target),
+        )
         states.append({k: v.detach() for k, v in net.state_dict().items()})
     layers = logical_layers(states[0])
 
@@ -204,8 +220,10 @@ def test_bf16_and_channels_last_change_barriers_only_slightly(capsys):
     fp32, bf16, nhwc = table(), table(precision="bf16"), table(channels_last=True)
     bf16_diff = max(abs(fp32[k] - bf16[k]) for k in fp32)
     with capsys.disabled():
-        print(f"\nmax |barrier(bf16) - barrier(fp32)| over {len(fp32)} loss barriers: {bf16_diff:.2e} "
-              f"(largest |barrier| {max(map(abs, fp32.values())):.3f}); channels_last: "
-              f"{max(abs(fp32[k] - nhwc[k]) for k in fp32):.1e}")
+        print(
+            f"\nmax |barrier(bf16) - barrier(fp32)| over {len(fp32)} loss barriers: {bf16_diff:.2e} "
+            f"(largest |barrier| {max(map(abs, fp32.values())):.3f}); channels_last: "
+            f"{max(abs(fp32[k] - nhwc[k]) for k in fp32):.1e}"
+        )
     assert 0 < bf16_diff < 0.05  # bfloat16 keeps ~3 significant digits of losses of order 1
     assert max(abs(fp32[k] - nhwc[k]) for k in fp32) < 1e-5

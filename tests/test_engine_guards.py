@@ -103,4 +103,6 @@ def test_plain_chain_of_the_residual_block_would_have_been_wrong():
     model = Residual(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 3))
     a, _ = pair(model)
     chained = nn.Sequential(*model.children())
-    assert Evaluator(chained, splits())(a)["test"]["loss"] != pytest.approx(Evaluator(model, splits())(a)["test"]["loss"])
+    assert Evaluator(chained, splits())(a)["test"]["loss"] != pytest.approx(
+        Evaluator(model, splits())(a)["test"]["loss"]
+    )

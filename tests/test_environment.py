@@ -1,7 +1,6 @@
 """environment.yml (conda users) must ask for exactly what pyproject.toml asks for, pins included."""
 
 import tomllib
-
 import yaml
 
 

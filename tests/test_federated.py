@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmc_utils.stages import federated as fd
 from llmc_utils.core.config import ParamsError
-from llmc_utils.pipeline.params import validate_params
 from llmc_utils.core.data import ImageData
 from llmc_utils.core.io import save_table
 from llmc_utils.core.layers import keys_of, logical_layers
 from llmc_utils.core.trainer import TrainingDiverged, sgd_epoch
+from llmc_utils.pipeline.params import validate_params
+from llmc_utils.stages import federated as fd
 
 matplotlib.use("Agg")
 
@@ -29,12 +29,14 @@ def one_thread():
     yield
     torch.set_num_threads(before)
 
+
 N_CLASSES = 10
 
 
 def labels(n_per_class=37, n_classes=N_CLASSES):
-    return torch.arange(n_classes).repeat_interleave(n_per_class)[torch.randperm(n_per_class * n_classes,
-                                                                                  generator=torch.Generator().manual_seed(0))]
+    return torch.arange(n_classes).repeat_interleave(n_per_class)[
+        torch.randperm(n_per_class * n_classes, generator=torch.Generator().manual_seed(0))
+    ]
 
 
 def split(name, seed=0, **kw):
@@ -99,30 +101,35 @@ def test_round_shares_by_hand():
     assert fd.round_shares(np.full(3, 1 / 3), 10).tolist() == [4, 3, 3]
 
 
-def weighted_average(states: list[dict[str, torch.Tensor]], weights: torch.Tensor,
-                     keys: list[str]) -> dict[str, torch.Tensor]:
+def weighted_average(
+    states: list[dict[str, torch.Tensor]], weights: torch.Tensor, keys: list[str]
+) -> dict[str, torch.Tensor]:
     """sum_i w_i * state_i[key] / sum_i w_i for each key: FedAvg's aggregation (weights = client data sizes), written
     the plain way, as the reference the batched engine (fd.StackedMLP) is checked against."""
     w = weights.double() / weights.double().sum()
     return {k: sum(wi * s[k].double() for wi, s in zip(w, states)).to(states[0][k].dtype) for k in keys}
 
 
-def train_federated(make_model, clients: list[tuple[torch.Tensor, torch.Tensor]], averaged: list[str] | None,
-                    cfg: fd.FederatedConfig) -> list[dict[str, torch.Tensor]]:
+def train_federated(
+    make_model, clients: list[tuple[torch.Tensor, torch.Tensor]], averaged: list[str] | None, cfg: fd.FederatedConfig
+) -> list[dict[str, torch.Tensor]]:
     """One federation on its own through the stage's engine (fd.train_federations): clients = [(x_i, y_i)]; returns
     the clients' final state dicts (data seed cfg.seed + 1, as in fd.run)."""
     x = torch.cat([c[0] for c in clients])
     y = torch.cat([c[1] for c in clients])
     bounds = np.cumsum([0] + [len(c[1]) for c in clients])
-    fed = fd.Federation("federation", [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:])], averaged,
-                        cfg.seed + 1)
+    fed = fd.Federation(
+        "federation", [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:])], averaged, cfg.seed + 1
+    )
     bank, position = fd.train_federations(make_model, x, y, [fed], cfg)
     return [bank.state_dict(position[(0, i)]) for i in range(len(clients))]
 
 
 def test_weighted_average_of_a_layer_group_by_hand():
-    states = [{"a.weight": torch.tensor([1.0, 2.0]), "b.weight": torch.tensor([0.0])},
-              {"a.weight": torch.tensor([3.0, 6.0]), "b.weight": torch.tensor([8.0])}]
+    states = [
+        {"a.weight": torch.tensor([1.0, 2.0]), "b.weight": torch.tensor([0.0])},
+        {"a.weight": torch.tensor([3.0, 6.0]), "b.weight": torch.tensor([8.0])},
+    ]
     avg = weighted_average(states, torch.tensor([100, 300]), ["a.weight"])  # weights 1/4 and 3/4
     assert list(avg) == ["a.weight"]
     assert torch.allclose(avg["a.weight"], torch.tensor([2.5, 5.0]))
@@ -130,33 +137,48 @@ def test_weighted_average_of_a_layer_group_by_hand():
 
 def toy_clients(n_clients=3, n=24, seed=0, step=8):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(n + step * i, 1, 2, 2, generator=g), torch.randint(0, 3, (n + step * i,), generator=g))
-            for i in range(n_clients)]
+    return [
+        (torch.randn(n + step * i, 1, 2, 2, generator=g), torch.randint(0, 3, (n + step * i,), generator=g))
+        for i in range(n_clients)
+    ]
 
 
 @pytest.mark.parametrize("averaged, shared", [(None, {"fc1", "fc2", "fc3"}), (["fc2"], {"fc2"}), ([], set())])
 def test_strategies_share_exactly_the_averaged_layers(averaged, shared):
-    cfg = fd.FederatedConfig(n_clients=3, hidden=[5, 5], layer_groups={"mid": ["fc2"]}, claim_group="mid", rounds=2,
-                             batch_size=8, lr=0.1, n_train=10, n_test=10, sweep_n_train=0)
+    cfg = fd.FederatedConfig(
+        n_clients=3,
+        hidden=[5, 5],
+        layer_groups={"mid": ["fc2"]},
+        claim_group="mid",
+        rounds=2,
+        batch_size=8,
+        lr=0.1,
+        n_train=10,
+        n_test=10,
+        sweep_n_train=0,
+    )
     states = train_federated(lambda: fd.MLP(4, [5, 5], 3), toy_clients(), averaged, cfg)
     for layer in ("fc1", "fc2", "fc3"):
         same = all(torch.equal(states[0][f"{layer}.weight"], s[f"{layer}.weight"]) for s in states[1:])
         assert same == (layer in shared), layer
 
 
-@pytest.mark.parametrize("section, message", [
-    ({"layer_groups": {"middle": ["fc9"]}}, "unknown"),
-    ({"claim_group": "head"}, "claim_group"),
-    ({"sweep_concentrations": [0.1, 0.1]}, "sweep_concentrations"),
-    ({"sweep_concentrations": [0.0]}, "sweep_concentrations"),
-    ({"sweep_n_train": 7000}, "sweep_n_train"),
-    ({"layer_groups": {"full": ["fc1"]}}, "built-in"),
-    ({"barrier_clients": [0, 10]}, "barrier_clients"),
-    ({"splits": ["non-iid"]}, "splits"),
-    ({"dirichlet_concentration": 0}, "dirichlet_concentration"),
-    ({"n_clients": 1}, "n_clients"),
-    ({"rounds": 0}, "rounds"),
-])
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"layer_groups": {"middle": ["fc9"]}}, "unknown"),
+        ({"claim_group": "head"}, "claim_group"),
+        ({"sweep_concentrations": [0.1, 0.1]}, "sweep_concentrations"),
+        ({"sweep_concentrations": [0.0]}, "sweep_concentrations"),
+        ({"sweep_n_train": 7000}, "sweep_n_train"),
+        ({"layer_groups": {"full": ["fc1"]}}, "built-in"),
+        ({"barrier_clients": [0, 10]}, "barrier_clients"),
+        ({"splits": ["non-iid"]}, "splits"),
+        ({"dirichlet_concentration": 0}, "dirichlet_concentration"),
+        ({"n_clients": 1}, "n_clients"),
+        ({"rounds": 0}, "rounds"),
+    ],
+)
 def test_config_errors_name_the_key(section, message):
     with pytest.raises(ParamsError, match=message):
         validate_params({"federated": section})
@@ -189,8 +211,20 @@ def reference(make_model, clients, averaged, cfg):
 
 
 def toy_config(**kw):
-    base = dict(n_clients=3, hidden=[5, 5], layer_groups={"mid": ["fc2"]}, claim_group="mid", rounds=3, batch_size=8,
-                lr=0.1, n_train=10, n_test=10, sweep_n_train=0, local_epochs=2, stack_size=2)
+    base = dict(
+        n_clients=3,
+        hidden=[5, 5],
+        layer_groups={"mid": ["fc2"]},
+        claim_group="mid",
+        rounds=3,
+        batch_size=8,
+        lr=0.1,
+        n_train=10,
+        n_test=10,
+        sweep_n_train=0,
+        local_epochs=2,
+        stack_size=2,
+    )
     return fd.FederatedConfig(**{**base, **kw})
 
 
@@ -248,14 +282,27 @@ def toy_images(n_train=600, n_test=300, seed=0):
         return x, y
 
     (train_x, train_y), (test_x, test_y) = draw(n_train), draw(n_test)
-    return ImageData("toy", [str(c) for c in range(10)], train_x, train_y, test_x, test_y,
-                     torch.tensor([0.5]), torch.tensor([0.25]))
+    return ImageData(
+        "toy", [str(c) for c in range(10)], train_x, train_y, test_x, test_y, torch.tensor([0.5]), torch.tensor([0.25])
+    )
 
 
 def small_config(**kw):
-    base = dict(n_clients=4, n_train=400, n_test=200, sweep_n_train=0, hidden=[16, 16], classes_per_client=3,
-                layer_groups={"middle": ["fc2"], "body": ["fc1", "fc2"]}, claim_group="body",
-                sweep_concentrations=[0.3, 10.0], rounds=3, batch_size=16, lr=0.1, eval_subset=20)
+    base = dict(
+        n_clients=4,
+        n_train=400,
+        n_test=200,
+        sweep_n_train=0,
+        hidden=[16, 16],
+        classes_per_client=3,
+        layer_groups={"middle": ["fc2"], "body": ["fc1", "fc2"]},
+        claim_group="body",
+        sweep_concentrations=[0.3, 10.0],
+        rounds=3,
+        batch_size=16,
+        lr=0.1,
+        eval_subset=20,
+    )
     return fd.FederatedConfig(**{**base, **kw})
 
 
@@ -305,8 +352,9 @@ def test_sweep_at_the_main_concentration_is_the_main_dirichlet_run(repetition):
 
 
 def test_sweep_on_fewer_images_uses_a_prefix_of_the_training_subset():
-    cfg = small_config(sweep_n_train=200, sweep_concentrations=[1.0], splits=["iid"], layer_groups={"body": ["fc1"]},
-                       rounds=10)
+    cfg = small_config(
+        sweep_n_train=200, sweep_concentrations=[1.0], splits=["iid"], layer_groups={"body": ["fc1"]}, rounds=10
+    )
     t = fd.run(cfg, toy_images())
     assert t["sweep"].groupby("strategy").n_train.sum().eq(200).all()
     part = t["partition"]
@@ -331,15 +379,23 @@ def test_headline_metrics_and_claim_values(repetition):
 # ------------------------------------------------------------------------------------------- gaps and summaries
 def rounds_table(values: dict, seed=None):
     """values[(split, strategy)] = accuracy per round (two clients, +-1 around it)."""
-    rows = [dict(split=s, strategy=g, round=r + 1, client=c, n_train=100, test_accuracy=a + (1 if c else -1))
-            for (s, g), accs in values.items() for r, a in enumerate(accs) for c in range(2)]
+    rows = [
+        dict(split=s, strategy=g, round=r + 1, client=c, n_train=100, test_accuracy=a + (1 if c else -1))
+        for (s, g), accs in values.items()
+        for r, a in enumerate(accs)
+        for c in range(2)
+    ]
     return pd.DataFrame(rows).assign(**({} if seed is None else {"seed": seed}))
 
 
 def sweep_table(values: dict, seed=None):
     """values[concentration] = (full accuracy, body accuracy)."""
-    rows = [dict(concentration=c, strategy=g, client=i, n_train=50, test_accuracy=a)
-            for c, pair in values.items() for g, a in zip(("full", "body"), pair) for i in range(2)]
+    rows = [
+        dict(concentration=c, strategy=g, client=i, n_train=50, test_accuracy=a)
+        for c, pair in values.items()
+        for g, a in zip(("full", "body"), pair)
+        for i in range(2)
+    ]
     return pd.DataFrame(rows).assign(**({} if seed is None else {"seed": seed}))
 
 
@@ -353,13 +409,19 @@ def test_gap_table_by_hand():
     assert set(gaps.group) == {"body"}  # local is not a layer group
 
 
-@pytest.mark.parametrize("sweep, expected", [
-    ({0.1: (60, 80), 1: (70, 75), 10: (70, 69)}, "beats full averaging by 5.0 to 20.0 points at Dirichlet "
-                                                "concentration <= 1, not above (gap -1.0 points at 10)"),
-    ({0.1: (60, 80), 10: (70, 71)}, "at every Dirichlet concentration tried (0.1 to 10), by 1.0 to 20.0 points"),
-    ({0.1: (60, 59), 10: (70, 69)}, "does not beat full averaging at any Dirichlet concentration tried"),
-    ({0.1: (60, 59), 10: (70, 79)}, "at Dirichlet concentrations [10.0] and not at [0.1]"),
-])
+@pytest.mark.parametrize(
+    "sweep, expected",
+    [
+        (
+            {0.1: (60, 80), 1: (70, 75), 10: (70, 69)},
+            "beats full averaging by 5.0 to 20.0 points at Dirichlet "
+            "concentration <= 1, not above (gap -1.0 points at 10)",
+        ),
+        ({0.1: (60, 80), 10: (70, 71)}, "at every Dirichlet concentration tried (0.1 to 10), by 1.0 to 20.0 points"),
+        ({0.1: (60, 59), 10: (70, 69)}, "does not beat full averaging at any Dirichlet concentration tried"),
+        ({0.1: (60, 59), 10: (70, 79)}, "at Dirichlet concentrations [10.0] and not at [0.1]"),
+    ],
+)
 def test_gap_summary_is_computed_from_the_numbers(sweep, expected):
     rounds = rounds_table({("dirichlet", "full"): [50, 60], ("dirichlet", "body"): [62, 63]})
     text = fd.gap_summary(fd.gap_table(rounds, sweep_table(sweep)), threshold=0.0)
@@ -372,7 +434,7 @@ def test_aggregation_over_seeds(tmp_path, repetition):
     cfg, t = repetition
     for seed, shift in ((0, 0.0), (1, 2.0)):  # seed 1: every accuracy of the claim group 2 points higher
         folder = tmp_path / "results" / "federated" / f"repetition_{seed}"
-        bump = lambda df, col: df.assign(**{col: df[col] + shift * (df.strategy == cfg.claim_group)})
+        bump = lambda df, col, shift=shift: df.assign(**{col: df[col] + shift * (df.strategy == cfg.claim_group)})
         save_table(bump(t["table1"], "mean_accuracy"), folder / "table1.csv")
         save_table(bump(t["rounds"], "test_accuracy"), folder / "rounds.csv")
         save_table(bump(t["sweep"], "test_accuracy"), folder / "sweep.csv")
@@ -385,7 +447,9 @@ def test_aggregation_over_seeds(tmp_path, repetition):
     assert (table[table.strategy == "full"].mean_gap == 0).all()
     gaps = fd.aggregate_gaps(tmp_path, [0, 1])
     assert set(gaps.repetition) == {0, 1} and set(gaps[gaps.claim].group) == {cfg.claim_group}
-    per_repetition = gaps[gaps.claim & (gaps.axis == "concentration")].pivot(index="x", columns="repetition", values="gap")
+    per_repetition = gaps[gaps.claim & (gaps.axis == "concentration")].pivot(
+        index="x", columns="repetition", values="gap"
+    )
     assert np.allclose(per_repetition[1] - per_repetition[0], 2.0)
     barriers = fd.aggregate_barriers(tmp_path, [0, 1])
     assert (barriers.n_repetitions == 2).all() and np.allclose(barriers.sd_barrier, 0.0)

@@ -58,8 +58,10 @@ def test_files_get_the_mode_of_the_umask(tmp_path, umask, mode):
         save_json({"v": 1}, tmp_path / "metrics.json")
     finally:
         os.umask(previous)
-    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {"epoch_0001.pt": mode,
-                                                                              "metrics.json": mode}
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {
+        "epoch_0001.pt": mode,
+        "metrics.json": mode,
+    }
 
 
 def test_checkpoints_are_fsynced_file_then_folder(tmp_path, monkeypatch):

@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from llmc_utils.stages import language_model as lm
 from llmc_utils.core.config import ParamsError
-from llmc_utils.pipeline.params import validate_params
 from llmc_utils.core.layers import logical_layers
 from llmc_utils.core.trainer import TrainingDiverged, load_weights
+from llmc_utils.pipeline.params import validate_params
+from llmc_utils.stages import language_model as lm
 
 TEXT = "def f(x):\n    return x * 2  # doubles\n" * 20
 
@@ -81,9 +81,19 @@ def test_future_tokens_do_not_change_past_logits():
 
 def small_cfg(**overrides):
     # 64 SGD steps: the smallest run that reliably gets below the unigram entropy (the degeneracy stop)
-    base = dict(text_file=None, max_chars=3000, context=8, d_model=16, n_heads=2, n_blocks=1, train_windows=256,
-                eval_windows=8, optim=dict(epochs=2, batch_size=8, lr=0.3, weight_decay=0.0, grad_clip=1.0),
-                checkpoint_epochs=[0, 1, 2], same_init_epochs=None)
+    base = dict(
+        text_file=None,
+        max_chars=3000,
+        context=8,
+        d_model=16,
+        n_heads=2,
+        n_blocks=1,
+        train_windows=256,
+        eval_windows=8,
+        optim=dict(epochs=2, batch_size=8, lr=0.3, weight_decay=0.0, grad_clip=1.0),
+        checkpoint_epochs=[0, 1, 2],
+        same_init_epochs=None,
+    )
     return lm.LanguageModelConfig(**{**base, **overrides})
 
 
@@ -100,7 +110,9 @@ def test_repetition_derives_every_seed():
         ex, ey = prepared["splits"]["train"]
         assert torch.equal(ex, x[:8]) and torch.equal(ey, y[:8])
         assert prepared["splits"]["test"][0].shape == (8, 8)
-    more = lm.prepare(small_cfg(train_windows=512).for_repetition(1), 1)  # test windows do not depend on how many windows train
+    more = lm.prepare(
+        small_cfg(train_windows=512).for_repetition(1), 1
+    )  # test windows do not depend on how many windows train
     assert torch.equal(more["splits"]["test"][0], second["splits"]["test"][0])
 
 
@@ -154,10 +166,12 @@ def test_curves_metrics_and_summary_agree_with_the_table(trained):
     m = lm.repetition_metrics(cfg, barriers, endpoints, prepared)
     for pair in lm.PAIRS:
         rows = last[last.pair == pair]
-        assert m[f"{pair}_full_barrier_train_loss"] == pytest.approx(rows[rows.layer_set == "full"].barrier.iloc[0],
-                                                                     abs=1e-6)
+        assert m[f"{pair}_full_barrier_train_loss"] == pytest.approx(
+            rows[rows.layer_set == "full"].barrier.iloc[0], abs=1e-6
+        )
         assert m[f"{pair}_max_single_layer_barrier_train_loss"] == pytest.approx(
-            rows[rows.layer_set != "full"].barrier.max(), abs=1e-6)
+            rows[rows.layer_set != "full"].barrier.max(), abs=1e-6
+        )
     assert m["full_barrier_train_loss"] == m["different_init_full_barrier_train_loss"]  # default scheme
     assert m["n_layers"] == 10 and m["last_epoch"] == 2 and m["last_step"] == 64
     assert all(m[f"final_test_loss_{n}"] < m["unigram_entropy"] for n in ("A", "B", "B_prime"))
@@ -193,36 +207,44 @@ def test_aggregate_reads_every_repetition_and_draws_fig7(trained, tmp_path):
 def test_same_init_pair_can_skip_checkpoints(trained):
     _, prepared, paths, _, _ = trained
     barriers, endpoints = lm.barriers_over_training(small_cfg(same_init_epochs=[2]), prepared, paths)
-    assert barriers.groupby("pair").epoch.unique().map(list).to_dict() == {"different_init": [0, 1, 2],
-                                                                           "same_init": [2]}
+    assert barriers.groupby("pair").epoch.unique().map(list).to_dict() == {
+        "different_init": [0, 1, 2],
+        "same_init": [2],
+    }
     assert len(endpoints) == 3 * 3 * 2  # endpoints of every model at every checkpoint all the same
 
 
 def test_degenerate_model_stops_naming_model_seed_and_epoch(tmp_path):
     cfg = small_cfg(optim=dict(epochs=1, batch_size=8, lr=1e-6, weight_decay=0.0), checkpoint_epochs=[0, 1])
-    with pytest.raises(TrainingDiverged, match=r"GPT A of repetition 3 \(init seed 300, data seed 300\).*epoch 1.*"
-                                               r"unigram entropy"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"GPT A of repetition 3 \(init seed 300, data seed 300\).*epoch 1.*"
+        r"unigram entropy",
+    ):
         lm.train_models(cfg.for_repetition(3), lm.prepare(cfg.for_repetition(3), 3), tmp_path)
     with pytest.raises(TrainingDiverged, match="test loss 4.000 .* epoch 7"):
         lm.check_not_degenerate({"train": 1.0, "test": 4.0}, 3.5, "GPT B", 7)
     lm.check_not_degenerate({"train": 1.0, "test": 3.4}, 3.5, "GPT B", 7)  # below the entropy: fine
 
 
-@pytest.mark.parametrize("section, message", [
-    ({"d_model": 30, "n_heads": 4}, "multiple of n_heads"),
-    ({"checkpoint_epochs": [0, 50]}, "must end at optim.epochs"),
-    ({"checkpoint_epochs": [0, 4]}, "must end at optim.epochs"),
-    ({"checkpoint_epochs": [0, 4, 2, 8]}, "strictly increasing"),
-    ({"same_init_epochs": [3, 8]}, "same_init_epochs"),
-    ({"same_init_epochs": [0, 4]}, "include the last one"),
-    ({"seed_a": 3, "seed_b": 3}, "identical"),
-    ({"eval_windows": 10000}, "exceeds train_windows"),
-    ({"scheme": "same_order"}, "scheme"),
-    ({"test_fraction": 1.0}, "test_fraction"),
-    ({"context": 0}, "context"),
-    ({"optim": {"lr": -1}}, "lr"),
-    ({"init_seeds": [0, 1]}, "unknown key"),
-])
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"d_model": 30, "n_heads": 4}, "multiple of n_heads"),
+        ({"checkpoint_epochs": [0, 50]}, "must end at optim.epochs"),
+        ({"checkpoint_epochs": [0, 4]}, "must end at optim.epochs"),
+        ({"checkpoint_epochs": [0, 4, 2, 8]}, "strictly increasing"),
+        ({"same_init_epochs": [3, 8]}, "same_init_epochs"),
+        ({"same_init_epochs": [0, 4]}, "include the last one"),
+        ({"seed_a": 3, "seed_b": 3}, "identical"),
+        ({"eval_windows": 10000}, "exceeds train_windows"),
+        ({"scheme": "same_order"}, "scheme"),
+        ({"test_fraction": 1.0}, "test_fraction"),
+        ({"context": 0}, "context"),
+        ({"optim": {"lr": -1}}, "lr"),
+        ({"init_seeds": [0, 1]}, "unknown key"),
+    ],
+)
 def test_config_errors_name_the_problem(section, message):
     with pytest.raises(ParamsError, match=message):
         validate_params({"language_model": section})

@@ -1,10 +1,10 @@
-"""Scale out (llmc_utils.pipeline.launch): repetitions in workspaces of their own, run by submitit's local executor and by DVC's
-experiment queue, gathered into one claims table; a DVC remote that lets a fresh workspace pull checkpoints.
+"""Scale out (llmc_utils.pipeline.launch): repetitions in workspaces of their own, run by submitit's local executor and
+by DVC's experiment queue, gathered into one claims table; a DVC remote that lets a fresh workspace pull checkpoints.
 
-One launch of two tiny repetitions (module fixture, with the gather and a remote) serves the launch, gather, resubmit and
-remote tests. Nothing here compares a trained number: files, repetitions, stages run or skipped, claims and verdict columns.
-The launch runs on a snapshot of the sources, so a file edited in the checkout meanwhile cannot make the resubmit
-test see changed code.
+One launch of two tiny repetitions (module fixture, with the gather and a remote) serves the launch, gather, resubmit
+and remote tests. Nothing here compares a trained number: files, repetitions, stages run or skipped, claims and verdict
+columns. The launch runs on a snapshot of the sources, so a file edited in the checkout meanwhile cannot make the
+resubmit test see changed code.
 """
 
 import contextlib
@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from llmc_utils.pipeline import launch, profiles, report
 from llmc_utils.core.claims import VERDICTS
+from llmc_utils.pipeline import launch, profiles, report
 
 TINY = ["tiny", "--repetitions", "0-1", "--executor", "local", "--set", "runtime.num_threads=1"]
 
@@ -64,7 +64,8 @@ def test_parse_repetitions():
     for bad in ("", "a", "3-1", "-1", "0-", "1.5"):
         with pytest.raises(ValueError, match="bad repetitions"):
             launch.parse_repetitions(bad)
-    # at most MAX_REPETITIONS distinct repetitions (overlaps counted once) without --many-repetitions; counted before any list is made
+    # at most MAX_REPETITIONS distinct repetitions (overlaps counted once) without --many-repetitions; counted before
+    # any list is made
     assert len(launch.parse_repetitions("0-999,500-999,7")) == launch.MAX_REPETITIONS == 1000
     with pytest.raises(ValueError, match="--repetitions 0-1000 asks for 1,001 repetitions"):
         launch.parse_repetitions("0-1000")
@@ -73,13 +74,16 @@ def test_parse_repetitions():
     assert len(launch.parse_repetitions("0-1000", limit=None)) == 1001
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["tiny", "--repetitions", "2-0"], "bad repetitions '2-0'"),
-    (["no_such_profile", "--repetitions", "0"], "unknown profile 'no_such_profile'"),
-    (["tiny", "--repetitions", "0", "--set", "runtime"], "bad --set 'runtime'"),
-    (["tiny", "--repetitions", "0", "--executor", "slurm"], "`sbatch` is not on PATH"),
-    (["tiny", "--repetitions", "0", "--executor", "queue", "--remote", "x"], "--remote is for the local and slurm"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["tiny", "--repetitions", "2-0"], "bad repetitions '2-0'"),
+        (["no_such_profile", "--repetitions", "0"], "unknown profile 'no_such_profile'"),
+        (["tiny", "--repetitions", "0", "--set", "runtime"], "bad --set 'runtime'"),
+        (["tiny", "--repetitions", "0", "--executor", "slurm"], "`sbatch` is not on PATH"),
+        (["tiny", "--repetitions", "0", "--executor", "queue", "--remote", "x"], "--remote is for the local and slurm"),
+    ],
+)
 def test_usage_errors_name_the_problem(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here (nor anywhere on this machine)
     assert launch.main([*argv, "--dest", str(tmp_path / "dest")]) == 2
@@ -146,15 +150,20 @@ def test_fresh_workspace_pulls_checkpoints_instead_of_retraining(launched, tmp_p
     dest, _ = launched
     remote = dest / "remote"
     assert (remote / launch.LOCKS / "tiny" / "repetition_0.lock").is_file()  # the job kept its dvc.lock there
-    ws = profiles.make_workspace(profiles.profile_path("tiny"), tmp_path / "repetition_0",
-                                 launch.with_repetitions(profiles.profile_path("tiny"), {}, [0]))
+    ws = profiles.make_workspace(
+        profiles.profile_path("tiny"),
+        tmp_path / "repetition_0",
+        launch.with_repetitions(profiles.profile_path("tiny"), {}, [0]),
+    )
     launch.configure_remote(ws, remote)
     checkpoints = {}
     stream = launch._stream
 
     def spy(workspace, *args, check=True):  # what the pull left, just before `dvc repro`
         if args[0] == "repro":
-            checkpoints.update({p: p.stat().st_mtime_ns for p in (ws / "models" / "pair" / "repetition_0").rglob("*.pt")})
+            checkpoints.update(
+                {p: p.stat().st_mtime_ns for p in (ws / "models" / "pair" / "repetition_0").rglob("*.pt")}
+            )
         return stream(workspace, *args, check=check)
 
     monkeypatch.setattr(launch, "_stream", spy)
@@ -167,14 +176,27 @@ def test_fresh_workspace_pulls_checkpoints_instead_of_retraining(launched, tmp_p
 
 
 def test_queue_runs_one_experiment_per_repetition(snapshot, tmp_path):
-    exported = launch.run_queue(profiles.profile_path("tiny"), [0, 1], tmp_path, ["cpu", "cpu"],
-                                {"runtime": {"num_threads": 1}}, targets=["train_pairs"], poll_s=2)
+    exported = launch.run_queue(
+        profiles.profile_path("tiny"),
+        [0, 1],
+        tmp_path,
+        ["cpu", "cpu"],
+        {"runtime": {"num_threads": 1}},
+        targets=["train_pairs"],
+        poll_s=2,
+    )
     for r, tree in exported.items():
         assert (tree / "metrics" / "train_pairs" / f"repetition_{r}.json").is_file()
         assert yaml.safe_load((tree / "params.yaml").read_text())["repetitions"]["train_pairs"] == [r]
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=tmp_path / "queue", env=env,
-                           capture_output=True, text=True, check=True).stdout
+    shown = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "show", "--json"],
+        cwd=tmp_path / "queue",
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     revs = [rev for row in json.loads(shown) for exp in row.get("experiments") or [] for rev in exp["revs"]]
     assert {rev["name"] for rev in revs} == {"repetition_0", "repetition_1"}
     for rev in revs:

@@ -8,16 +8,25 @@ import pytest
 
 from tests.conftest import ROOT
 
-ALLOWED = {"core": {"core"}, "stages": {"core", "stages"}, "pairtool": {"core", "stages", "pairtool"},
-           "pipeline": {"core", "stages", "pipeline"}}
+ALLOWED = {
+    "core": {"core"},
+    "stages": {"core", "stages"},
+    "pairtool": {"core", "stages", "pairtool"},
+    "pipeline": {"core", "stages", "pipeline"},
+}
 
 
 def imported_packages(path) -> set[str]:
     """The llmc_utils packages a module imports (the top-level torchvision shim is not a package)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
-            [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        names = (
+            [node.module]
+            if isinstance(node, ast.ImportFrom) and node.module
+            else [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else []
+        )
         for name in names:
             parts = name.split(".")
             if parts[0] == "llmc_utils" and len(parts) > 1 and parts[1] in ALLOWED:
@@ -29,8 +38,10 @@ def imported_packages(path) -> set[str]:
 
 @pytest.mark.parametrize("package", sorted(ALLOWED))
 def test_each_package_imports_only_the_layers_below_it(package):
-    wrong = {str(p.relative_to(ROOT)): sorted(imported_packages(p) - ALLOWED[package])
-             for p in sorted((ROOT / "llmc_utils" / package).glob("*.py"))}
+    wrong = {
+        str(p.relative_to(ROOT)): sorted(imported_packages(p) - ALLOWED[package])
+        for p in sorted((ROOT / "llmc_utils" / package).glob("*.py"))
+    }
     assert not {k: v for k, v in wrong.items() if v}, wrong
 
 

@@ -42,8 +42,9 @@ def test_unknown_architecture_is_named():
         build_model("mlp", 1, 10, 28)
 
 
-@pytest.mark.parametrize("arch, depth, layers", [("cnn", 1, 9), ("cnn", 2, 12), ("rescnn", 1, 10), ("rescnn", 2, 16),
-                                                 ("rescnn_bn", 2, 31)])
+@pytest.mark.parametrize(
+    "arch, depth, layers", [("cnn", 1, 9), ("cnn", 2, 12), ("rescnn", 1, 10), ("rescnn", 2, 16), ("rescnn_bn", 2, 31)]
+)
 def test_depth_adds_layers_and_keeps_the_names_of_depth_1(arch, depth, layers):
     from llmc_utils.core.layers import logical_layers
 
@@ -51,8 +52,21 @@ def test_depth_adds_layers_and_keeps_the_names_of_depth_1(arch, depth, layers):
     names = list(logical_layers(model.state_dict()))
     assert len(names) == layers and model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     if depth == 1:  # the default keeps the layer names of the nets committed before `depth` existed
-        assert names == ([f"conv{i}" for i in range(1, 7)] + ["fc1", "fc2", "fc3"] if arch == "cnn" else
-                         ["stem", "block1.conv1", "block1.conv2", "block2.conv1", "block2.conv2", "block2.shortcut",
-                          "block3.conv1", "block3.conv2", "block3.shortcut", "fc"])
+        assert names == (
+            [f"conv{i}" for i in range(1, 7)] + ["fc1", "fc2", "fc3"]
+            if arch == "cnn"
+            else [
+                "stem",
+                "block1.conv1",
+                "block1.conv2",
+                "block2.conv1",
+                "block2.conv2",
+                "block2.shortcut",
+                "block3.conv1",
+                "block3.conv2",
+                "block3.shortcut",
+                "fc",
+            ]
+        )
     with pytest.raises(ValueError, match="fixed depth"):
         build_model("vgg11", 3, 10, 32, width=8, depth=depth + 1)

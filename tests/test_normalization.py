@@ -55,8 +55,7 @@ def test_bn_models_and_barrier_rows_with_reset():
     splits = {"test": (x[:16], torch.randint(0, 10, (16,)))}
     evaluator = LayerEvaluator(a, splits, batch_size=8)
     reset = BNReset(a, reset_batches(x, 2, 8, seed=0))
-    rows = checkpoint_barriers(evaluator, 0, a.state_dict(), b.state_dict(), {"bn": layers["bn"]}, [0.5], ["A"],
-                               reset)
+    rows = checkpoint_barriers(evaluator, 0, a.state_dict(), b.state_dict(), {"bn": layers["bn"]}, [0.5], ["A"], reset)
     assert {r["layer_set"] for r in rows} == {"full", "bn"} and reset.calls == 2  # full mix + one layer
     # with the reset the full mix is evaluated with re-estimated statistics: the same as resetting by hand
     by_hand = LayerEvaluator(a, splits, batch_size=8)(reset(mix(a.state_dict(), b.state_dict(), 0.5)))
@@ -70,8 +69,12 @@ def test_pair_variants_follow_the_inputs_in_one_order():
     b, aligned, reset = {"w": 1}, {"w": 2}, lambda state: state
     assert [v.name for v in pair_variants(b)] == ["plain"]
     assert [(v.name, v.state_b, v.reset) for v in pair_variants(b, reset=reset)] == [
-        ("plain", b, None), ("bn_reset", b, reset)]
+        ("plain", b, None),
+        ("bn_reset", b, reset),
+    ]
     assert [(v.name, v.state_b) for v in pair_variants(b, aligned, plain="unaligned")] == [
-        ("unaligned", b), ("aligned", aligned)]
+        ("unaligned", b),
+        ("aligned", aligned),
+    ]
     assert tuple(v.name for v in pair_variants(b, aligned, reset)) == VARIANTS
     assert [v.reset for v in pair_variants(b, aligned, reset)] == [None, reset, None, reset]

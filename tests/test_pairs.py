@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from llmc_utils.core.config import ParamsError
-from llmc_utils.pipeline.params import validate_params
 from llmc_utils.core.data import ImageData
+from llmc_utils.pipeline.params import validate_params
 from llmc_utils.stages.train_pairs import TrainPairsConfig, load_pair, pair_checkpoints, pair_model, train_pair
 
 
@@ -13,13 +13,22 @@ def fake_images(n=48, side=8):
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (n, 1, side, side), dtype=torch.uint8, generator=g)
     y = torch.randint(0, 3, (n,), generator=g)
-    return ImageData(name="fake", classes=["a", "b", "c"], train_x=x, train_y=y, test_x=x[:16], test_y=y[:16],
-                     mean=torch.tensor([0.5]), std=torch.tensor([0.3]))
+    return ImageData(
+        name="fake",
+        classes=["a", "b", "c"],
+        train_x=x,
+        train_y=y,
+        test_x=x[:16],
+        test_y=y[:16],
+        mean=torch.tensor([0.5]),
+        std=torch.tensor([0.3]),
+    )
 
 
 def tiny_cfg(**kw):
-    return TrainPairsConfig(width=2, train_subset=32, checkpoint_epochs=[0, 1, 2],
-                            optim=dict(epochs=2, batch_size=8, lr=0.01), **kw)
+    return TrainPairsConfig(
+        width=2, train_subset=32, checkpoint_epochs=[0, 1, 2], optim=dict(epochs=2, batch_size=8, lr=0.01), **kw
+    )
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):

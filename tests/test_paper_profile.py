@@ -7,15 +7,19 @@ import pandas as pd
 import torch
 
 from llmc_utils.pipeline import profiles
-from llmc_utils.pipeline.params import load_profile
-from llmc_utils.pipeline.params import validate_params
+from llmc_utils.pipeline.params import load_profile, validate_params
 from tests import fabricate
 
 TOY = {
     "runtime": {"progress": False, "device": "cpu"},
     "repetitions": {"train_pairs": [0], "robustness": [0]},
-    "train_pairs": {"optim": {"epochs": 1, "batch_size": 16}, "checkpoint_epochs": [0, 1], "chance_guard": False,
-                    "curve_train_subset": 16, "curve_test_subset": 8},
+    "train_pairs": {
+        "optim": {"epochs": 1, "batch_size": 16},
+        "checkpoint_epochs": [0, 1],
+        "chance_guard": False,
+        "curve_train_subset": 16,
+        "curve_test_subset": 8,
+    },
     "layerwise_barriers": {"train_subset": 16, "test_subset": 8, "alphas": [0.5]},
 }
 
@@ -26,8 +30,15 @@ def test_paper_profile_is_the_papers_setting():
     pairs = params["train_pairs"]
     assert params["data"]["dataset"] == "cifar10" and pairs["arch"] == "resnet18"
     assert pairs["scheme"] == "same_init_different_order"
-    assert pairs["optim"] == {"epochs": 200, "batch_size": 64, "lr": 0.05, "momentum": 0.9,
-                                   "weight_decay": 5e-4, "schedule": "constant", "warmup_epochs": 0}
+    assert pairs["optim"] == {
+        "epochs": 200,
+        "batch_size": 64,
+        "lr": 0.05,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "schedule": "constant",
+        "warmup_epochs": 0,
+    }
     assert pairs["checkpoint_epochs"] == list(range(0, 201, 20))
 
 

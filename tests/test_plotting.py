@@ -31,8 +31,10 @@ def test_heatmap_annotates_mean_and_spread():
 
 def test_barrier_heatmaps_share_one_symmetric_scale_on_request():
     fig, axes = plotting.panels(2)
-    tables = {"unaligned": pd.DataFrame([[0.5, -0.1]], index=["full"], columns=[1, 2]),
-              "aligned": pd.DataFrame([[0.2, -0.8]], index=["full"], columns=[1, 2])}
+    tables = {
+        "unaligned": pd.DataFrame([[0.5, -0.1]], index=["full"], columns=[1, 2]),
+        "aligned": pd.DataFrame([[0.2, -0.8]], index=["full"], columns=[1, 2]),
+    }
     plotting.barrier_heatmaps(axes, tables, "train loss barrier", "epoch", "averaged layers", same_scale=True)
     assert [ax.get_title() for ax in axes] == ["unaligned", "aligned"]
     assert all(ax.collections[0].get_clim() == (-0.8, 0.8) for ax in axes)

@@ -12,8 +12,11 @@ from llmc_utils.pipeline import profiles
 from tests.conftest import ROOT
 
 DOCUMENTED = [  # every place that shows a command line of the CLI
-    ROOT / "llmc_utils" / "pipeline" / "profiles.py", ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
-    *sorted((ROOT / "profiles").glob("*.yaml"))]
+    ROOT / "llmc_utils" / "pipeline" / "profiles.py",
+    ROOT / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+    *sorted((ROOT / "profiles").glob("*.yaml")),
+]
 
 
 def documented_commands() -> list[list[str]]:
@@ -28,10 +31,10 @@ def documented_commands() -> list[list[str]]:
 def recorder(monkeypatch):
     """Replace workspace creation and DVC with recorders: {"workspace": (profile, dest), "dvc": (argv, cwd)}."""
     calls = {}
-    monkeypatch.setattr(profiles, "make_workspace",
-                        lambda path, dest, force: calls.setdefault("workspace", (path, dest)))
-    monkeypatch.setattr(profiles.subprocess, "call",
-                        lambda argv, cwd, env: calls.setdefault("dvc", (argv, cwd)) and 0)
+    monkeypatch.setattr(
+        profiles, "make_workspace", lambda path, dest, force: calls.setdefault("workspace", (path, dest))
+    )
+    monkeypatch.setattr(profiles.subprocess, "call", lambda argv, cwd, env: calls.setdefault("dvc", (argv, cwd)) and 0)
     return calls
 
 
@@ -45,13 +48,16 @@ def test_every_documented_form_is_accepted(recorder, monkeypatch):
         assert recorder["dvc"][0][:4] == [sys.executable, "-m", "dvc", "repro"]
 
 
-@pytest.mark.parametrize("argv", [
-    ["my.yaml", "--dest", "runs/mine", "--", "cumulative_averaging"],  # the docstring's form
-    ["my.yaml", "cumulative_averaging", "--dest", "runs/mine"],
-    ["my.yaml", "--dest", "runs/mine", "cumulative_averaging"],
-    ["--dest", "runs/mine", "my.yaml", "cumulative_averaging"],
-    ["--dest=runs/mine", "my.yaml", "--", "cumulative_averaging"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["my.yaml", "--dest", "runs/mine", "--", "cumulative_averaging"],  # the docstring's form
+        ["my.yaml", "cumulative_averaging", "--dest", "runs/mine"],
+        ["my.yaml", "--dest", "runs/mine", "cumulative_averaging"],
+        ["--dest", "runs/mine", "my.yaml", "cumulative_averaging"],
+        ["--dest=runs/mine", "my.yaml", "--", "cumulative_averaging"],
+    ],
+)
 def test_targets_and_options_in_any_order(argv, recorder, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "my.yaml").write_text("train_pairs: {width: 8}\n")

@@ -29,8 +29,16 @@ def make_model():
 def train(run_dir: Path):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(2048, 64, generator=g), torch.randint(0, 4, (2048,), generator=g)
-    return train_model(make_model, x, y, OptimConfig(epochs=EPOCHS, batch_size=32, lr=0.05), init_seed=0, data_seed=1,
-                       checkpoint_epochs=range(EPOCHS + 1), run_dir=run_dir)
+    return train_model(
+        make_model,
+        x,
+        y,
+        OptimConfig(epochs=EPOCHS, batch_size=32, lr=0.05),
+        init_seed=0,
+        data_seed=1,
+        checkpoint_epochs=range(EPOCHS + 1),
+        run_dir=run_dir,
+    )
 
 
 def test_killed_run_resumes_to_identical_result(tmp_path):

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmc_utils.pipeline import registry
-from llmc_utils.stages import layerwise_barriers as barriers, cumulative_averaging as cumulative
 from llmc_utils.core import claims
-from llmc_utils.pipeline import report
 from llmc_utils.core.claims import evaluate, interval, verdict
+from llmc_utils.pipeline import registry, report
+from llmc_utils.stages import cumulative_averaging as cumulative
+from llmc_utils.stages import layerwise_barriers as barriers
 
 CFG = report.ReportConfig()
 
@@ -28,8 +28,15 @@ def test_student_t_interval_matches_the_textbook_value():
         interval([1.0, float("nan")])
 
 
-@pytest.mark.parametrize("low, high, expected", [(0.1, 0.4, "reproduced"), (0.6, 0.9, "not reproduced"),
-                                                 (0.4, 0.6, "inconclusive"), (-math.inf, math.inf, "inconclusive")])
+@pytest.mark.parametrize(
+    "low, high, expected",
+    [
+        (0.1, 0.4, "reproduced"),
+        (0.6, 0.9, "not reproduced"),
+        (0.4, 0.6, "inconclusive"),
+        (-math.inf, math.inf, "inconclusive"),
+    ],
+)
 def test_verdict_needs_the_whole_interval_on_one_side(low, high, expected):
     assert verdict(low, high, "<=", 0.5) == expected
 
@@ -43,13 +50,14 @@ def test_a_threshold_with_its_own_interval_judges_each_verdict_against_its_harde
 
 
 def test_clopper_pearson_count_intervals_stay_in_bounds_and_never_have_zero_width():
-    assert claims.clopper_pearson(5, 5) == pytest.approx((0.025 ** 0.2, 1.0))
+    assert claims.clopper_pearson(5, 5) == pytest.approx((0.025**0.2, 1.0))
     assert claims.clopper_pearson(0, 3) == pytest.approx((0.0, 1 - 0.025 ** (1 / 3)))
     low, high = claims.clopper_pearson(7, 20)
     assert low == pytest.approx(0.1539, abs=1e-4) and high == pytest.approx(0.5922, abs=1e-4)  # textbook values
     u = claims.UNDECIDED
     assert claims.count_interval([1, 1, 0, u, u]) == pytest.approx(
-        (0.4, claims.clopper_pearson(2, 5)[0], claims.clopper_pearson(4, 5)[1]))
+        (0.4, claims.clopper_pearson(2, 5)[0], claims.clopper_pearson(4, 5)[1])
+    )
     with pytest.raises(ValueError, match="1, 0 or UNDECIDED"):
         claims.count_interval([1.0, 0.3])
 
@@ -72,8 +80,14 @@ LAYERS = ["stem", "block1.conv1", "fc"]
 
 def pair(full=2.0, single=(0.01, 0.02, 0.0), se=0.005, epochs=(1, 5), **extra):
     """One pair's Fig. 1 metrics: every single-layer cell (both bases, every epoch) with its se, the full barrier."""
-    m = dict(full_barrier_train_loss_last=full, full_barrier_train_loss_last_se=0.01, last_epoch=epochs[-1],
-             own_train_error_A_last=0.0, own_train_error_B_last=0.0, **extra)
+    m = dict(
+        full_barrier_train_loss_last=full,
+        full_barrier_train_loss_last_se=0.01,
+        last_epoch=epochs[-1],
+        own_train_error_A_last=0.0,
+        own_train_error_B_last=0.0,
+        **extra,
+    )
     for epoch in epochs:
         for base in ("A", "B"):
             for layer, b in zip(LAYERS, single):
@@ -82,15 +96,32 @@ def pair(full=2.0, single=(0.01, 0.02, 0.0), se=0.005, epochs=(1, 5), **extra):
 
 
 def regime(full, errors_a, errors_b):
-    return claims.evaluate_premise(REGIME, {"layerwise_barriers": dict(enumerate(seeds(
-        full_barrier_train_loss_last=full, own_train_error_A_last=errors_a, own_train_error_B_last=errors_b)))}, CFG)
+    return claims.evaluate_premise(
+        REGIME,
+        {
+            "layerwise_barriers": dict(
+                enumerate(
+                    seeds(
+                        full_barrier_train_loss_last=full,
+                        own_train_error_A_last=errors_a,
+                        own_train_error_B_last=errors_b,
+                    )
+                )
+            )
+        },
+        CFG,
+    )
 
 
-@pytest.mark.parametrize("full, errors_b, holds", [
-    ([1.5, 1.7, 1.6, 1.4, 1.8], [0.0, 0.4, 1.0, 0.2, 1.8], True),
-    ([1.5, 1.7, 1.6, 1.4, 1.8], [0.0, 0.4, 2.6, 0.2, 1.8], False),  # one endpoint does not fit its data
-    ([0.1, 1.5, 0.4, 0.9, 0.2], [0.0] * 5, False),  # the interval of the full barrier reaches below 1.0
-    ([1.2, 1.15, 1.25, 1.2, 1.2], [0.0] * 5, True)])  # the whole interval above the threshold
+@pytest.mark.parametrize(
+    "full, errors_b, holds",
+    [
+        ([1.5, 1.7, 1.6, 1.4, 1.8], [0.0, 0.4, 1.0, 0.2, 1.8], True),
+        ([1.5, 1.7, 1.6, 1.4, 1.8], [0.0, 0.4, 2.6, 0.2, 1.8], False),  # one endpoint does not fit its data
+        ([0.1, 1.5, 0.4, 0.9, 0.2], [0.0] * 5, False),  # the interval of the full barrier reaches below 1.0
+        ([1.2, 1.15, 1.25, 1.2, 1.2], [0.0] * 5, True),
+    ],
+)  # the whole interval above the threshold
 def test_fig1_regime_premise_needs_a_large_full_barrier_and_fitted_endpoints(full, errors_b, holds):
     rows = regime(full, [0.0] * 5, errors_b)
     assert rows[1]["holds"] is (max(errors_b) <= 2.0) and rows[1]["worst"] == max(errors_b)
@@ -99,14 +130,19 @@ def test_fig1_regime_premise_needs_a_large_full_barrier_and_fitted_endpoints(ful
 
 def test_claims_under_a_failed_premise_are_not_judged_but_keep_their_interval():
     metrics = {"layerwise_barriers": dict(enumerate([pair(full=f) for f in (0.2, 0.3, 0.25, 0.2, 0.3, 0.25, 0.2)]))}
-    table = report.claims_table(metrics, CFG, barriers.CLAIMS, report.premise_table(metrics, CFG, {REGIME.name: REGIME}),
-                                null_draws=0)
+    table = report.claims_table(
+        metrics, CFG, barriers.CLAIMS, report.premise_table(metrics, CFG, {REGIME.name: REGIME}), null_draws=0
+    )
     assert set(table.verdict) == {"premise not met"}
     assert table["mean"].iloc[0] == 1.0 and table["values"].iloc[0] == "7 of 7"
-    moved = {"layerwise_barriers": {r: dict(m, full_barrier_train_loss_last=2.0)
-                                    for r, m in metrics["layerwise_barriers"].items()}}
-    passed = report.claims_table(moved, CFG, barriers.CLAIMS, report.premise_table(moved, CFG, {REGIME.name: REGIME}),
-                                 null_draws=0)
+    moved = {
+        "layerwise_barriers": {
+            r: dict(m, full_barrier_train_loss_last=2.0) for r, m in metrics["layerwise_barriers"].items()
+        }
+    }
+    passed = report.claims_table(
+        moved, CFG, barriers.CLAIMS, report.premise_table(moved, CFG, {REGIME.name: REGIME}), null_draws=0
+    )
     assert list(passed.verdict) == ["reproduced"] * 3
 
 
@@ -117,12 +153,15 @@ def test_a_claim_naming_an_unknown_premise_stops_the_report():
         report.claims_table(metrics, CFG, [claim], report.premise_table(metrics, CFG, {}))
 
 
-@pytest.mark.parametrize("single, n, expected", [
-    ((0.01, 0.02, 0.0), 7, "reproduced"),  # every cell inside +-0.1 beyond its se, in 7 of 7 pairs: [0.59, 1]
-    ((0.5, 0.02, 0.0), 7, "not reproduced"),  # one layer far outside the band in every pair
-    ((0.1, 0.02, 0.0), 7, "inconclusive"),  # one layer on the band's edge: no pair can tell
-    ((0.01, 0.02, 0.0), 5, "inconclusive"),  # five pairs cannot decide a majority (5 of 5: [0.48, 1])
-])
+@pytest.mark.parametrize(
+    "single, n, expected",
+    [
+        ((0.01, 0.02, 0.0), 7, "reproduced"),  # every cell inside +-0.1 beyond its se, in 7 of 7 pairs: [0.59, 1]
+        ((0.5, 0.02, 0.0), 7, "not reproduced"),  # one layer far outside the band in every pair
+        ((0.1, 0.02, 0.0), 7, "inconclusive"),  # one layer on the band's edge: no pair can tell
+        ((0.01, 0.02, 0.0), 5, "inconclusive"),  # five pairs cannot decide a majority (5 of 5: [0.48, 1])
+    ],
+)
 def test_single_layer_band_claim_counts_pairs(single, n, expected):
     row = evaluate(FIG1_BAND, {"layerwise_barriers": dict(enumerate([pair(single=single)] * n))}, CFG)
     assert row["verdict"] == expected and row["n"] == n
@@ -145,8 +184,12 @@ def test_single_layer_relative_claim_uses_the_papers_band_and_keeps_the_loose_on
 
 
 def fig2_pair(outer=(0.1, 0.2), windows=(0.1, 0.5, 0.6, 0.7, 0.8, 0.15), full=2.0):
-    m = dict(onset_fraction=0.5, full_barrier_last=full, outer_group_barrier_into_A=outer[0],
-             outer_group_barrier_into_B=outer[1])
+    m = dict(
+        onset_fraction=0.5,
+        full_barrier_last=full,
+        outer_group_barrier_into_A=outer[0],
+        outer_group_barrier_into_B=outer[1],
+    )
     for base in ("A", "B"):
         m.update({f"window/{base}/{j}": w for j, w in enumerate(windows, start=1)})
     return m
@@ -195,8 +238,10 @@ def test_load_metrics_reads_single_runs_and_repetitions(tmp_path):
         (tmp_path / "layerwise_barriers" / f"repetition_{seed}.json").write_text(json.dumps({"x": value}))
     (tmp_path / "deep_linear.json").write_text(json.dumps({"y": 3}))
     (tmp_path / "report.json").write_text("{}")
-    assert report.load_metrics(tmp_path) == {"deep_linear": {None: {"y": 3}},
-                                             "layerwise_barriers": {0: {"x": 1.0}, 1: {"x": 2.0}}}
+    assert report.load_metrics(tmp_path) == {
+        "deep_linear": {None: {"y": 3}},
+        "layerwise_barriers": {0: {"x": 1.0}, 1: {"x": 2.0}},
+    }
 
 
 def test_claims_table_columns_null_rates_sensitivity_notes_and_summary_counts():
@@ -204,23 +249,47 @@ def test_claims_table_columns_null_rates_sensitivity_notes_and_summary_counts():
     plain = dataclasses.replace(FIG1_BAND, premise=None)
     premises = report.premise_table(metrics, CFG, {REGIME.name: REGIME})
     table = report.claims_table(metrics, CFG, [*barriers.CLAIMS, plain], premises, null_draws=20)
-    assert list(table.columns) == ["source", "claim", "paper", "premise", "kind", "criterion", "n", "values", "mean",
-                                   "low", "high", "threshold_low", "threshold_high", "verdict", "note",
-                                   "sensitivity_of", "null_rate", "null", "edge_margin", "near_threshold"]
+    assert list(table.columns) == [
+        "source",
+        "claim",
+        "paper",
+        "premise",
+        "kind",
+        "criterion",
+        "n",
+        "values",
+        "mean",
+        "low",
+        "high",
+        "threshold_low",
+        "threshold_high",
+        "verdict",
+        "note",
+        "sensitivity_of",
+        "null_rate",
+        "null",
+        "edge_margin",
+        "near_threshold",
+    ]
     assert list(table.verdict) == ["not reproduced", "not reproduced", "reproduced", "not reproduced"]
     assert list(table.premise) == [barriers.FIG1_REGIME] * 3 + [""]
     assert (table.null_rate == 0.0).all() and table.null.str.contains("just outside the band").all()
     assert "read otherwise" in table.note.iloc[1] and "reproduced" in table.note.iloc[1]  # the loose band disagrees
     summary = report.summary(table, report.sanity_table(metrics, CFG, []))
     assert summary["n_claims"] == 3  # the sensitivity row is not a claim
-    assert (summary["n_reproduced"], summary["n_not_reproduced"], summary["n_inconclusive"],
-            summary["n_premise_not_met"]) == (0, 3, 0, 0)
+    assert (
+        summary["n_reproduced"],
+        summary["n_not_reproduced"],
+        summary["n_inconclusive"],
+        summary["n_premise_not_met"],
+    ) == (0, 3, 0, 0)
 
 
 def _one_claim_table():
     claim = dataclasses.replace(FIG1_BAND, premise=None)
-    claims_df = report.claims_table({"layerwise_barriers": dict(enumerate([pair()] * 7))}, CFG, [claim],
-                                    pd.DataFrame(), null_draws=0)
+    claims_df = report.claims_table(
+        {"layerwise_barriers": dict(enumerate([pair()] * 7))}, CFG, [claim], pd.DataFrame(), null_draws=0
+    )
     sanity = pd.DataFrame([dict(source="Fig. 3", check="identity", criterion="x <= 0", n=1, worst=0.0, holds=True)])
     return claims_df, sanity
 
@@ -265,8 +334,10 @@ def test_edge_margin_marks_verdicts_that_sit_on_their_threshold():
     far = {"cumulative_averaging": dict(enumerate(fig2_pair(outer=(v, v)) for v in (0.02, 0.03, 0.01)))}
     near = {"cumulative_averaging": dict(enumerate(fig2_pair(outer=(v, v)) for v in (0.98, 0.985, 0.99)))}
     claim = dataclasses.replace(FIG2_OUTER, premise=None)
-    tables = {name: report.claims_table(m, CFG, [claim], pd.DataFrame(), null_draws=0)
-              for name, m in (("far", far), ("near", near))}
+    tables = {
+        name: report.claims_table(m, CFG, [claim], pd.DataFrame(), null_draws=0)
+        for name, m in (("far", far), ("near", near))
+    }
     assert list(tables["far"].near_threshold) == [False] and list(tables["near"].near_threshold) == [True]
     assert tables["near"].verdict.iloc[0] == "reproduced"  # the mark does not change the verdict
     block = report.results_markdown(tables["near"], _one_claim_table()[1], {})
@@ -275,26 +346,43 @@ def test_edge_margin_marks_verdicts_that_sit_on_their_threshold():
 
 
 def test_beyond_the_paper_reads_the_numbers_of_both_stages():
-    pair = dict(full_barrier_unaligned_last=0.5, full_barrier_aligned_last=0.25, identity_fraction_last=0.1,
-                aligned_layer_barrier_last={"stem": 0.2, "fc": 0.05, "mid": 0.125},
-                aligned_layer_share_of_full_last={"stem": 0.8, "fc": 0.2, "mid": 0.5})
-    other = dict(pair, full_barrier_unaligned_last=0.7, full_barrier_aligned_last=0.35,
-                 aligned_layer_barrier_last={"stem": 0.0, "fc": 0.05, "mid": 0.325})
-    bn = {v: dict(full_barrier=f, max_abs_single_layer_barrier=f / 2)
-          for v, f in (("aligned+bn_reset", 0.1), ("plain", 0.8), ("bn_reset", 0.4), ("aligned", 0.6))}
+    pair = dict(
+        full_barrier_unaligned_last=0.5,
+        full_barrier_aligned_last=0.25,
+        identity_fraction_last=0.1,
+        aligned_layer_barrier_last={"stem": 0.2, "fc": 0.05, "mid": 0.125},
+        aligned_layer_share_of_full_last={"stem": 0.8, "fc": 0.2, "mid": 0.5},
+    )
+    other = dict(
+        pair,
+        full_barrier_unaligned_last=0.7,
+        full_barrier_aligned_last=0.35,
+        aligned_layer_barrier_last={"stem": 0.0, "fc": 0.05, "mid": 0.325},
+    )
+    bn = {
+        v: dict(full_barrier=f, max_abs_single_layer_barrier=f / 2)
+        for v, f in (("aligned+bn_reset", 0.1), ("plain", 0.8), ("bn_reset", 0.4), ("aligned", 0.6))
+    }
     lines = report.beyond_the_paper({"alignment": {0: pair, 1: other}, "bn_reset": {None: bn}})
     assert len(lines) == 2
     assert "2 different-init cross pair(s)" in lines[0]
     assert "0.60 ± 0.14 unaligned" in lines[0] and "0.30 ± 0.07 aligned" in lines[0]
     assert "mid 0.23, stem 0.10, fc 0.05" in lines[0]  # largest mean barrier first
-    assert lines[1].index("plain 0.80 / 0.40") < lines[1].index("bn_reset 0.40 / 0.20") \
-        < lines[1].index("aligned+bn_reset 0.10 / 0.05")  # the stage's variant order, not the file's
+    assert (
+        lines[1].index("plain 0.80 / 0.40")
+        < lines[1].index("bn_reset 0.40 / 0.20")
+        < lines[1].index("aligned+bn_reset 0.10 / 0.05")
+    )  # the stage's variant order, not the file's
     assert report.beyond_the_paper({}) == []
 
 
 def test_premises_and_the_paper_side_by_side_in_the_written_summaries():
-    metrics = {"layerwise_barriers": {r: dict(pair(full), own_train_error_A_last=0.2 * r, own_train_error_B_last=b_error)
-                                      for r, (full, b_error) in enumerate(((1.8, 3.0), (1.9, 0.0), (2.0, 0.0)))}}
+    metrics = {
+        "layerwise_barriers": {
+            r: dict(pair(full), own_train_error_A_last=0.2 * r, own_train_error_B_last=b_error)
+            for r, (full, b_error) in enumerate(((1.8, 3.0), (1.9, 0.0), (2.0, 0.0)))
+        }
+    }
     premises = report.premise_table(metrics, CFG, {REGIME.name: REGIME})
     table = report.claims_table(metrics, CFG, barriers.CLAIMS, premises, null_draws=0)
     block = report.results_markdown(table, _one_claim_table()[1], {}, premises=premises)

@@ -30,12 +30,12 @@ import pytest
 import torch
 import yaml
 
-from llmc_utils.pipeline import check_params, profiles
 from llmc_utils.core import data
-from llmc_utils.stages import train_pairs as pairs
-from llmc_utils.stages import language_model as lm
-from llmc_utils.pipeline.params import load_params
 from llmc_utils.core.trainer import OptimConfig, train_model
+from llmc_utils.pipeline import check_params, profiles
+from llmc_utils.pipeline.params import load_params
+from llmc_utils.stages import language_model as lm
+from llmc_utils.stages import train_pairs as pairs
 from tests import fabricate
 
 # ------------------------------------------------------------------------------------------- resume without DVC
@@ -48,8 +48,17 @@ def make_mlp():
 def train(run_dir, checkpoint_epochs=(0, 1, 3)):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, 1, 4, 4, generator=g), torch.randint(0, 3, (64,), generator=g)
-    return train_model(make_mlp, x, y, OptimConfig(epochs=3, batch_size=16, lr=0.1), init_seed=0, data_seed=1,
-                       checkpoint_epochs=checkpoint_epochs, run_dir=run_dir, desc="toy")
+    return train_model(
+        make_mlp,
+        x,
+        y,
+        OptimConfig(epochs=3, batch_size=16, lr=0.1),
+        init_seed=0,
+        data_seed=1,
+        checkpoint_epochs=checkpoint_epochs,
+        run_dir=run_dir,
+        desc="toy",
+    )
 
 
 def identity(path: Path):
@@ -63,8 +72,10 @@ def assert_same_checkpoint(got: Path, want: Path):
     a, b = torch.load(got, weights_only=True), torch.load(want, weights_only=True)
     assert a["epoch"] == b["epoch"] and a["meta"] == b["meta"] and torch.equal(a["generator"], b["generator"])
     assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    momenta = [(s["momentum_buffer"], t["momentum_buffer"]) for s, t in zip(a["optimizer"]["state"].values(),
-                                                                         b["optimizer"]["state"].values())]
+    momenta = [
+        (s["momentum_buffer"], t["momentum_buffer"])
+        for s, t in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values())
+    ]
     assert len(momenta) == len(b["optimizer"]["state"]) and all(torch.equal(s, t) for s, t in momenta), got
 
 
@@ -98,15 +109,17 @@ def test_a_checkpoint_epoch_added_later_is_trained_not_skipped(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------- under DVC
-OVERRIDES = {"repetitions": {"train_pairs": [0]},
-             # the tiny profile's pair (rescnn width 8, 3 epochs, checkpoints 0 1 3); random pixels, so the models
-             # stay at chance level and the guard is off
-             "train_pairs": {"curve_train_subset": 100, "curve_test_subset": 100, "chance_guard": False},
-             # A then B in the notebook's own process, on one thread: a second thread only adds waiting on a busy
-             # 2-core machine (measured: 0.1 s per epoch on one thread, 8 s on two while another job ran)
-             "runtime": {"train_processes": 1, "num_threads": 1},
-             # 128 steps per epoch instead of 32 (about 0.25 s): room for the kill between A's checkpoints 1 and 3
-             "language_model": {"train_windows": 2048}}
+OVERRIDES = {
+    "repetitions": {"train_pairs": [0]},
+    # the tiny profile's pair (rescnn width 8, 3 epochs, checkpoints 0 1 3); random pixels, so the models
+    # stay at chance level and the guard is off
+    "train_pairs": {"curve_train_subset": 100, "curve_test_subset": 100, "chance_guard": False},
+    # A then B in the notebook's own process, on one thread: a second thread only adds waiting on a busy
+    # 2-core machine (measured: 0.1 s per epoch on one thread, 8 s on two while another job ran)
+    "runtime": {"train_processes": 1, "num_threads": 1},
+    # 128 steps per epoch instead of 32 (about 0.25 s): room for the kill between A's checkpoints 1 and 3
+    "language_model": {"train_windows": 2048},
+}
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +128,9 @@ def workspace(tmp_path_factory):
     runs below are only train_pairs@0 and the check)."""
     tmp = tmp_path_factory.mktemp("resume")
     raw = fabricate.fashion_mnist(tmp / "raw", n_train=1024, n_test=100)
-    ws = profiles.make_workspace(profiles.profile_path("tiny"), tmp / "ws",
-                                 dict(OVERRIDES, data={"root": str(raw), "download": False}))
+    ws = profiles.make_workspace(
+        profiles.profile_path("tiny"), tmp / "ws", dict(OVERRIDES, data={"root": str(raw), "download": False})
+    )
     data.prepare(load_params(ws / "params.yaml")["data"], ws)
     cwd = os.getcwd()
     os.chdir(ws)
@@ -143,9 +157,14 @@ def dvc_env():
 
 
 # stage: (its checkpoint folder for repetition 0, what its notebook prints when model A resumes, its notebook)
-KILLED = {"train_pairs": ("models/pair/repetition_0", "train A of pair 0: resuming at epoch 1 of 3 from", "01_train_pairs"),
-          "language_model": ("models/language_model/repetition_0", "GPT A of repetition 0: resuming at epoch 1 of 3 from",
-                             "08_language_model")}
+KILLED = {
+    "train_pairs": ("models/pair/repetition_0", "train A of pair 0: resuming at epoch 1 of 3 from", "01_train_pairs"),
+    "language_model": (
+        "models/language_model/repetition_0",
+        "GPT A of repetition 0: resuming at epoch 1 of 3 from",
+        "08_language_model",
+    ),
+}
 
 
 def train_uninterrupted(stage: str, workspace: Path, reference: Path) -> dict[str, list[Path]]:
@@ -166,8 +185,14 @@ def train_uninterrupted(stage: str, workspace: Path, reference: Path) -> dict[st
 def test_killed_dvc_repro_resumes_training(workspace, stage):
     folder, resumed, notebook = KILLED[stage]
     ckpt_dir = workspace / folder
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-s", f"{stage}@0"], cwd=workspace,
-                            env=dvc_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", "-s", f"{stage}@0"],
+        cwd=workspace,
+        env=dvc_env(),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.time() + 180
     while not (ckpt_dir / "A" / "epoch_0001.pt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
@@ -200,16 +225,27 @@ def test_every_checkpoint_folder_survives_an_interrupted_repro(root):
     under models/ must be, or a killed `dvc repro` would make its stage train from scratch."""
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     outs = [out for stage in stages.values() for out in stage.get("do", stage).get("outs", [])]
-    models = {next(iter(out)) if isinstance(out, dict) else out: out for out in outs
-              if str(next(iter(out)) if isinstance(out, dict) else out).startswith("models/")}
-    assert {"models/pair/repetition_${item}", "models/robustness/repetition_${item}", "models/subspace_perturbations/repetition_${item}",
-            "models/language_model/repetition_${item}", "models/bn_reset"} == set(models)
+    models = {
+        next(iter(out)) if isinstance(out, dict) else out: out
+        for out in outs
+        if str(next(iter(out)) if isinstance(out, dict) else out).startswith("models/")
+    }
+    assert {
+        "models/pair/repetition_${item}",
+        "models/robustness/repetition_${item}",
+        "models/subspace_perturbations/repetition_${item}",
+        "models/language_model/repetition_${item}",
+        "models/bn_reset",
+    } == set(models)
     assert all(isinstance(out, dict) and out[path] == {"persist": True} for path, out in models.items())
 
 
 def snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and ".dvc" not in p.relative_to(folder).parts}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and ".dvc" not in p.relative_to(folder).parts
+    }
 
 
 def test_bad_params_stop_dvc_repro_before_any_output_is_deleted(workspace):
@@ -231,10 +267,14 @@ def test_bad_params_stop_dvc_repro_before_any_output_is_deleted(workspace):
         # the message comes last, followed only by DVC's one-line note of which stage failed
         assert lines[-1].startswith("ERROR: failed to reproduce 'check_params'")
         assert lines[-4] == "error: invalid parameters:"
-        assert lines[-3].strip() == "params.yaml: train_pairs.optim.lr = -0.1 is not allowed: Input should be " \
-                                    "greater than 0"
-        assert lines[-2].strip() == "params.yaml: layerwise_barriers.alphas.2 = 1.5 is not allowed: Input should be " \
-                                    "less than or equal to 1"
+        assert (
+            lines[-3].strip() == "params.yaml: train_pairs.optim.lr = -0.1 is not allowed: Input should be "
+            "greater than 0"
+        )
+        assert (
+            lines[-2].strip() == "params.yaml: layerwise_barriers.alphas.2 = 1.5 is not allowed: Input should be "
+            "less than or equal to 1"
+        )
         assert "Running stage 'train_pairs@0'" not in out.stdout
     finally:
         params_path.write_text(good)

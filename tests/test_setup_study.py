@@ -10,36 +10,72 @@ import pytest
 from pydantic import ValidationError
 
 from llmc_utils.pipeline import setup_study
-from llmc_utils.stages.train_pairs import TrainPairsConfig
 from llmc_utils.pipeline.report import ReportConfig
+from llmc_utils.stages.train_pairs import TrainPairsConfig
 
 CFG = ReportConfig()
 
 
-def row(variant, repetition, full, single, error=0.5, scheme="same_init_different_order", tflop=1.0, seconds=30.0,
-        status="ok"):
-    base = dict(variant=variant, levers=f"lever of {variant}", repetition=repetition, scheme=scheme,
-                train_tflop_per_pair=tflop,
-                status=status, message="" if status == "ok" else "diverged at epoch 3")
+def row(
+    variant,
+    repetition,
+    full,
+    single,
+    error=0.5,
+    scheme="same_init_different_order",
+    tflop=1.0,
+    seconds=30.0,
+    status="ok",
+):
+    base = dict(
+        variant=variant,
+        levers=f"lever of {variant}",
+        repetition=repetition,
+        scheme=scheme,
+        train_tflop_per_pair=tflop,
+        status=status,
+        message="" if status == "ok" else "diverged at epoch 3",
+    )
     if status != "ok":
         return base
-    cells = {f"{kind}/30/{b}/layer{i}": (0.001 if kind == "cell_se" else single)
-             for kind in ("cell", "cell_se") for b in ("A", "B") for i in range(3)}  # barriers.cell_metrics
-    return dict(base, train_seconds=seconds, full_barrier_train_loss_last=full, max_abs_single_layer_barrier=single,
-                max_abs_single_layer_barrier_last=single, own_train_error_A_last=error, own_train_error_B_last=error / 2,
-                full_barrier_train_loss_last_se=0.01, last_epoch=30, **cells)
+    cells = {
+        f"{kind}/30/{b}/layer{i}": (0.001 if kind == "cell_se" else single)
+        for kind in ("cell", "cell_se")
+        for b in ("A", "B")
+        for i in range(3)
+    }  # barriers.cell_metrics
+    return dict(
+        base,
+        train_seconds=seconds,
+        full_barrier_train_loss_last=full,
+        max_abs_single_layer_barrier=single,
+        max_abs_single_layer_barrier_last=single,
+        own_train_error_A_last=error,
+        own_train_error_B_last=error / 2,
+        full_barrier_train_loss_last_se=0.01,
+        last_epoch=30,
+        **cells,
+    )
 
 
 def table(*variants):
     """Three pairs of each (name, full, single, kwargs) with a little spread."""
-    return pd.DataFrame([row(name, r, full + jitter, single + jitter / 10, **kw)
-                         for name, full, single, kw in variants
-                         for r, jitter in enumerate((0.0, 0.05, -0.05))])
+    return pd.DataFrame(
+        [
+            row(name, r, full + jitter, single + jitter / 10, **kw)
+            for name, full, single, kw in variants
+            for r, jitter in enumerate((0.0, 0.05, -0.05))
+        ]
+    )
 
 
 def test_summary_judges_the_premise_and_reports_the_single_layers_per_variant():
-    t = table(("regime", 1.8, 0.02, {}), ("flat", 0.2, 0.02, {}), ("unfit", 1.8, 0.02, dict(error=4.0)),
-              ("regime_layers_bad", 1.8, 0.9, {}))
+    t = table(
+        ("regime", 1.8, 0.02, {}),
+        ("flat", 0.2, 0.02, {}),
+        ("unfit", 1.8, 0.02, dict(error=4.0)),
+        ("regime_layers_bad", 1.8, 0.9, {}),
+    )
     t = pd.concat([t, pd.DataFrame([row("flat", 3, 0, 0, status="diverged")])], ignore_index=True)
     summary = setup_study.summarize(t, CFG).set_index("variant")
     assert list(summary.premise_holds) == [True, False, False, True]
@@ -52,9 +88,12 @@ def test_summary_judges_the_premise_and_reports_the_single_layers_per_variant():
 
 
 def test_rule_prefers_same_init_then_the_cheapest_within_the_budget():
-    t = table(("same_cheap", 1.8, 0.02, dict(tflop=2.0)), ("same_dear", 1.9, 0.02, dict(tflop=5.0)),
-              ("diff_cheaper", 2.2, 0.02, dict(scheme="different_init", tflop=1.0)),
-              ("flat_cheapest", 0.1, 0.02, dict(tflop=0.5)))
+    t = table(
+        ("same_cheap", 1.8, 0.02, dict(tflop=2.0)),
+        ("same_dear", 1.9, 0.02, dict(tflop=5.0)),
+        ("diff_cheaper", 2.2, 0.02, dict(scheme="different_init", tflop=1.0)),
+        ("flat_cheapest", 0.1, 0.02, dict(tflop=0.5)),
+    )
     chosen = setup_study.summarize(t, CFG, pair_budget_s=60).set_index("variant").chosen
     assert chosen.to_dict() == {"same_cheap": "default", "same_dear": "", "diff_cheaper": "", "flat_cheapest": ""}
     # no same-init variant in the regime: the cheapest different-init one; over the budget: the faithful profile
@@ -64,8 +103,10 @@ def test_rule_prefers_same_init_then_the_cheapest_within_the_budget():
     assert set(setup_study.summarize(nothing, CFG).chosen) == {""}
     # equal cost: the larger margin on the fit decides
     tie = table(("loose_fit", 1.8, 0.02, dict(tflop=2.0, error=1.8)), ("tight_fit", 1.8, 0.02, dict(tflop=2.0)))
-    assert setup_study.summarize(tie, CFG).set_index("variant").chosen.to_dict() == {"loose_fit": "",
-                                                                                    "tight_fit": "default"}
+    assert setup_study.summarize(tie, CFG).set_index("variant").chosen.to_dict() == {
+        "loose_fit": "",
+        "tight_fit": "default",
+    }
     # a variant one of whose pairs collapsed cannot be the default (the pipeline would stop), however cheap
     fragile = pd.concat([t, pd.DataFrame([row("same_cheap", 3, 0, 0, status="diverged")])], ignore_index=True)
     assert setup_study.summarize(fragile, CFG).set_index("variant").chosen["same_dear"] == "default"
@@ -78,7 +119,9 @@ def test_figure_has_three_panels():
 
 
 def test_variants_are_train_pairs_setups_validated_before_any_training():
-    cfg = setup_study.SetupStudyConfig(variants={"base": {}, "plain_step": {"arch": "cnn", "optim": {"schedule": "step"}}})
+    cfg = setup_study.SetupStudyConfig(
+        variants={"base": {}, "plain_step": {"arch": "cnn", "optim": {"schedule": "step"}}}
+    )
     vcfg = setup_study.variant_pair_config(TrainPairsConfig(), cfg, "plain_step")
     assert (vcfg.arch, vcfg.optim.schedule, vcfg.optim.lr) == ("cnn", "step", 0.05)  # optim merged key by key
     assert vcfg.train_subset == 1500 and vcfg.checkpoint_epochs == [0, vcfg.optim.epochs]
@@ -93,8 +136,12 @@ def test_variants_are_train_pairs_setups_validated_before_any_training():
 
 
 def test_flop_count_grows_with_width():
-    small, wide = (setup_study.variant_pair_config(TrainPairsConfig(), setup_study.SetupStudyConfig(
-        variants={"v": {"width": w}}), "v") for w in (8, 16))
+    small, wide = (
+        setup_study.variant_pair_config(
+            TrainPairsConfig(), setup_study.SetupStudyConfig(variants={"v": {"width": w}}), "v"
+        )
+        for w in (8, 16)
+    )
     f_small, f_wide = (setup_study.train_flop_per_image(c, (1, 28, 28), 10) for c in (small, wide))
     assert 2.5 < f_wide / f_small < 4.5  # convolutions scale with width^2, the stem and head less
 
@@ -110,12 +157,14 @@ def test_one_tiny_pair_end_to_end(tmp_path, monkeypatch, at_chance):
             raise trainer.TrainingDiverged(f"{desc}: error {error:.1f} % at epoch {epoch} is at chance level")
 
     monkeypatch.setattr(trainer, "check_not_chance", guard)
-    cfg = setup_study.SetupStudyConfig(base=dict(arch="rescnn", width=2, train_subset=32,
-                                                 optim=dict(epochs=2, batch_size=8, lr=0.01)),
-                                       variants={"halves": {"scheme": "disjoint_halves"}})
+    cfg = setup_study.SetupStudyConfig(
+        base=dict(arch="rescnn", width=2, train_subset=32, optim=dict(epochs=2, batch_size=8, lr=0.01)),
+        variants={"halves": {"scheme": "disjoint_halves"}},
+    )
     barrier_cfg = LayerwiseBarriersConfig(train_subset=16, test_subset=16, alphas=[0.5])
-    out = setup_study.pair_row("halves", 0, cfg, TrainPairsConfig(), barrier_cfg, fake_images(), tmp_path, "cpu",
-                               lambda it, **kw: it)
+    out = setup_study.pair_row(
+        "halves", 0, cfg, TrainPairsConfig(), barrier_cfg, fake_images(), tmp_path, "cpu", lambda it, **kw: it
+    )
     assert out["images_per_model"] == 16 and out["steps_per_model"] == 4 and out["scheme"] == "disjoint_halves"
     assert out["train_tflop_per_pair"] > 0
     if at_chance:  # recorded with its reason, never measured

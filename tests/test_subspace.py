@@ -4,11 +4,11 @@ import pandas as pd
 import pytest
 import torch
 
-from llmc_utils.stages import subspace_perturbations as subspace
 from llmc_utils.core.config import ParamsError
-from llmc_utils.pipeline.params import validate_params
 from llmc_utils.core.evaluation import Evaluator
 from llmc_utils.core.layers import add_flat, flat, logical_layers
+from llmc_utils.pipeline.params import validate_params
+from llmc_utils.stages import subspace_perturbations as subspace
 
 
 def test_basis_is_orthonormal_with_numerical_rank():
@@ -22,15 +22,22 @@ def test_basis_is_orthonormal_with_numerical_rank():
     null = subspace.null_space_vector(basis, gen)
     assert null.norm().item() == pytest.approx(1.0) and torch.allclose(null[:2], torch.zeros(2, dtype=torch.float64))
     inside = subspace.subspace_vector(basis, gen)
-    assert inside.norm().item() == pytest.approx(1.0) and torch.allclose(inside[2:], torch.zeros(3, dtype=torch.float64))
+    assert inside.norm().item() == pytest.approx(1.0) and torch.allclose(
+        inside[2:], torch.zeros(3, dtype=torch.float64)
+    )
     full = subspace.orthonormal_basis(torch.eye(3))
     assert subspace.null_space_vector(full, gen) is None  # span = whole space: no null space
 
 
 def tiny_runs(tmp_path, epochs=3):
     cfg = subspace.SubspacePerturbationsConfig(
-        datasets=["synthetic"], synthetic_samples=80, hidden=[6], n_draws=2, sigmas=[0.0, 1.0],
-        optim=dict(epochs=epochs, batch_size=8, lr=0.05, weight_decay=0.0))
+        datasets=["synthetic"],
+        synthetic_samples=80,
+        hidden=[6],
+        n_draws=2,
+        sigmas=[0.0, 1.0],
+        optim=dict(epochs=epochs, batch_size=8, lr=0.05, weight_decay=0.0),
+    )
     tensors = subspace.synthetic_data(cfg)
     make, runs = subspace.train_halves(cfg, tensors, cfg.synthetic_classes, tmp_path)
     return cfg, tensors, make, runs
@@ -59,7 +66,7 @@ def test_snapshots_are_copies_and_null_vectors_are_orthogonal_to_all(tmp_path):
     # same init, then different halves: epoch 0 equal, later snapshots all distinct (no aliasing of live weights)
     assert torch.equal(flat(snaps_a[0], keys), flat(snaps_b[0], keys))
     vectors = [flat(s, keys) for s in snaps_a[1:] + snaps_b[1:]]
-    assert all(not torch.equal(u, v) for i, u in enumerate(vectors) for v in vectors[i + 1:])
+    assert all(not torch.equal(u, v) for i, u in enumerate(vectors) for v in vectors[i + 1 :])
     snaps_a[-1][keys[0]].add_(1.0)  # mutating one loaded snapshot leaves the others (and a fresh load) untouched
     assert not torch.equal(subspace.load_snapshots(runs["A"])[-1][keys[0]], snaps_a[-1][keys[0]])
 
@@ -88,8 +95,15 @@ def test_curves_on_a_real_mlp(tmp_path):
     cfg, tensors, make, runs = tiny_runs(tmp_path, epochs=2)
     snaps_a, snaps_b = subspace.load_snapshots(runs["A"]), subspace.load_snapshots(runs["B"])
     evaluator = Evaluator(make(), {"test": (tensors["x_test"], tensors["y_test"])})
-    curves, spans = subspace.perturbation_curves(evaluator, subspace.snapshot_columns(snaps_a, snaps_b, "final_only"),
-                                                 snaps_a[-1], snaps_b[-1], cfg.sigmas, cfg.n_draws, 0)
+    curves, spans = subspace.perturbation_curves(
+        evaluator,
+        subspace.snapshot_columns(snaps_a, snaps_b, "final_only"),
+        snaps_a[-1],
+        snaps_b[-1],
+        cfg.sigmas,
+        cfg.n_draws,
+        0,
+    )
     assert list(spans.scope) == ["all", *logical_layers(snaps_a[-1])] and (spans.subspace_rank == 2).all()
     assert (spans.null_max_cosine < 1e-9).all()
     base = evaluator(snaps_a[-1])["test"]["loss"]
@@ -122,16 +136,19 @@ def test_toy_quadratic_feels_only_the_training_subspace():
         assert at2.min()[kind] == pytest.approx(4.0)
 
 
-@pytest.mark.parametrize("section, needle", [
-    ({"sigmas": [1.0, 2.0]}, "must contain 0.0"),
-    ({"sigmas": [0.0, -1.0]}, "subspace_perturbations.sigmas.1"),
-    ({"variants": ["snapshots", "aliased"]}, "subspace_perturbations.variants.1"),
-    ({"datasets": ["cifar"]}, "subspace_perturbations.datasets.0"),
-    ({"data_seed_a": 3, "data_seed_b": 3}, "must differ"),
-    ({"synthetic_informative": 20}, "exceeds"),
-    ({"n_draws": 0}, "subspace_perturbations.n_draws"),
-    ({"snapshot_every": 2, "extra": 1}, "unknown key subspace_perturbations.extra"),
-])
+@pytest.mark.parametrize(
+    "section, needle",
+    [
+        ({"sigmas": [1.0, 2.0]}, "must contain 0.0"),
+        ({"sigmas": [0.0, -1.0]}, "subspace_perturbations.sigmas.1"),
+        ({"variants": ["snapshots", "aliased"]}, "subspace_perturbations.variants.1"),
+        ({"datasets": ["cifar"]}, "subspace_perturbations.datasets.0"),
+        ({"data_seed_a": 3, "data_seed_b": 3}, "must differ"),
+        ({"synthetic_informative": 20}, "exceeds"),
+        ({"n_draws": 0}, "subspace_perturbations.n_draws"),
+        ({"snapshot_every": 2, "extra": 1}, "unknown key subspace_perturbations.extra"),
+    ],
+)
 def test_config_errors(section, needle):
     with pytest.raises(ParamsError, match=needle.replace(".", r"\.")):
         validate_params({"subspace_perturbations": section})
@@ -146,8 +163,9 @@ def test_repetition_offsets_every_seed_by_100_r():
     cfg = subspace.SubspacePerturbationsConfig()
     assert cfg.for_repetition(0) == cfg
     rep = cfg.for_repetition(1)
-    assert rep.seeds() == dict(synthetic_seed=100, subset_seed=100, init_seed=100, data_seed_a=101, data_seed_b=102,
-                               draw_seed=100)
+    assert rep.seeds() == dict(
+        synthetic_seed=100, subset_seed=100, init_seed=100, data_seed_a=101, data_seed_b=102, draw_seed=100
+    )
     assert rep.optim == cfg.optim and rep.sigmas == cfg.sigmas
     a, b = subspace.synthetic_data(cfg), subspace.synthetic_data(rep)
     assert not torch.equal(a["x_train"], b["x_train"])  # another repetition, another draw of the dataset
@@ -176,8 +194,15 @@ def run_tables(tmp_path, seed=0):
     evaluator = Evaluator(make(), {"test": (tensors["x_test"], tensors["y_test"])})
     frames, span_frames = [], []
     for variant in ("snapshots", "final_only"):
-        curves, spans = subspace.perturbation_curves(evaluator, subspace.snapshot_columns(snaps_a, snaps_b, variant),
-                                                     snaps_a[-1], snaps_b[-1], [0.0, 1.0, 3.0], 2, seed)
+        curves, spans = subspace.perturbation_curves(
+            evaluator,
+            subspace.snapshot_columns(snaps_a, snaps_b, variant),
+            snaps_a[-1],
+            snaps_b[-1],
+            [0.0, 1.0, 3.0],
+            2,
+            seed,
+        )
         frames.append(curves.assign(dataset="synthetic", variant=variant))
         span_frames.append(spans.assign(dataset="synthetic", variant=variant))
     curves, spans = pd.concat(frames, ignore_index=True), pd.concat(span_frames, ignore_index=True)
@@ -205,8 +230,10 @@ def test_aggregation_and_figure_over_repetitions(tmp_path):
     assert sorted(curves.repetition.unique()) == [0, 1]
     table = subspace.loss_at_table(curves, 3.0)
     assert (table.n_repetitions == 2).all() and set(table.kind) == set(subspace.KINDS) and "mean ± sd" in table
-    for fig in (subspace.fig5_subspace_perturbations(curves),
-                subspace.fig5_subspace_perturbations(curves[curves.repetition == 1])):
+    for fig in (
+        subspace.fig5_subspace_perturbations(curves),
+        subspace.fig5_subspace_perturbations(curves[curves.repetition == 1]),
+    ):
         assert len(fig.axes) == 2 * 3  # (dataset, variant) rows x scopes
         assert fig.axes[0].get_title().startswith("synthetic · all\nsubspace: span of all snapshots")  # table order
         plt.close(fig)

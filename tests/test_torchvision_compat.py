@@ -12,11 +12,13 @@ def test_applied_exactly_when_extension_fails():
 
 
 def test_models_transforms_datasets_import_after_llmc_utils():
-    code = ("import llmc_utils, torch, torchvision\n"
-            "from torchvision.models import resnet18\n"
-            "from torchvision import transforms, datasets\n"
-            "m = resnet18(num_classes=10).eval()\n"
-            "print(m(torch.zeros(1, 3, 32, 32)).shape[-1])")
+    code = (
+        "import llmc_utils, torch, torchvision\n"
+        "from torchvision.models import resnet18\n"
+        "from torchvision import transforms, datasets\n"
+        "m = resnet18(num_classes=10).eval()\n"
+        "print(m(torch.zeros(1, 3, 32, 32)).shape[-1])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "10"

@@ -21,8 +21,16 @@ def toy():
 
 def run(toy, tmp_path, name, **kw):
     cfg = OptimConfig(epochs=4, batch_size=16, lr=0.1, schedule="cosine", augment=False)
-    return train_model(make_mlp, *toy, cfg, init_seed=0, data_seed=kw.pop("data_seed", 1),
-                       checkpoint_epochs=[0, 2, 4], run_dir=tmp_path / name, **kw)
+    return train_model(
+        make_mlp,
+        *toy,
+        cfg,
+        init_seed=0,
+        data_seed=kw.pop("data_seed", 1),
+        checkpoint_epochs=[0, 2, 4],
+        run_dir=tmp_path / name,
+        **kw,
+    )
 
 
 def test_resume_after_interruption_gives_identical_weights(toy, tmp_path):
@@ -109,10 +117,22 @@ def test_a_checkpoint_with_a_non_finite_weight_is_not_written(tmp_path):
 
     x, y = 1e3 * torch.randn(16, 4), torch.randint(0, 3, (16,))  # finite loss, gradients in the hundreds
     cfg = OptimConfig(epochs=1, batch_size=16, lr=1e38, momentum=0.0, weight_decay=0.0)  # one step, to infinity
-    with pytest.raises(TrainingDiverged, match=r"toy \(init seed 0, data seed 0\): training diverged at epoch 1 "
-                                               r"\((weight|bias) is no longer finite\)"):
-        train_model(lambda: torch.nn.Linear(4, 3), x, y, cfg, init_seed=0, data_seed=0, checkpoint_epochs=[0, 1],
-                    run_dir=tmp_path, desc="toy")
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"toy \(init seed 0, data seed 0\): training diverged at epoch 1 "
+        r"\((weight|bias) is no longer finite\)",
+    ):
+        train_model(
+            lambda: torch.nn.Linear(4, 3),
+            x,
+            y,
+            cfg,
+            init_seed=0,
+            data_seed=0,
+            checkpoint_epochs=[0, 1],
+            run_dir=tmp_path,
+            desc="toy",
+        )
     assert [p.name for p in tmp_path.glob("*.pt")] == ["epoch_0000.pt"]
 
 
@@ -123,8 +143,17 @@ def test_a_nan_learning_run_stops_train_model(tmp_path):
     x[5, 0] = float("inf")  # one bad input poisons the weights: every later loss is NaN
     cfg = OptimConfig(epochs=2, batch_size=16, lr=0.1, momentum=0.0, weight_decay=0.0)
     with pytest.raises(TrainingDiverged, match="diverged"):
-        train_model(lambda: torch.nn.Linear(4, 3), x, y, cfg, init_seed=0, data_seed=1, checkpoint_epochs=[0, 2],
-                    run_dir=tmp_path, desc="exploding model")
+        train_model(
+            lambda: torch.nn.Linear(4, 3),
+            x,
+            y,
+            cfg,
+            init_seed=0,
+            data_seed=1,
+            checkpoint_epochs=[0, 2],
+            run_dir=tmp_path,
+            desc="exploding model",
+        )
 
 
 def test_train_many_in_worker_processes_equals_one_thread_runs_in_process(toy, tmp_path):
@@ -133,8 +162,19 @@ def test_train_many_in_worker_processes_equals_one_thread_runs_in_process(toy, t
     from llmc_utils.core.trainer import train_many
 
     cfg = OptimConfig(epochs=2, batch_size=16, lr=0.1)
-    jobs = [dict(make_model=make_mlp, x=toy[0], y=toy[1], cfg=cfg, init_seed=0, data_seed=seed,
-                 checkpoint_epochs=[0, 2], run_dir=tmp_path / "parallel" / str(seed)) for seed in (1, 2)]
+    jobs = [
+        dict(
+            make_model=make_mlp,
+            x=toy[0],
+            y=toy[1],
+            cfg=cfg,
+            init_seed=0,
+            data_seed=seed,
+            checkpoint_epochs=[0, 2],
+            run_dir=tmp_path / "parallel" / str(seed),
+        )
+        for seed in (1, 2)
+    ]
     parallel = train_many(jobs, processes=2)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -158,8 +198,14 @@ def test_train_members_merges_shared_arguments_and_keeps_accelerator_data_in_pro
     calls = []
     monkeypatch.setattr(trainer, "train_model", lambda **job: calls.append(job) or [job["run_dir"]])
     x = torch.empty(4, 2, device="meta")
-    paths = trainer.train_members({"A": dict(run_dir="a", data_seed=1), "B": dict(run_dir="b", data_seed=2)},
-                                  processes=3, x=x, y=x, data_seed=0, init_seed=7)
+    paths = trainer.train_members(
+        {"A": dict(run_dir="a", data_seed=1), "B": dict(run_dir="b", data_seed=2)},
+        processes=3,
+        x=x,
+        y=x,
+        data_seed=0,
+        init_seed=7,
+    )
     assert paths == {"A": ["a"], "B": ["b"]}
     assert [(c["data_seed"], c["init_seed"], c["x"] is x) for c in calls] == [(1, 7, True), (2, 7, True)]
 
@@ -167,7 +213,10 @@ def test_train_members_merges_shared_arguments_and_keeps_accelerator_data_in_pro
 def test_stale_checkpoints_go_to_the_same_path_under_models_stale():
     from llmc_utils.core.trainer import stale_dir_of
 
-    assert stale_dir_of(Path("ws/models/robustness/repetition_0/vit/A")) == Path("ws/models/stale/robustness/repetition_0/vit/A")
-    assert stale_dir_of(Path("models/language_model/repetition_1/B_prime")) == \
-        Path("models/stale/language_model/repetition_1/B_prime")
+    assert stale_dir_of(Path("ws/models/robustness/repetition_0/vit/A")) == Path(
+        "ws/models/stale/robustness/repetition_0/vit/A"
+    )
+    assert stale_dir_of(Path("models/language_model/repetition_1/B_prime")) == Path(
+        "models/stale/language_model/repetition_1/B_prime"
+    )
     assert stale_dir_of(Path("/tmp/run/A")) == Path("/tmp/run/stale/A")  # outside a workspace: beside the run

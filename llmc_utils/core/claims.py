@@ -37,16 +37,21 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
 Relation = Literal["<=", "<", ">=", ">"]
 Kind = Literal["mean", "count"]
-_OPS: dict[str, Callable[[float, float], bool]] = {"<=": operator.le, "<": operator.lt, ">=": operator.ge,
-                                                   ">": operator.gt}
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<=": operator.le,
+    "<": operator.lt,
+    ">=": operator.ge,
+    ">": operator.gt,
+}
 VERDICTS = ("reproduced", "inconclusive", "not reproduced", "premise not met")
 REPRODUCED, PREMISE_NOT_MET = VERDICTS[0], VERDICTS[3]
 UNDECIDED = 0.5  # a count claim's unit whose own noise cannot tell whether it satisfies the statement
@@ -220,8 +225,13 @@ def sd_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[floa
     return sd * math.sqrt(dof / stats.chi2.ppf(1 - tail, dof)), sd * math.sqrt(dof / stats.chi2.ppf(tail, dof))
 
 
-def band_unit(barriers: Sequence[float] | np.ndarray, ses: Sequence[float] | np.ndarray, half_width: float,
-              half_width_se: float = 0.0, confidence: float = 0.95) -> float:
+def band_unit(
+    barriers: Sequence[float] | np.ndarray,
+    ses: Sequence[float] | np.ndarray,
+    half_width: float,
+    half_width_se: float = 0.0,
+    confidence: float = 0.95,
+) -> float:
     """One unit of a band claim "every barrier within [-h, h]": 1 when every barrier's interval b +- z se (z for
     `confidence`) lies inside the band (h taken at its lower bound h - z se_h); 0 when some barrier lies outside it
     by more than its Bonferroni interval over the unit's m barriers (h at h + z_m se_h), so that m barriers of noise
@@ -248,14 +258,14 @@ def sign_flip_null(prefix: str, statement: str) -> Null:
     """The null of a claim about signed differences (the metrics under `prefix`, e.g. interpolation minus random
     loss per layer): every measured difference's sign flipped at random, its size kept, so the two compared things
     are alike by construction."""
+
     def draw(rng: np.random.Generator, runs: PerRepetition, _cfg) -> PerRepetition:
-        return [dict(m, **{k: v * rng.choice((-1.0, 1.0)) for k, v in m.items() if k.startswith(prefix)})
-                for m in runs]
+        return [dict(m, **{k: v * rng.choice((-1.0, 1.0)) for k, v in m.items() if k.startswith(prefix)}) for m in runs]
+
     return Null(statement, draw)
 
 
-def verdict(low: float, high: float, relation: Relation, threshold: float, threshold_high: float | None = None
-            ) -> str:
+def verdict(low: float, high: float, relation: Relation, threshold: float, threshold_high: float | None = None) -> str:
     """Three-state verdict of an interval [low, high] against `x relation threshold`; a threshold with its own
     interval [threshold, threshold_high] is passed with the bound that makes each verdict hardest."""
     t_low, t_high = threshold, threshold if threshold_high is None else threshold_high
@@ -272,8 +282,9 @@ def verdict(low: float, high: float, relation: Relation, threshold: float, thres
 def per_repetition(metrics: dict[str, dict[int | None, dict]], stage: str, what: str) -> PerRepetition:
     """metrics[stage] as a list in repetition order (repetition None: a single run)."""
     if stage not in metrics or not metrics[stage]:
-        raise KeyError(f"{what!r} needs the metrics of stage {stage!r}, which no run wrote; run the whole pipeline "
-                       "(dvc repro)")
+        raise KeyError(
+            f"{what!r} needs the metrics of stage {stage!r}, which no run wrote; run the whole pipeline (dvc repro)"
+        )
     return [m for _, m in sorted(metrics[stage].items(), key=lambda kv: -1 if kv[0] is None else kv[0])]
 
 
@@ -284,14 +295,16 @@ def values_of(claim: Claim | SanityCheck | Condition, runs: PerRepetition, cfg) 
         try:
             value = claim.measure(m, cfg)
         except KeyError as exc:
-            raise KeyError(f"{claim.quantity!r} needs metric {exc} in {claim.stage} (repetition {index}); "
-                           "rerun that stage") from exc
+            raise KeyError(
+                f"{claim.quantity!r} needs metric {exc} in {claim.stage} (repetition {index}); rerun that stage"
+            ) from exc
         values += [float(x) for x in value] if isinstance(value, (Sequence, np.ndarray)) else [float(value)]
     return values
 
 
-def claim_values(claim: Claim | SanityCheck | Condition, metrics: dict[str, dict[int | None, dict]], cfg
-                 ) -> list[float]:
+def claim_values(
+    claim: Claim | SanityCheck | Condition, metrics: dict[str, dict[int | None, dict]], cfg
+) -> list[float]:
     """One value per repetition; `metrics[stage][r]` is repetition r's metrics (r None: a single run)."""
     return values_of(claim, per_repetition(metrics, claim.stage, claim.quantity), cfg)
 
@@ -303,8 +316,15 @@ def judge(claim: Claim, runs: PerRepetition, cfg, confidence: float = 0.95) -> d
     if claim.bounds is not None:  # the mean of a bounded quantity lies in its bounds: the interval may stop there
         low, high = max(low, claim.bounds[0]), min(high, claim.bounds[1])
     t_low, t_high = claim.threshold_bounds(cfg, runs)
-    return dict(values=values, mean=mean, low=low, high=high, threshold_low=t_low, threshold_high=t_high,
-                verdict=verdict(low, high, claim.relation, t_low, t_high))
+    return dict(
+        values=values,
+        mean=mean,
+        low=low,
+        high=high,
+        threshold_low=t_low,
+        threshold_high=t_high,
+        verdict=verdict(low, high, claim.relation, t_low, t_high),
+    )
 
 
 def describe(values: Sequence[float], kind: Kind, shown: int = 12) -> str:
@@ -333,8 +353,10 @@ def too_few(claim: Claim, n: int, bounds: tuple[float, float], confidence: float
     missing = [word for word, possible in (("reproduce", can_reproduce), ("fail", can_fail)) if not possible]
     if not missing:
         return ""
-    return (f"n = {n} cannot {' or '.join(missing)} it at {100 * confidence:g} %: {n} of {n} gives "
-            f"[{every[0]:.2f}, 1], 0 of {n} gives [0, {none[1]:.2f}]")
+    return (
+        f"n = {n} cannot {' or '.join(missing)} it at {100 * confidence:g} %: {n} of {n} gives "
+        f"[{every[0]:.2f}, 1], 0 of {n} gives [0, {none[1]:.2f}]"
+    )
 
 
 def evaluate(claim: Claim, metrics: dict, cfg, confidence: float = 0.95, premise_holds: bool | None = None) -> dict:
@@ -344,11 +366,24 @@ def evaluate(claim: Claim, metrics: dict, cfg, confidence: float = 0.95, premise
     row = judge(claim, runs, cfg, confidence)
     bounds = (row["threshold_low"], row["threshold_high"])
     judged = row["verdict"] if premise_holds is not False else PREMISE_NOT_MET
-    return dict(source=claim.source, claim=claim.statement, paper=claim.paper, premise=claim.premise or "",
-                kind=claim.kind, criterion=claim.criterion(cfg, bounds), n=len(row["values"]),
-                values=describe(row["values"], claim.kind), mean=row["mean"], low=row["low"], high=row["high"],
-                threshold_low=bounds[0], threshold_high=bounds[1], verdict=judged,
-                note=too_few(claim, len(row["values"]), bounds, confidence), sensitivity_of=claim.sensitivity_of or "")
+    return dict(
+        source=claim.source,
+        claim=claim.statement,
+        paper=claim.paper,
+        premise=claim.premise or "",
+        kind=claim.kind,
+        criterion=claim.criterion(cfg, bounds),
+        n=len(row["values"]),
+        values=describe(row["values"], claim.kind),
+        mean=row["mean"],
+        low=row["low"],
+        high=row["high"],
+        threshold_low=bounds[0],
+        threshold_high=bounds[1],
+        verdict=judged,
+        note=too_few(claim, len(row["values"]), bounds, confidence),
+        sensitivity_of=claim.sensitivity_of or "",
+    )
 
 
 def null_rate(claim: Claim, metrics: dict, cfg, draws: int, seed: int = 0, confidence: float = 0.95) -> float:
@@ -357,8 +392,9 @@ def null_rate(claim: Claim, metrics: dict, cfg, draws: int, seed: int = 0, confi
         raise ValueError(f"claim {claim.statement!r} has no null")
     runs = per_repetition(metrics, claim.stage, claim.quantity)
     rng = np.random.default_rng(seed)
-    hits = sum(judge(claim, claim.null.draw(rng, runs, cfg), cfg, confidence)["verdict"] == REPRODUCED
-               for _ in range(draws))
+    hits = sum(
+        judge(claim, claim.null.draw(rng, runs, cfg), cfg, confidence)["verdict"] == REPRODUCED for _ in range(draws)
+    )
     return hits / draws
 
 
@@ -371,11 +407,27 @@ def evaluate_premise(premise: Premise, metrics: dict, cfg, confidence: float = 0
         mean, low, high = interval(values, confidence)
         threshold, holds = condition.threshold_value(cfg), _OPS[condition.relation]
         worst = max(values) if condition.relation in ("<=", "<") else min(values)
-        ok = (holds(low, threshold) and holds(high, threshold)) if condition.over == "interval" else holds(worst, threshold)
-        rows.append(dict(premise=premise.name, source=premise.source, statement=premise.statement,
-                         condition=condition.criterion(cfg) + (" (whole interval)" if condition.over == "interval"
-                                                               else " (every repetition)"), paper=condition.paper,
-                         n=len(values), mean=mean, low=low, high=high, worst=worst, holds=ok))
+        ok = (
+            (holds(low, threshold) and holds(high, threshold))
+            if condition.over == "interval"
+            else holds(worst, threshold)
+        )
+        rows.append(
+            dict(
+                premise=premise.name,
+                source=premise.source,
+                statement=premise.statement,
+                condition=condition.criterion(cfg)
+                + (" (whole interval)" if condition.over == "interval" else " (every repetition)"),
+                paper=condition.paper,
+                n=len(values),
+                mean=mean,
+                low=low,
+                high=high,
+                worst=worst,
+                holds=ok,
+            )
+        )
     overall = all(r["holds"] for r in rows)
     return [dict(r, premise_holds=overall) for r in rows]
 
@@ -385,16 +437,25 @@ def check(sanity: SanityCheck, metrics: dict, cfg) -> dict:
     values = claim_values(sanity, metrics, cfg)  # same lookup rules as a claim
     threshold = sanity.threshold_value(cfg)
     ok = all(_OPS[sanity.relation](v, threshold) for v in values)
-    return dict(source=sanity.source, check=sanity.statement, criterion=sanity.criterion(cfg), n=len(values),
-                worst=max(values) if sanity.relation in ("<=", "<") else min(values), holds=ok)
+    return dict(
+        source=sanity.source,
+        check=sanity.statement,
+        criterion=sanity.criterion(cfg),
+        n=len(values),
+        worst=max(values) if sanity.relation in ("<=", "<") else min(values),
+        holds=ok,
+    )
 
 
 def nested_metrics(prefix: str, nested: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str, float]:
     """Per-seed metric entries of evaluations nested {outer: {inner: {metric: value}}}, as the claims read them:
     {f"{prefix}_{metric}/{outer}/{inner}": value}, e.g. vit_loss/A/test or endpoint_error/synthetic/B."""
-    return {f"{prefix}_{metric}/{outer}/{inner}": float(value)
-            for outer, by_inner in nested.items() for inner, values in by_inner.items()
-            for metric, value in values.items()}
+    return {
+        f"{prefix}_{metric}/{outer}/{inner}": float(value)
+        for outer, by_inner in nested.items()
+        for inner, values in by_inner.items()
+        for metric, value in values.items()
+    }
 
 
 def finite_metrics(metrics: dict[str, float], stage: str) -> dict[str, float]:

@@ -33,8 +33,8 @@ SeedList = Annotated[list[Seed], SeedField()]
 
 
 def checks_environment(info: ValidationInfo) -> bool:
-    """True while validating a file that is about to run here (validate_params(check_environment=True)): only then
-    do validators look at the machine (paths, devices); a params mapping checked on its own stays machine-independent."""
+    """True while validating a file that is about to run here (validate_params(check_environment=True)): only then do
+    validators look at the machine (paths, devices); a params mapping checked on its own stays machine-independent."""
     return bool(info.context and info.context.get("check_environment"))
 
 
@@ -84,11 +84,15 @@ class Section(BaseModel):
         """Every RNG seed of the section (its `Seed` fields), as this repetition runs them."""
         return {name: getattr(self, name) for name in self.seed_fields()}
 
-    def for_repetition(self, repetition: int) -> "Section":
+    def for_repetition(self, repetition: int) -> Section:
         """This section as repetition r runs it: every `Seed` field offset by repetition_seed (r = 0: unchanged)."""
+
         def shift(seed):
-            return [repetition_seed(s, repetition) for s in seed] if isinstance(seed, list) \
+            return (
+                [repetition_seed(s, repetition) for s in seed]
+                if isinstance(seed, list)
                 else repetition_seed(seed, repetition)
+            )
 
         return self.model_copy(update={name: shift(value) for name, value in self.seeds().items()})
 
@@ -114,11 +118,15 @@ def read_params_file(path: str | Path) -> dict:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ParamsError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
     if raw is None:
-        raise ParamsError(f"{path} is empty: a params file maps section names (runtime, train_pairs, ...) to their "
-                          "settings; start from a copy of params.yaml")
+        raise ParamsError(
+            f"{path} is empty: a params file maps section names (runtime, train_pairs, ...) to their "
+            "settings; start from a copy of params.yaml"
+        )
     if not isinstance(raw, dict):
-        raise ParamsError(f"{path}: expected a mapping of section names to settings, got a {type(raw).__name__} "
-                          f"({str(raw)[:60]!r}); start from a copy of params.yaml")
+        raise ParamsError(
+            f"{path}: expected a mapping of section names to settings, got a {type(raw).__name__} "
+            f"({str(raw)[:60]!r}); start from a copy of params.yaml"
+        )
     return raw
 
 

@@ -32,8 +32,12 @@ from llmc_utils.core.io import load_checkpoint, save_torch
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 # Where downloads go (scripts/setup.sh falls back to it when apt is unavailable); shared by every workspace.
 DATA_HOME = Path(os.environ.get("LLMC_DATA_HOME", Path.home() / ".cache" / "llmc_data"))
-FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                       "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
 
 HOW_TO_GET = {
@@ -41,14 +45,16 @@ HOW_TO_GET = {
         "Fashion-MNIST not found. Get it one of these ways:\n"
         "  * Debian/Ubuntu: sudo apt-get update && sudo apt-get install dataset-fashion-mnist\n"
         "    (files land in /usr/share/datasets/fashion-mnist)\n"
-        "  * set data.root in params.yaml to a folder holding train-images-idx3-ubyte(.gz), train-labels-idx1-ubyte(.gz),\n"
-        "    t10k-images-idx3-ubyte(.gz) and t10k-labels-idx1-ubyte(.gz)\n"
-        "  * set data.download: true to let torchvision download it into $LLMC_DATA_HOME (~/.cache/llmc_data)"),
+        "  * set data.root in params.yaml to a folder holding train-images-idx3-ubyte(.gz),\n"
+        "    train-labels-idx1-ubyte(.gz), t10k-images-idx3-ubyte(.gz) and t10k-labels-idx1-ubyte(.gz)\n"
+        "  * set data.download: true to let torchvision download it into $LLMC_DATA_HOME (~/.cache/llmc_data)"
+    ),
     "cifar10": (
         "CIFAR-10 not found. Get it one of these ways:\n"
         "  * set data.root to a folder containing cifar-10-batches-py/ (the python version of CIFAR-10:\n"
         "    data_batch_1..5, test_batch, batches.meta)\n"
-        "  * set data.download: true to let torchvision download it into $LLMC_DATA_HOME (~/.cache/llmc_data)"),
+        "  * set data.download: true to let torchvision download it into $LLMC_DATA_HOME (~/.cache/llmc_data)"
+    ),
 }
 
 
@@ -66,8 +72,10 @@ class DataConfig(Section):
         names, candidates = raw_files(info.data["dataset"], Path(root))
         if _find_files(candidates, names) is None:
             missing = [n for n in names if not any((c / n).is_file() or (c / f"{n}.gz").is_file() for c in candidates)]
-            raise ValueError(f"{root} does not hold the {info.data['dataset']} files: missing "
-                             f"{', '.join(missing)} (looked in {', '.join(str(c) for c in candidates)})")
+            raise ValueError(
+                f"{root} does not hold the {info.data['dataset']} files: missing "
+                f"{', '.join(missing)} (looked in {', '.join(str(c) for c in candidates)})"
+            )
         return root
 
 
@@ -99,8 +107,14 @@ class ImageData:
     mean: torch.Tensor
     std: torch.Tensor
 
-    def split(self, split: Literal["train", "test"], n: int = 0, seed: int = 0, device="cpu",
-              within: tuple[int, int] | None = None):
+    def split(
+        self,
+        split: Literal["train", "test"],
+        n: int = 0,
+        seed: int = 0,
+        device="cpu",
+        within: tuple[int, int] | None = None,
+    ):
         """Normalised float32 images and labels of a split; n > 0 takes a fixed random subset of that size.
 
         within=(train_subset, subset_seed) restricts the train split to the images a model was trained on (the
@@ -132,7 +146,8 @@ def _find_files(candidates: list[Path], names: tuple[str, ...]) -> Path | None:
 
 
 def read_fashion_mnist(folder: Path) -> dict:
-    """Read the four idx files through torchvision's FashionMNIST (it wants them un-gzipped in <root>/FashionMNIST/raw)."""
+    """Read the four idx files through torchvision's FashionMNIST (it wants them un-gzipped in
+    <root>/FashionMNIST/raw)."""
     from torchvision.datasets import FashionMNIST
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,8 +161,13 @@ def read_fashion_mnist(folder: Path) -> dict:
                 with gzip.open(folder / f"{name}.gz", "rb") as fin, open(raw / name, "wb") as fout:
                     shutil.copyfileobj(fin, fout)
         train, test = FashionMNIST(tmp, train=True), FashionMNIST(tmp, train=False)
-        return dict(classes=list(train.classes), train_x=train.data.unsqueeze(1), train_y=train.targets.long(),
-                    test_x=test.data.unsqueeze(1), test_y=test.targets.long())
+        return dict(
+            classes=list(train.classes),
+            train_x=train.data.unsqueeze(1),
+            train_y=train.targets.long(),
+            test_x=test.data.unsqueeze(1),
+            test_y=test.targets.long(),
+        )
 
 
 class _Refused(pickle.UnpicklingError):
@@ -173,9 +193,13 @@ def _numpy_globals() -> dict[tuple[str, str], object]:
         numeric = importlib.import_module("numpy.core.numeric")
     found = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1_bytes}
     for core in ("numpy.core", "numpy._core"):
-        found.update({(f"{core}.multiarray", "_reconstruct"): multiarray._reconstruct,
-                      (f"{core}.multiarray", "scalar"): multiarray.scalar,
-                      (f"{core}.numeric", "_frombuffer"): numeric._frombuffer})
+        found.update(
+            {
+                (f"{core}.multiarray", "_reconstruct"): multiarray._reconstruct,
+                (f"{core}.multiarray", "scalar"): multiarray.scalar,
+                (f"{core}.numeric", "_frombuffer"): numeric._frombuffer,
+            }
+        )
     return found
 
 
@@ -202,10 +226,12 @@ def read_data_pickle(path: Path):
         try:
             return _DataUnpickler(f, encoding="latin1").load()
         except _Refused as exc:
-            raise DatasetUnreadable(f"{path} is not a plain data pickle ({exc}; only numpy arrays, dicts, lists, "
-                                    "strings, bytes and numbers are read from a data set's pickles, since "
-                                    "unpickling anything else can run code): nothing of it was run; replace it "
-                                    "with a good copy") from None
+            raise DatasetUnreadable(
+                f"{path} is not a plain data pickle ({exc}; only numpy arrays, dicts, lists, "
+                "strings, bytes and numbers are read from a data set's pickles, since "
+                "unpickling anything else can run code): nothing of it was run; replace it "
+                "with a good copy"
+            ) from None
 
 
 def _text(value):
@@ -269,14 +295,18 @@ def read_raw(dataset: str, folder: Path) -> dict:
         raise  # already names the file and what is wrong with it
     except Exception as exc:  # gzip, pickle, torchvision and numpy each raise their own types for a bad file
         reason = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise DatasetUnreadable(f"the {dataset} files in {folder} cannot be read ({type(exc).__name__}: {reason}): "
-                                f"they are truncated, corrupt or not {dataset}'s; replace them with a good copy (or "
-                                "point data.root at one) and rerun") from exc
+        raise DatasetUnreadable(
+            f"the {dataset} files in {folder} cannot be read ({type(exc).__name__}: {reason}): "
+            f"they are truncated, corrupt or not {dataset}'s; replace them with a good copy (or "
+            "point data.root at one) and rerun"
+        ) from exc
     for split in ("train", "test"):
         n_x, n_y = len(tensors[f"{split}_x"]), len(tensors[f"{split}_y"])
         if n_x == 0 or n_x != n_y:
-            raise DatasetUnreadable(f"the {dataset} files in {folder} hold {n_x} {split} images but {n_y} labels: "
-                                    "they do not belong together; replace them with a good copy and rerun")
+            raise DatasetUnreadable(
+                f"the {dataset} files in {folder} hold {n_x} {split} images but {n_y} labels: "
+                "they do not belong together; replace them with a good copy and rerun"
+            )
     return tensors
 
 
@@ -298,15 +328,30 @@ def prepared_path(workspace: str | Path) -> Path:
 
 def load_prepared(path: str | Path) -> ImageData:
     ckpt = load_checkpoint(path, required_keys=("dataset", "classes", "train_x", "train_y", "test_x", "test_y"))
-    return ImageData(name=ckpt["dataset"], classes=ckpt["classes"], train_x=ckpt["train_x"], train_y=ckpt["train_y"],
-                     test_x=ckpt["test_x"], test_y=ckpt["test_y"], mean=ckpt["mean"], std=ckpt["std"])
+    return ImageData(
+        name=ckpt["dataset"],
+        classes=ckpt["classes"],
+        train_x=ckpt["train_x"],
+        train_y=ckpt["train_y"],
+        test_x=ckpt["test_x"],
+        test_y=ckpt["test_y"],
+        mean=ckpt["mean"],
+        std=ckpt["std"],
+    )
 
 
 def summary(data: ImageData) -> dict:
     """Rounded facts worth printing (and checking under nbval)."""
-    return dict(dataset=data.name, image_shape=list(data.shape), n_train=len(data.train_y), n_test=len(data.test_y),
-                n_classes=len(data.classes), train_label_counts=torch.bincount(data.train_y).tolist(),
-                mean=[round(float(m), 4) for m in data.mean], std=[round(float(s), 4) for s in data.std])
+    return dict(
+        dataset=data.name,
+        image_shape=list(data.shape),
+        n_train=len(data.train_y),
+        n_test=len(data.test_y),
+        n_classes=len(data.classes),
+        train_label_counts=torch.bincount(data.train_y).tolist(),
+        mean=[round(float(m), 4) for m in data.mean],
+        std=[round(float(s), 4) for s in data.std],
+    )
 
 
 def samples_figure(data: ImageData, per_class: int = 6):

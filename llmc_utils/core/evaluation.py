@@ -21,8 +21,9 @@ measures it):
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,7 @@ from torch.utils._pytree import tree_leaves
 
 from llmc_utils.core.graph_cache import InPlaceChange, trace
 from llmc_utils.core.layers import mix
+
 
 def per_sample(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(cross-entropy, 0/1 error) of every sample in float64; a sequence sample's (logits (N, T, V)) are the means over
@@ -84,9 +86,15 @@ class Evaluator:
     `precision` and `channels_last` default to the stage's (SPEED, runtime section).
     """
 
-    def __init__(self, model: torch.nn.Module, splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
-                 batch_size: int = 512, device: torch.device | str = "cpu", precision: str | None = None,
-                 channels_last: bool | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+        batch_size: int = 512,
+        device: torch.device | str = "cpu",
+        precision: str | None = None,
+        channels_last: bool | None = None,
+    ):
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.precision = precision or SPEED.precision
@@ -112,7 +120,7 @@ class Evaluator:
         losses, wrong = [], []
         with torch.inference_mode(), self.autocast():
             for start in range(0, len(y), self.batch_size):
-                xb, yb = x[start:start + self.batch_size], y[start:start + self.batch_size]
+                xb, yb = x[start : start + self.batch_size], y[start : start + self.batch_size]
                 batch_loss, batch_wrong = per_sample(functional_call(self.model, state, (xb,)), yb)
                 losses.append(batch_loss)
                 wrong.append(batch_wrong)
@@ -160,11 +168,21 @@ class LayerEvaluator(Evaluator):
     `cache_reason` says why (None while caching is on), `boundaries` lists where activations are cached.
     """
 
-    def __init__(self, model, splits, batch_size=256, device="cpu", cache_activations=True, precision=None,
-                 channels_last=None, cache_gb: float | None = None):
+    def __init__(
+        self,
+        model,
+        splits,
+        batch_size=256,
+        device="cpu",
+        cache_activations=True,
+        precision=None,
+        channels_last=None,
+        cache_gb: float | None = None,
+    ):
         super().__init__(model, splits, batch_size, device, precision, channels_last)
-        self.graph, self.cache_reason = (trace(self.model) if cache_activations
-                                         else (None, "activation caching is off (cache_activations=False)"))
+        self.graph, self.cache_reason = (
+            trace(self.model) if cache_activations else (None, "activation caching is off (cache_activations=False)")
+        )
         self.cache_gb = SPEED.cache_gb if cache_gb is None else cache_gb
         # the boundaries whose activations are kept: the deepest ones that fit cache_gb per endpoint (decided on the
         # first batch; deep boundaries hold the smallest activations and save the most recomputation)
@@ -196,9 +214,11 @@ class LayerEvaluator(Evaluator):
                 # in full from now on (which raises again if the model itself fails)
                 self.graph = None
                 self.cache.clear()
-                self.cache_reason = (str(error) if isinstance(error, InPlaceChange) else
-                                     f"the traced graph of {type(self.model).__name__} failed "
-                                     f"({type(error).__name__}: {error})")
+                self.cache_reason = (
+                    str(error)
+                    if isinstance(error, InPlaceChange)
+                    else f"the traced graph of {type(self.model).__name__} failed ({type(error).__name__}: {error})"
+                )
         return self(state)
 
     def _choose_kept(self, first: dict[int, torch.Tensor], batch: int) -> set[int]:
@@ -208,7 +228,7 @@ class LayerEvaluator(Evaluator):
         for i in sorted(first, reverse=True):
             size = sum(t.numel() * t.element_size() for t in tree_leaves(first[i]) if isinstance(t, torch.Tensor))
             total += size / batch * images
-            if total > self.cache_gb * 2 ** 30:
+            if total > self.cache_gb * 2**30:
                 break
             kept.add(i)
         if not kept:
@@ -226,7 +246,7 @@ class LayerEvaluator(Evaluator):
             with torch.no_grad(), self.autocast():
                 for i in range(0, len(x), self.batch_size):
                     batches.append({})
-                    logits.append(self.graph.run(x[i:i + self.batch_size], state, params, kept=batches[-1]))
+                    logits.append(self.graph.run(x[i : i + self.batch_size], state, params, kept=batches[-1]))
                     if self.kept is None:
                         self.kept = self._choose_kept(batches[-1], len(logits[-1]))
                     batches[-1] = {j: v for j, v in batches[-1].items() if j in self.kept}
@@ -237,22 +257,30 @@ class LayerEvaluator(Evaluator):
     def _check_partial(self, state, tag: str, keys: set[str]) -> None:
         """Raise ValueError unless `state` is the endpoint cached under `tag` with only `keys` changed."""
         if tag not in self.bases:
-            raise ValueError(f"partial(): no endpoint under tag {tag!r} (known: {sorted(self.bases)}); call "
-                             f"endpoint(state, {tag!r}) on the base model first")
+            raise ValueError(
+                f"partial(): no endpoint under tag {tag!r} (known: {sorted(self.bases)}); call "
+                f"endpoint(state, {tag!r}) on the base model first"
+            )
         base = self.bases[tag]
         unknown = sorted(keys - set(base))
         if not keys or unknown:
-            raise ValueError(f"partial(): keys must be a non-empty subset of the model's keys; unknown: "
-                             f"{_listed(unknown) or 'none (keys is empty)'}")
+            raise ValueError(
+                f"partial(): keys must be a non-empty subset of the model's keys; unknown: "
+                f"{_listed(unknown) or 'none (keys is empty)'}"
+            )
         if set(state) != set(base):
             missing, extra = sorted(set(base) - set(state)), sorted(set(state) - set(base))
-            raise ValueError(f"partial(): the state's keys differ from the endpoint under tag {tag!r}: missing "
-                             f"[{_listed(missing)}], extra [{_listed(extra)}]")
+            raise ValueError(
+                f"partial(): the state's keys differ from the endpoint under tag {tag!r}: missing "
+                f"[{_listed(missing)}], extra [{_listed(extra)}]"
+            )
         changed = [k for k in state if k not in keys and not _same(state[k], base[k])]
         if changed:
-            raise ValueError(f"partial(): the state differs from the endpoint under tag {tag!r} outside `keys`, at "
-                             f"{_listed(changed)}; mix it into that endpoint's state (mix(..., base={tag!r})), use "
-                             "the tag of the model it was mixed into, or list those keys too")
+            raise ValueError(
+                f"partial(): the state differs from the endpoint under tag {tag!r} outside `keys`, at "
+                f"{_listed(changed)}; mix it into that endpoint's state (mix(..., base={tag!r})), use "
+                "the tag of the model it was mixed into, or list those keys too"
+            )
 
     def partial(self, state, tag: str, keys: Iterable[str]):
         keys = set(keys)
@@ -268,11 +296,14 @@ class LayerEvaluator(Evaluator):
             # inference mode is safe here: endpoint() ran these very nodes and saw no in-place change of a kept tensor
             with torch.inference_mode(), self.autocast():
                 if start is None:
-                    logits = [self.graph.run(x[i:i + self.batch_size], state, params)
-                              for i in range(0, len(x), self.batch_size)]
+                    logits = [
+                        self.graph.run(x[i : i + self.batch_size], state, params)
+                        for i in range(0, len(x), self.batch_size)
+                    ]
                 else:
-                    logits = [self.graph.resume_from(kept[start], start, state, params)
-                              for kept in self.cache[tag][split]]
+                    logits = [
+                        self.graph.resume_from(kept[start], start, state, params) for kept in self.cache[tag][split]
+                    ]
             out[split] = self.logits_metrics(torch.cat(logits), y)
         return out
 
@@ -285,8 +316,10 @@ def endpoints(evaluator: LayerEvaluator, state_a, state_b, bases: Iterable[str])
     """{"A": metrics of A, "B": metrics of B}; each model named in `bases` is evaluated as an endpoint (its
     activations kept for partial() evaluations of that base with some layers changed)."""
     bases = set(bases)
-    return {tag: evaluator.endpoint(state, tag) if tag in bases else evaluator(state)
-            for tag, state in (("A", state_a), ("B", state_b))}
+    return {
+        tag: evaluator.endpoint(state, tag) if tag in bases else evaluator(state)
+        for tag, state in (("A", state_a), ("B", state_b))
+    }
 
 
 def barrier_se(mid: Metrics, end_a: Metrics, end_b: Metrics, metric: str, alpha: float) -> float:
@@ -297,16 +330,26 @@ def barrier_se(mid: Metrics, end_a: Metrics, end_b: Metrics, metric: str, alpha:
     return float(d.std() / d.numel() ** 0.5) if d.numel() > 1 else 0.0
 
 
-def barrier_rows(where: dict, metrics: dict[str, Metrics], ends: dict[str, dict[str, Metrics]],
-                 alpha: float) -> list[dict]:
+def barrier_rows(
+    where: dict, metrics: dict[str, Metrics], ends: dict[str, dict[str, Metrics]], alpha: float
+) -> list[dict]:
     """Tidy rows of one evaluated model: the columns of `where` (epoch, what was averaged, base, ...), then split,
     metric, value, the two full endpoints' values, the barrier against them at `alpha` and its standard error over
     the evaluation samples (`barrier_se`)."""
-    return [dict(where, split=split, metric=metric, value=value, value_a=ends["A"][split][metric],
-                 value_b=ends["B"][split][metric],
-                 barrier=barrier(value, ends["A"][split][metric], ends["B"][split][metric], alpha),
-                 se=barrier_se(by_metric, ends["A"][split], ends["B"][split], metric, alpha))
-            for split, by_metric in metrics.items() for metric, value in by_metric.items()]
+    return [
+        dict(
+            where,
+            split=split,
+            metric=metric,
+            value=value,
+            value_a=ends["A"][split][metric],
+            value_b=ends["B"][split][metric],
+            barrier=barrier(value, ends["A"][split][metric], ends["B"][split][metric], alpha),
+            se=barrier_se(by_metric, ends["A"][split], ends["B"][split], metric, alpha),
+        )
+        for split, by_metric in metrics.items()
+        for metric, value in by_metric.items()
+    ]
 
 
 def evaluate_changed(evaluator: LayerEvaluator, state, base: str, keys, reset=None) -> dict[str, Metrics]:
@@ -318,8 +361,16 @@ def evaluate_changed(evaluator: LayerEvaluator, state, base: str, keys, reset=No
     return evaluator(reset(state))
 
 
-def checkpoint_barriers(evaluator: LayerEvaluator, epoch: int, state_a, state_b, layers: Mapping[str, tuple],
-                        alphas: Iterable[float], bases: Iterable[str], reset=None) -> list[dict]:
+def checkpoint_barriers(
+    evaluator: LayerEvaluator,
+    epoch: int,
+    state_a,
+    state_b,
+    layers: Mapping[str, tuple],
+    alphas: Iterable[float],
+    bases: Iterable[str],
+    reset=None,
+) -> list[dict]:
     """Tidy rows of one checkpoint: full interpolation (same for both bases) and every single layer, every alpha.
 
     Endpoints are evaluated once and reused by every layer set, base and alpha; interpolated models share untouched

@@ -43,8 +43,9 @@ def apply_module(child: nn.Module, params: dict, h: torch.Tensor) -> torch.Tenso
     if not params:
         return child(h)
     if type(child) is nn.Conv2d and child.padding_mode == "zeros":
-        return F.conv2d(h, params["weight"], params.get("bias"), child.stride, child.padding, child.dilation,
-                        child.groups)
+        return F.conv2d(
+            h, params["weight"], params.get("bias"), child.stride, child.padding, child.dilation, child.groups
+        )
     if type(child) is nn.Linear:
         return F.linear(h, params["weight"], params.get("bias"))
     return functional_call(child, params, (h,))
@@ -71,15 +72,18 @@ class ForwardGraph:
         # owned[i]: (key, key relative to the module) of every key of call_module node i's module (its target: the
         # module's path)
         paths = {i: cast(str, n.target) for i, n in enumerate(self.nodes) if n.op == "call_module"}
-        self.owned = {i: [(k, k[len(path) + 1:]) for k in keys if k.startswith(path + ".")]
-                      for i, path in paths.items()}
+        self.owned = {
+            i: [(k, k[len(path) + 1 :]) for k in keys if k.startswith(path + ".")] for i, path in paths.items()
+        }
         self.modules = {i: model.get_submodule(path) for i, path in paths.items()}
         # reads[i]: the keys node i reads: its module's, the key it fetches (get_attr), those of the get_attr it uses
         key_set = set(keys)
-        self.reads = [{k for k, _ in self.owned.get(i, ())}
-                      | ({n.target} & key_set if n.op == "get_attr" else set())
-                      | {a.target for a in n.all_input_nodes if a.op == "get_attr" and a.target in key_set}
-                      for i, n in enumerate(self.nodes)]
+        self.reads = [
+            {k for k, _ in self.owned.get(i, ())}
+            | ({n.target} & key_set if n.op == "get_attr" else set())
+            | {a.target for a in n.all_input_nodes if a.op == "get_attr" and a.target in key_set}
+            for i, n in enumerate(self.nodes)
+        ]
         # free[i]: values last used by node i, dropped after it (peak memory as in eager mode)
         index = {n: i for i, n in enumerate(self.nodes)}
         self.free: list[list[Node]] = [[] for _ in self.nodes]
@@ -97,8 +101,10 @@ class ForwardGraph:
     @property
     def boundaries(self) -> list[str]:
         """The nodes (module paths, or fx names of functions) in front of which an activation is cached."""
-        return [str(self.nodes[i].target) if self.nodes[i].op in ("call_module", "get_attr") else self.nodes[i].name
-                for i in sorted(self.resume)]
+        return [
+            str(self.nodes[i].target) if self.nodes[i].op in ("call_module", "get_attr") else self.nodes[i].name
+            for i in sorted(self.resume)
+        ]
 
     def start(self, keys: set[str], among: set[int] | None = None) -> int | None:
         """Index of the last boundary (of `among`, default all) in front of the first node that reads one of `keys`;
@@ -125,8 +131,10 @@ class ForwardGraph:
                 versions[i] = _versions(kept[i])
             if n.op == "output":
                 if kept is not None and any(_versions(kept[i]) != v for i, v in versions.items()):
-                    raise InPlaceChange(f"{type(self.model).__name__} modifies an activation in place after a "
-                                        "boundary of its forward graph")
+                    raise InPlaceChange(
+                        f"{type(self.model).__name__} modifies an activation in place after a "
+                        "boundary of its forward graph"
+                    )
                 return map_arg(n.args[0], env.__getitem__)
             self._step(i, n, env, state, params)
 
@@ -152,8 +160,13 @@ class ForwardGraph:
                 env[n] = getattr(args[0], cast(str, n.target))(*args[1:], **kwargs)
             else:  # call_module
                 module, own = self.modules[i], params[i]
-                env[n] = (apply_module(module, own, args[0]) if len(args) == 1 and not kwargs
-                          else functional_call(module, own, args, kwargs) if own else module(*args, **kwargs))
+                env[n] = (
+                    apply_module(module, own, args[0])
+                    if len(args) == 1 and not kwargs
+                    else functional_call(module, own, args, kwargs)
+                    if own
+                    else module(*args, **kwargs)
+                )
         for dead in self.free[i]:
             env.pop(dead, None)
 
@@ -172,6 +185,8 @@ def trace(model: nn.Module) -> tuple[ForwardGraph | None, str | None]:
         first_line = (str(error).strip().splitlines() or [""])[0]
         return None, f"torch.fx cannot trace {name} ({type(error).__name__}: {first_line[:200]})"
     if not graph.resume:
-        return None, (f"no boundary in {name}'s forward graph: no single activation carries the whole forward pass "
-                      "in front of a layer (e.g. a skip connection spans the model)")
+        return None, (
+            f"no boundary in {name}'s forward graph: no single activation carries the whole forward pass "
+            "in front of a layer (e.g. a skip connection spans the model)"
+        )
     return graph, None

@@ -15,11 +15,12 @@ import errno
 import io
 import json
 import os
-import shutil
 import re
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -66,8 +67,10 @@ def atomic_path(path: str | Path, sync: bool = False) -> Iterator[Path]:
         if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
         blocked = next(p for p in (path.parent, *path.parent.parents) if p.exists())  # the folder that refused
-        raise OutputNotWritable(f"cannot write {path}: {blocked} is not writable ({exc.strerror}); make it "
-                                "writable (chmod u+w) or run in another folder") from None
+        raise OutputNotWritable(
+            f"cannot write {path}: {blocked} is not writable ({exc.strerror}); make it "
+            "writable (chmod u+w) or run in another folder"
+        ) from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -134,8 +137,10 @@ def unsafe_global(exc: BaseException) -> str | None:
 
 def holds_objects(name: str) -> str:
     """The end of a one-line message about a torch file that holds the pickled object `name` (unsafe_global)."""
-    return (f"holds a pickled Python object ({name}), not only tensors, dicts, lists and numbers; such a file is not "
-            "loaded, because unpickling an object can run code")
+    return (
+        f"holds a pickled Python object ({name}), not only tensors, dicts, lists and numbers; such a file is not "
+        "loaded, because unpickling an object can run code"
+    )
 
 
 def load_checkpoint(path: str | Path, required_keys: tuple[str, ...] = (), **expected: Any) -> dict:
@@ -151,21 +156,31 @@ def load_checkpoint(path: str | Path, required_keys: tuple[str, ...] = (), **exp
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
         if name := unsafe_global(exc):
-            raise CheckpointError(f"checkpoint {path} {holds_objects(name)}; it was not written by this pipeline: "
-                                  f"move it away (mv {path} {path}.bad) and rerun the stage that writes it") from None
-        raise CheckpointError(f"checkpoint {path} is corrupt, truncated or not a torch file ({error_line(exc)}); "
-                              f"move it away (mv {path} {path}.bad) and rerun the stage that writes it") from exc
+            raise CheckpointError(
+                f"checkpoint {path} {holds_objects(name)}; it was not written by this pipeline: "
+                f"move it away (mv {path} {path}.bad) and rerun the stage that writes it"
+            ) from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt, truncated or not a torch file ({error_line(exc)}); "
+            f"move it away (mv {path} {path}.bad) and rerun the stage that writes it"
+        ) from exc
     if not isinstance(ckpt, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict: it was not written "
-                              f"by this pipeline; move it away (mv {path} {path}.bad) and rerun the stage that writes it")
+        raise CheckpointError(
+            f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict: it was not written "
+            f"by this pipeline; move it away (mv {path} {path}.bad) and rerun the stage that writes it"
+        )
     missing = [k for k in required_keys if k not in ckpt]
     if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {missing}: it was written by another version or stage; move "
-                              f"it away (mv {path} {path}.bad) and rerun the stage that writes it")
+        raise CheckpointError(
+            f"checkpoint {path} lacks {missing}: it was written by another version or stage; move "
+            f"it away (mv {path} {path}.bad) and rerun the stage that writes it"
+        )
     for key, value in expected.items():
         if ckpt.get(key) != value:
-            raise CheckpointError(f"checkpoint {path} has {key}={ckpt.get(key)!r}, expected {value!r}; "
-                                  "it belongs to another configuration: delete it and rerun the stage")
+            raise CheckpointError(
+                f"checkpoint {path} has {key}={ckpt.get(key)!r}, expected {value!r}; "
+                "it belongs to another configuration: delete it and rerun the stage"
+            )
     return ckpt
 
 
@@ -178,8 +193,7 @@ def read_repetition_tables(workspace: str | Path, stage: str, filename: str, rep
     for r in repetitions:
         path = Path(workspace) / "results" / stage / f"repetition_{r}" / filename
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: run repetition {r} of stage {stage} "
-                                    f"(dvc repro {stage}@{r})")
+            raise FileNotFoundError(f"{path} is missing: run repetition {r} of stage {stage} (dvc repro {stage}@{r})")
         frames.append(pd.read_csv(path).assign(repetition=r))
     return pd.concat(frames, ignore_index=True)
 
@@ -189,8 +203,10 @@ def copy_output(source: Path, workspace: Path, rel: str) -> None:
     what each repetition's workspace wrote. A missing source names the repetition's workspace that has not finished."""
     src, dst = Path(source) / rel, Path(workspace) / rel
     if not src.exists():
-        raise FileNotFoundError(f"{src} is missing: that repetition has not finished (launch it again without "
-                                "--gather to finish it, or gather only the finished repetitions)")
+        raise FileNotFoundError(
+            f"{src} is missing: that repetition has not finished (launch it again without "
+            "--gather to finish it, or gather only the finished repetitions)"
+        )
     if dst.is_dir():
         shutil.rmtree(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)

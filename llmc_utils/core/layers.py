@@ -9,7 +9,7 @@ averaged layers are new. That is what makes hundreds of evaluation points per ch
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
@@ -30,8 +30,10 @@ def logical_layers(state: StateDict, groups: Mapping[str, Sequence[str]] | None 
         missing, extra = set(state) - set(listed), set(listed) - set(state)
         duplicated = {k for k in listed if listed.count(k) > 1}
         if missing or extra or duplicated:
-            raise ValueError(f"layer groups must cover every state-dict key exactly once; missing={sorted(missing)}, "
-                             f"unknown={sorted(extra)}, repeated={sorted(duplicated)}")
+            raise ValueError(
+                f"layer groups must cover every state-dict key exactly once; missing={sorted(missing)}, "
+                f"unknown={sorted(extra)}, repeated={sorted(duplicated)}"
+            )
         return {name: tuple(keys) for name, keys in groups.items()}
     layers: dict[str, list[str]] = {}
     for key in state:
@@ -44,8 +46,9 @@ def keys_of(layers: Mapping[str, Sequence[str]], names: Iterable[str]) -> list[s
     return [k for name in names for k in layers[name]]
 
 
-def mix(state_a: StateDict, state_b: StateDict, alpha: float, keys: Iterable[str] | None = None,
-        base: str = "A") -> dict[str, torch.Tensor]:
+def mix(
+    state_a: StateDict, state_b: StateDict, alpha: float, keys: Iterable[str] | None = None, base: str = "A"
+) -> dict[str, torch.Tensor]:
     """(1 - alpha) * A + alpha * B on `keys` (all keys when None); every other tensor comes from the base model.
 
     base="A" is the paper's "into A" (A with the chosen layers averaged toward B), base="B" is "into B". alpha always
@@ -54,7 +57,7 @@ def mix(state_a: StateDict, state_b: StateDict, alpha: float, keys: Iterable[str
     if base not in ("A", "B"):
         raise ValueError(f"base must be 'A' or 'B', got {base!r}")
     out = dict(state_a if base == "A" else state_b)
-    for key in (state_a.keys() if keys is None else keys):
+    for key in state_a.keys() if keys is None else keys:
         a, b = state_a[key], state_b[key]
         if a.is_floating_point():  # integer buffers (e.g. counters) are not interpolated
             out[key] = torch.lerp(a, b, alpha) if 0.0 < alpha < 1.0 else (a if alpha == 0.0 else b).clone()
@@ -71,7 +74,7 @@ def add_flat(state: StateDict, keys: Sequence[str], delta: torch.Tensor) -> dict
     out, start = dict(state), 0
     for key in keys:
         size = state[key].numel()
-        out[key] = state[key] + delta[start:start + size].view_as(state[key]).to(state[key].device, state[key].dtype)
+        out[key] = state[key] + delta[start : start + size].view_as(state[key]).to(state[key].device, state[key].dtype)
         start += size
     return out
 
@@ -81,7 +84,14 @@ def layer_geometry(state_a: StateDict, state_b: StateDict, layers: Mapping[str, 
     rows = []
     for name, keys in layers.items():
         a, b = flat(state_a, keys), flat(state_b, keys)
-        rows.append(dict(layer=name, n_params=a.numel(), norm_a=a.norm().item(), norm_b=b.norm().item(),
-                         distance=(a - b).norm().item(),
-                         cosine=torch.nn.functional.cosine_similarity(a, b, dim=0).item()))
+        rows.append(
+            dict(
+                layer=name,
+                n_params=a.numel(),
+                norm_a=a.norm().item(),
+                norm_b=b.norm().item(),
+                distance=(a - b).norm().item(),
+                cosine=torch.nn.functional.cosine_similarity(a, b, dim=0).item(),
+            )
+        )
     return rows

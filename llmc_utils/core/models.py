@@ -18,7 +18,8 @@ keys are those of the earlier plain models (the BN slots are parameter-free nn.I
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -48,8 +49,15 @@ class CNN(nn.Sequential):
     in front of a layer that an interpolation leaves unchanged (llmc_utils.stages.layerwise_barriers).
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28, width: int = 16,
-                 norm: bool = False, depth: int = 1):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        image_size: int = 28,
+        width: int = 16,
+        norm: bool = False,
+        depth: int = 1,
+    ):
         w = width
         plan, cin = [], in_channels
         for cout in (w, 2 * w, 4 * w):
@@ -108,8 +116,9 @@ class ResCNN(nn.Sequential):
     blocks per stage (1 above; numbered block1, block2, ... in order, so depth 1 keeps the keys): 4 + 6 d layers.
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16, norm: bool = False,
-                 depth: int = 1):
+    def __init__(
+        self, in_channels: int = 1, num_classes: int = 10, width: int = 16, norm: bool = False, depth: int = 1
+    ):
         w = width
         stem: OrderedDict[str, nn.Module] = OrderedDict(stem=nn.Conv2d(in_channels, w, 3, stride=2, padding=1))
         if norm:
@@ -120,9 +129,16 @@ class ResCNN(nn.Sequential):
             for i in range(depth):  # the first block of stages 2 and 3 halves the resolution
                 blocks[f"block{len(blocks) + 1}"] = BasicBlock(cin, cout, 2 if stage and not i else 1, norm)
                 cin = cout
-        super().__init__(OrderedDict(
-            **stem, relu=nn.ReLU(), **blocks,
-            pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(4 * w, num_classes)))
+        super().__init__(
+            OrderedDict(
+                **stem,
+                relu=nn.ReLU(),
+                **blocks,
+                pool=nn.AdaptiveAvgPool2d(1),
+                flatten=nn.Flatten(),
+                fc=nn.Linear(4 * w, num_classes),
+            )
+        )
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")

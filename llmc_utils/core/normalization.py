@@ -13,7 +13,7 @@ and without it; the endpoints keep their own statistics. LayerNorm (ViT, GPT) no
 from __future__ import annotations
 
 import copy
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -33,9 +33,11 @@ def has_batchnorm(model: nn.Module) -> bool:
 def reset_batches(x: torch.Tensor, n_batches: int, batch_size: int, seed: int) -> list[torch.Tensor]:
     """n_batches batches of `batch_size` inputs drawn without replacement from x (seeded), for the reset."""
     if n_batches * batch_size > len(x):
-        raise ValueError(f"BN reset needs {n_batches} x {batch_size} = {n_batches * batch_size} inputs, only "
-                         f"{len(x)} available; lower the number of batches or the batch size")
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n_batches * batch_size]
+        raise ValueError(
+            f"BN reset needs {n_batches} x {batch_size} = {n_batches * batch_size} inputs, only "
+            f"{len(x)} available; lower the number of batches or the batch size"
+        )
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: n_batches * batch_size]
     return list(x[order].split(batch_size))
 
 
@@ -48,8 +50,10 @@ class BNReset:
         self.model = copy.deepcopy(model).to(device).eval()
         self.norms = batchnorms(self.model)
         if not self.norms:
-            raise ValueError(f"BN reset asked for a {type(model).__name__} without BatchNorm layers (LayerNorm and "
-                             "GroupNorm normalise per sample and need no reset)")
+            raise ValueError(
+                f"BN reset asked for a {type(model).__name__} without BatchNorm layers (LayerNorm and "
+                "GroupNorm normalise per sample and need no reset)"
+            )
         if not batches:
             raise ValueError("BN reset needs at least one batch")
         self.batches = [b.to(device) for b in batches]

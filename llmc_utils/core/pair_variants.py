@@ -9,7 +9,8 @@ with besides A: the state of B and the reset hook. Building the list here keeps 
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 PLAIN, BN_RESET, ALIGNED, ALIGNED_BN_RESET = "plain", "bn_reset", "aligned", "aligned+bn_reset"
 VARIANTS = (PLAIN, BN_RESET, ALIGNED, ALIGNED_BN_RESET)  # every variant, in the order of the tables and figures
@@ -21,8 +22,9 @@ class Variant(NamedTuple):
     reset: Callable[[dict], dict] | None  # applied to every interpolated model (normalization.BNReset), or None
 
 
-def pair_variants(state_b: dict, aligned_b: dict | None = None, reset: Callable[[dict], dict] | None = None,
-                  plain: str = PLAIN) -> list[Variant]:
+def pair_variants(
+    state_b: dict, aligned_b: dict | None = None, reset: Callable[[dict], dict] | None = None, plain: str = PLAIN
+) -> list[Variant]:
     """The variants of VARIANTS that the inputs allow, in that order: plain always; bn_reset with `reset`; aligned
     with `aligned_b` (B aligned to A); aligned+bn_reset with both. `plain` names B as it is: the alignment stage, which
     has no reset, calls it "unaligned" in its tables."""

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from llmc_utils.core.io import atomic_path
 
@@ -30,9 +31,19 @@ def _seaborn():
     return sns
 
 
-def heatmap(ax, table: pd.DataFrame, title: str = "", fmt: str = ".1f", center: float | None = 0.0,
-            vmin: float | None = None, vmax: float | None = None, cmap: str = "RdBu_r", cbar_label: str = "",
-            annot: bool = True, spread: pd.DataFrame | None = None):
+def heatmap(
+    ax,
+    table: pd.DataFrame,
+    title: str = "",
+    fmt: str = ".1f",
+    center: float | None = 0.0,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    cmap: str = "RdBu_r",
+    cbar_label: str = "",
+    annot: bool = True,
+    spread: pd.DataFrame | None = None,
+):
     """Annotated heatmap of a wide table (rows x columns as in the table's index and columns). With `spread` (same
     shape, e.g. the sd across repetitions) each cell reads "mean\n±spread"; cells whose spread is NaN (one
     repetition) show the mean alone."""
@@ -43,17 +54,35 @@ def heatmap(ax, table: pd.DataFrame, title: str = "", fmt: str = ".1f", center: 
         spread = spread.reindex(index=table.index, columns=table.columns)
         annot = table.map(lambda v: format(v, fmt)) + spread.map(lambda v: "" if pd.isna(v) else "\n±" + format(v, fmt))
         fmt = ""
-    sns.heatmap(table, ax=ax, annot=annot, fmt=fmt, center=center, vmin=vmin, vmax=vmax, cmap=cmap,
-                cbar_kws={"label": cbar_label}, annot_kws={"fontsize": 6 if spread is not None else 7},
-                linewidths=0.3, linecolor="white")
+    sns.heatmap(
+        table,
+        ax=ax,
+        annot=annot,
+        fmt=fmt,
+        center=center,
+        vmin=vmin,
+        vmax=vmax,
+        cmap=cmap,
+        cbar_kws={"label": cbar_label},
+        annot_kws={"fontsize": 6 if spread is not None else 7},
+        linewidths=0.3,
+        linecolor="white",
+    )
     ax.set_title(title)
     ax.tick_params(axis="y", rotation=0)
     return ax
 
 
-def barrier_heatmaps(axes, tables: Mapping[str, pd.DataFrame], cbar_label: str, xlabel: str = "", ylabel: str = "",
-                     spreads: Mapping[str, pd.DataFrame | None] | None = None, same_scale: bool = False,
-                     annot: bool = True):
+def barrier_heatmaps(
+    axes,
+    tables: Mapping[str, pd.DataFrame],
+    cbar_label: str,
+    xlabel: str = "",
+    ylabel: str = "",
+    spreads: Mapping[str, pd.DataFrame | None] | None = None,
+    same_scale: bool = False,
+    annot: bool = True,
+):
     """One annotated barrier heatmap per entry of `tables` (panel title -> wide table, rows the averaged layers), on
     `axes` in order: cells to two decimals, colours centred at zero, the axis labels given (seaborn's default, the
     pivoted column names, would say nothing). `spreads` (title -> sd table or None) adds "±sd" to the cells of a
@@ -64,18 +93,37 @@ def barrier_heatmaps(axes, tables: Mapping[str, pd.DataFrame], cbar_label: str, 
     for ax, (title, table) in zip(axes, tables.items()):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
-            heatmap(ax, table, title=title, fmt=".2f", vmin=None if top is None else -top, vmax=top,
-                    cbar_label=cbar_label, annot=annot, spread=(spreads or {}).get(title))
+            heatmap(
+                ax,
+                table,
+                title=title,
+                fmt=".2f",
+                vmin=None if top is None else -top,
+                vmax=top,
+                cbar_label=cbar_label,
+                annot=annot,
+                spread=(spreads or {}).get(title),
+            )
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
     return axes
 
 
-def curves(ax, df: pd.DataFrame, x: str, y: str, hue: str | None = None, style: str | None = None,
-           title: str = "", errorbar=("sd", 1), **kwargs):
+def curves(
+    ax,
+    df: pd.DataFrame,
+    x: str,
+    y: str,
+    hue: str | None = None,
+    style: str | None = None,
+    title: str = "",
+    errorbar=("sd", 1),
+    **kwargs,
+):
     """Line plot of a tidy table; repeated rows per x (e.g. random draws) become mean and +-1 sd band."""
-    _seaborn().lineplot(data=df, x=x, y=y, hue=hue, style=style, ax=ax, errorbar=errorbar, marker="o", markersize=3,
-                 **kwargs)
+    _seaborn().lineplot(
+        data=df, x=x, y=y, hue=hue, style=style, ax=ax, errorbar=errorbar, marker="o", markersize=3, **kwargs
+    )
     ax.set_title(title)
     return ax
 
@@ -108,8 +156,9 @@ def save(fig, stem: str | Path, formats: Sequence[str] = ("png",), dpi: int = 12
         path = stem.with_suffix(f".{fmt}")
         with atomic_path(path) as tmp:
             # no creation date in PDFs: a rerun with the same numbers then writes the same bytes
-            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight",
-                        metadata={"CreationDate": None} if fmt == "pdf" else None)
+            fig.savefig(
+                tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata={"CreationDate": None} if fmt == "pdf" else None
+            )
             if fmt == "png":
                 _to_palette(tmp)
         paths.append(path)

@@ -17,6 +17,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from llmc_utils.core.config import PositiveFloat, PositiveInt, Section, checks_environment
 
+
 class RuntimeConfig(Section):
     num_threads: PositiveInt = 2  # torch.set_num_threads; fixed so numbers and timings are reproducible
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")  # auto = CUDA when present
@@ -45,8 +46,10 @@ class RuntimeConfig(Section):
         if count == 0:
             raise ValueError("no CUDA device is present on this machine; allowed here: auto, cpu")
         if index >= count:
-            raise ValueError(f"this machine has {count} CUDA device(s); allowed here: auto, cpu, cuda, "
-                             + ", ".join(f"cuda:{i}" for i in range(count)))
+            raise ValueError(
+                f"this machine has {count} CUDA device(s); allowed here: auto, cpu, cuda, "
+                + ", ".join(f"cuda:{i}" for i in range(count))
+            )
         return device
 
 
@@ -93,9 +96,11 @@ class Stage:
         """Another params section this stage reads; one its StageSpec does not declare in `reads` is an error, so
         dvc.yaml (written from the declarations) lists every parameter a stage's results depend on."""
         if name not in self.readable:
-            raise KeyError(f"stage {self.name} reads section {name!r} but its StageSpec does not declare it in "
-                           f"`reads` (declared: {', '.join(sorted(self.readable))}); add it there and rerun "
-                           "scripts/write_dvc_yaml.py")
+            raise KeyError(
+                f"stage {self.name} reads section {name!r} but its StageSpec does not declare it in "
+                f"`reads` (declared: {', '.join(sorted(self.readable))}); add it there and rerun "
+                "scripts/write_dvc_yaml.py"
+            )
         return self.params[name]
 
     def _dir(self, kind: str) -> Path:

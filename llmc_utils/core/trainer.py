@@ -14,11 +14,11 @@ to do, and a file that is not a readable checkpoint of this trainer stops it; no
 or deleted.
 
 Guards: a non-finite loss stops the run at once, and so does a checkpoint about to be saved with a non-finite weight
-(the last step of an epoch comes after its loss; TrainingDiverged names the run, its seeds and the epoch); a stage
-then calls `check_checkpoints` on a classifier's error at its checkpoints, so that no checkpoint of a run that ended
-at chance level, or fell back to it, reaches a figure. `perturb_init` lets the test suite prove that no checked output depends on the last digits
-of a training run (LLMC_PERTURB_INIT=1e-6 multiplies every initial weight by 1 + 1e-6 * noise; unset everywhere but
-in that test).
+(the last step of an epoch comes after its loss; TrainingDiverged names the run, its seeds and the epoch); a stage then
+calls `check_checkpoints` on a classifier's error at its checkpoints, so that no checkpoint of a run that ended at
+chance level, or fell back to it, reaches a figure. `perturb_init` lets the test suite prove that no checked output
+depends on the last digits of a training run (LLMC_PERTURB_INIT=1e-6 multiplies every initial weight by 1 + 1e-6 *
+noise; unset everywhere but in that test).
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -80,16 +81,20 @@ def check_finite(loss: torch.Tensor | float, desc: str, epoch: int) -> None:
     """Stop a run whose loss is NaN or infinite, naming the run (desc holds model and seeds) and the epoch."""
     value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
     if not math.isfinite(value):
-        raise TrainingDiverged(f"{desc}: training diverged at epoch {epoch} (loss {value}); lower the learning rate "
-                               "or add gradient clipping in params.yaml")
+        raise TrainingDiverged(
+            f"{desc}: training diverged at epoch {epoch} (loss {value}); lower the learning rate "
+            "or add gradient clipping in params.yaml"
+        )
 
 
 def check_finite_state(state: Mapping[str, torch.Tensor], desc: str, epoch: int) -> None:
     """Stop before a checkpoint with a NaN or infinite weight is written, naming the tensor."""
     for key, tensor in state.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise TrainingDiverged(f"{desc}: training diverged at epoch {epoch} ({key} is no longer finite); lower "
-                                   "the learning rate or add gradient clipping in params.yaml")
+            raise TrainingDiverged(
+                f"{desc}: training diverged at epoch {epoch} ({key} is no longer finite); lower "
+                "the learning rate or add gradient clipping in params.yaml"
+            )
 
 
 def check_not_chance(error: float, n_classes: int, desc: str, epoch: int, margin: float = 0.95) -> None:
@@ -97,8 +102,10 @@ def check_not_chance(error: float, n_classes: int, desc: str, epoch: int, margin
     the stable training regime must never reach a figure."""
     chance = 100.0 * (1.0 - 1.0 / n_classes)
     if not error < margin * chance:  # NaN too
-        raise TrainingDiverged(f"{desc}: error {error:.1f} % at epoch {epoch} is at chance level ({chance:.0f} %); "
-                               "the run degenerated: lower the learning rate or change the recipe in params.yaml")
+        raise TrainingDiverged(
+            f"{desc}: error {error:.1f} % at epoch {epoch} is at chance level ({chance:.0f} %); "
+            "the run degenerated: lower the learning rate or change the recipe in params.yaml"
+        )
 
 
 def check_checkpoints(errors: Mapping[int, float], n_classes: int, desc: str, margin: float = 0.95) -> None:
@@ -140,14 +147,23 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
-def sgd_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-              batch_size: int, generator: torch.Generator, loss_fn: Callable, augment: bool = False,
-              grad_clip: float = 0.0, after_step: Callable[[], None] = lambda: None) -> torch.Tensor:
+def sgd_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+    loss_fn: Callable,
+    augment: bool = False,
+    grad_clip: float = 0.0,
+    after_step: Callable[[], None] = lambda: None,
+) -> torch.Tensor:
     """One pass over (x, y) in an order drawn from `generator`; returns the last batch's loss. Shared by
     train_model and the federated clients, so both draw data order and augmentation the same way."""
     order = torch.randperm(len(y), generator=generator)
     for i in range(0, len(y), batch_size):
-        idx = order[i:i + batch_size]
+        idx = order[i : i + batch_size]
         xb = augment_batch(x[idx], generator) if augment else x[idx]
         loss = loss_fn(model(xb), y[idx])
         optimizer.zero_grad(set_to_none=True)
@@ -190,8 +206,10 @@ def survey_checkpoints(run_dir: Path, meta: dict) -> tuple[dict[int, Path], dict
     for path in sorted(Path(run_dir).glob("epoch_*.pt")):
         ckpt = load_checkpoint(path, RESUME_KEYS)
         if not isinstance(ckpt["epoch"], int) or f"epoch_{ckpt['epoch']:04d}.pt" != path.name:
-            raise CheckpointError(f"checkpoint {path} holds epoch {ckpt['epoch']}: it was renamed or copied here; "
-                                  f"move it away (mv {path} {path}.bad) and rerun")
+            raise CheckpointError(
+                f"checkpoint {path} holds epoch {ckpt['epoch']}: it was renamed or copied here; "
+                f"move it away (mv {path} {path}.bad) and rerun"
+            )
         differences = meta_differences(ckpt["meta"], meta)
         if differences:
             other[path] = differences
@@ -208,8 +226,8 @@ def model_layout(model: torch.nn.Module) -> dict[str, list[int]]:
 
 def stale_dir_of(run_dir: Path) -> Path:
     """Where checkpoints of another configuration found in `run_dir` go: the same path under models/stale/ of its
-    workspace (models/robustness/repetition_0/vit/A -> models/stale/robustness/repetition_0/vit/A), outside every DVC output and
-    ignored by git; a run folder outside any models/ folder gets stale/ beside it."""
+    workspace (models/robustness/repetition_0/vit/A -> models/stale/robustness/repetition_0/vit/A), outside every DVC
+    output and ignored by git; a run folder outside any models/ folder gets stale/ beside it."""
     parts = Path(run_dir).parts
     if "models" not in parts:
         return Path(run_dir).parent / "stale" / Path(run_dir).name
@@ -221,11 +239,15 @@ def set_aside(stale: dict[Path, list[str]], run_dir: Path, stale_dir: Path | Non
     """Move checkpoints of another configuration out of `run_dir` into a new folder under `stale_dir` (nothing is
     deleted: they may be hours of compute), saying where; without a stale_dir, stop and say what to do."""
     differences = next(iter(stale.values()))
-    what = f"{len(stale)} checkpoint(s) in {run_dir} were written under another configuration " \
-           f"({'; '.join(differences[:4])}{'; ...' if len(differences) > 4 else ''})"
+    what = (
+        f"{len(stale)} checkpoint(s) in {run_dir} were written under another configuration "
+        f"({'; '.join(differences[:4])}{'; ...' if len(differences) > 4 else ''})"
+    )
     if stale_dir is None:
-        raise CheckpointError(f"{desc}: {what}; they must not be mixed into this run. Move them away "
-                              f"(mv {run_dir} {run_dir}.old) or delete them, then rerun")
+        raise CheckpointError(
+            f"{desc}: {what}; they must not be mixed into this run. Move them away "
+            f"(mv {run_dir} {run_dir}.old) or delete them, then rerun"
+        )
     dest = Path(stale_dir) / time.strftime("%Y%m%dT%H%M%S")
     for n in range(1, 1000):
         if not dest.exists():
@@ -244,11 +266,21 @@ def resume_epoch(current: dict[int, Path], checkpoint_epochs: Sequence[int]) -> 
     return max(complete, default=0)
 
 
-def train_model(make_model: Callable[[], torch.nn.Module], x: torch.Tensor, y: torch.Tensor, cfg: OptimConfig, *,
-                init_seed: int, data_seed: int, checkpoint_epochs: Sequence[int], run_dir: Path,
-                meta: dict | None = None, desc: str = "train",
-                loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                stale_dir: Path | None = None) -> list[Path]:
+def train_model(
+    make_model: Callable[[], torch.nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: OptimConfig,
+    *,
+    init_seed: int,
+    data_seed: int,
+    checkpoint_epochs: Sequence[int],
+    run_dir: Path,
+    meta: dict | None = None,
+    desc: str = "train",
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    stale_dir: Path | None = None,
+) -> list[Path]:
     """Train one model for cfg.epochs epochs and return the checkpoint paths (one per entry of checkpoint_epochs).
 
     Resumes from the checkpoints already in `run_dir` (see resume_epoch). `meta` (anything JSON-like describing the
@@ -267,7 +299,9 @@ def train_model(make_model: Callable[[], torch.nn.Module], x: torch.Tensor, y: t
         set_aside(other, Path(run_dir), stale_dir, desc)
     if all(e in current for e in checkpoint_epochs):
         return paths
-    loss_fn = loss_fn or (lambda logits, target: F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1)))
+    loss_fn = loss_fn or (
+        lambda logits, target: F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+    )
 
     torch.manual_seed(init_seed)
     model = perturb_init(make_model())
@@ -295,9 +329,17 @@ def train_model(make_model: Callable[[], torch.nn.Module], x: torch.Tensor, y: t
 
     def save(epoch: int) -> None:
         check_finite_state(model.state_dict(), run, epoch)
-        save_torch(dict(epoch=epoch, meta=meta, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), generator=generator.get_state()),
-                   checkpoint_path(run_dir, epoch))
+        save_torch(
+            dict(
+                epoch=epoch,
+                meta=meta,
+                model=model.state_dict(),
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                generator=generator.get_state(),
+            ),
+            checkpoint_path(run_dir, epoch),
+        )
 
     if 0 in checkpoint_epochs and 0 not in current:
         save(0)
@@ -309,8 +351,18 @@ def train_model(make_model: Callable[[], torch.nn.Module], x: torch.Tensor, y: t
         bar.update(1)
 
     for epoch in range(start + 1, cfg.epochs + 1):
-        loss = sgd_epoch(model, optimizer, x, y, cfg.batch_size, generator, loss_fn, cfg.augment, cfg.grad_clip,
-                         after_step=after_step)
+        loss = sgd_epoch(
+            model,
+            optimizer,
+            x,
+            y,
+            cfg.batch_size,
+            generator,
+            loss_fn,
+            cfg.augment,
+            cfg.grad_clip,
+            after_step=after_step,
+        )
         check_finite(loss, run, epoch)
         bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)  # shown at the next timed refresh
         if epoch in checkpoint_epochs:
@@ -356,8 +408,14 @@ def train_many(jobs: Sequence[dict], processes: int = 1) -> list[list[Path]]:
     with ProcessPoolExecutor(min(processes, len(jobs)), mp_context=context) as pool:
         # data go as numpy arrays (copied into the pickle): torch's own pickling would move the tensors' storage
         # into shared memory, and the stage's process was measured evaluating several times slower afterwards
-        futures = [pool.submit(_train_in_worker, {k: v.numpy() if k in ("x", "y") else v for k, v in job.items()},
-                               runtime._progress_enabled) for job in jobs]
+        futures = [
+            pool.submit(
+                _train_in_worker,
+                {k: v.numpy() if k in ("x", "y") else v for k, v in job.items()},
+                runtime._progress_enabled,
+            )
+            for job in jobs
+        ]
         return [f.result() for f in futures]  # re-raises a worker's TrainingDiverged here, by name
 
 

@@ -5,8 +5,8 @@ toy size (28x28 Fashion-MNIST, 7x7 patches -> 16 tokens + a class token, width 3
 on a CPU within the stage's budget. Its weights are initialised inside trainer.train_model (seeded there, and
 perturbed by trainer.perturb_init in the portability test).
 
-Logical layers (llmc_utils.core.layers.logical_layers groups state-dict keys by module) follow the module structure, so each
-Linear, LayerNorm, the patch embedding and the token parameters (class token + position embedding) is one layer:
+Logical layers (llmc_utils.core.layers.logical_layers groups state-dict keys by module) follow the module structure, so
+each Linear, LayerNorm, the patch embedding and the token parameters (class token + position embedding) is one layer:
   patch_embed, tokens, block<i>.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2} for every block, norm, head
 = 2 + 6 * depth + 2 logical layers (16 for depth 2), in forward order.
 
@@ -72,7 +72,8 @@ class TinyViT(nn.Sequential):
         n_patches = (height // cfg.patch) * (width // cfg.patch)
         modules: OrderedDict[str, nn.Module] = OrderedDict(
             patch_embed=PatchEmbed(channels, cfg.dim, kernel_size=cfg.patch, stride=cfg.patch),
-            tokens=Tokens(n_patches + 1, cfg.dim))
+            tokens=Tokens(n_patches + 1, cfg.dim),
+        )
         for i in range(cfg.depth):
             modules[f"block{i}"] = Block(cfg.dim, cfg.heads, cfg.mlp_ratio)
         modules.update(cls=ClassToken(), norm=nn.LayerNorm(cfg.dim), head=nn.Linear(cfg.dim, n_classes))

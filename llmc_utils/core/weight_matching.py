@@ -43,11 +43,28 @@ from torch import nn
 
 import llmc_utils.core.models as models
 
-SUPPORTED = ("nn.Sequential chains of Conv2d/Linear/BatchNorm1d/BatchNorm2d with parameter-free activations, pools, "
-             "Flatten, Identity or Dropout between them (MLP, cnn, cnn_bn), ResCNN (rescnn, rescnn_bn), VGG11, torchvision/"
-             "timm ResNets of BasicBlocks (resnet18, resnet34)")
-_PASS = (nn.Identity, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.Dropout,
-         nn.Flatten, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)  # act on each channel
+SUPPORTED = (
+    "nn.Sequential chains of Conv2d/Linear/BatchNorm1d/BatchNorm2d with parameter-free activations, pools, "
+    "Flatten, Identity or Dropout between them (MLP, cnn, cnn_bn), ResCNN (rescnn, rescnn_bn), VGG11, torchvision/"
+    "timm ResNets of BasicBlocks (resnet18, resnet34)"
+)
+_PASS = (
+    nn.Identity,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.GELU,
+    nn.SiLU,
+    nn.ELU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Dropout,
+    nn.Flatten,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+)  # act on each channel
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 _NEW = object()  # layer(): start a new group for the output
 
@@ -60,6 +77,7 @@ class UnsupportedArchitecture(ValueError):
 class PermutationSpec:
     """perms: group name -> [(state key, axis)] that the group's permutation acts on; stats: state keys that are
     permuted but left out of the matching objective (BatchNorm running statistics)."""
+
     perms: dict[str, list[tuple[str, int]]]
     stats: frozenset[str] = field(default_factory=frozenset)
 
@@ -88,8 +106,9 @@ class _Builder:
         self.seen: set[str] = set()
 
     def fail(self, why: str):
-        raise UnsupportedArchitecture(f"weight matching does not support {type(self.model).__name__}: {why}. "
-                                      f"Supported: {SUPPORTED}")
+        raise UnsupportedArchitecture(
+            f"weight matching does not support {type(self.model).__name__}: {why}. Supported: {SUPPORTED}"
+        )
 
     def put(self, group, key: str, axis: int, multiple: bool = False):
         self.seen.add(key)
@@ -130,8 +149,9 @@ class _Builder:
         g_out = g_in if short is None else self.visit(short, short_name, g_in)
         conv1 = self.layer(m.get_submodule("conv1"), f"{name}.conv1", g_in)
         h = self.visit(m.get_submodule("bn1"), f"{name}.bn1", conv1)
-        return self.visit(m.get_submodule("bn2"), f"{name}.bn2",
-                          self.layer(m.get_submodule("conv2"), f"{name}.conv2", h, g_out))
+        return self.visit(
+            m.get_submodule("bn2"), f"{name}.bn2", self.layer(m.get_submodule("conv2"), f"{name}.conv2", h, g_out)
+        )
 
     def visit(self, m: nn.Module, name: str, g):
         prefix = f"{name}." if name else ""
@@ -141,14 +161,18 @@ class _Builder:
             return self.norm(m, name, g)
         if type(m) in _PASS or (type(m).__name__ == "SelectAdaptivePool2d" and "cat" not in cast(str, m.pool_type)):
             return g  # per-channel (timm's pool: avg or max, then flatten; "cat" would concatenate two)
-        is_tv_block = type(m).__name__ == "BasicBlock" and type(m).__module__ in ("torchvision.models.resnet",
-                                                                                   "timm.models.resnet")
+        is_tv_block = type(m).__name__ == "BasicBlock" and type(m).__module__ in (
+            "torchvision.models.resnet",
+            "timm.models.resnet",
+        )
         if isinstance(m, models.BasicBlock) or is_tv_block:
             return self.block(m, name, g)
         if isinstance(m, models.VGG11):  # features, a per-channel functional average pool, then the classifier
             return self.visit(m.classifier, f"{prefix}classifier", self.visit(m.features, f"{prefix}features", g))
-        is_resnet = type(m).__name__ == "ResNet" and type(m).__module__ in ("torchvision.models.resnet",
-                                                                             "timm.models.resnet")
+        is_resnet = type(m).__name__ == "ResNet" and type(m).__module__ in (
+            "torchvision.models.resnet",
+            "timm.models.resnet",
+        )
         if (type(m).forward is nn.Sequential.forward and isinstance(m, nn.Sequential)) or is_resnet:
             for child_name, child in m.named_children():  # Sequential, and both ResNets: children in data-flow order
                 g = self.visit(child, prefix + child_name, g)
@@ -169,7 +193,7 @@ def permutation_spec(model: nn.Module) -> PermutationSpec:
 def _permute(t: torch.Tensor, axis: int, perm: torch.Tensor, n: int) -> torch.Tensor:
     """t with index perm[i] of `axis` moved to i; an axis of length k*n is viewed as (n, k) (Flatten, channel-major)."""
     shape = t.shape
-    view = t.reshape(*shape[:axis], n, shape[axis] // n, *shape[axis + 1:])
+    view = t.reshape(*shape[:axis], n, shape[axis] // n, *shape[axis + 1 :])
     return view.index_select(axis, perm.to(t.device)).reshape(shape)
 
 
@@ -222,8 +246,9 @@ def _match(spec, state_a, state_b, seed, max_iter) -> tuple[dict[str, torch.Tens
     return perms, sweeps
 
 
-def weight_matching(spec: PermutationSpec, state_a: dict, state_b: dict, seed: int = 0,
-                    max_iter: int = 100) -> dict[str, torch.Tensor]:
+def weight_matching(
+    spec: PermutationSpec, state_a: dict, state_b: dict, seed: int = 0, max_iter: int = 100
+) -> dict[str, torch.Tensor]:
     """group -> index permutation (CPU int64) such that apply_permutation(spec, perms, state_b) matches state_a."""
     return _match(spec, state_a, state_b, seed, max_iter)[0]
 
@@ -246,8 +271,14 @@ def align(model: nn.Module, state_a: dict, state_b: dict, seed: int = 0, max_ite
     perms, sweeps = _match(spec, state_a, state_b, seed, max_iter)
     aligned = apply_permutation(spec, perms, state_b)
     kept = sum(int((p == torch.arange(len(p))).sum()) for p in perms.values())
-    return Alignment(aligned, perms, sweeps, _objective(spec, state_a, state_b), _objective(spec, state_a, aligned),
-                     kept / max(1, sum(len(p) for p in perms.values())))
+    return Alignment(
+        aligned,
+        perms,
+        sweeps,
+        _objective(spec, state_a, state_b),
+        _objective(spec, state_a, aligned),
+        kept / max(1, sum(len(p) for p in perms.values())),
+    )
 
 
 # ------------------------------------------------------------------------------------------ the function check
@@ -263,8 +294,9 @@ class FunctionCheck(NamedTuple):
     allowed: float  # the most the rule allows: tolerance x max(1, max |logit(B)|)
 
 
-def check_function_kept(model: nn.Module, state_b: dict, state_aligned: dict, x: torch.Tensor,
-                        tolerance: float = FUNCTION_TOLERANCE) -> FunctionCheck:
+def check_function_kept(
+    model: nn.Module, state_b: dict, state_aligned: dict, x: torch.Tensor, tolerance: float = FUNCTION_TOLERANCE
+) -> FunctionCheck:
     """Whether the aligned B computes B's function on the inputs x: raises AlignmentFailed when
     max |logit(B) - logit(aligned B)| exceeds tolerance x max(1, max |logit(B)|), else returns both numbers.
 
@@ -284,10 +316,13 @@ def check_function_kept(model: nn.Module, state_b: dict, state_aligned: dict, x:
             logits_aligned = torch.func.functional_call(model, state_aligned, (x,))
     finally:
         model.train(training)
-    check = FunctionCheck((logits_b - logits_aligned).abs().max().item(),
-                          tolerance * max(1.0, logits_b.abs().max().item()))
+    check = FunctionCheck(
+        (logits_b - logits_aligned).abs().max().item(), tolerance * max(1.0, logits_b.abs().max().item())
+    )
     if not check.max_difference <= check.allowed:  # NaN (non-finite logits) fails too
-        raise AlignmentFailed(f"the aligned B does not compute B's function: max |logit(B) - logit(aligned B)| = "
-                              f"{check.max_difference:.3g} > {check.allowed:.3g} (tolerance {tolerance:g} x "
-                              f"max(1, max |logit(B)|)): the permutation spec does not fit {type(model).__name__}")
+        raise AlignmentFailed(
+            f"the aligned B does not compute B's function: max |logit(B) - logit(aligned B)| = "
+            f"{check.max_difference:.3g} > {check.allowed:.3g} (tolerance {tolerance:g} x "
+            f"max(1, max |logit(B)|)): the permutation spec does not fit {type(model).__name__}"
+        )
     return check

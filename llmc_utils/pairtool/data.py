@@ -22,9 +22,10 @@ Only what is evaluated is materialised: `n_eval` samples (images or windows) per
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, cast
+from typing import Literal, cast
 
 import torch
 
@@ -60,8 +61,9 @@ class EvalData:
         return f"{self.spec} ({sizes}; {self.note})"
 
 
-def load(spec: str, n_eval: int = 1000, seed: int = 0, image_size: int = 32, grayscale: bool = False,
-         context: int = 64) -> EvalData:
+def load(
+    spec: str, n_eval: int = 1000, seed: int = 0, image_size: int = 32, grayscale: bool = False, context: int = 64
+) -> EvalData:
     """The data named by `spec` (see the module docstring); raises DataError, data.DatasetNotFound or
     data.DatasetUnreadable with a message that says what to do."""
     kind, sep, arg = spec.partition(":")
@@ -86,7 +88,7 @@ def _channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         squares += (c * c).sum(dim=(0, 2, 3))
     n = x.shape[0] * x.shape[2] * x.shape[3]
     mean = total / n
-    return mean.float(), ((squares - n * mean ** 2) / (n - 1)).clamp_min(0).sqrt().float()
+    return mean.float(), ((squares - n * mean**2) / (n - 1)).clamp_min(0).sqrt().float()
 
 
 @functools.lru_cache(maxsize=2)
@@ -95,8 +97,13 @@ def _read_builtin(dataset: str, folder: Path) -> pipeline_data.ImageData:
     set in a Python session reads and decompresses the files once (tensors are shared, never modified)."""
     raw = pipeline_data.read_raw(dataset, folder)
     mean, std = _channel_stats(raw["train_x"])
-    return pipeline_data.ImageData(name=dataset, classes=raw["classes"], mean=mean, std=std,
-                                   **{k: raw[k] for k in ("train_x", "train_y", "test_x", "test_y")})
+    return pipeline_data.ImageData(
+        name=dataset,
+        classes=raw["classes"],
+        mean=mean,
+        std=std,
+        **{k: raw[k] for k in ("train_x", "train_y", "test_x", "test_y")},
+    )
 
 
 def _builtin(spec: str, dataset: BuiltinDataset, root: str | None, n_eval: int, seed: int) -> EvalData:
@@ -112,9 +119,16 @@ def _builtin(spec: str, dataset: BuiltinDataset, root: str | None, n_eval: int, 
     def draw(n_batches: int, batch_size: int, draw_seed: int) -> list[torch.Tensor]:
         return [images.normalize(b) for b in reset_batches(images.train_x, n_batches, batch_size, draw_seed)]
 
-    return EvalData(spec, "image", splits, len(images.classes), images.shape[0],
-                    {"train": len(images.train_y), "test": len(images.test_y)}, draw,
-                    f"{folder}, normalised with the training split's channel mean and std")
+    return EvalData(
+        spec,
+        "image",
+        splits,
+        len(images.classes),
+        images.shape[0],
+        {"train": len(images.train_y), "test": len(images.test_y)},
+        draw,
+        f"{folder}, normalised with the training split's channel mean and std",
+    )
 
 
 def _imagefolder(spec: str, root: Path, n_eval: int, seed: int, image_size: int, grayscale: bool) -> EvalData:
@@ -131,8 +145,9 @@ def _imagefolder(spec: str, root: Path, n_eval: int, seed: int, image_size: int,
         try:
             sets[split] = datasets.ImageFolder(str(folder), transform=transform)
         except (FileNotFoundError, OSError) as exc:
-            raise DataError(f"--data {spec!r}: {folder} is not an image folder (one sub-folder of images per "
-                            f"class): {exc}") from None
+            raise DataError(
+                f"--data {spec!r}: {folder} is not an image folder (one sub-folder of images per class): {exc}"
+            ) from None
     classes = {split: s.classes for split, s in sets.items()}
     if len({tuple(c) for c in classes.values()}) > 1:
         raise DataError(f"--data {spec!r}: the splits have different classes: {classes}")
@@ -150,10 +165,17 @@ def _imagefolder(spec: str, root: Path, n_eval: int, seed: int, image_size: int,
     def draw(n_batches: int, batch_size: int, draw_seed: int) -> list[torch.Tensor]:
         return [stack(pool, b)[0] for b in reset_batches(torch.arange(len(pool)), n_batches, batch_size, draw_seed)]
 
-    return EvalData(spec, "image", splits, len(next(iter(classes.values()))), 1 if grayscale else 3,
-                    {split: len(s) for split, s in sets.items()}, draw,
-                    f"{' and '.join(str(f) for f in folders.values())}, resized to {image_size}x{image_size}, "
-                    f"{'grey' if grayscale else 'RGB'}, scaled to [0, 1] (no normalisation)")
+    return EvalData(
+        spec,
+        "image",
+        splits,
+        len(next(iter(classes.values()))),
+        1 if grayscale else 3,
+        {split: len(s) for split, s in sets.items()},
+        draw,
+        f"{' and '.join(str(f) for f in folders.values())}, resized to {image_size}x{image_size}, "
+        f"{'grey' if grayscale else 'RGB'}, scaled to [0, 1] (no normalisation)",
+    )
 
 
 def byte_windows(ids: torch.Tensor, context: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,8 +196,10 @@ def _text(spec: str, path: Path, n_eval: int, seed: int, context: int) -> EvalDa
     parts = {"train": ids[:cut], "test": ids[cut:]}
     short = {s: len(p) for s, p in parts.items() if len(p) < context + 1}
     if short:
-        raise DataError(f"--data {spec!r}: {len(ids)} bytes are too few for windows of --context {context} + 1 in "
-                        f"every split (bytes per split: {short}); use a longer file or a shorter --context")
+        raise DataError(
+            f"--data {spec!r}: {len(ids)} bytes are too few for windows of --context {context} + 1 in "
+            f"every split (bytes per split: {short}); use a longer file or a shorter --context"
+        )
     windows = {s: byte_windows(p, context) for s, p in parts.items()}
     splits = {}
     for s, (x, y) in windows.items():
@@ -185,6 +209,14 @@ def _text(spec: str, path: Path, n_eval: int, seed: int, context: int) -> EvalDa
     def draw(n_batches: int, batch_size: int, draw_seed: int) -> list[torch.Tensor]:
         return reset_batches(windows["train"][0], n_batches, batch_size, draw_seed)
 
-    return EvalData(spec, "text", splits, TEXT_VOCAB, None, {s: len(y) for s, (_, y) in windows.items()}, draw,
-                    f"{path}, {len(ids)} bytes, byte-level tokens (vocabulary {TEXT_VOCAB}), windows of {context}, "
-                    f"first {1 - TEXT_TEST_FRACTION:.0%} train, last {TEXT_TEST_FRACTION:.0%} test")
+    return EvalData(
+        spec,
+        "text",
+        splits,
+        TEXT_VOCAB,
+        None,
+        {s: len(y) for s, (_, y) in windows.items()},
+        draw,
+        f"{path}, {len(ids)} bytes, byte-level tokens (vocabulary {TEXT_VOCAB}), windows of {context}, "
+        f"first {1 - TEXT_TEST_FRACTION:.0%} train, last {TEXT_TEST_FRACTION:.0%} test",
+    )

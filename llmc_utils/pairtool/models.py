@@ -1,4 +1,5 @@
-"""Layer-wise barriers of any pair of checkpoints: the logic behind `llmc barriers` (llmc_utils.pairtool.cli) and its Python API.
+"""Layer-wise barriers of any pair of checkpoints: the logic behind `llmc barriers` (llmc_utils.pairtool.cli) and its
+Python API.
 
 Why: the pipeline measures the paper's own pairs; a reader wants the same table and figures for two networks of their
 own (docs/own_models.md). `analyse_pair(model, a, b, data, out, **options)` builds the architecture offline
@@ -13,8 +14,8 @@ writable and free to write: own_report.out_problem), then runs the pipeline's en
   (normalization.BNReset); the endpoints keep their own;
 * aligned, aligned+bn_reset (`align=True`): the same with B replaced by B aligned to A (align.align), checked to
   compute B's function.
-It writes the tidy tables, the figures and the report (llmc_utils.pairtool.report). Every input error raises PairInputError
-with a one-line message naming the input; the CLI prints it as `llmc: error: ...` and exits with code 2.
+It writes the tidy tables, the figures and the report (llmc_utils.pairtool.report). Every input error raises
+PairInputError with a one-line message naming the input; the CLI prints it as `llmc: error: ...` and exits with code 2.
 
 Nothing from the inputs runs as code, except what the user names as code: checkpoints are read as tensors only
 (torch.load(weights_only=True), safetensors), data sets through own_data (CIFAR-10's pickles by a reader that only
@@ -29,24 +30,26 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 import torch
 from torch import nn
 
 import llmc_utils  # noqa: F401  (the torchvision compatibility step comes before torchvision and timm)
-from llmc_utils.stages import cumulative_averaging as cumulative
 from llmc_utils.core import data as pipeline_data
-from llmc_utils.pairtool import data as own_data, report as own_report
-from llmc_utils.core.runtime import quiet, resolve_device
 from llmc_utils.core.evaluation import LayerEvaluator, checkpoint_barriers
 from llmc_utils.core.io import error_line, holds_objects, unsafe_global
 from llmc_utils.core.layers import logical_layers
 from llmc_utils.core.normalization import BNReset, has_batchnorm
 from llmc_utils.core.pair_variants import Variant, pair_variants
+from llmc_utils.core.runtime import quiet, resolve_device
+from llmc_utils.pairtool import data as own_data
+from llmc_utils.pairtool import report as own_report
+from llmc_utils.stages import cumulative_averaging as cumulative
 
 if TYPE_CHECKING:
     from llmc_utils.core.weight_matching import Alignment
@@ -85,8 +88,8 @@ def _hf_model(arg: str, num_classes: int, kwargs: dict) -> nn.Module:
     config = transformers.AutoConfig.from_pretrained(str(config_file), **kwargs)
     archs = config.architectures or []
     causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or (
-        not any("ForImageClassification" in a for a in archs)
-        and config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+        not any("ForImageClassification" in a for a in archs) and config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    )
     if causal:
         config.use_cache = False  # no key/value cache for single forward passes
         model = transformers.AutoModelForCausalLM.from_config(config)
@@ -98,8 +101,9 @@ def _hf_model(arg: str, num_classes: int, kwargs: dict) -> nn.Module:
     return model
 
 
-def build_model(spec: str, num_classes: int, in_chans: int | None = None, model_kwargs: dict | None = None
-                ) -> nn.Module:
+def build_model(
+    spec: str, num_classes: int, in_chans: int | None = None, model_kwargs: dict | None = None
+) -> nn.Module:
     """The architecture named by `spec`, randomly initialised, offline (weights are loaded afterwards)."""
     kind, sep, name = spec.partition(":")
     if not sep or not kind or not name:
@@ -127,8 +131,10 @@ def build_model(spec: str, num_classes: int, in_chans: int | None = None, model_
     except Exception as exc:  # each library raises its own types for an unknown name or a bad argument
         raise PairInputError(f"cannot build --model {spec!r}: {error_line(exc, 300)}") from None
     if not isinstance(model, nn.Module):
-        raise PairInputError(f"--model {spec!r} returned a {type(model).__name__}, not a torch.nn.Module (a "
-                             "module.path:callable spec imports that module and calls the callable: it ran)")
+        raise PairInputError(
+            f"--model {spec!r} returned a {type(model).__name__}, not a torch.nn.Module (a "
+            "module.path:callable spec imports that module and calls the callable: it ran)"
+        )
     return model.eval()
 
 
@@ -149,14 +155,18 @@ def load_state(path: str | Path, label: str = "A") -> dict[str, torch.Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch and safetensors raise several types for foreign or truncated files
         if name := unsafe_global(exc):
-            raise PairInputError(f"checkpoint {label} ({path}) {holds_objects(name)}: save the weights alone, "
-                                 "torch.save(model.state_dict(), file) or safetensors") from None
+            raise PairInputError(
+                f"checkpoint {label} ({path}) {holds_objects(name)}: save the weights alone, "
+                "torch.save(model.state_dict(), file) or safetensors"
+            ) from None
         raise PairInputError(f"checkpoint {label} ({path}) cannot be read: {error_line(exc)}") from None
     if isinstance(obj, dict):
         obj = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), dict)), obj)
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise PairInputError(f"checkpoint {label} ({path}) holds a {type(obj).__name__} that is not a state dict "
-                             "of tensors (nor a dict with a 'state_dict' or 'model' entry)")
+        raise PairInputError(
+            f"checkpoint {label} ({path}) holds a {type(obj).__name__} that is not a state dict "
+            "of tensors (nor a dict with a 'state_dict' or 'model' entry)"
+        )
     return dict(obj)
 
 
@@ -187,7 +197,7 @@ def _normalise_keys(state: dict, model: nn.Module, aliases: dict[str, str], labe
 
     for _ in range(3):  # strip a prefix that all keys share while more keys then fit
         prefix = os.path.commonprefix(list(state)).rpartition(".")[0]
-        stripped = {k[len(prefix) + 1:]: v for k, v in state.items()} if prefix else state
+        stripped = {k[len(prefix) + 1 :]: v for k, v in state.items()} if prefix else state
         if fit(stripped) <= fit(state):
             break
         state = stripped
@@ -199,8 +209,10 @@ def _normalise_keys(state: dict, model: nn.Module, aliases: dict[str, str], labe
         if alias in state:
             value = state.pop(alias)
             if canonical in state and not torch.equal(state[canonical], value):
-                raise PairInputError(f"checkpoint {label}: {alias} and {canonical} are one tied tensor in the model "
-                                     "but differ in the checkpoint")
+                raise PairInputError(
+                    f"checkpoint {label}: {alias} and {canonical} are one tied tensor in the model "
+                    "but differ in the checkpoint"
+                )
             state.setdefault(canonical, value)
     return state
 
@@ -211,18 +223,23 @@ def check_values(state: dict, reference: dict, spec: str, name: str) -> None:
     integers mean nothing without their scales, would otherwise be cast silently). `name`: "A (file)"."""
     for key, tensor in state.items():
         if reference[key].is_floating_point() and not (tensor.is_floating_point() or tensor.is_complex()):
-            raise PairInputError(f"checkpoint {name}: {key} is {tensor.dtype}, but --model {spec} has "
-                                 f"{reference[key].dtype} there; integers cast to floats are not the weights (a "
-                                 "quantised checkpoint? save it dequantised)")
+            raise PairInputError(
+                f"checkpoint {name}: {key} is {tensor.dtype}, but --model {spec} has "
+                f"{reference[key].dtype} there; integers cast to floats are not the weights (a "
+                "quantised checkpoint? save it dequantised)"
+            )
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             nan, inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
-            raise PairInputError(f"checkpoint {name}: {key} holds {nan} NaN and {inf} infinite values (of "
-                                 f"{tensor.numel()}); every barrier would be NaN: use a checkpoint from before the "
-                                 "run diverged")
+            raise PairInputError(
+                f"checkpoint {name}: {key} holds {nan} NaN and {inf} infinite values (of "
+                f"{tensor.numel()}); every barrier would be NaN: use a checkpoint from before the "
+                "run diverged"
+            )
 
 
-def fit_pair(model: nn.Module, spec: str, state_a: dict, state_b: dict, names: tuple[str, str] = ("A", "B")
-             ) -> tuple[dict, dict]:
+def fit_pair(
+    model: nn.Module, spec: str, state_a: dict, state_b: dict, names: tuple[str, str] = ("A", "B")
+) -> tuple[dict, dict]:
     """Both checkpoints checked against each other and the model, and their values (check_values; `names` of the
     two in messages); returned in the model's key order and dtypes, tied aliases dropped. Raises PairInputError
     naming a few missing/unexpected keys, a key with both shapes, or the tensor and file with bad values."""
@@ -231,21 +248,28 @@ def fit_pair(model: nn.Module, spec: str, state_a: dict, state_b: dict, names: t
     a = _normalise_keys(state_a, model, aliases, "A")
     b = _normalise_keys(state_b, model, aliases, "B")
     if set(a) != set(b):
-        raise PairInputError(f"checkpoints A and B hold different keys: only in A [{_few(k for k in a if k not in b)}]"
-                             f", only in B [{_few(k for k in b if k not in a)}]")
+        raise PairInputError(
+            f"checkpoints A and B hold different keys: only in A [{_few(k for k in a if k not in b)}]"
+            f", only in B [{_few(k for k in b if k not in a)}]"
+        )
     for key in a:
         if a[key].shape != b[key].shape:
-            raise PairInputError(f"checkpoints A and B differ in shape at {key}: A {tuple(a[key].shape)}, B "
-                                 f"{tuple(b[key].shape)}")
+            raise PairInputError(
+                f"checkpoints A and B differ in shape at {key}: A {tuple(a[key].shape)}, B {tuple(b[key].shape)}"
+            )
     expected = [k for k in reference if k not in aliases]
     missing, unexpected = [k for k in expected if k not in a], [k for k in a if k not in reference]
     if missing or unexpected:
-        raise PairInputError(f"the checkpoints do not fit --model {spec}: missing keys [{_few(missing)}], unexpected "
-                             f"keys [{_few(unexpected)}]")
+        raise PairInputError(
+            f"the checkpoints do not fit --model {spec}: missing keys [{_few(missing)}], unexpected "
+            f"keys [{_few(unexpected)}]"
+        )
     for key in expected:
         if a[key].shape != reference[key].shape:
-            raise PairInputError(f"the checkpoints do not fit --model {spec} at {key}: checkpoints "
-                                 f"{tuple(a[key].shape)}, model {tuple(reference[key].shape)}")
+            raise PairInputError(
+                f"the checkpoints do not fit --model {spec} at {key}: checkpoints "
+                f"{tuple(a[key].shape)}, model {tuple(reference[key].shape)}"
+            )
 
     for state, name in ((a, names[0]), (b, names[1])):
         check_values({k: state[k] for k in expected}, reference, spec, name)
@@ -261,27 +285,37 @@ def check_fit(model: nn.Module, spec: str, state: dict, data: own_data.EvalData,
     x, y = next(iter(data.splits.values()))
     x, y = x[:2].to(device), y[:2].to(device)
     if data.kind == "image":
-        need = (f"images (N, {x.shape[1]}, {x.shape[2]}, {x.shape[3]}): check the model's input channels (timm: "
-                "in_chans, torchvision models take 3) and image size (--image-size, --grayscale, --model-kwargs)")
+        need = (
+            f"images (N, {x.shape[1]}, {x.shape[2]}, {x.shape[3]}): check the model's input channels (timm: "
+            "in_chans, torchvision models take 3) and image size (--image-size, --grayscale, --model-kwargs)"
+        )
     else:
-        need = (f"(N, {x.shape[1]}) byte ids 0..255: a vocabulary of at least 256 and at least {x.shape[1]} "
-                "positions (--context)")
+        need = (
+            f"(N, {x.shape[1]}) byte ids 0..255: a vocabulary of at least 256 and at least {x.shape[1]} "
+            "positions (--context)"
+        )
     try:
         with torch.inference_mode():
             logits = torch.func.functional_call(model, state, (x,))
     except Exception as exc:  # whatever the model raises on inputs it cannot take
-        raise PairInputError(f"--model {spec} cannot read --data {data.spec}: it must take {need}; the forward pass "
-                             f"on inputs {tuple(x.shape)} raised {error_line(exc)}") from None
+        raise PairInputError(
+            f"--model {spec} cannot read --data {data.spec}: it must take {need}; the forward pass "
+            f"on inputs {tuple(x.shape)} raised {error_line(exc)}"
+        ) from None
     if not isinstance(logits, torch.Tensor):
         raise PairInputError(f"--model {spec} returns a {type(logits).__name__}, not a tensor of logits")
     if logits.shape[:-1] != y.shape:
-        raise PairInputError(f"--model {spec} returns logits {tuple(logits.shape)} for targets {tuple(y.shape)} of "
-                             f"--data {data.spec}: classifiers must return (N, classes), sequence models (N, T, vocab)")
+        raise PairInputError(
+            f"--model {spec} returns logits {tuple(logits.shape)} for targets {tuple(y.shape)} of "
+            f"--data {data.spec}: classifiers must return (N, classes), sequence models (N, T, vocab)"
+        )
     if logits.shape[-1] < data.num_classes:
-        per, what = ("token", "a vocabulary of 256 bytes") if data.kind == "text" else \
-            ("sample", f"{data.num_classes} classes")
-        raise PairInputError(f"--model {spec} returns {logits.shape[-1]} logits per {per}, --data {data.spec} has "
-                             f"{what}")
+        per, what = (
+            ("token", "a vocabulary of 256 bytes") if data.kind == "text" else ("sample", f"{data.num_classes} classes")
+        )
+        raise PairInputError(
+            f"--model {spec} returns {logits.shape[-1]} logits per {per}, --data {data.spec} has {what}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------- the API
@@ -315,8 +349,9 @@ class Options:
         if not self.bases or set(self.bases) - {"A", "B"} or len(set(self.bases)) != len(self.bases):
             raise PairInputError(f"--bases must be A and/or B, got {list(self.bases)}")
         if set(self.orders) - set(ORDERS):
-            raise PairInputError(f"--orders: unknown {sorted(set(self.orders) - set(ORDERS))}; known: "
-                                 f"{', '.join(ORDERS)}")
+            raise PairInputError(
+                f"--orders: unknown {sorted(set(self.orders) - set(ORDERS))}; known: {', '.join(ORDERS)}"
+            )
         for name in ("bn_reset", "n_eval", "threads"):
             if getattr(self, name) < 0:
                 raise PairInputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
@@ -353,8 +388,9 @@ def select_layers(names: list[str], wanted: list[str] | None) -> list[str]:
 
     unknown = [w for w in wanted if not any(fnmatchcase(n, w) for n in names)]
     if unknown:
-        raise PairInputError(f"--layers: unknown {', '.join(unknown)}; the model's logical layers are: "
-                             f"{', '.join(names)}")
+        raise PairInputError(
+            f"--layers: unknown {', '.join(unknown)}; the model's logical layers are: {', '.join(names)}"
+        )
     return [n for n in names if any(fnmatchcase(n, w) for w in wanted)]
 
 
@@ -371,11 +407,17 @@ def _align(pair: Pair, opts: Options, log) -> None:
     except align.AlignmentFailed as exc:  # a bug of weight matching, not an input error: a traceback, not exit 2
         raise align.AlignmentFailed(f"--align: {exc}; please report it") from None
     pair.alignment = result
-    pair.info["alignment"] = dict(sweeps=result.sweeps, objective_before=result.objective_before,
-                                  objective_after=result.objective_after, max_logit_difference=diff,
-                                  identity_fraction=getattr(result, "identity_fraction", None))
-    log(f"aligned B to A: {result.sweeps} sweeps, objective {result.objective_before:.4g} -> "
-        f"{result.objective_after:.4g}, max |logit(B) - logit(aligned B)| = {diff:.2g}")
+    pair.info["alignment"] = dict(
+        sweeps=result.sweeps,
+        objective_before=result.objective_before,
+        objective_after=result.objective_after,
+        max_logit_difference=diff,
+        identity_fraction=getattr(result, "identity_fraction", None),
+    )
+    log(
+        f"aligned B to A: {result.sweeps} sweeps, objective {result.objective_before:.4g} -> "
+        f"{result.objective_after:.4g}, max |logit(B) - logit(aligned B)| = {diff:.2g}"
+    )
 
 
 def prepare(model: str, a, b, data: str, opts: Options, log: Callable = print) -> Pair:
@@ -396,14 +438,23 @@ def prepare(model: str, a, b, data: str, opts: Options, log: Callable = print) -
     check_fit(net, model, state_a, evaldata, device)
     layers = logical_layers(state_a)
     pair = Pair(model, net, state_a, state_b, evaldata, layers, select_layers(list(layers), opts.layers), device)
-    pair.info = dict(model=model, checkpoint_a=str(a), checkpoint_b=str(b), data=evaldata.describe(),
-                     n_parameters=sum(p.numel() for p in net.parameters()), n_layers=len(layers),
-                     batchnorm=has_batchnorm(net), device=str(device))
+    pair.info = dict(
+        model=model,
+        checkpoint_a=str(a),
+        checkpoint_b=str(b),
+        data=evaldata.describe(),
+        n_parameters=sum(p.numel() for p in net.parameters()),
+        n_layers=len(layers),
+        batchnorm=has_batchnorm(net),
+        device=str(device),
+    )
     if opts.bn_reset:
         if not has_batchnorm(net):
-            raise PairInputError(f"--bn-reset: --model {model} has no BatchNorm layer (with running "
-                                 "statistics) to reset; LayerNorm and GroupNorm normalise per sample and need none: "
-                                 "leave --bn-reset out")
+            raise PairInputError(
+                f"--bn-reset: --model {model} has no BatchNorm layer (with running "
+                "statistics) to reset; LayerNorm and GroupNorm normalise per sample and need none: "
+                "leave --bn-reset out"
+            )
         try:
             batches = evaldata.draw(opts.bn_reset, opts.bn_reset_batch_size, opts.seed)
         except ValueError as exc:
@@ -444,29 +495,49 @@ def evaluate(pair: Pair, opts: Options, log: Callable = print) -> tuple[pd.DataF
     from tqdm.auto import tqdm
 
     evaluator = _Counted(pair.model, pair.data.splits, opts.batch_size, pair.device)
-    cfg = cumulative.CumulativeAveragingConfig(orders=list(opts.orders), window=0, alpha=0.5,
-                                               bases=list(opts.bases)) if opts.orders else None
+    cfg = (
+        cumulative.CumulativeAveragingConfig(orders=list(opts.orders), window=0, alpha=0.5, bases=list(opts.bases))
+        if opts.orders
+        else None
+    )
     per_variant = 2 + len(opts.alphas) + len(pair.selected) * len(opts.alphas) * len(opts.bases)
     if cfg is not None:
         per_variant += 2 + len(cumulative.groups(cfg, list(pair.layers))) * len(opts.bases)
     variants = pair.variants()
     table, cum = [], []
-    with tqdm(total=per_variant * len(variants), desc="models evaluated", unit="model", dynamic_ncols=True,
-              disable=not opts.progress or quiet()) as bar:
+    with tqdm(
+        total=per_variant * len(variants),
+        desc="models evaluated",
+        unit="model",
+        dynamic_ncols=True,
+        disable=not opts.progress or quiet(),
+    ) as bar:
         evaluator.bar = bar
         for variant, state_b, reset in variants:
             start = time.time()
-            rows = checkpoint_barriers(evaluator, 0, pair.state_a, state_b,
-                                       {n: pair.layers[n] for n in pair.selected}, opts.alphas, opts.bases, reset)
+            rows = checkpoint_barriers(
+                evaluator,
+                0,
+                pair.state_a,
+                state_b,
+                {n: pair.layers[n] for n in pair.selected},
+                opts.alphas,
+                opts.bases,
+                reset,
+            )
             table += [dict(r, variant=variant) for r in rows]
             if cfg is not None:
-                cum += [dict(r, variant=variant) for r in
-                        cumulative.checkpoint_cumulative(evaluator, 0, pair.state_a, state_b, cfg, reset)]
+                cum += [
+                    dict(r, variant=variant)
+                    for r in cumulative.checkpoint_cumulative(evaluator, 0, pair.state_a, state_b, cfg, reset)
+                ]
             pair.info.setdefault("seconds", {})[variant] = round(time.time() - start, 2)
     reason = getattr(evaluator, "cache_reason", None)  # why the engine evaluated every model in full, if it did
     pair.info["activation_caching"] = "on" if getattr(evaluator, "enabled", False) else f"off ({reason or 'unknown'})"
-    log(f"activation caching: {pair.info['activation_caching']}"
-        + ("; models with a BN reset are evaluated in full" if pair.reset else ""))
+    log(
+        f"activation caching: {pair.info['activation_caching']}"
+        + ("; models with a BN reset are evaluated in full" if pair.reset else "")
+    )
     barriers = pd.DataFrame(table)[COLUMNS]
     cum_table = pd.DataFrame(cum).drop(columns="epoch") if cum else None
     if cum_table is not None:
@@ -497,8 +568,9 @@ def check_out(out: Path, cumulative: bool, force: bool) -> None:
         raise PairInputError(problem)
 
 
-def analyse_pair(model: str, a, b, data: str, out=None, log: Callable | None = print, force: bool = False,
-                 **options) -> PairResult:
+def analyse_pair(
+    model: str, a, b, data: str, out=None, log: Callable | None = print, force: bool = False, **options
+) -> PairResult:
     """Layer-wise barriers of checkpoints `a` and `b` of the architecture `model` on `data`; with `out`, the tables,
     figures and report are written there (docs/own_models.md lists them; `force`: also into a folder that holds
     other files). `options`: the fields of Options."""
@@ -513,9 +585,11 @@ def analyse_pair(model: str, a, b, data: str, out=None, log: Callable | None = p
     try:
         torch.set_num_threads(opts.threads or threads)  # one thread is faster on a CPU that others share
         pair = prepare(model, a, b, data, opts, log)
-        log(f"{model}: {pair.info['n_layers']} logical layers ({len(pair.selected)} in the table), "
+        log(
+            f"{model}: {pair.info['n_layers']} logical layers ({len(pair.selected)} in the table), "
             f"{pair.info['n_parameters']:,} parameters; data {pair.info['data']}; variants: "
-            f"{', '.join(v.name for v in pair.variants())}")
+            f"{', '.join(v.name for v in pair.variants())}"
+        )
         barriers, cum = evaluate(pair, opts, log)
     finally:
         torch.set_num_threads(threads)

@@ -18,9 +18,15 @@ def spec(stages: tuple[StageSpec, ...]) -> StageSpec:
     """The aggregate stage's spec, derived from the stages it draws: their figures and the params they read."""
     drawn = [s for s in stages if s.aggregate is not None]
     reads = dict.fromkeys(("repetitions", *RUNTIME, *(key for s in drawn for key in s.aggregate_reads)))
-    return StageSpec(name="aggregate", notebook="11_aggregate", config=AggregateConfig, reads=tuple(reads),
-                     inputs=tuple(f"results/{s.section}" for s in stages if s.repeated), metrics=(),
-                     figures=tuple(f for s in drawn for f in s.aggregate_figures))
+    return StageSpec(
+        name="aggregate",
+        notebook="11_aggregate",
+        config=AggregateConfig,
+        reads=tuple(reads),
+        inputs=tuple(f"results/{s.section}" for s in stages if s.repeated),
+        metrics=(),
+        figures=tuple(f for s in drawn for f in s.aggregate_figures),
+    )
 
 
 def run(st: Stage) -> dict[str, str]:
@@ -34,8 +40,9 @@ def run(st: Stage) -> dict[str, str]:
         if s.aggregate is None:
             continue
         if s.repeats_over is None:
-            raise ValueError(f"stage {s.name} has an `aggregate` but runs once (repeats_over None): no repetitions "
-                             "to aggregate")
+            raise ValueError(
+                f"stage {s.name} has an `aggregate` but runs once (repeats_over None): no repetitions to aggregate"
+            )
         print(f"== {s.name}")
         sentence = s.aggregate(st, getattr(repetitions, s.repeats_over))
         if sentence:

@@ -25,8 +25,8 @@ from pathlib import Path
 import yaml
 
 from llmc_utils.core.config import ParamsError
-from llmc_utils.pipeline.params import load_params, load_profile, section_model, sections
 from llmc_utils.core.io import save_text
+from llmc_utils.pipeline.params import load_params, load_profile, section_model, sections
 
 STAMP = Path("reports") / "executed" / "check_params.txt"  # the output every stage depends on
 STAMP_TEXT = "params.yaml: valid\n"  # constant while the file is valid: a valid edit changes nothing downstream
@@ -39,7 +39,9 @@ def dvc_param_keys(dvc_yaml: str | Path, params_name: str = "params.yaml") -> di
     for name, stage in stages.items():
         body = stage.get("do", stage)
         for entry in body.get("params", []):
-            listed = [entry] if isinstance(entry, str) else entry.get(params_name, []) if isinstance(entry, dict) else []
+            listed = (
+                [entry] if isinstance(entry, str) else entry.get(params_name, []) if isinstance(entry, dict) else []
+            )
             for key in listed:
                 keys.setdefault(key, []).append(name)
         for key in re.findall(r"\$\{\s*([\w.]+)\s*\}", str(stage.get("foreach", ""))):
@@ -87,8 +89,11 @@ def check(params_file: str | Path = "params.yaml", dvc_yaml: str | Path | None =
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmc_utils.pipeline.check_params", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m llmc_utils.pipeline.check_params",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("params", nargs="?", default="params.yaml", help="the params file (default params.yaml)")
     parser.add_argument("--dvc-yaml", default="dvc.yaml", help="pipeline whose params keys must be present")
     parser.add_argument("--stamp", default=str(STAMP), help=f"file written when valid (default {STAMP})")

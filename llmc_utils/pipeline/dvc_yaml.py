@@ -38,9 +38,11 @@ SKIPPED = {"llmc_utils/_torchvision_compat.py"}
 # that validation reads is check_params' dependency, not the stage's: the closure stops at the registry (its own file
 # stays a dependency). The aggregate and report stages, which do call into other stages, name them explicitly.
 BOUNDARY = {"llmc_utils.pipeline.registry"}
-HEADER = ("# Written by scripts/write_dvc_yaml.py from the StageSpec of every stage (llmc_utils/stages/); edit a spec\n"
-          "# and rerun it. `dvc repro` regenerates every figure of the default profile; repeated stages run once per\n"
-          "# index of the `repetitions` section of params.yaml (stage@index).\n")
+HEADER = (
+    "# Written by scripts/write_dvc_yaml.py from the StageSpec of every stage (llmc_utils/stages/); edit a spec\n"
+    "# and rerun it. `dvc repro` regenerates every figure of the default profile; repeated stages run once per\n"
+    "# index of the `repetitions` section of params.yaml (stage@index).\n"
+)
 
 
 def module_path(dotted: str) -> str | None:
@@ -111,16 +113,23 @@ def uncached(paths):
 def papermill(spec: StageSpec) -> str:
     nb = spec.notebook
     if spec.repeated:
-        return (f"mkdir -p reports/executed/{nb} && papermill notebooks/{nb}.ipynb "
-                f"reports/executed/{nb}/repetition_{R}.ipynb -p params_file params.yaml -p workspace . "
-                f"-p repetition {R} -p draw_figures False")
-    return (f"mkdir -p reports/executed && papermill notebooks/{nb}.ipynb reports/executed/{nb}.ipynb "
-            "-p params_file params.yaml -p workspace .")
+        return (
+            f"mkdir -p reports/executed/{nb} && papermill notebooks/{nb}.ipynb "
+            f"reports/executed/{nb}/repetition_{R}.ipynb -p params_file params.yaml -p workspace . "
+            f"-p repetition {R} -p draw_figures False"
+        )
+    return (
+        f"mkdir -p reports/executed && papermill notebooks/{nb}.ipynb reports/executed/{nb}.ipynb "
+        "-p params_file params.yaml -p workspace ."
+    )
 
 
 def executed(spec: StageSpec) -> str:
-    return (f"reports/executed/{spec.notebook}/repetition_{R}.ipynb" if spec.repeated
-            else f"reports/executed/{spec.notebook}.ipynb")
+    return (
+        f"reports/executed/{spec.notebook}/repetition_{R}.ipynb"
+        if spec.repeated
+        else f"reports/executed/{spec.notebook}.ipynb"
+    )
 
 
 def entry(spec: StageSpec, deps: list[str]) -> dict:
@@ -129,9 +138,11 @@ def entry(spec: StageSpec, deps: list[str]) -> dict:
         "deps": list(dict.fromkeys(deps + with_item(spec.inputs) + [str(STAMP)])),
         # its own section (unless it has no keys, as aggregate) and what it declares it reads
         "params": list(dict.fromkeys([spec.section] * bool(spec.config.model_fields) + list(spec.reads))),
-        "outs": ([{p: {"persist": True}} for p in with_item(spec.persist)]
-                 + uncached([executed(spec), *with_item(spec.output_paths())])
-                 + uncached([f"figures/{stem}.png" for stem in spec.figure_stems()])),
+        "outs": (
+            [{p: {"persist": True}} for p in with_item(spec.persist)]
+            + uncached([executed(spec), *with_item(spec.output_paths())])
+            + uncached([f"figures/{stem}.png" for stem in spec.figure_stems()])
+        ),
     }
     if metrics := with_item(spec.metrics_paths()):
         body["metrics"] = uncached(metrics)
@@ -147,12 +158,19 @@ def metrics_of(spec: StageSpec) -> list[str]:
 def check_stage() -> dict:
     """check_params: reruns when params.yaml or any module defining a section changes; its stamp's content is
     constant while the file is valid."""
-    modules = ["llmc_utils.pipeline.check_params", "llmc_utils.pipeline.aggregate", "llmc_utils.pipeline.report",
-               "llmc_utils.pipeline.setup_study", *(stage_module(s) for s in registry.stage_specs())]
-    return {"cmd": f"python -m llmc_utils.pipeline.check_params params.yaml --stamp {STAMP}",
-            "deps": ["params.yaml"] + module_files(modules),  # DVC refuses dvc.yaml as a dependency
-            # persist: DVC would delete the stamp before rerunning the check; kept, a failed check changes nothing
-            "outs": [{str(STAMP): {"cache": False, "persist": True}}]}
+    modules = [
+        "llmc_utils.pipeline.check_params",
+        "llmc_utils.pipeline.aggregate",
+        "llmc_utils.pipeline.report",
+        "llmc_utils.pipeline.setup_study",
+        *(stage_module(s) for s in registry.stage_specs()),
+    ]
+    return {
+        "cmd": f"python -m llmc_utils.pipeline.check_params params.yaml --stamp {STAMP}",
+        "deps": ["params.yaml"] + module_files(modules),  # DVC refuses dvc.yaml as a dependency
+        # persist: DVC would delete the stamp before rerunning the check; kept, a failed check changes nothing
+        "outs": [{str(STAMP): {"cache": False, "persist": True}}],
+    }
 
 
 def stages() -> dict:
@@ -165,12 +183,17 @@ def stages() -> dict:
     drawn = [stage_module(s) for s in specs if s.aggregate is not None]
     out["aggregate"] = entry(aggregate, code_deps(aggregate.notebook, drawn))
     report_entry = entry(report, code_deps(report.notebook, [stage_module(s) for s in specs]))
-    report_entry["cmd"] += (" && jupyter nbconvert --to html --no-input --log-level WARN --output-dir reports "
-                            "--output report reports/executed/12_report.ipynb")
-    report_entry["deps"] += ([m for s in specs for m in metrics_of(s)] + ["results/aggregate"]
-                             + [f"figures/{f.stem}.png" for f in registry.report_figures()]
-                             # the appendix setup study runs outside dvc repro; its committed table is an input
-                             + [str(SETUP_STUDY_RESULT)])
+    report_entry["cmd"] += (
+        " && jupyter nbconvert --to html --no-input --log-level WARN --output-dir reports "
+        "--output report reports/executed/12_report.ipynb"
+    )
+    report_entry["deps"] += (
+        [m for s in specs for m in metrics_of(s)]
+        + ["results/aggregate"]
+        + [f"figures/{f.stem}.png" for f in registry.report_figures()]
+        # the appendix setup study runs outside dvc repro; its committed table is an input
+        + [str(SETUP_STUDY_RESULT)]
+    )
     out["report"] = report_entry
     return out
 
@@ -182,15 +205,28 @@ def plots(params: dict) -> list:
     reps = params["repetitions"]["train_pairs"]
     alpha = params["layerwise_barriers"]["heatmap_alpha"]
     series = [
-        {"fig1_full_vs_largest_single_layer": {
-            "title": f"Fig. 1 per pair: full vs largest |single-layer| train-loss barrier (alpha {alpha}), per checkpoint",
-            "x": "epoch", "x_label": "epoch", "y_label": "barrier (nats)",
-            "y": {f"results/layerwise_barriers/repetition_{r}/full_vs_single.csv": ["full", "largest_single"]
-                  for r in reps}}},
-        {"pair_test_error": {
-            "title": "Training pairs: test error of A and B per checkpoint",
-            "x": "epoch", "x_label": "epoch", "y_label": "test error (%)",
-            "y": {f"results/train_pairs/repetition_{r}/test_error.csv": ["A", "B"] for r in reps}}},
+        {
+            "fig1_full_vs_largest_single_layer": {
+                "title": f"Fig. 1 per pair: full vs largest |single-layer| train-loss barrier (alpha {alpha}), "
+                "per checkpoint",
+                "x": "epoch",
+                "x_label": "epoch",
+                "y_label": "barrier (nats)",
+                "y": {
+                    f"results/layerwise_barriers/repetition_{r}/full_vs_single.csv": ["full", "largest_single"]
+                    for r in reps
+                },
+            }
+        },
+        {
+            "pair_test_error": {
+                "title": "Training pairs: test error of A and B per checkpoint",
+                "x": "epoch",
+                "x_label": "epoch",
+                "y_label": "test error (%)",
+                "y": {f"results/train_pairs/repetition_{r}/test_error.csv": ["A", "B"] for r in reps},
+            }
+        },
     ]
     figures = [f.stem for f in registry.report_figures()] + [f.stem for f in registry.spec("report").figures]
     return [f"figures/{stem}.png" for stem in figures] + series

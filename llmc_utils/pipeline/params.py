@@ -50,15 +50,16 @@ def validate_params(raw: Any, source: str = "params", check_environment: bool = 
         raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     problems, validated = [], {}
     known = sections()
-    for name, values in raw.items():
+    for name in raw:
         if name not in known:
             problems.append(f"{source}: unknown section {name!r}; allowed sections: {', '.join(known)}")
             continue
     # every section, a left-out one with its defaults (which equal params.yaml's, tests/test_config.py)
     for name, model in known.items():
         try:
-            validated[name] = model.model_validate(raw.get(name) or {},
-                                                   context={"check_environment": check_environment})
+            validated[name] = model.model_validate(
+                raw.get(name) or {}, context={"check_environment": check_environment}
+            )
         except ValidationError as exc:
             problems.extend(_describe(source, name, e, model) for e in exc.errors())
     if problems:

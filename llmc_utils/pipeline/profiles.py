@@ -3,7 +3,7 @@
     python -m llmc_utils.pipeline.profiles paper                 # CIFAR-10, ResNet18 without norm, 200 epochs (GPU)
     python -m llmc_utils.pipeline.profiles my_params.yaml --dest runs/mine
     python -m llmc_utils.pipeline.profiles my_params.yaml --dest runs/mine -- cumulative_averaging
-    python -m llmc_utils.pipeline.profiles my_params.yaml cumulative_averaging --dest runs/mine   # targets and options mix
+    python -m llmc_utils.pipeline.profiles my_params.yaml cumulative_averaging --dest runs/mine  # any order
 
 A profile is one of the names below, a file profiles/<name>.yaml, or any params file; `extends: other.yaml` merges it
 onto another file, and relative paths in it (data.root, language_model.text_file) are relative to its own folder.
@@ -43,8 +43,9 @@ def profile_path(profile: str | Path) -> Path:
         if path.is_file():
             return path
     names = sorted(set(PROFILES) | {p.stem for p in (REPO / "profiles").glob("*.yaml")})
-    raise ParamsError(f"unknown profile {str(profile)!r}: no such file; give one of {', '.join(names)} or the path "
-                      "of a params file")
+    raise ParamsError(
+        f"unknown profile {str(profile)!r}: no such file; give one of {', '.join(names)} or the path of a params file"
+    )
 
 
 def dvc(workspace: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -68,9 +69,11 @@ def check_dest(dest: Path, force: bool = False) -> None:
     """Raise WorkspaceInUse when `dest` holds any of WORKSPACE_FILES but no WORKSPACE_MARKER, unless `force`."""
     found = [name for name in WORKSPACE_FILES if (Path(dest) / name).exists()]
     if found and not force and not (Path(dest) / WORKSPACE_MARKER).is_file():
-        raise WorkspaceInUse(f"--dest {dest} holds {', '.join(found)}, not written by llmc (no {WORKSPACE_MARKER} "
-                             "there), and making a workspace would overwrite them; choose another --dest, or add "
-                             "--force to replace them")
+        raise WorkspaceInUse(
+            f"--dest {dest} holds {', '.join(found)}, not written by llmc (no {WORKSPACE_MARKER} "
+            "there), and making a workspace would overwrite them; choose another --dest, or add "
+            "--force to replace them"
+        )
 
 
 def claim(dest: Path, force: bool = False) -> None:
@@ -80,13 +83,16 @@ def claim(dest: Path, force: bool = False) -> None:
     os.close(os.open(dest / ".write_probe", os.O_CREAT | os.O_WRONLY))
     os.unlink(dest / ".write_probe")
     if not (dest / WORKSPACE_MARKER).is_file():
-        (dest / WORKSPACE_MARKER).write_text("a pipeline workspace made by llmc_utils.pipeline.profiles: params.yaml, "
-                                             "dvc.yaml, notebooks/ and llmc_utils/ are rewritten when it is made "
-                                             "again\n")
+        (dest / WORKSPACE_MARKER).write_text(
+            "a pipeline workspace made by llmc_utils.pipeline.profiles: params.yaml, "
+            "dvc.yaml, notebooks/ and llmc_utils/ are rewritten when it is made "
+            "again\n"
+        )
 
 
-def make_workspace(params_file: str | Path, dest: str | Path, overrides: dict | None = None,
-                   force: bool = False) -> Path:
+def make_workspace(
+    params_file: str | Path, dest: str | Path, overrides: dict | None = None, force: bool = False
+) -> Path:
     """A fresh (or refreshed) pipeline workspace at `dest` running on the profile `params_file` (with `overrides`
     merged on top). Outputs already there are kept, so DVC reruns only what changed. A folder with pipeline files
     that were not made here raises WorkspaceInUse (check_dest) unless `force`."""
@@ -117,14 +123,21 @@ def make_workspace(params_file: str | Path, dest: str | Path, overrides: dict | 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """PROFILE [TARGETS...] [--dest DIR] [-- TARGETS...], options and targets in any order (see the docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    after = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(prog="python -m llmc_utils.pipeline.profiles", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    after = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(
+        prog="python -m llmc_utils.pipeline.profiles",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("profile", help=f"one of {', '.join(PROFILES)}, a file profiles/<name>.yaml, or a params file")
     parser.add_argument("--dest", help="workspace folder (default runs/<profile name>)")
-    parser.add_argument("--force", action="store_true", help="make the workspace in a folder that holds a params.yaml, "
-                        "dvc.yaml, notebooks/, llmc_utils/ or .dvc/ of its own (they are overwritten)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="make the workspace in a folder that holds a params.yaml, "
+        "dvc.yaml, notebooks/, llmc_utils/ or .dvc/ of its own (they are overwritten)",
+    )
     parser.add_argument("targets", nargs="*", help="dvc repro targets (default: the whole pipeline)")
     args = parser.parse_intermixed_args(argv)
     args.targets = [*args.targets, *after]
@@ -141,8 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # e.g. a read-only or foreign-owned workspace folder
-        print(f"error: cannot write the workspace {dest}: {exc.strerror or exc} ({exc.filename or dest}); choose "
-              "another --dest or make it writable", file=sys.stderr)
+        print(
+            f"error: cannot write the workspace {dest}: {exc.strerror or exc} ({exc.filename or dest}); choose "
+            "another --dest or make it writable",
+            file=sys.stderr,
+        )
         return 2
     print(f"workspace {dest}: dvc repro {' '.join(args.targets)}", flush=True)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")

@@ -72,18 +72,23 @@ class _RepetitionsBase(Section):
             if len(set(indices)) != len(indices):
                 raise ValueError(f"{name}: repetition indices must not repeat, got {indices}")
         for s in repetition_owners():
-            if s.needs_pairs_of and (missing := sorted(set(getattr(self, s.name)) - set(getattr(self,
-                                                                                                 s.needs_pairs_of)))):
-                raise ValueError(f"{s.name} repetitions {missing} need the {s.needs_pairs_of} of the same index, "
-                                 f"which {s.needs_pairs_of} {getattr(self, s.needs_pairs_of)} does not run")
+            if s.needs_pairs_of and (
+                missing := sorted(set(getattr(self, s.name)) - set(getattr(self, s.needs_pairs_of)))
+            ):
+                raise ValueError(
+                    f"{s.name} repetitions {missing} need the {s.needs_pairs_of} of the same index, "
+                    f"which {s.needs_pairs_of} {getattr(self, s.needs_pairs_of)} does not run"
+                )
         return self
 
 
 @cache
 def repetitions_model() -> type[Section]:
     """The `repetitions` section: one non-empty list of distinct indices per owner, defaulting to its spec's."""
-    fields = {s.name: (list[NonNegativeInt], Field(default_factory=lambda s=s: list(s.repetitions), min_length=1))
-              for s in repetition_owners()}
+    fields = {
+        s.name: (list[NonNegativeInt], Field(default_factory=lambda s=s: list(s.repetitions), min_length=1))
+        for s in repetition_owners()
+    }
     return create_model("RepetitionsConfig", __base__=_RepetitionsBase, **fields)  # type: ignore[call-overload]
 
 

@@ -4,8 +4,8 @@ at which its own null reads "reproduced", and a three-state verdict (llmc_utils.
 and the sanity checks of the setup listed apart.
 
 Every measured value is read from the metrics JSON files the stages wrote (metrics/<stage>.json for a stage that runs
-once, metrics/<stage>/repetition_<r>.json per repetition); nothing is typed in. A claim whose metric is missing makes the
-report fail loudly rather than print a stale or invented number.
+once, metrics/<stage>/repetition_<r>.json per repetition); nothing is typed in. A claim whose metric is missing makes
+the report fail loudly rather than print a stale or invented number.
 """
 
 from __future__ import annotations
@@ -17,8 +17,18 @@ from pathlib import Path
 import pandas as pd
 from pydantic import Field
 
-from llmc_utils.core.claims import PREMISE_NOT_MET, VERDICTS, Claim, Premise, SanityCheck, check, clopper_pearson, \
-    evaluate, evaluate_premise, null_rate
+from llmc_utils.core.claims import (
+    PREMISE_NOT_MET,
+    VERDICTS,
+    Claim,
+    Premise,
+    SanityCheck,
+    check,
+    clopper_pearson,
+    evaluate,
+    evaluate_premise,
+    null_rate,
+)
 from llmc_utils.core.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Section
 from llmc_utils.pipeline import registry
 from llmc_utils.stages.spec import RUNTIME, Figure, StageSpec
@@ -92,8 +102,13 @@ def premise_table(metrics: dict, cfg: ReportConfig, premises: dict[str, Premise]
     return pd.DataFrame([row for p in premises.values() for row in evaluate_premise(p, metrics, cfg, cfg.confidence)])
 
 
-def claims_table(metrics: dict, cfg: ReportConfig, claims: list[Claim] | None = None,
-                 premises: pd.DataFrame | None = None, null_draws: int | None = None) -> pd.DataFrame:
+def claims_table(
+    metrics: dict,
+    cfg: ReportConfig,
+    claims: list[Claim] | None = None,
+    premises: pd.DataFrame | None = None,
+    null_draws: int | None = None,
+) -> pd.DataFrame:
     """One row per claim and sensitivity row (claims.evaluate: source, statement, paper, premise, kind, criterion,
     n, per-unit values, mean, interval, threshold bounds, verdict, note; "premise not met" when the claim's premise,
     from `premises` = premise_table(...), fails), its null's rate of "reproduced" over `null_draws` draws
@@ -108,8 +123,9 @@ def claims_table(metrics: dict, cfg: ReportConfig, claims: list[Claim] | None = 
         if claim.premise is not None and claim.premise not in holds:
             raise KeyError(f"claim {claim.statement!r} names premise {claim.premise!r}, which no stage module defines")
         row = evaluate(claim, metrics, cfg, cfg.confidence, holds.get(claim.premise))
-        rate = null_rate(claim, metrics, cfg, draws, cfg.null_seed, cfg.confidence) if draws and claim.null \
-            else math.nan
+        rate = (
+            null_rate(claim, metrics, cfg, draws, cfg.null_seed, cfg.confidence) if draws and claim.null else math.nan
+        )
         margin = min(edge_margin(row["low"], row["high"], t) for t in (row["threshold_low"], row["threshold_high"]))
         rows.append(dict(row, null_rate=rate, null=claim.null.statement if claim.null else "", edge_margin=margin))
     table = pd.DataFrame(rows)  # a claim that is not judged (premise not met) has no verdict to sit near
@@ -122,8 +138,9 @@ def _with_sensitivity(row, table: pd.DataFrame) -> str:
     if row.sensitivity_of:
         return row.note
     others = table[(table.sensitivity_of == row.claim) & (table.verdict != row.verdict)]
-    return "; ".join([row.note] * bool(row.note) + [f"read otherwise ({r.claim}): {r.verdict}"
-                                                      for r in others.itertuples()])
+    return "; ".join(
+        [row.note] * bool(row.note) + [f"read otherwise ({r.claim}): {r.verdict}" for r in others.itertuples()]
+    )
 
 
 def main_claims(claims: pd.DataFrame) -> pd.DataFrame:
@@ -149,21 +166,31 @@ def sanity_table(metrics: dict, cfg: ReportConfig, checks: list[SanityCheck] | N
 def summary(claims: pd.DataFrame, sanity: pd.DataFrame, premises: pd.DataFrame | None = None) -> dict:
     """Counts per verdict, the verdict of every claim and whether each premise holds (metrics/report.json; `dvc
     metrics diff` compares them); sensitivity rows are not claims and are not counted."""
-    held = {} if premises is None or not len(premises) else \
-        {name: bool(rows.premise_holds.iloc[0]) for name, rows in premises.groupby("premise", sort=False)}
+    held = (
+        {}
+        if premises is None or not len(premises)
+        else {name: bool(rows.premise_holds.iloc[0]) for name, rows in premises.groupby("premise", sort=False)}
+    )
     claims = main_claims(claims)
-    return dict(n_claims=len(claims), **{f"n_{v.replace(' ', '_')}": int((claims.verdict == v).sum()) for v in VERDICTS},
-                n_near_threshold=int(claims.near_threshold.sum()) if "near_threshold" in claims else 0,
-                n_sanity_checks=len(sanity), n_sanity_failed=int((~sanity.holds).sum()) if len(sanity) else 0,
-                premises_hold=held, verdicts={f"{r.source}: {r.claim}": r.verdict for r in claims.itertuples()})
+    return dict(
+        n_claims=len(claims),
+        **{f"n_{v.replace(' ', '_')}": int((claims.verdict == v).sum()) for v in VERDICTS},
+        n_near_threshold=int(claims.near_threshold.sum()) if "near_threshold" in claims else 0,
+        n_sanity_checks=len(sanity),
+        n_sanity_failed=int((~sanity.holds).sum()) if len(sanity) else 0,
+        premises_hold=held,
+        verdicts={f"{r.source}: {r.claim}": r.verdict for r in claims.itertuples()},
+    )
 
 
 def styled(claims: pd.DataFrame):
     """The claims table for display: numbers to 3 digits, verdicts coloured."""
-    colours = {"reproduced": "color: #070", "not reproduced": "color: #b00; font-weight: bold",
-               "inconclusive": "color: #a60"}
-    return (claims.style.hide(axis="index").format(precision=3)
-            .map(lambda v: colours.get(v, ""), subset=["verdict"]))
+    colours = {
+        "reproduced": "color: #070",
+        "not reproduced": "color: #b00; font-weight: bold",
+        "inconclusive": "color: #a60",
+    }
+    return claims.style.hide(axis="index").format(precision=3).map(lambda v: colours.get(v, ""), subset=["verdict"])
 
 
 THUMBNAILS = ("fig1_layerwise_barriers", "fig2_cumulative_averaging")
@@ -177,8 +204,8 @@ def beyond_the_paper(metrics: dict[str, dict[int | None, dict]]) -> list[str]:
     """Markdown bullets with the numbers of the stages beyond the paper, from their metrics: per cross pair of the
     alignment stage the full barrier before and after weight matching (mean ± sd over pairs) and the layers that keep
     the largest barrier after it; the BatchNorm pair's full and largest single-layer barrier per variant."""
-    from llmc_utils.stages.alignment import layer_summary
     from llmc_utils.core.pair_variants import VARIANTS
+    from llmc_utils.stages.alignment import layer_summary
 
     def mean_sd(values, fmt=".2f") -> str:
         s = pd.Series(values, dtype=float)
@@ -188,22 +215,31 @@ def beyond_the_paper(metrics: dict[str, dict[int | None, dict]]) -> list[str]:
     if per_pair := metrics.get("alignment"):
         top = layer_summary(per_pair).head(3)
         lines.append(
-            f"- **Permutation alignment** (weight matching, {len(per_pair)} different-init cross pair(s): A of one pair "
-            "with B of the next, last checkpoint, train loss): full "
+            f"- **Permutation alignment** (weight matching, {len(per_pair)} different-init cross pair(s): "
+            "A of one pair with B of the next, last checkpoint, train loss): full "
             f"barrier {mean_sd([m['full_barrier_unaligned_last'] for m in per_pair.values()])} unaligned, "
             f"{mean_sd([m['full_barrier_aligned_last'] for m in per_pair.values()])} aligned; hidden units left in "
             f"place {mean_sd([100 * m['identity_fraction_last'] for m in per_pair.values()], '.0f')} %; largest "
             "single-layer barriers after alignment (mean over pairs, worse base): "
-            + ", ".join(f"{r.layer} {r.barrier_mean:.2f}" for r in top.itertuples()) + ".")
+            + ", ".join(f"{r.layer} {r.barrier_mean:.2f}" for r in top.itertuples())
+            + "."
+        )
     if bn := metrics.get("bn_reset", {}).get(None):
-        lines.append("- **BatchNorm pair** (one pair, train loss at alpha 0.5; full / largest \|single layer\|): "
-                     + "; ".join(f"{v} {bn[v]['full_barrier']:.2f} / {bn[v]['max_abs_single_layer_barrier']:.2f}"
-                                 for v in VARIANTS if v in bn) + ".")
+        lines.append(
+            r"- **BatchNorm pair** (one pair, train loss at alpha 0.5; full / largest \|single layer\|): "
+            + "; ".join(
+                f"{v} {bn[v]['full_barrier']:.2f} / {bn[v]['max_abs_single_layer_barrier']:.2f}"
+                for v in VARIANTS
+                if v in bn
+            )
+            + "."
+        )
     return lines
 
 
-def sec4_by_depth(metrics: dict[str, dict[int | None, dict]],
-                  confidence: float = ReportConfig().confidence) -> list[str]:
+def sec4_by_depth(
+    metrics: dict[str, dict[int | None, dict]], confidence: float = ReportConfig().confidence
+) -> list[str]:
     """Markdown lines of the Sec. 4 claim per depth and branch of the trained deep linear pairs (deep_linear
     metrics `trained_lower_by_depth`): for each barrier reading, how many pairs have their best single-layer path
     below the full one, with its Clopper-Pearson interval at `confidence` (recomputed from the counts, so it is the
@@ -211,14 +247,19 @@ def sec4_by_depth(metrics: dict[str, dict[int | None, dict]],
     rows = metrics.get("deep_linear", {}).get(None, {}).get("trained_lower_by_depth")
     if not rows:
         return []
-    lines = [f"Sec. 4 per depth and branch (trained deep linear pairs; best single-layer path below the full one, with "
-             f"its {100 * confidence:g} % Clopper-Pearson interval, against the rate exchangeable paths give):", "",
-             "| depth | branch | reading | pairs below / pairs [interval] | exchangeable rate |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        f"Sec. 4 per depth and branch (trained deep linear pairs; best single-layer path below the full one, with "
+        f"its {100 * confidence:g} % Clopper-Pearson interval, against the rate exchangeable paths give):",
+        "",
+        "| depth | branch | reading | pairs below / pairs [interval] | exchangeable rate |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         low, high = clopper_pearson(r["lower"], r["pairs"], confidence)
-        lines.append(f"| {r['depth']} | {r['branch']} | {r['reading']} | {r['lower']} / {r['pairs']} [{low:.2f}, "
-                     f"{high:.2f}] | {r['exchangeable_rate']:.3f} |")
+        lines.append(
+            f"| {r['depth']} | {r['branch']} | {r['reading']} | {r['lower']} / {r['pairs']} [{low:.2f}, "
+            f"{high:.2f}] | {r['exchangeable_rate']:.3f} |"
+        )
     return lines
 
 
@@ -230,52 +271,77 @@ def _cell(text) -> str:
 def premises_markdown(premises: pd.DataFrame, confidence: float = ReportConfig().confidence) -> list[str]:
     """Markdown lines of the premise table: per condition n, mean [interval], worst repetition, whether it holds,
     and each premise's overall verdict."""
-    lines = [f"Premises: the regime a claim is about, fixed before the claims were measured; a claim whose premise "
-             f"fails is not judged (*premise not met*). Mean over n with a {100 * confidence:g} % interval, and the "
-             "worst repetition:", "", "| premise | condition | n | mean [interval] | worst | holds |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {_cell(r.source)}: {_cell(r.statement)} | {_cell(r.condition)} | {r.n} | {_interval(r)} | "
-              f"{r.worst:.3g} | {'yes' if r.holds else '**no**'} |" for r in premises.itertuples()]
+    lines = [
+        f"Premises: the regime a claim is about, fixed before the claims were measured; a claim whose premise "
+        f"fails is not judged (*premise not met*). Mean over n with a {100 * confidence:g} % interval, and the "
+        "worst repetition:",
+        "",
+        "| premise | condition | n | mean [interval] | worst | holds |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {_cell(r.source)}: {_cell(r.statement)} | {_cell(r.condition)} | {r.n} | {_interval(r)} | "
+        f"{r.worst:.3g} | {'yes' if r.holds else '**no**'} |"
+        for r in premises.itertuples()
+    ]
     for name, rows in premises.groupby("premise", sort=False):
         lines += ["", f"Premise `{name}`: **{'holds' if rows.premise_holds.iloc[0] else 'not met'}**."]
     return lines
 
 
-def results_markdown(claims: pd.DataFrame, sanity: pd.DataFrame, findings: dict[str, str],
-                     study: pd.DataFrame | None = None, confidence: float = ReportConfig().confidence,
-                     beyond: list[str] | None = None, premises: pd.DataFrame | None = None,
-                     details: list[str] | None = None) -> str:
+def results_markdown(
+    claims: pd.DataFrame,
+    sanity: pd.DataFrame,
+    findings: dict[str, str],
+    study: pd.DataFrame | None = None,
+    confidence: float = ReportConfig().confidence,
+    beyond: list[str] | None = None,
+    premises: pd.DataFrame | None = None,
+    details: list[str] | None = None,
+) -> str:
     """The README's "Results" block: the premises of the claims (premises_markdown), the claims table (premise, n,
     per-unit values, mean [interval at `confidence`], criterion, null rate, verdict and note), `details` of claims
     (e.g. sec4_by_depth), the located findings, the setup study's summary, the numbers
     beyond the paper (`beyond_the_paper`), the sanity checks' count, and the Fig. 1/2 thumbnails. Written by the
     report stage from the computed tables, so it cannot drift from metrics/report.json."""
     lines = premises_markdown(premises, confidence) + [""] if premises is not None and len(premises) else []
-    lines += [f"Claims measured by the last `dvc repro`, each in the paper's unit (docs/claims.md): per unit the "
-              f"repetitions' values or how many units satisfy it, the mean with a {100 * confidence:g} % interval "
-              "(Student t for a mean, Clopper-Pearson for a count), the rate at which the claim's own null reads "
-              "\"reproduced\", and the verdict from the whole interval; *sensitivity* rows read a claim another way "
-              "and are not counted:", "",
-              "| source | claim | premise | n | per unit | mean [interval] | criterion | null rate | verdict |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        f"Claims measured by the last `dvc repro`, each in the paper's unit (docs/claims.md): per unit the "
+        f"repetitions' values or how many units satisfy it, the mean with a {100 * confidence:g} % interval "
+        "(Student t for a mean, Clopper-Pearson for a count), the rate at which the claim's own null reads "
+        '"reproduced", and the verdict from the whole interval; *sensitivity* rows read a claim another way '
+        "and are not counted:",
+        "",
+        "| source | claim | premise | n | per unit | mean [interval] | criterion | null rate | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
 
     near = claims.near_threshold if "near_threshold" in claims else pd.Series(False, index=claims.index)
     for r, is_near in zip(claims.itertuples(), near):
         sensitivity = "*sensitivity:* " if getattr(r, "sensitivity_of", "") else ""
         note = f" ({_cell(r.note)})" if getattr(r, "note", "") else ""
         rate = getattr(r, "null_rate", math.nan)
-        lines.append(f"| {_cell(r.source)} | {sensitivity}{_cell(r.claim)} | {_cell(getattr(r, 'premise', ''))} | "
-                     f"{r.n} | {_cell(getattr(r, 'values', ''))} | {_interval(r)} | {_cell(r.criterion)} | "
-                     f"{'' if math.isnan(rate) else f'{rate:.3f}'} | **{r.verdict}**"
-                     + (" (near threshold)" if is_near else "") + f"{note} |")
+        lines.append(
+            f"| {_cell(r.source)} | {sensitivity}{_cell(r.claim)} | {_cell(getattr(r, 'premise', ''))} | "
+            f"{r.n} | {_cell(getattr(r, 'values', ''))} | {_interval(r)} | {_cell(r.criterion)} | "
+            f"{'' if math.isnan(rate) else f'{rate:.3f}'} | **{r.verdict}**"
+            + (" (near threshold)" if is_near else "")
+            + f"{note} |"
+        )
     counted = main_claims(claims)
     counts = counted.verdict.value_counts()
-    lines += ["", f"In all ({len(counted)} claims): " + ", ".join(f"{int(counts.get(v, 0))} {v}" for v in VERDICTS)
-              + f"; sanity checks of the setup: {int(sanity.holds.sum()) if len(sanity) else 0} of {len(sanity)} hold."]
+    lines += [
+        "",
+        f"In all ({len(counted)} claims): "
+        + ", ".join(f"{int(counts.get(v, 0))} {v}" for v in VERDICTS)
+        + f"; sanity checks of the setup: {int(sanity.holds.sum()) if len(sanity) else 0} of {len(sanity)} hold.",
+    ]
     if near.any():
-        lines += [f"{int(near.sum())} verdict(s) marked *near threshold*: the interval ends closer to the threshold "
-                  "than report.near_threshold of its half-width, so the last digits of training on another machine may "
-                  "change them (a decided verdict may turn inconclusive, an inconclusive one may be decided)."]
+        lines += [
+            f"{int(near.sum())} verdict(s) marked *near threshold*: the interval ends closer to the threshold "
+            "than report.near_threshold of its half-width, so the last digits of training on another machine may "
+            "change them (a decided verdict may turn inconclusive, an inconclusive one may be decided)."
+        ]
     if details:
         lines += [""] + details
     if findings:
@@ -284,10 +350,21 @@ def results_markdown(claims: pd.DataFrame, sanity: pd.DataFrame, findings: dict[
     if study is not None and len(study):
         met = study[study.premise_holds]
         chosen = study[study.chosen != ""]
-        lines += ["", f"Setup study ({len(study)} variants, {_count_range(study.n)} pairs each; table and figure in "
-                  "the report): the premise holds for " + (", ".join(met.variant) if len(met) else "no variant")
-                  + "; " + ("; ".join(f"chosen by the rule as the {r.chosen} pair: {r.variant} ({r.levers})"
-                                      for r in chosen.itertuples()) if len(chosen) else "no variant was chosen") + "."]
+        lines += [
+            "",
+            f"Setup study ({len(study)} variants, {_count_range(study.n)} pairs each; table and figure in "
+            "the report): the premise holds for "
+            + (", ".join(met.variant) if len(met) else "no variant")
+            + "; "
+            + (
+                "; ".join(
+                    f"chosen by the rule as the {r.chosen} pair: {r.variant} ({r.levers})" for r in chosen.itertuples()
+                )
+                if len(chosen)
+                else "no variant was chosen"
+            )
+            + ".",
+        ]
     if beyond:
         lines += ["", "Beyond the paper (descriptive numbers; the alignment claims are in the table above):", ""]
         lines += beyond
@@ -305,10 +382,15 @@ def paper_vs_ours(claims: pd.DataFrame, premises: pd.DataFrame) -> str:
     statement next to ours (mean [interval] over n repetitions) and the verdict (results/report/paper_vs_ours.md,
     linked from docs/figures.md)."""
     lines = ["| figure | what | paper | ours: mean [interval] (n) | verdict |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {_cell(r.source)} | premise: {_cell(r.condition)} | {_cell(r.paper)} | {_interval(r)} ({r.n}; "
-              f"worst {r.worst:.3g}) | {'holds' if r.holds else 'not met'} |" for r in premises.itertuples()]
-    lines += [f"| {_cell(r.source)} | {_cell(r.claim)} | {_cell(r.paper)} | {_interval(r)} ({r.n}) | {r.verdict} |"
-              for r in claims.itertuples()]
+    lines += [
+        f"| {_cell(r.source)} | premise: {_cell(r.condition)} | {_cell(r.paper)} | {_interval(r)} ({r.n}; "
+        f"worst {r.worst:.3g}) | {'holds' if r.holds else 'not met'} |"
+        for r in premises.itertuples()
+    ]
+    lines += [
+        f"| {_cell(r.source)} | {_cell(r.claim)} | {_cell(r.paper)} | {_interval(r)} ({r.n}) | {r.verdict} |"
+        for r in claims.itertuples()
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -322,7 +404,16 @@ def figure_paths(figures_dir: str | Path) -> list[tuple[Path, str]]:
 
 
 SPEC = StageSpec(
-    name="report", notebook="12_report", config=ReportConfig, reads=("report", "repetitions", "setup_study", *RUNTIME),
-    outs=("results/report", "reports/report.html", "reports/results.md"), metrics=("metrics/report.json",),
-    figures=(Figure("figA_setup_study", "Appendix: the setup study that chose the default pair (full barrier and "
-                    "endpoint fit per variant)."),))
+    name="report",
+    notebook="12_report",
+    config=ReportConfig,
+    reads=("report", "repetitions", "setup_study", *RUNTIME),
+    outs=("results/report", "reports/report.html", "reports/results.md"),
+    metrics=("metrics/report.json",),
+    figures=(
+        Figure(
+            "figA_setup_study",
+            "Appendix: the setup study that chose the default pair (full barrier and endpoint fit per variant).",
+        ),
+    ),
+)

@@ -63,9 +63,16 @@ BASE = "base"  # name of the screening round's centre in the results
 class SetupStudyConfig(Section):
     # the screening round's centre, as overrides of train_pairs (spelled out, so that changing the default pair later
     # does not change the study)
-    base: dict[str, Any] = Field(default_factory=lambda: dict(
-        arch="rescnn", width=16, depth=1, train_subset=1500, scheme="same_init_different_order",
-        optim=dict(epochs=30, batch_size=64, lr=0.05, schedule="constant", warmup_epochs=0, augment=False)))
+    base: dict[str, Any] = Field(
+        default_factory=lambda: dict(
+            arch="rescnn",
+            width=16,
+            depth=1,
+            train_subset=1500,
+            scheme="same_init_different_order",
+            optim=dict(epochs=30, batch_size=64, lr=0.05, schedule="constant", warmup_epochs=0, augment=False),
+        )
+    )
     # variant name -> overrides of `base` (keys of train_pairs; optim merged key by key)
     variants: dict[str, dict[str, Any]] = Field({BASE: {}}, min_length=1)
     repetitions: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=3)  # pairs per variant (>= 3)
@@ -89,8 +96,11 @@ class SetupStudyConfig(Section):
             try:
                 variant_pair_config(TrainPairsConfig(), self, name)
             except ValidationError as exc:
-                problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'setup'} = {e['input']!r}: "
-                                     f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+                problems = "; ".join(
+                    f"{'.'.join(map(str, e['loc'])) or 'setup'} = {e['input']!r}: "
+                    f"{e['msg'].removeprefix('Value error, ')}"
+                    for e in exc.errors()
+                )
                 raise ValueError(f"variant {name!r} is not a valid train_pairs setup: {problems}") from None
         return self
 
@@ -105,9 +115,14 @@ def variant_pair_config(pair_cfg, cfg: SetupStudyConfig, name: str):
 
 def levers(cfg: SetupStudyConfig, name: str) -> str:
     """What variant `name` changes relative to the base, e.g. "arch=cnn, optim.schedule=step"."""
+
     def flat(d: dict, prefix: str = "") -> dict:
-        return {k2: v2 for k, v in d.items()
-                for k2, v2 in (flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(f"{prefix}{k}", v)])}
+        return {
+            k2: v2
+            for k, v in d.items()
+            for k2, v2 in (flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(f"{prefix}{k}", v)])
+        }
+
     return ", ".join(f"{k}={v}" for k, v in flat(cfg.variants[name]).items()) or "(base)"
 
 
@@ -126,43 +141,83 @@ def train_flop_per_image(vcfg, image_shape, num_classes: int, batch: int = 8) ->
     return counter.get_total_flops() / batch
 
 
-def pair_row(name: str, repetition: int, cfg: SetupStudyConfig, pair_cfg, barrier_cfg, images, workspace: Path,
-             device, progress, processes: int = 1) -> dict:
+def pair_row(
+    name: str,
+    repetition: int,
+    cfg: SetupStudyConfig,
+    pair_cfg,
+    barrier_cfg,
+    images,
+    workspace: Path,
+    device,
+    progress,
+    processes: int = 1,
+) -> dict:
     """Train one pair of one variant (resuming), then its numbers at the last checkpoint: the Fig. 1 headline
     metrics (barriers.headline_metrics), the endpoints' fit on their own training images and the cost."""
     import math
 
-    from llmc_utils.stages import layerwise_barriers as barriers, train_pairs as pairs
     from llmc_utils.core.evaluation import LayerEvaluator
     from llmc_utils.core.trainer import TrainingDiverged, check_not_chance
+    from llmc_utils.stages import layerwise_barriers as barriers
+    from llmc_utils.stages import train_pairs as pairs
 
     vcfg = variant_pair_config(pair_cfg, cfg, name)
     n_train = vcfg.train_subset or len(images.train_y)
     per_member = len(range(n_train)[vcfg.member_images("A", n_train)])
     steps = vcfg.optim.epochs * math.ceil(per_member / vcfg.optim.batch_size)
     flop = train_flop_per_image(vcfg, images.shape, len(images.classes), cfg.flop_batch)
-    base = dict(variant=name, levers=levers(cfg, name), repetition=repetition, arch=vcfg.arch, width=vcfg.width,
-                depth=vcfg.depth, scheme=vcfg.scheme, train_subset=n_train, images_per_model=per_member,
-                epochs=vcfg.optim.epochs, batch_size=vcfg.optim.batch_size, lr=vcfg.optim.lr,
-                schedule=vcfg.optim.schedule, augment=vcfg.optim.augment, steps_per_model=steps,
-                train_tflop_per_pair=2 * flop * per_member * vcfg.optim.epochs / 1e12)
+    base = dict(
+        variant=name,
+        levers=levers(cfg, name),
+        repetition=repetition,
+        arch=vcfg.arch,
+        width=vcfg.width,
+        depth=vcfg.depth,
+        scheme=vcfg.scheme,
+        train_subset=n_train,
+        images_per_model=per_member,
+        epochs=vcfg.optim.epochs,
+        batch_size=vcfg.optim.batch_size,
+        lr=vcfg.optim.lr,
+        schedule=vcfg.optim.schedule,
+        augment=vcfg.optim.augment,
+        steps_per_model=steps,
+        train_tflop_per_pair=2 * flop * per_member * vcfg.optim.epochs / 1e12,
+    )
     try:
         start = time.perf_counter()
         pairs.train_pair(vcfg.for_repetition(repetition), images, workspace, repetition, device, processes)
         train_seconds = time.perf_counter() - start
         last = vcfg.optim.epochs
-        splits = pairs.pair_splits(images, vcfg, barrier_cfg.train_subset, barrier_cfg.test_subset,
-                                   barrier_cfg.subset_seed, device)
+        splits = pairs.pair_splits(
+            images, vcfg, barrier_cfg.train_subset, barrier_cfg.test_subset, barrier_cfg.subset_seed, device
+        )
         model = pairs.pair_model(workspace, repetition)
         evaluator = LayerEvaluator(model, splits, barrier_cfg.eval_batch_size, device, barrier_cfg.cache_activations)
         load = partial(pairs.load_pair, workspace, repetition=repetition)
         table, _ = barriers.barrier_table(evaluator, load, [last], barrier_cfg, progress=progress)
         metrics = barriers.headline_metrics(table, barrier_cfg.heatmap_alpha, barrier_cfg.claim_from_epoch)
-        metrics.update(pairs.endpoint_fit(images, vcfg, model, *load(last), barrier_cfg.train_subset,
-                                          barrier_cfg.subset_seed, barrier_cfg.eval_batch_size, device, "_last"))
+        metrics.update(
+            pairs.endpoint_fit(
+                images,
+                vcfg,
+                model,
+                *load(last),
+                barrier_cfg.train_subset,
+                barrier_cfg.subset_seed,
+                barrier_cfg.eval_batch_size,
+                device,
+                "_last",
+            )
+        )
         for member in ("A", "B"):  # the last checkpoint must have learned something
-            check_not_chance(metrics[f"test_error_{member}_last"], len(images.classes),
-                             f"setup study {name}: model {member} of pair {repetition}", last)
+            check_not_chance(
+                metrics[f"test_error_{member}_last"],
+                len(images.classes),
+                f"setup study {name}: model {member} of pair {repetition}",
+                last,
+            )
         return dict(base, status=STATUS_OK, message="", train_seconds=train_seconds, **metrics)
     except TrainingDiverged as exc:  # recorded, never plotted as a barrier
         return dict(base, status="diverged", message=str(exc))
@@ -177,15 +232,14 @@ def metrics_by_variant(table: pd.DataFrame) -> dict[str, dict]:
     return out
 
 
-def summarize(table: pd.DataFrame, report_cfg, pair_budget_s: float = SetupStudyConfig().pair_budget_s
-              ) -> pd.DataFrame:
+def summarize(table: pd.DataFrame, report_cfg, pair_budget_s: float = SetupStudyConfig().pair_budget_s) -> pd.DataFrame:
     """One row per variant: its levers and cost, the premise's quantities (full barrier with its interval over the
     pairs, the worst endpoint fit) and whether the premise holds, the largest single-layer barrier with its interval
     (reported, never used to choose; the Fig. 1 claims themselves count pairs, which 3 pairs per variant cannot
     decide at the default report.confidence, so they are judged only on the pipeline's pairs), and `chosen` by the
     rule of the module docstring."""
-    from llmc_utils.stages.layerwise_barriers import FIG1_REGIME, PREMISES
     from llmc_utils.core.claims import evaluate_premise, interval
+    from llmc_utils.stages.layerwise_barriers import FIG1_REGIME, PREMISES
     from llmc_utils.stages.train_pairs import SAME_INIT_SCHEMES
 
     premise = {p.name: p for p in PREMISES}[FIG1_REGIME]
@@ -196,15 +250,25 @@ def summarize(table: pd.DataFrame, report_cfg, pair_budget_s: float = SetupStudy
         conditions = evaluate_premise(premise, metrics, report_cfg, report_cfg.confidence)
         holds = conditions[0]["premise_holds"]
         single = interval(ok.max_abs_single_layer_barrier_last, report_cfg.confidence)
-        rows.append(dict(
-            variant=name, levers=mine.levers.iloc[0], scheme=mine.scheme.iloc[0], n=len(ok),
-            diverged=int((mine.status != STATUS_OK).sum()),
-            train_tflop_per_pair=float(mine.train_tflop_per_pair.iloc[0]),
-            train_seconds_per_pair=float(ok.train_seconds.mean()),
-            full_barrier=conditions[0]["mean"], full_barrier_low=conditions[0]["low"],
-            full_barrier_high=conditions[0]["high"], worst_own_train_error=conditions[1]["worst"],
-            premise_holds=bool(holds), max_single_layer_barrier=single[0], max_single_layer_barrier_low=single[1],
-            max_single_layer_barrier_high=single[2]))
+        rows.append(
+            dict(
+                variant=name,
+                levers=mine.levers.iloc[0],
+                scheme=mine.scheme.iloc[0],
+                n=len(ok),
+                diverged=int((mine.status != STATUS_OK).sum()),
+                train_tflop_per_pair=float(mine.train_tflop_per_pair.iloc[0]),
+                train_seconds_per_pair=float(ok.train_seconds.mean()),
+                full_barrier=conditions[0]["mean"],
+                full_barrier_low=conditions[0]["low"],
+                full_barrier_high=conditions[0]["high"],
+                worst_own_train_error=conditions[1]["worst"],
+                premise_holds=bool(holds),
+                max_single_layer_barrier=single[0],
+                max_single_layer_barrier_low=single[1],
+                max_single_layer_barrier_high=single[2],
+            )
+        )
     summary = pd.DataFrame(rows)
     return summary.assign(chosen=choose(summary, pair_budget_s, SAME_INIT_SCHEMES))
 
@@ -232,21 +296,31 @@ def figure(summary: pd.DataFrame, report_cfg):
     the chosen variant marked."""
     data = summary.sort_values("train_tflop_per_pair", ascending=False).reset_index(drop=True)
     fig, axes = plotting.panels(3, ncols=3, width=4.2, height=0.32 * len(data) + 1.6)
-    labels = [f"{r.variant}{' ← ' + r.chosen if r.chosen else ''} ({r.train_tflop_per_pair:.2g} TFLOP"
-              + (f", {r.diverged} of {r.n + r.diverged} diverged)" if r.diverged else ")") for r in data.itertuples()]
-    colour = ["tab:blue" if held and not diverged else "0.6" for held, diverged in zip(data.premise_holds,
-                                                                                       data.diverged)]
-    panels = [("full_barrier", "full train-loss barrier (nats)", report_cfg.regime_barrier),
-              ("worst_own_train_error", "worst endpoint: error on its own training images (%)",
-               report_cfg.fit_train_error),
-              ("max_single_layer_barrier", "largest |single-layer barrier| (nats)", report_cfg.single_layer_tolerance)]
+    labels = [
+        f"{r.variant}{' ← ' + r.chosen if r.chosen else ''} ({r.train_tflop_per_pair:.2g} TFLOP"
+        + (f", {r.diverged} of {r.n + r.diverged} diverged)" if r.diverged else ")")
+        for r in data.itertuples()
+    ]
+    colour = [
+        "tab:blue" if held and not diverged else "0.6" for held, diverged in zip(data.premise_holds, data.diverged)
+    ]
+    panels = [
+        ("full_barrier", "full train-loss barrier (nats)", report_cfg.regime_barrier),
+        ("worst_own_train_error", "worst endpoint: error on its own training images (%)", report_cfg.fit_train_error),
+        ("max_single_layer_barrier", "largest |single-layer barrier| (nats)", report_cfg.single_layer_tolerance),
+    ]
     for ax, (column, title, threshold) in zip(axes, panels):
         y = range(len(data))
         if f"{column}_low" in data:  # intervals of a few pairs can be very wide: drawn to the edge of the view
             values = data[column]
             span = (min(values.min(), threshold, 0) - 0.5, max(values.max(), threshold) + 0.5)
-            ax.hlines(y, data[f"{column}_low"].clip(lower=span[0]), data[f"{column}_high"].clip(upper=span[1]),
-                      colors=colour, lw=2)
+            ax.hlines(
+                y,
+                data[f"{column}_low"].clip(lower=span[0]),
+                data[f"{column}_high"].clip(upper=span[1]),
+                colors=colour,
+                lw=2,
+            )
             ax.set_xlim(*span)
         values = data[column]
         if column == "worst_own_train_error":  # errors far above the 2 % threshold: at the edge, value written
@@ -261,23 +335,28 @@ def figure(summary: pd.DataFrame, report_cfg):
         ax.set_title(title, fontsize=9)
         ax.set_yticks(list(y))
         ax.set_yticklabels(labels if ax is axes[0] else [], fontsize=7)
-    axes[0].set_xlabel(f"mean and {100 * report_cfg.confidence:g} % interval over pairs; blue: premise met, "
-                       "no pair diverged", fontsize=8)
+    axes[0].set_xlabel(
+        f"mean and {100 * report_cfg.confidence:g} % interval over pairs; blue: premise met, no pair diverged",
+        fontsize=8,
+    )
     axes[1].set_xlabel("max over pairs and both endpoints")
     axes[2].set_xlabel("last checkpoint, alpha 0.5, both bases; mean and interval")
     fig.tight_layout()
     return fig
 
 
-def run(params_file: str | Path = "params.yaml", workspace: str | Path = ".", threads: int | None = None,
-        only: list[str] | None = None) -> pd.DataFrame:
+def run(
+    params_file: str | Path = "params.yaml",
+    workspace: str | Path = ".",
+    threads: int | None = None,
+    only: list[str] | None = None,
+) -> pd.DataFrame:
     """Every variant (or those named in `only`) x repetition, skipping finished ones, then the combined table of
     every finished pair written to RESULT. `threads` overrides runtime.num_threads for the evaluation (1 when other
     jobs share the cores: a two-thread team whose second thread waits for a busy core runs many times slower)."""
     from llmc_utils.core import data
-    from llmc_utils.pipeline import stage
-
     from llmc_utils.core.io import save_table
+    from llmc_utils.pipeline import stage
 
     st = stage.setup("setup_study", params_file, workspace)
     if threads:
@@ -299,11 +378,24 @@ def run(params_file: str | Path = "params.yaml", workspace: str | Path = ".", th
     for name, r in stage.progress(jobs, desc="setup study pairs"):
         done = scratch / name / f"row_repetition_{r}.csv"
         if not done.is_file():
-            row = pair_row(name, r, cfg, pair_cfg, barrier_cfg, images, scratch / name, st.device, stage.progress,
-                           st.runtime.train_processes)
+            row = pair_row(
+                name,
+                r,
+                cfg,
+                pair_cfg,
+                barrier_cfg,
+                images,
+                scratch / name,
+                st.device,
+                stage.progress,
+                st.runtime.train_processes,
+            )
             save_table(pd.DataFrame([row]), done)
-    rows = [pd.read_csv(p, keep_default_na=False, na_values=[""]) for name in cfg.variants
-            for p in sorted((scratch / name).glob("row_repetition_*.csv"))]
+    rows = [
+        pd.read_csv(p, keep_default_na=False, na_values=[""])
+        for name in cfg.variants
+        for p in sorted((scratch / name).glob("row_repetition_*.csv"))
+    ]
     table = pd.concat(rows, ignore_index=True)
     save_table(table, st.workspace / RESULT)
     return table
@@ -315,8 +407,9 @@ def load(workspace: str | Path = ".") -> pd.DataFrame:
     for path in (Path(workspace) / RESULT, Path(__file__).resolve().parents[2] / RESULT):
         if path.is_file():
             return pd.read_csv(path, keep_default_na=False, na_values=[""])
-    raise FileNotFoundError(f"{Path(workspace) / RESULT} not found: run `python -m llmc_utils.pipeline.setup_study` "
-                            "(outside dvc repro)")
+    raise FileNotFoundError(
+        f"{Path(workspace) / RESULT} not found: run `python -m llmc_utils.pipeline.setup_study` (outside dvc repro)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,8 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", metavar="VARIANT", help="train and evaluate only these variants")
     args = parser.parse_args(argv)
     table = run(args.params, args.workspace, args.threads, args.only)
-    print(f"wrote {Path(args.workspace) / RESULT}: {len(table)} pairs, "
-          f"{int((table.status != STATUS_OK).sum())} diverged")
+    print(
+        f"wrote {Path(args.workspace) / RESULT}: {len(table)} pairs, {int((table.status != STATUS_OK).sum())} diverged"
+    )
     return 0
 
 

@@ -24,8 +24,9 @@ from llmc_utils.stages.spec import EVALUATION
 __all__ = ["setup", "progress", "Stage"]  # notebooks call stage.progress
 
 
-def setup(name: str, params_file: str | Path, workspace: str | Path, verbose: bool = True,
-          repetition: int | None = None) -> Stage:
+def setup(
+    name: str, params_file: str | Path, workspace: str | Path, verbose: bool = True, repetition: int | None = None
+) -> Stage:
     """Validate the whole params file, configure torch, print this stage's config, and return the Stage.
 
     `name` is a stage of the registry (or its params section). `repetition` is the index r of a repeated stage
@@ -51,11 +52,21 @@ def setup(name: str, params_file: str | Path, workspace: str | Path, verbose: bo
     if quiet():
         warnings.filterwarnings("ignore")
     readable = frozenset(s for s in params if spec.reads_section(s))
-    stage = Stage(name=spec.section, config=config, runtime=runtime, workspace=Path(workspace), params=params,
-                  device=resolve_device(runtime.device), repetition=repetition, readable=readable)
+    stage = Stage(
+        name=spec.section,
+        config=config,
+        runtime=runtime,
+        workspace=Path(workspace),
+        params=params,
+        device=resolve_device(runtime.device),
+        repetition=repetition,
+        readable=readable,
+    )
     if verbose:
         print(to_yaml(runtime))
         print(to_yaml(config))
-        print(f"workspace: {stage.workspace}  device: {stage.device}  threads: {torch.get_num_threads()}"
-              + ("" if repetition is None else f"  repetition: {repetition}"))
+        print(
+            f"workspace: {stage.workspace}  device: {stage.device}  threads: {torch.get_num_threads()}"
+            + ("" if repetition is None else f"  repetition: {repetition}")
+        )
     return stage

@@ -23,19 +23,20 @@ at exactly onset_fraction x the full barrier; the window barriers of each pair a
 from __future__ import annotations
 
 import random
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
 
 from llmc_utils.core import plotting
-from llmc_utils.stages.layerwise_barriers import FIG1_REGIME
 from llmc_utils.core.claims import Claim, Null, spread
 from llmc_utils.core.config import Alpha, NonNegativeInt, PositiveFloat, PositiveInt, Section
 from llmc_utils.core.evaluation import LayerEvaluator, barrier_rows, endpoints, evaluate_changed
 from llmc_utils.core.io import read_repetition_tables
 from llmc_utils.core.layers import keys_of, logical_layers, mix
+from llmc_utils.stages.layerwise_barriers import FIG1_REGIME
 from llmc_utils.stages.spec import EVALUATION, RUNTIME, Figure, StageSpec
 
 Order = Literal["shallow_to_deep", "deep_to_shallow", "random", "outer_first"]
@@ -46,7 +47,8 @@ class CumulativeAveragingConfig(Section):
     # checkpoints of the pair to evaluate; null = every checkpoint (epoch 0: A = B, every barrier is 0)
     epochs: list[NonNegativeInt] | None = Field(default_factory=lambda: [1, 10, 30])
     orders: list[Literal["shallow_to_deep", "deep_to_shallow", "random", "outer_first"]] = Field(
-        default_factory=lambda: list(ORDERS), min_length=1)
+        default_factory=lambda: list(ORDERS), min_length=1
+    )
     random_seeds: list[NonNegativeInt] = Field(default_factory=lambda: [0])
     outer_count: PositiveInt = 5  # k of outer_first, capped at L // 4
     window: NonNegativeInt = 2  # width w of the sliding-window control; 0 = no window control
@@ -95,23 +97,26 @@ def sliding_windows(names: Sequence[str], width: int) -> list[list[str]]:
     """Every run of `width` consecutive layers, shallow to deep (none when width is 0 or exceeds L)."""
     if width <= 0 or width > len(names):
         return []
-    return [list(names[i:i + width]) for i in range(len(names) - width + 1)]
+    return [list(names[i : i + width]) for i in range(len(names) - width + 1)]
 
 
 def groups(cfg: CumulativeAveragingConfig, names: Sequence[str]) -> list[dict]:
     """Every averaged group: order label, position j (1-based) and the layers in it."""
     out = []
     for kind in cfg.orders:
-        for seed in (cfg.random_seeds if kind == "random" else [None]):
+        for seed in cfg.random_seeds if kind == "random" else [None]:
             order = layer_order(kind, names, seed or 0, cfg.outer_count)
             label = f"random_{seed}" if kind == "random" else kind
             out += [dict(order=label, j=j, layers=order[:j]) for j in range(1, len(order) + 1)]
-    out += [dict(order=f"window_{cfg.window}", j=i + 1, layers=w) for i, w in enumerate(sliding_windows(names, cfg.window))]
+    out += [
+        dict(order=f"window_{cfg.window}", j=i + 1, layers=w) for i, w in enumerate(sliding_windows(names, cfg.window))
+    ]
     return out
 
 
-def checkpoint_cumulative(evaluator: LayerEvaluator, epoch: int, state_a, state_b, cfg: CumulativeAveragingConfig,
-                          reset=None) -> list[dict]:
+def checkpoint_cumulative(
+    evaluator: LayerEvaluator, epoch: int, state_a, state_b, cfg: CumulativeAveragingConfig, reset=None
+) -> list[dict]:
     """Tidy rows of one checkpoint: every group of `groups`, both bases; `reset` (a normalization.BNReset)
     re-estimates the BatchNorm statistics of every averaged model (evaluation.evaluate_changed)."""
     layers = logical_layers(state_a, cfg.layer_groups)
@@ -121,15 +126,23 @@ def checkpoint_cumulative(evaluator: LayerEvaluator, epoch: int, state_a, state_
         for group in groups(cfg, list(layers)):
             keys = keys_of(layers, group["layers"])
             metrics = evaluate_changed(evaluator, mix(state_a, state_b, cfg.alpha, keys, base=base), base, keys, reset)
-            where = dict(epoch=epoch, order=group["order"], base=base, j=group["j"], n_layers=len(group["layers"]),
-                         last_layer=group["layers"][-1], layers="+".join(group["layers"]))
+            where = dict(
+                epoch=epoch,
+                order=group["order"],
+                base=base,
+                j=group["j"],
+                n_layers=len(group["layers"]),
+                last_layer=group["layers"][-1],
+                layers="+".join(group["layers"]),
+            )
             rows += barrier_rows(where, metrics, ends, cfg.alpha)
     evaluator.cache.clear()
     return rows
 
 
-def cumulative_table(evaluator: LayerEvaluator, load_pair, epochs, cfg: CumulativeAveragingConfig,
-                     progress=lambda it, **kw: it) -> pd.DataFrame:
+def cumulative_table(
+    evaluator: LayerEvaluator, load_pair, epochs, cfg: CumulativeAveragingConfig, progress=lambda it, **kw: it
+) -> pd.DataFrame:
     rows = []
     for epoch in progress(list(epochs), desc="checkpoints"):
         state_a, state_b = load_pair(epoch)
@@ -137,8 +150,15 @@ def cumulative_table(evaluator: LayerEvaluator, load_pair, epochs, cfg: Cumulati
     return pd.DataFrame(rows)
 
 
-def onset(table: pd.DataFrame, order: str, base: str = "A", split: str = "train", metric: str = "loss",
-          fraction: float = 0.5, epoch: int | None = None) -> int | None:
+def onset(
+    table: pd.DataFrame,
+    order: str,
+    base: str = "A",
+    split: str = "train",
+    metric: str = "loss",
+    fraction: float = 0.5,
+    epoch: int | None = None,
+) -> int | None:
     """First j whose cumulative barrier exceeds fraction x the full barrier (the j = L row); None if never or if
     the full barrier is not positive."""
     sel = table[(table.order == order) & (table.base == base) & (table.split == split) & (table.metric == metric)]
@@ -162,13 +182,22 @@ def headline_metrics(table: pd.DataFrame, cfg: CumulativeAveragingConfig) -> dic
     (descriptive)."""
     split = cfg.splits[0]
     sel = _last_loss(table, split)
-    n_layers = int(table[table.order == "shallow_to_deep"].j.max()) if "shallow_to_deep" in set(table.order) \
+    n_layers = (
+        int(table[table.order == "shallow_to_deep"].j.max())
+        if "shallow_to_deep" in set(table.order)
         else int(table[~table.order.str.startswith("window")].j.max())
+    )
     full = sel[(sel.j == n_layers) & ~sel.order.str.startswith("window")].barrier.iloc[0]
     k = min(cfg.outer_count, n_layers // 4)
     out: dict[str, str | float | None]
-    out = dict(last_epoch=int(table.epoch.max()), n_layers=n_layers, outer_k=k, split=split,
-               full_barrier_last=float(full), onset_fraction=cfg.onset_fraction)
+    out = dict(
+        last_epoch=int(table.epoch.max()),
+        n_layers=n_layers,
+        outer_k=k,
+        split=split,
+        full_barrier_last=float(full),
+        onset_fraction=cfg.onset_fraction,
+    )
     for base in cfg.bases:
         mine = sel[sel.base == base]
         if "outer_first" in cfg.orders and k > 0:
@@ -231,7 +260,9 @@ def _outer_null(rng: np.random.Generator, runs: list[dict], cfg) -> list[dict]:
     out = []
     for m in runs:
         edge = m["onset_fraction"] * m["full_barrier_last"]
-        out.append(dict(m, **{k: edge + rng.normal(0.0, noise) for k in m if k.startswith("outer_group_barrier_into_")}))
+        out.append(
+            dict(m, **{k: edge + rng.normal(0.0, noise) for k in m if k.startswith("outer_group_barrier_into_")})
+        )
     return out
 
 
@@ -247,16 +278,34 @@ def _window_null(rng: np.random.Generator, runs: list[dict], cfg) -> list[dict]:
 
 
 CLAIMS = [
-    Claim("Fig. 2", "On average over pairs, averaging the outer layers together (first k + last k) creates little "
-          "barrier", "barrier appears only when middle layers join", "cumulative_averaging", outer_claim_value,
-          "<=", 0.0, "outer-group barrier - onset_fraction x full barrier (last checkpoint, worse base)",
-          premise=FIG1_REGIME, null=Null("outer group exactly at onset_fraction x the full barrier, plus the "
-                                         "measured spread over pairs", _outer_null)),
-    Claim("Fig. 2", "On average over pairs, windows of consecutive middle layers carry more barrier than the windows "
-          "at either end", "barrier appears when middle layers join", "cumulative_averaging", window_claim_value,
-          ">", 0.0, "(mean rank of the middle windows - mean rank of the two end windows) / (W / 2), in [-1, 1] (W "
-          "window barriers of one pair and base, last checkpoint, worse base)", premise=FIG1_REGIME,
-          null=Null("exchangeable windows: each pair's window barriers permuted", _window_null), bounds=(-1.0, 1.0)),
+    Claim(
+        "Fig. 2",
+        "On average over pairs, averaging the outer layers together (first k + last k) creates little barrier",
+        "barrier appears only when middle layers join",
+        "cumulative_averaging",
+        outer_claim_value,
+        "<=",
+        0.0,
+        "outer-group barrier - onset_fraction x full barrier (last checkpoint, worse base)",
+        premise=FIG1_REGIME,
+        null=Null(
+            "outer group exactly at onset_fraction x the full barrier, plus the measured spread over pairs", _outer_null
+        ),
+    ),
+    Claim(
+        "Fig. 2",
+        "On average over pairs, windows of consecutive middle layers carry more barrier than the windows at either end",
+        "barrier appears when middle layers join",
+        "cumulative_averaging",
+        window_claim_value,
+        ">",
+        0.0,
+        "(mean rank of the middle windows - mean rank of the two end windows) / (W / 2), in [-1, 1] (W "
+        "window barriers of one pair and base, last checkpoint, worse base)",
+        premise=FIG1_REGIME,
+        null=Null("exchangeable windows: each pair's window barriers permuted", _window_null),
+        bounds=(-1.0, 1.0),
+    ),
 ]
 
 
@@ -284,13 +333,19 @@ def heatmaps(tables: pd.DataFrame, orders, bases, split: str):
     """Fig. 2: one heatmap per (order, base), cells "mean ±sd" of the barrier across repetitions."""
     n = tables.repetition.nunique()
     n_rows, n_cols = wide(tables, orders[0], bases[0], split)[0].shape
-    fig, axes = plotting.panels(len(orders) * len(bases), ncols=len(orders), width=0.9 * n_cols + 3.6,
-                                height=0.45 * n_rows + 1.5)
+    fig, axes = plotting.panels(
+        len(orders) * len(bases), ncols=len(orders), width=0.9 * n_cols + 3.6, height=0.45 * n_rows + 1.5
+    )
     for ax, (base, order) in zip(axes, [(b, o) for b in bases for o in orders]):
         mean, sd = wide(tables, order, base, split)
-        plotting.heatmap(ax, mean, spread=sd if n > 1 else None, cbar_label=f"{split} loss barrier", fmt=".2f",
-                         title=f"{order.replace('_to_', '->')}, into {base}"
-                               + (f" (mean ± sd, {n} pairs)" if n > 1 else ""))
+        plotting.heatmap(
+            ax,
+            mean,
+            spread=sd if n > 1 else None,
+            cbar_label=f"{split} loss barrier",
+            fmt=".2f",
+            title=f"{order.replace('_to_', '->')}, into {base}" + (f" (mean ± sd, {n} pairs)" if n > 1 else ""),
+        )
         ax.set_xlabel("epoch")
         ax.set_ylabel("layers averaged (j: layer added)")
     return fig
@@ -301,8 +356,14 @@ def last_checkpoint_curves(tables: pd.DataFrame, bases, split: str):
     fig, axes = plotting.panels(len(bases), width=5.5, height=3.8)
     sel = _last_loss(tables, split)
     for ax, base in zip(axes, bases):
-        plotting.curves(ax, sel[sel.base == base], x="j", y="barrier", hue="order",
-                        title=f"epoch {int(tables.epoch.max())}, into {base} (mean ± sd over pairs)")
+        plotting.curves(
+            ax,
+            sel[sel.base == base],
+            x="j",
+            y="barrier",
+            hue="order",
+            title=f"epoch {int(tables.epoch.max())}, into {base} (mean ± sd over pairs)",
+        )
         ax.axhline(0, color="grey", lw=0.5)
         ax.set_xlabel("layers averaged j (window: start)")
         ax.set_ylabel(f"{split} loss barrier")
@@ -318,20 +379,29 @@ def aggregate_stage(st, repetitions: list[int]) -> None:
     controls = [o for o in orders if o not in main]
     plotting.save(heatmaps(tables, main, cfg.bases, cfg.splits[0]), st.figures_dir / "fig2_cumulative_averaging")
     plotting.save(heatmaps(tables, controls, cfg.bases, cfg.splits[0]), st.figures_dir / "fig2_cumulative_controls")
-    plotting.save(last_checkpoint_curves(tables, cfg.bases, cfg.splits[0]),
-                  st.figures_dir / "fig2_cumulative_last_checkpoint")
+    plotting.save(
+        last_checkpoint_curves(tables, cfg.bases, cfg.splits[0]), st.figures_dir / "fig2_cumulative_last_checkpoint"
+    )
     print("orders:", orders)
     return None
 
 
 SPEC = StageSpec(
-    name="cumulative_averaging", notebook="03_cumulative_averaging", config=CumulativeAveragingConfig,
+    name="cumulative_averaging",
+    notebook="03_cumulative_averaging",
+    config=CumulativeAveragingConfig,
     repeats_over="train_pairs",
     reads=(*RUNTIME, *EVALUATION, "train_pairs.train_subset", "train_pairs.subset_seed", "train_pairs.scheme"),
     inputs=("data/images.pt", "models/pair/repetition_{r}"),
     aggregate_figures=(
-        Figure("fig2_cumulative_averaging", "Fig. 2: barrier when the first j layers (shallow->deep, deep->shallow) "
-               "are averaged."),
+        Figure(
+            "fig2_cumulative_averaging",
+            "Fig. 2: barrier when the first j layers (shallow->deep, deep->shallow) are averaged.",
+        ),
         Figure("fig2_cumulative_controls", "Fig. 2 controls: random order, outer-first, sliding window."),
-        Figure("fig2_cumulative_last_checkpoint", "Fig. 2 at the last checkpoint: every order on one axis.")),
-    aggregate=aggregate_stage, aggregate_reads=("cumulative_averaging",), claims=tuple(CLAIMS))
+        Figure("fig2_cumulative_last_checkpoint", "Fig. 2 at the last checkpoint: every order on one axis."),
+    ),
+    aggregate=aggregate_stage,
+    aggregate_reads=("cumulative_averaging",),
+    claims=tuple(CLAIMS),
+)

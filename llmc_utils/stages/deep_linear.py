@@ -118,11 +118,15 @@ class DeepLinearConfig(Section):
             raise ValueError("minimum_scale must differ from 1 (else both minima are the same point (1, 1))")
         low, high = self.landscape_range
         if not (low < min(s, 1 / s) and max(s, 1 / s) < high):
-            raise ValueError(f"landscape_range {list(self.landscape_range)} must contain both minima (1/s, s) and "
-                             f"(s, 1/s) with s = minimum_scale = {s}")
+            raise ValueError(
+                f"landscape_range {list(self.landscape_range)} must contain both minima (1/s, s) and "
+                f"(s, 1/s) with s = minimum_scale = {s}"
+            )
         if self.n_alphas % 2 == 0:
-            raise ValueError(f"n_alphas must be odd so that the grid holds alpha = 0.5 (where barriers are read), "
-                             f"got {self.n_alphas}")
+            raise ValueError(
+                f"n_alphas must be odd so that the grid holds alpha = 0.5 (where barriers are read), "
+                f"got {self.n_alphas}"
+            )
         for name in ("depths", "widths", "pair_kinds", "bases"):
             values = getattr(self, name)
             if len(set(values)) != len(values):
@@ -130,8 +134,13 @@ class DeepLinearConfig(Section):
         return self
 
     def optim(self, depth: int) -> OptimConfig:
-        return OptimConfig(epochs=self.train_steps, batch_size=self.n_samples, lr=self.learning_rate / depth,
-                           momentum=self.momentum, weight_decay=0.0)
+        return OptimConfig(
+            epochs=self.train_steps,
+            batch_size=self.n_samples,
+            lr=self.learning_rate / depth,
+            momentum=self.momentum,
+            weight_decay=0.0,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -168,8 +177,15 @@ def network_loss(state: State, x: torch.Tensor, y: torch.Tensor) -> float:
     return squared_loss(forward(weights(state), x), y).item()
 
 
-def cut_losses(state_a: State, state_b: State, layers: tuple[int, ...], base: str, x: torch.Tensor, y: torch.Tensor,
-               alphas: torch.Tensor) -> torch.Tensor:
+def cut_losses(
+    state_a: State,
+    state_b: State,
+    layers: tuple[int, ...],
+    base: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    alphas: torch.Tensor,
+) -> torch.Tensor:
     """L(alpha) on the grid for the cut that interpolates `layers` (1-based) and keeps the rest from `base`.
 
     Built numerically: one interpolated state dict per alpha (layers.mix), then all of them in one batched product.
@@ -181,8 +197,9 @@ def cut_losses(state_a: State, state_b: State, layers: tuple[int, ...], base: st
     return squared_loss(forward(ws, x), y)
 
 
-def quadratic_coefficients(state_a: State, state_b: State, layer: int, base: str, x: torch.Tensor,
-                           y: torch.Tensor) -> tuple[float, float, float]:
+def quadratic_coefficients(
+    state_a: State, state_b: State, layer: int, base: str, x: torch.Tensor, y: torch.Tensor
+) -> tuple[float, float, float]:
     """Theorem 4.1 closed form (c0, c1, c2) of L(alpha) = c0 + c1 alpha + c2 alpha^2 for the single-layer cut."""
     keys = [key(layer)]
     f0 = forward(weights(mix(state_a, state_b, 0.0, keys, base)), x)
@@ -221,8 +238,10 @@ def path_barriers(losses: torch.Tensor, loss_a, loss_b, alphas: torch.Tensor) ->
 
 def minimal_pair(scale: float) -> tuple[State, State]:
     """w = (1/s, s) and w' = (s, 1/s): two global minima on the hyperbola w1 w2 = 1."""
+
     def net(w1, w2):
         return {key(1): torch.tensor([[w1]], dtype=DTYPE), key(2): torch.tensor([[w2]], dtype=DTYPE)}
+
     return net(1.0 / scale, scale), net(scale, 1.0 / scale)
 
 
@@ -246,16 +265,26 @@ def minimal_example(cfg: DeepLinearConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     loss_a, loss_b = network_loss(a, x, y), network_loss(b, x, y)
     path_rows, barrier_rows = [], []
     for path, layers in MINIMAL_PATHS.items():
-        for base in (("A",) if len(layers) == 2 else ("A", "B")):  # the full path does not depend on the base
+        for base in ("A",) if len(layers) == 2 else ("A", "B"):  # the full path does not depend on the base
             losses = cut_losses(a, b, layers, base, x, y, alphas)
             for t, loss in zip(alphas.tolist(), losses.tolist()):
                 state = mix(a, b, t, [key(k) for k in layers], base)
-                path_rows.append(dict(path=path, base=base, alpha=t, w1=state[key(1)].item(),
-                                      w2=state[key(2)].item(), loss=loss))
+                path_rows.append(
+                    dict(path=path, base=base, alpha=t, w1=state[key(1)].item(), w2=state[key(2)].item(), loss=loss)
+                )
             barrier_mid, barrier_max = path_barriers(losses, loss_a, loss_b, alphas)
-            barrier_rows.append(dict(path=path, base=base, loss_a=loss_a, loss_b=loss_b,
-                                     loss_mid=losses[midpoint(alphas)].item(), barrier_mid=barrier_mid.item(),
-                                     barrier_max=barrier_max.item(), mean_x2=(x ** 2).mean().item()))
+            barrier_rows.append(
+                dict(
+                    path=path,
+                    base=base,
+                    loss_a=loss_a,
+                    loss_b=loss_b,
+                    loss_mid=losses[midpoint(alphas)].item(),
+                    barrier_mid=barrier_mid.item(),
+                    barrier_max=barrier_max.item(),
+                    mean_x2=(x**2).mean().item(),
+                )
+            )
     return pd.DataFrame(path_rows), pd.DataFrame(barrier_rows)
 
 
@@ -283,7 +312,7 @@ class LinearStack(torch.nn.Module):
         super().__init__()
         for k, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:]), start=1):
             layer = torch.nn.Module()
-            layer.weight = torch.nn.Parameter(torch.randn(replicates, d_in, d_out, dtype=DTYPE) / d_in ** 0.5)
+            layer.weight = torch.nn.Parameter(torch.randn(replicates, d_in, d_out, dtype=DTYPE) / d_in**0.5)
             self.add_module(f"layer{k}", layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -304,19 +333,30 @@ def network_pairs(cfg: DeepLinearConfig, depth: int, width: int, run_seed: int) 
     generator = torch.Generator().manual_seed(run_seed)
     r, n = cfg.replicates, cfg.n_samples
     x = torch.randn(n, r, cfg.input_dim, generator=generator, dtype=DTYPE)
-    teacher = torch.randn(r, cfg.input_dim, cfg.output_dim, generator=generator, dtype=DTYPE) / cfg.input_dim ** 0.5
+    teacher = torch.randn(r, cfg.input_dim, cfg.output_dim, generator=generator, dtype=DTYPE) / cfg.input_dim**0.5
     y = forward([teacher], x.transpose(0, 1)).transpose(0, 1)
     y = y + cfg.label_noise * torch.randn(y.shape, generator=generator, dtype=DTYPE)
     dims = [cfg.input_dim] + [width] * (depth - 1) + [cfg.output_dim]
     steps = cfg.train_steps
     with tempfile.TemporaryDirectory() as tmp:  # the endpoints are cheap to remake from their seeds; keep none
-        members = {member: dict(init_seed=init_seed, run_dir=Path(tmp) / member,
-                                desc=f"GD depth {depth} width {width} {member}")
-                   for member, init_seed in (("A", run_seed + 1), ("B", run_seed + 2))}
+        members = {
+            member: dict(
+                init_seed=init_seed, run_dir=Path(tmp) / member, desc=f"GD depth {depth} width {width} {member}"
+            )
+            for member, init_seed in (("A", run_seed + 1), ("B", run_seed + 2))
+        }
         # in this process (processes = 1): each run is a few hundred full-batch steps of a tiny stack, shorter than
         # starting a worker, and the grid trains one pair per (depth, width)
-        paths = train_members(members, make_model=partial(LinearStack, dims, r), x=x, y=y, cfg=cfg.optim(depth),
-                              data_seed=run_seed, checkpoint_epochs=[0, steps], loss_fn=stacked_loss)
+        paths = train_members(
+            members,
+            make_model=partial(LinearStack, dims, r),
+            x=x,
+            y=y,
+            cfg=cfg.optim(depth),
+            data_seed=run_seed,
+            checkpoint_epochs=[0, steps],
+            loss_fn=stacked_loss,
+        )
         states = {member: {"random": load_weights(p[0]), "trained": load_weights(p[-1])} for member, p in paths.items()}
     pairs: dict[str, list[tuple]] = {}
     for kind in cfg.pair_kinds:
@@ -329,8 +369,10 @@ def network_pairs(cfg: DeepLinearConfig, depth: int, width: int, run_seed: int) 
         for a, b, xi, yi in pairs["trained"]:
             for state in (a, b):
                 if not np.isfinite(network_loss(state, xi, yi)):
-                    raise FloatingPointError(f"gradient descent diverged (depth {depth}, width {width}); lower "
-                                             f"deep_linear.learning_rate ({cfg.learning_rate}) or momentum")
+                    raise FloatingPointError(
+                        f"gradient descent diverged (depth {depth}, width {width}); lower "
+                        f"deep_linear.learning_rate ({cfg.learning_rate}) or momentum"
+                    )
     return pairs
 
 
@@ -348,8 +390,17 @@ def group_name(n_layers: int) -> str:
     return "single layer" if n_layers == 1 else ("two layers" if n_layers == 2 else "all layers")
 
 
-def analyse_cut(cfg: DeepLinearConfig, a: State, b: State, x: torch.Tensor, y: torch.Tensor, layers: tuple[int, ...],
-                base: str, alphas: torch.Tensor, ends: tuple[float, float] | None = None) -> tuple[dict, torch.Tensor]:
+def analyse_cut(
+    cfg: DeepLinearConfig,
+    a: State,
+    b: State,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    layers: tuple[int, ...],
+    base: str,
+    alphas: torch.Tensor,
+    ends: tuple[float, float] | None = None,
+) -> tuple[dict, torch.Tensor]:
     """One row of the cut table (and the L(alpha) values): convexity verdict, for one layer the closed-form error,
     and the loss barriers against the two full models (at alpha = 0.5 and the max over the grid). `ends`: the full
     models' losses (L(A), L(B)) when already known."""
@@ -363,13 +414,22 @@ def analyse_cut(cfg: DeepLinearConfig, a: State, b: State, x: torch.Tensor, y: t
     error = float("nan")
     if len(layers) == 1:
         c0, c1, c2 = quadratic_coefficients(a, b, layers[0], base, x, y)
-        error = (c0 + c1 * alphas + c2 * alphas ** 2 - losses).abs().max().item()
-    row = dict(layers="+".join(map(str, layers)), n_layers=len(layers), group=group_name(len(layers)),
-               base=base if len(layers) < depth_of(a) else "-", min_second_difference=min_sd, loss_scale=scale,
-               min_curvature_rel=min_sd / (h * h * scale), max_above_chord=chord_gap,
-               closed_form_max_error=error, barrier_mid=barrier_mid.item(), barrier_max=barrier_max.item(),
-               convex=bool(min_sd >= -cfg.convexity_tolerance * scale),
-               closed_form_match=bool(error <= cfg.closed_form_tolerance * scale) if len(layers) == 1 else None)
+        error = (c0 + c1 * alphas + c2 * alphas**2 - losses).abs().max().item()
+    row = dict(
+        layers="+".join(map(str, layers)),
+        n_layers=len(layers),
+        group=group_name(len(layers)),
+        base=base if len(layers) < depth_of(a) else "-",
+        min_second_difference=min_sd,
+        loss_scale=scale,
+        min_curvature_rel=min_sd / (h * h * scale),
+        max_above_chord=chord_gap,
+        closed_form_max_error=error,
+        barrier_mid=barrier_mid.item(),
+        barrier_max=barrier_max.item(),
+        convex=bool(min_sd >= -cfg.convexity_tolerance * scale),
+        closed_form_match=bool(error <= cfg.closed_form_tolerance * scale) if len(layers) == 1 else None,
+    )
     return row, losses
 
 
@@ -416,8 +476,12 @@ def theorem_check(cfg: DeepLinearConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
                     # the counterexample shown: a non-convex pair of layers inside a deeper network (the rest of the
                     # network fixed, not the full interpolation of a depth-2 net) with the highest bump above its
                     # chord relative to the loss scale, so the non-convexity is visible by eye
-                    rank = (row["convex"], depth == 2, -row["max_above_chord"] / row["loss_scale"],
-                            row["min_curvature_rel"])
+                    rank = (
+                        row["convex"],
+                        depth == 2,
+                        -row["max_above_chord"] / row["loss_scale"],
+                        row["min_curvature_rel"],
+                    )
                     if row["n_layers"] == 2 and (most_negative is None or rank < most_negative[0]):
                         most_negative = (rank, rows[-1], (a, b, x, y), layers, base)
     cuts = pd.DataFrame(rows)
@@ -430,8 +494,17 @@ def theorem_check(cfg: DeepLinearConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
             losses = cut_losses(a, b, cut, base, x, y, alphas)
             curvature = second_differences(losses).min().item() / (h * h * losses.abs().max().item())
             for t, loss in zip(alphas.tolist(), losses.tolist()):
-                curves.append(dict(network=label, base=base, layers="+".join(map(str, cut)), n_layers=len(cut),
-                                   min_curvature_rel=curvature, alpha=t, loss=loss))
+                curves.append(
+                    dict(
+                        network=label,
+                        base=base,
+                        layers="+".join(map(str, cut)),
+                        n_layers=len(cut),
+                        min_curvature_rel=curvature,
+                        alpha=t,
+                        loss=loss,
+                    )
+                )
     return cuts, pd.DataFrame(curves)
 
 
@@ -439,15 +512,20 @@ def summary(cuts: pd.DataFrame) -> dict:
     """Headline numbers (DVC metrics): single-layer verdicts and how often multi-layer cuts are non-convex."""
     single, two, full = (cuts[cuts.group == g] for g in ("single layer", "two layers", "all layers"))
     rel_error = single.closed_form_max_error / single.loss_scale
-    out = dict(n_networks=int(cuts.groupby(["depth", "width", "pair_kind", "replicate"]).ngroups),
-               n_single_layer_cuts=len(single), n_single_layer_violations=int((~single.convex).sum()),
-               n_closed_form_mismatches=int((~single.closed_form_match.astype(bool)).sum()),
-               max_closed_form_error=float(single.closed_form_max_error.max()),
-               max_closed_form_error_rel=float(rel_error.max()),
-               min_single_layer_curvature_rel=float(single.min_curvature_rel.min()),
-               n_two_layer_cuts=len(two), n_two_layer_nonconvex=int((~two.convex).sum()),
-               n_all_layer_cuts=len(full), n_all_layer_nonconvex=int((~full.convex).sum()),
-               two_layer_counterexample_found=bool((~two.convex).any()))
+    out = dict(
+        n_networks=int(cuts.groupby(["depth", "width", "pair_kind", "replicate"]).ngroups),
+        n_single_layer_cuts=len(single),
+        n_single_layer_violations=int((~single.convex).sum()),
+        n_closed_form_mismatches=int((~single.closed_form_match.astype(bool)).sum()),
+        max_closed_form_error=float(single.closed_form_max_error.max()),
+        max_closed_form_error_rel=float(rel_error.max()),
+        min_single_layer_curvature_rel=float(single.min_curvature_rel.min()),
+        n_two_layer_cuts=len(two),
+        n_two_layer_nonconvex=int((~two.convex).sum()),
+        n_all_layer_cuts=len(full),
+        n_all_layer_nonconvex=int((~full.convex).sum()),
+        two_layer_counterexample_found=bool((~two.convex).any()),
+    )
     for kind, part in two.groupby("pair_kind"):
         out[f"fraction_two_layer_nonconvex_{kind}"] = float((~part.convex).mean())
     return out
@@ -488,8 +566,9 @@ def random_minima(cfg: DeepLinearConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     return one_d_pairs(sign[0] * np.exp(u[0]), sign[1] * np.exp(u[1]), x, y, alpha_grid(cfg.n_alphas), cfg.bases)
 
 
-def one_d_pairs(w1_a: np.ndarray, w1_b: np.ndarray, x: torch.Tensor, y: torch.Tensor, alphas: torch.Tensor,
-                bases: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def one_d_pairs(
+    w1_a: np.ndarray, w1_b: np.ndarray, x: torch.Tensor, y: torch.Tensor, alphas: torch.Tensor, bases: Sequence[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(minima, cuts) for the pairs of 1-D minima (w1_a, 1 / w1_a), (w1_b, 1 / w1_b) of y = w2 w1 x, target y = x.
 
     minima: one row per pair (w1, w2 of both minima, same branch?, |log |r||, endpoint losses). cuts: the rows
@@ -503,20 +582,39 @@ def one_d_pairs(w1_a: np.ndarray, w1_b: np.ndarray, x: torch.Tensor, y: torch.Te
     a, b = ({key(1): w1[i].reshape(n, 1, 1), key(2): (1.0 / w1[i]).reshape(n, 1, 1)} for i in (0, 1))
     loss_a, loss_b = (squared_loss(forward(weights(state), x), y).reshape(n) for state in (a, b))
     ids = dict(pair_kind="1-D minima", depth=2, width=1, replicate=np.arange(n))
-    minima = pd.DataFrame(dict(**ids, w1_a=w1_a, w2_a=1.0 / w1_a, w1_b=w1_b, w2_b=1.0 / w1_b,
-                               same_branch=np.sign(w1_a) == np.sign(w1_b),
-                               log_abs_ratio=np.abs(np.log(np.abs(w1_b / w1_a))),
-                               loss_a=loss_a.numpy(), loss_b=loss_b.numpy()))
+    minima = pd.DataFrame(
+        dict(
+            **ids,
+            w1_a=w1_a,
+            w2_a=1.0 / w1_a,
+            w1_b=w1_b,
+            w2_b=1.0 / w1_b,
+            same_branch=np.sign(w1_a) == np.sign(w1_b),
+            log_abs_ratio=np.abs(np.log(np.abs(w1_b / w1_a))),
+            loss_a=loss_a.numpy(),
+            loss_b=loss_b.numpy(),
+        )
+    )
     parts = []
     branches = np.where(np.sign(w1_a) == np.sign(w1_b), "same", "opposite")  # `branch` of a 1-D pair
     for layers, base in cuts_of(2, bases):
         losses = cut_losses(a, b, layers, base, x, y, alphas).reshape(len(alphas), n)
         barrier_mid, barrier_max = path_barriers(losses, loss_a, loss_b, alphas)
         own = barrier(losses, losses[0], losses[-1], alphas.reshape(-1, 1)).max(0).values
-        parts.append(pd.DataFrame(dict(**ids, branch=branches, layers="+".join(map(str, layers)),
-                                       n_layers=len(layers), base=base if len(layers) == 1 else "-",
-                                       barrier_mid=barrier_mid.numpy(), barrier_max=barrier_max.numpy(),
-                                       max_above_chord=own.numpy())))
+        parts.append(
+            pd.DataFrame(
+                dict(
+                    **ids,
+                    branch=branches,
+                    layers="+".join(map(str, layers)),
+                    n_layers=len(layers),
+                    base=base if len(layers) == 1 else "-",
+                    barrier_mid=barrier_mid.numpy(),
+                    barrier_max=barrier_max.numpy(),
+                    max_above_chord=own.numpy(),
+                )
+            )
+        )
     return minima, pd.concat(parts, ignore_index=True)
 
 
@@ -527,8 +625,11 @@ def lower(single, full, tie_rtol: float):
 
 
 READINGS = {"mid": "barrier_mid", "max": "barrier_max", "own": "max_above_chord"}  # reading -> cut-table column
-READING_LABELS = {"mid": "alpha = 0.5 (the authors' code)", "max": "max over the alpha grid",
-                  "own": "max above the path's own end points"}
+READING_LABELS = {
+    "mid": "alpha = 0.5 (the authors' code)",
+    "max": "max over the alpha grid",
+    "own": "max above the path's own end points",
+}
 
 
 def _cut_table(*cut_tables: pd.DataFrame) -> pd.DataFrame:
@@ -547,14 +648,21 @@ def pair_barriers(*cut_tables: pd.DataFrame, tie_rtol: float) -> pd.DataFrame:
     if full.index.has_duplicates:
         raise ValueError("a network pair has more than one full-path row")
     grouped = single.groupby(PAIR_KEYS, sort=False)
-    out = pd.DataFrame({f"{which}_single_{at}": getattr(grouped[column], fn)()
-                        for which, fn in (("best", "min"), ("worst", "max")) for at, column in READINGS.items()})
+    out = pd.DataFrame(
+        {
+            f"{which}_single_{at}": getattr(grouped[column], fn)()
+            for which, fn in (("best", "min"), ("worst", "max"))
+            for at, column in READINGS.items()
+        }
+    )
     out.insert(0, "branch", grouped.branch.first())
     out.insert(1, "k_single", grouped.size())
-    out["best_single_cut"] = single.loc[grouped.barrier_mid.idxmin(), ["layers", "base"]].agg(
-        " into ".join, axis=1).to_numpy()
-    out = out.join(full[list(READINGS.values())].rename(columns={c: f"full_{at}" for at, c in READINGS.items()}),
-                   how="inner")
+    out["best_single_cut"] = (
+        single.loc[grouped.barrier_mid.idxmin(), ["layers", "base"]].agg(" into ".join, axis=1).to_numpy()
+    )
+    out = out.join(
+        full[list(READINGS.values())].rename(columns={c: f"full_{at}" for at, c in READINGS.items()}), how="inner"
+    )
     if len(out) != grouped.ngroups:
         raise ValueError("every network pair needs its full-path row and at least one single-layer row")
     for at in READINGS:
@@ -595,13 +703,30 @@ def lower_by_depth(pairs: pd.DataFrame, confidence: float = 0.95) -> pd.DataFram
         for at in READINGS:
             k, n = int(part[f"best_single_lower_{at}"].sum()), len(part)
             low, high = clopper_pearson(k, n, confidence)
-            rows.append(dict(population=POPULATIONS[kind], depth=int(depth), branch=branch_, reading=READING_LABELS[at],
-                             pairs=n, lower=k, fraction=k / n, low=low, high=high, exchangeable_rate=exchangeable))
+            rows.append(
+                dict(
+                    population=POPULATIONS[kind],
+                    depth=int(depth),
+                    branch=branch_,
+                    reading=READING_LABELS[at],
+                    pairs=n,
+                    lower=k,
+                    fraction=k / n,
+                    low=low,
+                    high=high,
+                    exchangeable_rate=exchangeable,
+                )
+            )
     return pd.DataFrame(rows)
 
 
-def stage_metrics(cfg: DeepLinearConfig, minimal_barriers: pd.DataFrame, cuts: pd.DataFrame,
-                  pairs: pd.DataFrame, minima_cuts: pd.DataFrame) -> dict:
+def stage_metrics(
+    cfg: DeepLinearConfig,
+    minimal_barriers: pd.DataFrame,
+    cuts: pd.DataFrame,
+    pairs: pd.DataFrame,
+    minima_cuts: pd.DataFrame,
+) -> dict:
     """The stage's metrics (metrics/deep_linear.json), built in one place from its result tables.
 
     Scalars: the theorem check (`summary`), the minimal example's barriers and its ratio identity, and per population
@@ -612,12 +737,17 @@ def stage_metrics(cfg: DeepLinearConfig, minimal_barriers: pd.DataFrame, cuts: p
     by_path = minimal_barriers[minimal_barriers.base == "A"].set_index("path").barrier_mid  # the paper's view: from w
     s = cfg.minimum_scale
     out = dict(summary(cuts))
-    out.update(minimum_scale=s, minimal_full_barrier=float(by_path["full"]),
-               minimal_layer1_barrier=float(by_path["layer 1"]), minimal_layer2_barrier=float(by_path["layer 2"]),
-               minimal_ratio_full_over_layer2=float(by_path["full"] / by_path["layer 2"]),
-               minimal_ratio_expected=(s * s - 1) ** 2 / 4, tie_rtol=cfg.tie_rtol,
-               random_minima_scale=cfg.random_minima_scale,
-               expected_fraction_random_minima=expected_fraction_random_minima(cfg.random_minima_scale))
+    out.update(
+        minimum_scale=s,
+        minimal_full_barrier=float(by_path["full"]),
+        minimal_layer1_barrier=float(by_path["layer 1"]),
+        minimal_layer2_barrier=float(by_path["layer 2"]),
+        minimal_ratio_full_over_layer2=float(by_path["full"] / by_path["layer 2"]),
+        minimal_ratio_expected=(s * s - 1) ** 2 / 4,
+        tie_rtol=cfg.tie_rtol,
+        random_minima_scale=cfg.random_minima_scale,
+        expected_fraction_random_minima=expected_fraction_random_minima(cfg.random_minima_scale),
+    )
     out.update(population_metrics(pairs))
     out["trained_lower_by_depth"] = lower_by_depth(pairs[pairs.pair_kind == "trained"]).to_dict("records")
     for prefix, by_reading in path_lists(minima_cuts, cuts).items():
@@ -646,17 +776,21 @@ def population_metrics(pairs: pd.DataFrame) -> dict:
 def _best_single_lower(prefix: str, at: str):
     """Measure: per pair of the population, 1 where its best single-layer path is lower than the full one (reading
     `at`, the stage's tie rule), else 0."""
+
     def measure(m: dict, _cfg) -> list[float]:
         return [float(lower(min(p[1:]), p[0], m["tie_rtol"])) for p in m[f"{prefix}_paths_{at}"]]
+
     return measure
 
 
 def _exchangeable_rate(prefix: str) -> DataThreshold:
     """The fraction of pairs whose best single-layer path would beat the full one if a pair's k + 1 paths were alike:
     mean of k / (k + 1) over the pairs (exact, from the design)."""
+
     def bounds(runs: list[dict], _cfg) -> tuple[float, float]:
         rate = float(np.mean([(len(p) - 1) / len(p) for m in runs for p in m[f"{prefix}_paths_mid"]]))
         return rate, rate
+
     return DataThreshold("exchangeable rate (mean of k / (k + 1))", bounds)
 
 
@@ -668,19 +802,30 @@ def _relabel(prefix: str) -> Null:
             orders = [rng.permutation(len(p)) for p in m[keys[0]]]  # one relabelling per pair, every reading
             out.append(dict(m, **{key: [[p[i] for i in order] for p, order in zip(m[key], orders)] for key in keys}))
         return out
+
     return Null("exchangeable paths: each pair's full and single-layer barriers relabelled at random", draw)
 
 
-_SEC4 = ("Trained deep linear networks (every depth and width of the theorem check): the best single-layer path has a "
-         "lower barrier than the full path more often than if the paths were alike")
+_SEC4 = (
+    "Trained deep linear networks (every depth and width of the theorem check): the best single-layer path has a "
+    "lower barrier than the full path more often than if the paths were alike"
+)
 CLAIMS = [
-    Claim("Sec. 4", f"{_SEC4} [barrier at {READING_LABELS[at]}]",
-          "single-layer interpolation avoids barriers of full interpolation" if at == "mid" else
-          f"(sensitivity: the barrier read as the {READING_LABELS[at]})", "deep_linear",
-          _best_single_lower("trained", at), ">", _exchangeable_rate("trained"),
-          f"fraction of trained pairs with best single-layer barrier < full barrier ({READING_LABELS[at]})",
-          kind="count", null=_relabel("trained"),
-          sensitivity_of=None if at == "mid" else f"{_SEC4} [barrier at {READING_LABELS['mid']}]")
+    Claim(
+        "Sec. 4",
+        f"{_SEC4} [barrier at {READING_LABELS[at]}]",
+        "single-layer interpolation avoids barriers of full interpolation"
+        if at == "mid"
+        else f"(sensitivity: the barrier read as the {READING_LABELS[at]})",
+        "deep_linear",
+        _best_single_lower("trained", at),
+        ">",
+        _exchangeable_rate("trained"),
+        f"fraction of trained pairs with best single-layer barrier < full barrier ({READING_LABELS[at]})",
+        kind="count",
+        null=_relabel("trained"),
+        sensitivity_of=None if at == "mid" else f"{_SEC4} [barrier at {READING_LABELS['mid']}]",
+    )
     for at in READINGS
 ]
 
@@ -693,21 +838,52 @@ def _minima_z(m: dict, _cfg) -> float:
 
 
 SANITY_CHECKS = [
-    SanityCheck("Fig. 3", "Minimal example: full / layer-2 barrier ratio equals (s^2 - 1)^2 / 4 (fixed by the pair)",
-                "deep_linear",
-                lambda m, c: abs(m["minimal_ratio_full_over_layer2"] / m["minimal_ratio_expected"] - 1.0),
-                "<=", "minimal_ratio_rtol", "relative deviation of the ratio from (s^2 - 1)^2 / 4"),
-    SanityCheck("Fig. 3", "1-D random minima: the fraction whose best single-layer path beats the full one is the "
-                "closed form of how they are drawn (0.625 at S = 3)", "deep_linear", _minima_z, "<=", "sanity_z",
-                "|measured - expected_fraction_random_minima| in binomial standard errors"),
-    SanityCheck("Thm. 4.1", "Every single-layer cut is convex and equals the closed-form quadratic", "deep_linear",
-                lambda m, c: m["n_single_layer_violations"] + m["n_closed_form_mismatches"],
-                "<=", "max_theorem_violations", "convexity violations + closed-form mismatches"),
-    SanityCheck("Thm. 4.1", "The theorem check covers enough single-layer cuts", "deep_linear",
-                lambda m, c: m["n_single_layer_cuts"], ">=", "min_theorem_cuts", "single-layer cuts checked"),
-    SanityCheck("Thm. 4.1", "Interpolating two layers at once can be non-convex: a counterexample exists",
-                "deep_linear", lambda m, c: m["n_two_layer_nonconvex"], ">=", "min_nonconvex_two_layer_cuts",
-                "non-convex two-layer cuts"),
+    SanityCheck(
+        "Fig. 3",
+        "Minimal example: full / layer-2 barrier ratio equals (s^2 - 1)^2 / 4 (fixed by the pair)",
+        "deep_linear",
+        lambda m, c: abs(m["minimal_ratio_full_over_layer2"] / m["minimal_ratio_expected"] - 1.0),
+        "<=",
+        "minimal_ratio_rtol",
+        "relative deviation of the ratio from (s^2 - 1)^2 / 4",
+    ),
+    SanityCheck(
+        "Fig. 3",
+        "1-D random minima: the fraction whose best single-layer path beats the full one is the "
+        "closed form of how they are drawn (0.625 at S = 3)",
+        "deep_linear",
+        _minima_z,
+        "<=",
+        "sanity_z",
+        "|measured - expected_fraction_random_minima| in binomial standard errors",
+    ),
+    SanityCheck(
+        "Thm. 4.1",
+        "Every single-layer cut is convex and equals the closed-form quadratic",
+        "deep_linear",
+        lambda m, c: m["n_single_layer_violations"] + m["n_closed_form_mismatches"],
+        "<=",
+        "max_theorem_violations",
+        "convexity violations + closed-form mismatches",
+    ),
+    SanityCheck(
+        "Thm. 4.1",
+        "The theorem check covers enough single-layer cuts",
+        "deep_linear",
+        lambda m, c: m["n_single_layer_cuts"],
+        ">=",
+        "min_theorem_cuts",
+        "single-layer cuts checked",
+    ),
+    SanityCheck(
+        "Thm. 4.1",
+        "Interpolating two layers at once can be non-convex: a counterexample exists",
+        "deep_linear",
+        lambda m, c: m["n_two_layer_nonconvex"],
+        ">=",
+        "min_nonconvex_two_layer_cuts",
+        "non-convex two-layer cuts",
+    ),
 ]
 
 
@@ -732,13 +908,19 @@ def plot_minimal_example(paths: pd.DataFrame, barriers: pd.DataFrame, landscape,
     ax_map.annotate("w", (1 / scale, scale), xytext=(6, 6), textcoords="offset points", color="w", fontsize=11)
     ax_map.plot([scale], [1 / scale], "ws", ms=8)
     ax_map.annotate("w'", (scale, 1 / scale), xytext=(6, 6), textcoords="offset points", color="w", fontsize=11)
-    ax_map.set(xlim=(w1.min(), w1.max()), ylim=(w2.min(), w2.max()), xlabel="w1 (layer 1)", ylabel="w2 (layer 2)",
-               title="loss landscape of y = w2 w1 x (target y = x)")
+    ax_map.set(
+        xlim=(w1.min(), w1.max()),
+        ylim=(w2.min(), w2.max()),
+        xlabel="w1 (layer 1)",
+        ylabel="w2 (layer 2)",
+        title="loss landscape of y = w2 w1 x (target y = x)",
+    )
     ax_map.legend(loc="lower left", fontsize=7)
     for path, part in base_a.groupby("path", sort=False):
         b = barriers[(barriers.path == path) & (barriers.base == "A")].iloc[0]
-        ax_curve.plot(part.alpha, part.loss, color=PATH_COLOURS[path], lw=2,
-                      label=f"{path}: barrier {b.barrier_mid:.2f}")
+        ax_curve.plot(
+            part.alpha, part.loss, color=PATH_COLOURS[path], lw=2, label=f"{path}: barrier {b.barrier_mid:.2f}"
+        )
     ax_curve.set_yscale("symlog", linthresh=0.1)
     ax_curve.set(xlabel="alpha (0 = w, 1 = w')", ylabel="loss L(alpha)", title="loss along each path (base w)")
     ax_curve.legend(fontsize=8)
@@ -751,9 +933,13 @@ def plot_theorem_check(cuts: pd.DataFrame, curves: pd.DataFrame):
     fig, (ax_hist, ax_bar, ax_curve) = plotting.panels(3, width=4.8, height=4.0)
     values = cuts.min_curvature_rel
     linthresh = 1e-3
-    bins = np.concatenate([-np.logspace(np.log10(max(-values.min(), 10 * linthresh)), np.log10(linthresh), 15),
-                           np.linspace(-linthresh, linthresh, 5)[1:-1],
-                           np.logspace(np.log10(linthresh), np.log10(max(values.max(), 10 * linthresh)), 15)])
+    bins = np.concatenate(
+        [
+            -np.logspace(np.log10(max(-values.min(), 10 * linthresh)), np.log10(linthresh), 15),
+            np.linspace(-linthresh, linthresh, 5)[1:-1],
+            np.logspace(np.log10(linthresh), np.log10(max(values.max(), 10 * linthresh)), 15),
+        ]
+    )
     for group, colour in (("single layer", "tab:blue"), ("two layers", "tab:orange"), ("all layers", "tab:red")):
         part = values[cuts.group == group]
         if len(part):
@@ -762,8 +948,9 @@ def plot_theorem_check(cuts: pd.DataFrame, curves: pd.DataFrame):
     ax_hist.set_xscale("symlog", linthresh=linthresh)
     ax_hist.set_xticks([-10, -0.1, -1e-3, 0, 1e-3, 0.1, 10])
     ax_hist.set_yscale("log")
-    ax_hist.set(xlabel="min second difference / (h^2 max L)", ylabel="cuts",
-                title="curvature of L(alpha): < 0 = non-convex")
+    ax_hist.set(
+        xlabel="min second difference / (h^2 max L)", ylabel="cuts", title="curvature of L(alpha): < 0 = non-convex"
+    )
     ax_hist.legend(fontsize=7)
     table = nonconvex_table(cuts)
     pivot = table.pivot(index="group", columns="pair_kind", values="fraction_nonconvex")
@@ -775,8 +962,13 @@ def plot_theorem_check(cuts: pd.DataFrame, curves: pd.DataFrame):
     if len(curves):
         for layers, part in curves.groupby("layers", sort=False):
             n = part.n_layers.iloc[0]
-            ax_curve.plot(part.alpha, part.loss, lw=2.5 if n > 1 else 1.5, ls="-" if n > 1 else "--",
-                          label=f"layers {layers}" if n > 1 else f"layer {layers} only")
+            ax_curve.plot(
+                part.alpha,
+                part.loss,
+                lw=2.5 if n > 1 else 1.5,
+                ls="-" if n > 1 else "--",
+                label=f"layers {layers}" if n > 1 else f"layer {layers} only",
+            )
             if n > 1:
                 ends = part.loss.iloc[[0, -1]].to_numpy()
                 ax_curve.plot([0, 1], ends, "k:", lw=1, label=f"chord of layers {layers}")
@@ -784,16 +976,22 @@ def plot_theorem_check(cuts: pd.DataFrame, curves: pd.DataFrame):
         ax_curve.set_ylim(0, 1.6 * top)  # focus on the two-layer cut; single-layer cuts may leave the frame
         negative = curves[curves.n_layers == 2].min_curvature_rel.iloc[0] < 0
         what = "two-layer counterexample (non-convex)" if negative else "most curved two-layer cut (convex)"
-        ax_curve.set(xlabel="alpha", ylabel="loss L(alpha)",
-                     title=f"{what}\n{curves.network.iloc[0]}, base {curves.base.iloc[0]}")
+        ax_curve.set(
+            xlabel="alpha",
+            ylabel="loss L(alpha)",
+            title=f"{what}\n{curves.network.iloc[0]}, base {curves.base.iloc[0]}",
+        )
         ax_curve.legend(fontsize=8)
     else:
         ax_curve.set_title("no two-layer cut was analysed")
     return fig
 
 
-POPULATION_LABELS = {"1-D minima": "1-D random minima", "trained": "deep linear, trained",
-                     "random": "deep linear, init"}
+POPULATION_LABELS = {
+    "1-D minima": "1-D random minima",
+    "trained": "deep linear, trained",
+    "random": "deep linear, init",
+}
 
 
 def plot_random_minima(minima: pd.DataFrame, pairs: pd.DataFrame, tie_rtol: float):
@@ -811,14 +1009,16 @@ def plot_random_minima(minima: pd.DataFrame, pairs: pd.DataFrame, tie_rtol: floa
     for same, colour, label in ((True, "tab:blue", "same branch"), (False, "tab:red", "opposite branches")):
         part = one_d[one_d.same_branch == same]
         if len(part):
-            ax_1d.scatter(part.full_mid, part.best_single_mid, s=8, alpha=0.6, color=colour,
-                          label=f"{label} ({len(part)})")
+            ax_1d.scatter(
+                part.full_mid, part.best_single_mid, s=8, alpha=0.6, color=colour, label=f"{label} ({len(part)})"
+            )
     if len(one_d):
         diagonal(ax_1d, np.concatenate([one_d.full_mid, one_d.best_single_mid]))
         ax_1d.set_xscale("symlog", linthresh=1e-3)
         ax_1d.set_yscale("symlog", linthresh=1e-3)
-    ax_1d.set(xlabel="full-path barrier", ylabel="best single-layer barrier",
-              title="1-D network: random pairs of minima")
+    ax_1d.set(
+        xlabel="full-path barrier", ylabel="best single-layer barrier", title="1-D network: random pairs of minima"
+    )
     ax_1d.legend(fontsize=7)
 
     trained = pairs[pairs.pair_kind == "trained"]
@@ -830,21 +1030,30 @@ def plot_random_minima(minima: pd.DataFrame, pairs: pd.DataFrame, tie_rtol: floa
         linthresh = max(1e-3, float(np.nanpercentile(np.abs(values), 5)))
         ax_deep.set_xscale("symlog", linthresh=linthresh)
         ax_deep.set_yscale("symlog", linthresh=linthresh)
-    ax_deep.set(xlabel="full-path barrier", ylabel="best single-layer barrier (layers x bases)",
-                title="trained deep linear pairs")
+    ax_deep.set(
+        xlabel="full-path barrier",
+        ylabel="best single-layer barrier (layers x bases)",
+        title="trained deep linear pairs",
+    )
     ax_deep.legend(fontsize=7)
 
     table = lower_table(pairs).set_index("population")
     table = table.rename(index={v: POPULATION_LABELS[k] for k, v in POPULATIONS.items()})
-    columns = {"best_single_lower_mid": "best single lower (alpha 0.5)",
-               "best_single_lower_max": "best single lower (max over alpha)",
-               "best_single_lower_own": "best single lower (max above own chord)",
-               "every_single_lower_mid": "every single lower (alpha 0.5)"}
+    columns = {
+        "best_single_lower_mid": "best single lower (alpha 0.5)",
+        "best_single_lower_max": "best single lower (max over alpha)",
+        "best_single_lower_own": "best single lower (max above own chord)",
+        "every_single_lower_mid": "every single lower (alpha 0.5)",
+    }
     table[list(columns)].rename(columns=columns).plot.bar(ax=ax_bar, rot=0, width=0.8)
     ax_bar.axhline(0.5, color="k", lw=0.8, ls=":")
     ax_bar.set_xticks(range(len(table)), [f"{name}\n({n} pairs)" for name, n in table.pairs.items()], fontsize=7)
-    ax_bar.set(ylim=(0, 1.25), ylabel="fraction of pairs", xlabel="",
-               title=f"single layer lower than full path\n(ties within {tie_rtol:g} relative)")
+    ax_bar.set(
+        ylim=(0, 1.25),
+        ylabel="fraction of pairs",
+        xlabel="",
+        title=f"single layer lower than full path\n(ties within {tie_rtol:g} relative)",
+    )
     for container in ax_bar.containers:
         ax_bar.bar_label(container, fmt="%.2f", fontsize=6, rotation=90, padding=2)
     ax_bar.legend(fontsize=6, loc="upper left")
@@ -852,11 +1061,21 @@ def plot_random_minima(minima: pd.DataFrame, pairs: pd.DataFrame, tie_rtol: floa
 
 
 SPEC = StageSpec(
-    name="deep_linear", notebook="04_deep_linear", config=DeepLinearConfig, reads=(*RUNTIME, *EVALUATION),
+    name="deep_linear",
+    notebook="04_deep_linear",
+    config=DeepLinearConfig,
+    reads=(*RUNTIME, *EVALUATION),
     figures=(
         Figure("fig3_minimal_example", "Fig. 3: the 1-D network y = w2 w1 x, its loss landscape and the three paths."),
-        Figure("fig3_theorem_check", "Theorem 4.1: curvature of L(alpha) for single-layer, two-layer and all-layer "
-               "cuts."),
-        Figure("fig3_random_minima", "Fig. 3 claim: full-path vs best single-layer barrier over random pairs of "
-               "minima (1-D network) and trained deep linear pairs.")),
-    claims=tuple(CLAIMS), sanity_checks=tuple(SANITY_CHECKS))
+        Figure(
+            "fig3_theorem_check", "Theorem 4.1: curvature of L(alpha) for single-layer, two-layer and all-layer cuts."
+        ),
+        Figure(
+            "fig3_random_minima",
+            "Fig. 3 claim: full-path vs best single-layer barrier over random pairs of "
+            "minima (1-D network) and trained deep linear pairs.",
+        ),
+    ),
+    claims=tuple(CLAIMS),
+    sanity_checks=tuple(SANITY_CHECKS),
+)

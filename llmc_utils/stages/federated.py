@@ -46,9 +46,10 @@ and copied. tests/test_federated.py checks the engine against a plain per-client
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -85,8 +86,12 @@ class FederatedConfig(Section):
     classes_per_client: PositiveInt = 2  # pathological split
     hidden: list[PositiveInt] = Field(default_factory=lambda: [200, 100, 100, 100], min_length=1)  # MLP widths
     layer_groups: dict[str, list[str]] = Field(  # strategy name -> logical layers averaged; the rest stays local
-        default_factory=lambda: {"middle": ["fc2", "fc3", "fc4"], "outer": ["fc1", "fc5"],
-                                 "body": ["fc1", "fc2", "fc3", "fc4"]})
+        default_factory=lambda: {
+            "middle": ["fc2", "fc3", "fc4"],
+            "outer": ["fc1", "fc5"],
+            "body": ["fc1", "fc2", "fc3", "fc4"],
+        }
+    )
     claim_group: str = "outer"  # the layer group the claims compare with full averaging (rule: module docstring)
     # Dirichlet concentrations of the sweep (full averaging and claim_group only); [] = no sweep
     sweep_concentrations: list[PositiveFloat] = Field(default_factory=lambda: [0.1, 1.0, 10.0])
@@ -117,8 +122,9 @@ class FederatedConfig(Section):
             if unknown or not group:
                 raise ValueError(f"layer_groups.{name} = {group}: needs layers among {layers}, unknown: {unknown}")
         if self.claim_group not in self.layer_groups:
-            raise ValueError(f"claim_group = {self.claim_group!r} must be one of layer_groups "
-                             f"{list(self.layer_groups)}")
+            raise ValueError(
+                f"claim_group = {self.claim_group!r} must be one of layer_groups {list(self.layer_groups)}"
+            )
         if len(set(self.sweep_concentrations)) != len(self.sweep_concentrations):
             raise ValueError(f"sweep_concentrations must not repeat, got {self.sweep_concentrations}")
         if max(self.barrier_clients) >= self.n_clients or len(set(self.barrier_clients)) != 2:
@@ -135,15 +141,21 @@ class FederatedConfig(Section):
         return {FULL: None, **self.layer_groups, LOCAL: []}
 
 
-
 # --------------------------------------------------------------------------------------------------------- partitions
 
 SPLIT_IDS = {"iid": 0, "dirichlet": 1, "pathological": 2}  # stable per-split seed offsets (str hashes are salted)
 
 
-def class_shares(split: SplitName, n_clients: int, n_classes: int, rng: np.random.Generator,
-                 class_counts: np.ndarray | None = None, concentration: float = 0.3, classes_per_client: int = 2,
-                 min_size: int = 10) -> np.ndarray:
+def class_shares(
+    split: SplitName,
+    n_clients: int,
+    n_classes: int,
+    rng: np.random.Generator,
+    class_counts: np.ndarray | None = None,
+    concentration: float = 0.3,
+    classes_per_client: int = 2,
+    min_size: int = 10,
+) -> np.ndarray:
     """(n_clients, n_classes) matrix: the share of each class's samples that each client gets; columns sum to 1."""
     if split == "iid":
         return np.full((n_clients, n_classes), 1.0 / n_clients)
@@ -156,13 +168,17 @@ def class_shares(split: SplitName, n_clients: int, n_classes: int, rng: np.rando
             sizes = np.sum([round_shares(shares[:, c], int(n)) for c, n in enumerate(class_counts)], axis=0)
             if sizes.min() >= min_size:
                 return shares
-        raise ValueError(f"dirichlet split (concentration {concentration}): no draw gave every client {min_size} "
-                         "samples; raise the concentration")
+        raise ValueError(
+            f"dirichlet split (concentration {concentration}): no draw gave every client {min_size} "
+            "samples; raise the concentration"
+        )
     if split == "pathological":
         if classes_per_client > n_classes or n_clients * classes_per_client < n_classes:
-            raise ValueError(f"pathological split needs classes_per_client <= {n_classes} and n_clients x "
-                             f"classes_per_client >= {n_classes} (every sample needs an owner); got "
-                             f"{n_clients} x {classes_per_client}")
+            raise ValueError(
+                f"pathological split needs classes_per_client <= {n_classes} and n_clients x "
+                f"classes_per_client >= {n_classes} (every sample needs an owner); got "
+                f"{n_clients} x {classes_per_client}"
+            )
         order = rng.permutation(n_classes)
         held = np.zeros((n_clients, n_classes))
         for i in range(n_clients):  # consecutive slots of a cyclic class order: each class held equally often
@@ -192,16 +208,29 @@ def assign(labels: np.ndarray, shares: np.ndarray, rng: np.random.Generator) -> 
     return [np.sort(np.concatenate(p)) for p in parts]
 
 
-def partition(cfg: FederatedConfig, split: SplitName, train_y: torch.Tensor, test_y: torch.Tensor,
-              n_classes: int, concentration: float | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def partition(
+    cfg: FederatedConfig,
+    split: SplitName,
+    train_y: torch.Tensor,
+    test_y: torch.Tensor,
+    n_classes: int,
+    concentration: float | None = None,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Train and test indices per client; the test set gets the same per-class shares, hence the same label mix.
     `concentration` overrides cfg.dirichlet_concentration (the sweep); the random stream depends on (seed, split)
     only, so the sweep's partition at the main concentration is the main Dirichlet partition."""
     rng = np.random.default_rng([cfg.seed, SPLIT_IDS[split]])
     train_labels, test_labels = train_y.numpy(), test_y.numpy()
-    shares = class_shares(split, cfg.n_clients, n_classes, rng, np.bincount(train_labels, minlength=n_classes),
-                          cfg.dirichlet_concentration if concentration is None else concentration,
-                          cfg.classes_per_client, min_size=cfg.batch_size)
+    shares = class_shares(
+        split,
+        cfg.n_clients,
+        n_classes,
+        rng,
+        np.bincount(train_labels, minlength=n_classes),
+        cfg.dirichlet_concentration if concentration is None else concentration,
+        cfg.classes_per_client,
+        min_size=cfg.batch_size,
+    )
     return assign(train_labels, shares, rng), assign(test_labels, shares, rng)
 
 
@@ -240,25 +269,28 @@ class StackedMLP:
         if kinds != [nn.Flatten] + [nn.Linear, nn.ReLU] * n + [nn.Linear]:
             raise TypeError(f"StackedMLP needs Flatten, (Linear, ReLU) x n, Linear; got {kinds}")
         self.linears = [name for name, m in model.named_children() if isinstance(m, nn.Linear)]
-        self.weights = [init[f"{name}.weight"].T.unsqueeze(0).repeat(n_models, 1, 1).contiguous()
-                        for name in self.linears]
-        self.biases = [init[f"{name}.bias"].view(1, 1, -1).repeat(n_models, 1, 1).contiguous()
-                       for name in self.linears]
+        self.weights = [
+            init[f"{name}.weight"].T.unsqueeze(0).repeat(n_models, 1, 1).contiguous() for name in self.linears
+        ]
+        self.biases = [init[f"{name}.bias"].view(1, 1, -1).repeat(n_models, 1, 1).contiguous() for name in self.linears]
         self.buffers = [torch.zeros_like(t) for t in self.weights + self.biases]
         self.n_models = n_models
 
     @property
     def params(self) -> dict[str, torch.Tensor]:
         """State-dict key -> stacked tensor (weights in (M, in, out) layout)."""
-        return {**{f"{n}.weight": w for n, w in zip(self.linears, self.weights)},
-                **{f"{n}.bias": b for n, b in zip(self.linears, self.biases)}}
+        return {
+            **{f"{n}.weight": w for n, w in zip(self.linears, self.weights)},
+            **{f"{n}.bias": b for n, b in zip(self.linears, self.biases)},
+        }
 
     def restart_momentum(self) -> None:
         for buf in self.buffers:
             buf.zero_()
 
-    def sgd_step(self, sl: slice, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lr: float,
-                 momentum: float) -> torch.Tensor:
+    def sgd_step(
+        self, sl: slice, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lr: float, momentum: float
+    ) -> torch.Tensor:
         """One step of copies sl on their batches x (k, B, ...), labels y (k, B), sample weights w (k, B) (1 / batch
         size, 0 for padding): each copy's loss is the w-weighted sum of its cross-entropies. Returns those losses."""
         weights = [t[sl] for t in self.weights]
@@ -300,22 +332,28 @@ class StackedMLP:
 
 
 @torch.inference_mode()
-def accuracy_and_loss(bank: StackedMLP, m: int, x: torch.Tensor, y: torch.Tensor,
-                      batch_size: int = 2048) -> tuple[float, float]:
+def accuracy_and_loss(
+    bank: StackedMLP, m: int, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048
+) -> tuple[float, float]:
     """(accuracy in %, mean cross-entropy) of copy m on (x, y), summed exactly over samples."""
     loss, correct = 0.0, 0
     for start in range(0, len(y), batch_size):
-        logits = bank.forward_one(m, x[start:start + batch_size])
-        yb = y[start:start + batch_size]
+        logits = bank.forward_one(m, x[start : start + batch_size])
+        yb = y[start : start + batch_size]
         loss += float(F.cross_entropy(logits, yb, reduction="sum").double())
         correct += int((logits.argmax(1) == yb).sum())
     return 100.0 * correct / len(y), loss / len(y)
 
 
-def train_federations(make_model: Callable[[], nn.Module], train_x: torch.Tensor, train_y: torch.Tensor,
-                      federations: Sequence[Federation], cfg: FederatedConfig,
-                      after_round: Callable[[int, StackedMLP, dict[tuple[int, int], int]], None] | None = None,
-                      desc: str = "federated") -> tuple[StackedMLP, dict[tuple[int, int], int]]:
+def train_federations(
+    make_model: Callable[[], nn.Module],
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    federations: Sequence[Federation],
+    cfg: FederatedConfig,
+    after_round: Callable[[int, StackedMLP, dict[tuple[int, int], int]], None] | None = None,
+    desc: str = "federated",
+) -> tuple[StackedMLP, dict[tuple[int, int], int]]:
     """Train every federation for cfg.rounds rounds of cfg.local_epochs local SGD epochs, each followed by the
     weighted averaging of its `averaged` layers. Returns the stacked models and position[(federation, client)].
 
@@ -336,8 +374,9 @@ def train_federations(make_model: Callable[[], nn.Module], train_x: torch.Tensor
     # Until the first averaging, federations with the same clients and data seed train identical models (one shared
     # initialization): round 1 trains the first of each such family and copies it to the others.
     family: dict[tuple, int] = {}
-    first_of = [family.setdefault((fed.data_seed, tuple(map(tuple, fed.train_parts))), f)
-                for f, fed in enumerate(federations)]
+    first_of = [
+        family.setdefault((fed.data_seed, tuple(map(tuple, fed.train_parts))), f) for f, fed in enumerate(federations)
+    ]
     copy = np.array([first_of[f] != f for f, _ in members])
     # positions: the first of each family, then the copies; within each, most steps first, so that the models of a
     # stack that still train at step t are a prefix of it
@@ -346,8 +385,11 @@ def train_federations(make_model: Callable[[], nn.Module], train_x: torch.Tensor
     n_models, n_ticks, bsz = len(members), int(steps.max()), cfg.batch_size
     sorted_steps = steps[order]
     n_first = int((~copy).sum())
-    stacks = [(a, min(a + cfg.stack_size, end)) for begin, end in ((0, n_first), (n_first, n_models))
-              for a in range(begin, end, cfg.stack_size)]
+    stacks = [
+        (a, min(a + cfg.stack_size, end))
+        for begin, end in ((0, n_first), (n_first, n_models))
+        for a in range(begin, end, cfg.stack_size)
+    ]
     copies = [(position[(f, i)], position[(first_of[f], i)]) for f, i in members if first_of[f] != f]
     bank = StackedMLP(model, init, n_models)
     params = bank.params
@@ -395,8 +437,9 @@ def train_federations(make_model: Callable[[], nn.Module], train_x: torch.Tensor
         bad = [m for m in members if not math.isfinite(float(last_loss[position[m]]))]
         if bad:
             f, i = bad[0]
-            check_finite(last_loss[position[(f, i)]], f"{desc}: {federations[f].name}, client {i} (seed {cfg.seed})",
-                         round_index)
+            check_finite(
+                last_loss[position[(f, i)]], f"{desc}: {federations[f].name}, client {i} (seed {cfg.seed})", round_index
+            )
         with torch.no_grad():
             for pos, w, keys in averaging:
                 for key in keys:
@@ -435,27 +478,37 @@ def run(cfg: FederatedConfig, images) -> dict[str, pd.DataFrame]:
         return MLP(train_x[0].numel(), cfg.hidden, n_classes)
 
     # partition key: (split, concentration or None, number of training images shared out)
-    main_keys: list[PartitionKey] = [(s, cfg.dirichlet_concentration if s == "dirichlet" else None, cfg.n_train)
-                                     for s in cfg.splits]
+    main_keys: list[PartitionKey] = [
+        (s, cfg.dirichlet_concentration if s == "dirichlet" else None, cfg.n_train) for s in cfg.splits
+    ]
     sweep_keys: list[PartitionKey] = [("dirichlet", float(c), n_sweep) for c in cfg.sweep_concentrations]
     partitions: dict[PartitionKey, tuple[list[np.ndarray], list[np.ndarray]]] = {}
     for key in main_keys + sweep_keys:
         if key not in partitions:
-            partitions[key] = partition(cfg, key[0], train_y[:key[2]], test_y, n_classes, concentration=key[1])
+            partitions[key] = partition(cfg, key[0], train_y[: key[2]], test_y, n_classes, concentration=key[1])
     runs: dict[RunKey, Federation] = {}  # (*partition key, strategy) -> run
     main: list[RunKey] = []  # (*partition key, strategy)
     sweep: list[RunKey] = []
     for key in main_keys:
         for strategy, averaged in cfg.strategies.items():
             main.append((*key, strategy))
-            runs.setdefault(main[-1], Federation(f"{key[0]}/{strategy}", partitions[key][0], averaged, cfg.seed + 1,
-                                                 partitions[key][1]))
+            runs.setdefault(
+                main[-1],
+                Federation(f"{key[0]}/{strategy}", partitions[key][0], averaged, cfg.seed + 1, partitions[key][1]),
+            )
     for key in sweep_keys:
         for strategy in (FULL, cfg.claim_group):
             sweep.append((*key, strategy))
-            runs.setdefault(sweep[-1], Federation(f"dirichlet({key[1]:g}, {key[2]} images)/{strategy}",
-                                                  partitions[key][0], cfg.strategies[strategy], cfg.seed + 1,
-                                                  partitions[key][1]))
+            runs.setdefault(
+                sweep[-1],
+                Federation(
+                    f"dirichlet({key[1]:g}, {key[2]} images)/{strategy}",
+                    partitions[key][0],
+                    cfg.strategies[strategy],
+                    cfg.seed + 1,
+                    partitions[key][1],
+                ),
+            )
     names = list(runs)
     federations = [runs[k] for k in names]
 
@@ -463,18 +516,26 @@ def run(cfg: FederatedConfig, images) -> dict[str, pd.DataFrame]:
         idx = torch.as_tensor(idx, dtype=torch.long)
         return x[idx], y[idx]
 
-    test_sets = {(key, i): data(test_x, test_y, p)
-                 for key, (_, parts) in partitions.items() for i, p in enumerate(parts)}
+    test_sets = {
+        (key, i): data(test_x, test_y, p) for key, (_, parts) in partitions.items() for i, p in enumerate(parts)
+    }
     rng = np.random.default_rng([cfg.seed, len(SPLIT_IDS)])  # the fixed evaluation subsets
 
     def subset(p: np.ndarray) -> np.ndarray:
-        return p if not cfg.eval_subset or len(p) <= cfg.eval_subset else \
-            np.sort(rng.choice(p, cfg.eval_subset, replace=False))
+        return (
+            p
+            if not cfg.eval_subset or len(p) <= cfg.eval_subset
+            else np.sort(rng.choice(p, cfg.eval_subset, replace=False))
+        )
 
-    round_sets = {(key, i): data(test_x, test_y, subset(p)) for key in main_keys
-                  for i, p in enumerate(partitions[key][1])}  # every strategy of a partition on the same images
-    train_sets = {(key, i): data(train_x, train_y, subset(p)) for key, (parts, _) in partitions.items()
-                  for i, p in enumerate(parts)}
+    round_sets = {
+        (key, i): data(test_x, test_y, subset(p)) for key in main_keys for i, p in enumerate(partitions[key][1])
+    }  # every strategy of a partition on the same images
+    train_sets = {
+        (key, i): data(train_x, train_y, subset(p))
+        for key, (parts, _) in partitions.items()
+        for i, p in enumerate(parts)
+    }
     main_index = [names.index(k) for k in main]
     round_rows = []
 
@@ -484,9 +545,18 @@ def run(cfg: FederatedConfig, images) -> dict[str, pd.DataFrame]:
             for i in range(cfg.n_clients):
                 x, y = round_sets[(key[:3], i)]
                 acc, loss = accuracy_and_loss(bank, position[(f, i)], x, y)
-                round_rows.append(dict(split=key[0], strategy=key[3], round=round_index, client=i,
-                                       n_train=len(federations[f].train_parts[i]), n_test=len(y), test_loss=loss,
-                                       test_accuracy=acc))
+                round_rows.append(
+                    dict(
+                        split=key[0],
+                        strategy=key[3],
+                        round=round_index,
+                        client=i,
+                        n_train=len(federations[f].train_parts[i]),
+                        n_test=len(y),
+                        test_loss=loss,
+                        test_accuracy=acc,
+                    )
+                )
 
     bank, position = train_federations(make_model, train_x, train_y, federations, cfg, after_round)
 
@@ -497,23 +567,44 @@ def run(cfg: FederatedConfig, images) -> dict[str, pd.DataFrame]:
             x, y = test_sets[(run_key[:3], i)]
             acc, loss = accuracy_and_loss(bank, position[(f, i)], x, y)
             train_acc, _ = accuracy_and_loss(bank, position[(f, i)], *train_sets[(run_key[:3], i)])
-            final[(run_key, i)] = dict(client=i, n_train=len(tp), n_test=len(y), test_loss=loss, test_accuracy=acc,
-                                   train_accuracy=train_acc)
+            final[(run_key, i)] = dict(
+                client=i, n_train=len(tp), n_test=len(y), test_loss=loss, test_accuracy=acc, train_accuracy=train_acc
+            )
         mean_error = 100.0 - np.mean([final[(run_key, i)]["test_accuracy"] for i in range(cfg.n_clients)])
-        check_not_chance(mean_error, n_classes, f"federated {fed.name} (seed {cfg.seed}), mean over clients",
-                         cfg.rounds)
-    clients = pd.DataFrame([dict(split=k[0], strategy=k[3], **final[(k, i)]) for k in main
-                            for i in range(cfg.n_clients)])
-    sweep_table = pd.DataFrame([dict(concentration=k[1], strategy=k[3], **final[(k, i)]) for k in sweep
-                                for i in range(cfg.n_clients)],
-                               columns=["concentration", "strategy", "client", "n_train", "n_test", "test_loss",
-                                        "test_accuracy", "train_accuracy"])
+        check_not_chance(
+            mean_error, n_classes, f"federated {fed.name} (seed {cfg.seed}), mean over clients", cfg.rounds
+        )
+    clients = pd.DataFrame(
+        [dict(split=k[0], strategy=k[3], **final[(k, i)]) for k in main for i in range(cfg.n_clients)]
+    )
+    sweep_table = pd.DataFrame(
+        [dict(concentration=k[1], strategy=k[3], **final[(k, i)]) for k in sweep for i in range(cfg.n_clients)],
+        columns=[
+            "concentration",
+            "strategy",
+            "client",
+            "n_train",
+            "n_test",
+            "test_loss",
+            "test_accuracy",
+            "train_accuracy",
+        ],
+    )
     count_rows = []
     for (split, concentration, n_images), (train_parts, test_parts) in partitions.items():
         for i, (tr, te) in enumerate(zip(train_parts, test_parts)):
             for c in range(n_classes):
-                count_rows.append(dict(split=split, concentration=concentration, images=n_images, client=i, label=c,
-                                       n_train=int((train_y[tr] == c).sum()), n_test=int((test_y[te] == c).sum())))
+                count_rows.append(
+                    dict(
+                        split=split,
+                        concentration=concentration,
+                        images=n_images,
+                        client=i,
+                        label=c,
+                        n_train=int((train_y[tr] == c).sum()),
+                        n_test=int((test_y[te] == c).sum()),
+                    )
+                )
     barrier_rows = []
     a, b = cfg.barrier_clients
     for run_key in main:
@@ -521,12 +612,18 @@ def run(cfg: FederatedConfig, images) -> dict[str, pd.DataFrame]:
         pair = np.concatenate([partitions[run_key[:3]][1][a], partitions[run_key[:3]][1][b]])
         state_a, state_b = bank.state_dict(position[(f, a)]), bank.state_dict(position[(f, b)])
         evaluator = LayerEvaluator(make_model(), {"test": data(test_x, test_y, pair)})
-        for row in checkpoint_barriers(evaluator, cfg.rounds, state_a, state_b, logical_layers(state_a),
-                                       alphas=[0.5], bases=["A", "B"]):
+        for row in checkpoint_barriers(
+            evaluator, cfg.rounds, state_a, state_b, logical_layers(state_a), alphas=[0.5], bases=["A", "B"]
+        ):
             barrier_rows.append(dict(row, split=run_key[0], strategy=run_key[3]))  # evaluated on the pair's test data
-    return dict(clients=clients, rounds=pd.DataFrame(round_rows), sweep=sweep_table,
-                partition=pd.DataFrame(count_rows), barriers=pd.DataFrame(barrier_rows),
-                table1=table1(clients, cfg))
+    return dict(
+        clients=clients,
+        rounds=pd.DataFrame(round_rows),
+        sweep=sweep_table,
+        partition=pd.DataFrame(count_rows),
+        barriers=pd.DataFrame(barrier_rows),
+        table1=table1(clients, cfg),
+    )
 
 
 def layers_label(averaged: list[str] | None) -> str:
@@ -536,10 +633,16 @@ def layers_label(averaged: list[str] | None) -> str:
 def table1(clients: pd.DataFrame, cfg: FederatedConfig) -> pd.DataFrame:
     """Tidy Table 1 of one repetition: split x strategy -> mean and sd over clients of the accuracy on their own test
     data (and of the train accuracy on their own training images); `claim` marks cfg.claim_group."""
-    table = (clients.groupby(["split", "strategy"], sort=False)
-             .agg(mean_accuracy=("test_accuracy", "mean"), std_accuracy=("test_accuracy", "std"),
-                  mean_train_accuracy=("train_accuracy", "mean"), n_clients=("test_accuracy", "count"))
-             .reset_index())
+    table = (
+        clients.groupby(["split", "strategy"], sort=False)
+        .agg(
+            mean_accuracy=("test_accuracy", "mean"),
+            std_accuracy=("test_accuracy", "std"),
+            mean_train_accuracy=("train_accuracy", "mean"),
+            n_clients=("test_accuracy", "count"),
+        )
+        .reset_index()
+    )
     order = list(cfg.strategies)
     table["layers"] = [layers_label(cfg.strategies[s]) for s in table.strategy]
     table["claim"] = table.strategy == cfg.claim_group
@@ -549,14 +652,16 @@ def table1(clients: pd.DataFrame, cfg: FederatedConfig) -> pd.DataFrame:
 
 # -------------------------------------------------------------------------------------------- metrics and claims
 def gap_table(rounds: pd.DataFrame, sweep: pd.DataFrame) -> pd.DataFrame:
-    """Partial minus full averaging, mean client accuracy in points, per repetition (a `repetition` column when present):
-    axis "round" (x = round, every split and layer group of the main runs, on the rounds table's test subsets) and
-    axis "concentration" (x = Dirichlet concentration of the sweep, split "dirichlet", the group the sweep trains);
+    """Partial minus full averaging, mean client accuracy in points, per repetition (a `repetition` column when
+    present): axis "round" (x = round, every split and layer group of the main runs, on the rounds table's test subsets)
+    and axis "concentration" (x = Dirichlet concentration of the sweep, split "dirichlet", the group the sweep trains);
     `images` = training images the federation shares out."""
     keys = ["repetition"] if "repetition" in rounds.columns else []
     out = []
-    for table, axis, x, split in ((rounds, "round", "round", None), (sweep, "concentration", "concentration",
-                                                                     "dirichlet")):
+    for table, axis, x, split in (
+        (rounds, "round", "round", None),
+        (sweep, "concentration", "concentration", "dirichlet"),
+    ):
         if not len(table):
             continue
         group_keys = keys + ([] if split else ["split"]) + [x]
@@ -607,27 +712,40 @@ def headline_metrics(tables: dict[str, pd.DataFrame], cfg: FederatedConfig) -> d
 def _gap(split: str, group: str) -> Callable[[dict, object], float]:
     def measure(m: dict, _cfg) -> float:
         return m[f"gap/{split}/{group}"]
+
     return measure
 
 
 def _margin(split: str) -> DataThreshold:
     """report.partial_minus_full_points plus the seed-to-seed sd of full averaging's accuracy on `split`, with the
     sd's chi-square interval over the repetitions."""
+
     def bounds(runs: list[dict], cfg) -> tuple[float, float]:
         low, high = sd_interval([m[f"accuracy/{split}/{FULL}"] for m in runs], cfg.confidence)
         return cfg.partial_minus_full_points + low, cfg.partial_minus_full_points + high
+
     return DataThreshold("partial_minus_full_points + seed-to-seed sd of full averaging", bounds)
 
 
 def _margin_null(split: str, group: str) -> Null:
     """The group's gap exactly at the margin (the measured seed-to-seed sd of full averaging), full averaging's
     accuracy and the gap redrawn with their measured seed spread (so the margin is re-estimated in every draw)."""
+
     def draw(rng: np.random.Generator, runs: list[dict], cfg) -> list[dict]:
         full = [m[f"accuracy/{split}/{FULL}"] for m in runs]
         sd_full, sd_gap = spread(full), spread([m[f"gap/{split}/{group}"] for m in runs])
         edge = cfg.partial_minus_full_points + sd_full
-        return [dict(m, **{f"accuracy/{split}/{FULL}": float(np.mean(full)) + rng.normal(0.0, sd_full),
-                           f"gap/{split}/{group}": edge + rng.normal(0.0, sd_gap)}) for m in runs]
+        return [
+            dict(
+                m,
+                **{
+                    f"accuracy/{split}/{FULL}": float(np.mean(full)) + rng.normal(0.0, sd_full),
+                    f"gap/{split}/{group}": edge + rng.normal(0.0, sd_gap),
+                },
+            )
+            for m in runs
+        ]
+
     return Null("the group's gap exactly at the margin, plus the measured seed spread", draw)
 
 
@@ -635,11 +753,11 @@ def _margin_null(split: str, group: str) -> Null:
 AUTHORS_CLOSEST = "outer"
 # split -> (who, relation, verb, the paper's statement)
 _SPLIT_CLAIMS: dict[SplitName, tuple[str, Relation, str, str]]
-_SPLIT_CLAIMS = {"iid": ("IID clients", "<=", "does not beat", "full averaging best on IID"),
-                 "dirichlet": ("Dirichlet non-IID clients", "<=", "does not beat",
-                               "full averaging best on Dirichlet non-IID"),
-                 "pathological": ("Pathological non-IID clients", ">", "beats",
-                                  "partial averaging best on pathological non-IID")}
+_SPLIT_CLAIMS = {
+    "iid": ("IID clients", "<=", "does not beat", "full averaging best on IID"),
+    "dirichlet": ("Dirichlet non-IID clients", "<=", "does not beat", "full averaging best on Dirichlet non-IID"),
+    "pathological": ("Pathological non-IID clients", ">", "beats", "partial averaging best on pathological non-IID"),
+}
 
 
 def table1_claims(groups) -> list[Claim]:
@@ -648,12 +766,21 @@ def table1_claims(groups) -> list[Claim]:
     for split, (who, relation, verb, paper) in _SPLIT_CLAIMS.items():
         for group in groups:
             closest = ", closest to the authors' active group" if group == AUTHORS_CLOSEST else ""
-            out.append(Claim(
-                "Table 1", f"{who}: on average, averaging only the {group} layers (federated.layer_groups.{group}"
-                f"{closest}) {verb} full averaging by more than the seed-to-seed spread", paper, STAGE,
-                _gap(split, group), relation,
-                _margin(split), f"accuracy of {group} minus full averaging (points, mean over clients)",
-                null=_margin_null(split, group), bounds=(-100.0, 100.0)))
+            out.append(
+                Claim(
+                    "Table 1",
+                    f"{who}: on average, averaging only the {group} layers (federated.layer_groups.{group}"
+                    f"{closest}) {verb} full averaging by more than the seed-to-seed spread",
+                    paper,
+                    STAGE,
+                    _gap(split, group),
+                    relation,
+                    _margin(split),
+                    f"accuracy of {group} minus full averaging (points, mean over clients)",
+                    null=_margin_null(split, group),
+                    bounds=(-100.0, 100.0),
+                )
+            )
     return out
 
 
@@ -669,23 +796,40 @@ def fedavg_pair_barrier(m: dict, _cfg=None) -> float:
 
 
 SANITY_CHECKS: list[SanityCheck] = [
-    SanityCheck("Table 1", "Full averaging hands every client the same model (two clients' loss barrier is 0)", STAGE,
-                fedavg_pair_barrier, "<=", 1e-6, "max over splits of |full loss barrier between two FedAvg clients|"),
+    SanityCheck(
+        "Table 1",
+        "Full averaging hands every client the same model (two clients' loss barrier is 0)",
+        STAGE,
+        fedavg_pair_barrier,
+        "<=",
+        1e-6,
+        "max over splits of |full loss barrier between two FedAvg clients|",
+    ),
 ]
 
 
 # ------------------------------------------------------------------------------------------ aggregation over seeds
 def aggregate_table1(workspace: str | Path, repetitions: Sequence[int]) -> pd.DataFrame:
-    """Table 1 over repetitions: split x strategy -> mean and sd over repetitions of each repetition's mean client accuracy,
-    and of the paired gap to full averaging (0 for full itself), with the averaged layers and the claim flag."""
+    """Table 1 over repetitions: split x strategy -> mean and sd over repetitions of each repetition's mean client
+    accuracy, and of the paired gap to full averaging (0 for full itself), with the averaged layers and the claim
+    flag."""
     t = read_repetition_tables(workspace, STAGE, "table1.csv", repetitions)
     full = t[t.strategy == FULL].set_index(["repetition", "split"]).mean_accuracy
     t = t.assign(gap=t.mean_accuracy.to_numpy() - full.loc[list(zip(t.repetition, t.split))].to_numpy())
-    out = (t.groupby(["split", "strategy"], sort=False)
-           .agg(layers=("layers", "first"), claim=("claim", "first"), n_repetitions=("repetition", "nunique"),
-                mean_accuracy=("mean_accuracy", "mean"), sd_accuracy=("mean_accuracy", "std"),
-                mean_gap=("gap", "mean"), sd_gap=("gap", "std"), mean_train_accuracy=("mean_train_accuracy", "mean"))
-           .reset_index())
+    out = (
+        t.groupby(["split", "strategy"], sort=False)
+        .agg(
+            layers=("layers", "first"),
+            claim=("claim", "first"),
+            n_repetitions=("repetition", "nunique"),
+            mean_accuracy=("mean_accuracy", "mean"),
+            sd_accuracy=("mean_accuracy", "std"),
+            mean_gap=("gap", "mean"),
+            sd_gap=("gap", "std"),
+            mean_train_accuracy=("mean_train_accuracy", "mean"),
+        )
+        .reset_index()
+    )
     return out
 
 
@@ -704,8 +848,9 @@ def aggregate_barriers(workspace: str | Path, repetitions: Sequence[int]) -> pd.
     x base x alpha x metric."""
     b = read_repetition_tables(workspace, STAGE, "barriers.csv", repetitions)
     keys = ["split", "strategy", "layer_set", "base", "alpha", "metric"]
-    return (b.groupby(keys, sort=False).barrier.agg(barrier="mean", sd_barrier="std", n_repetitions="count")
-            .reset_index())
+    return (
+        b.groupby(keys, sort=False).barrier.agg(barrier="mean", sd_barrier="std", n_repetitions="count").reset_index()
+    )
 
 
 def _span(values: pd.Series, fmt: str) -> str:
@@ -727,23 +872,33 @@ def gap_summary(gaps: pd.DataFrame, threshold: float = 0.0) -> str:
     if conc.empty:
         text = "no concentration sweep was run"
     elif above.all():
-        text = (f"averaging only {group} beats full averaging at every Dirichlet concentration tried ({tried}), "
-                f"by {_span(conc, '.1f')} points")
+        text = (
+            f"averaging only {group} beats full averaging at every Dirichlet concentration tried ({tried}), "
+            f"by {_span(conc, '.1f')} points"
+        )
     elif not above.any():
-        text = (f"averaging only {group} does not beat full averaging at any Dirichlet concentration tried "
-                f"({tried}; gap {_span(conc, '+.1f')} points)")
+        text = (
+            f"averaging only {group} does not beat full averaging at any Dirichlet concentration tried "
+            f"({tried}; gap {_span(conc, '+.1f')} points)"
+        )
     elif above.iloc[: int(above.sum())].all():
         below = conc[~above]
-        text = (f"averaging only {group} beats full averaging by {_span(conc[above], '.1f')} points at Dirichlet "
-                f"concentration <= {above[above].index[-1]:g}, not above (gap {_span(below, '+.1f')} points at "
-                f"{_span(pd.Series(below.index), 'g')})")
+        text = (
+            f"averaging only {group} beats full averaging by {_span(conc[above], '.1f')} points at Dirichlet "
+            f"concentration <= {above[above].index[-1]:g}, not above (gap {_span(below, '+.1f')} points at "
+            f"{_span(pd.Series(below.index), 'g')})"
+        )
     else:
-        text = (f"averaging only {group} beats full averaging at Dirichlet concentrations "
-                f"{[float(c) for c in conc[above].index]} and not at {[float(c) for c in conc[~above].index]}")
+        text = (
+            f"averaging only {group} beats full averaging at Dirichlet concentrations "
+            f"{[float(c) for c in conc[above].index]} and not at {[float(c) for c in conc[~above].index]}"
+        )
     rounds = gaps[(gaps.axis == "round") & (gaps.split == "dirichlet")].groupby("x").gap.mean().sort_index()
     if len(rounds):
-        text += (f"; on the main Dirichlet split the gap is {rounds.iloc[0]:+.1f} points after round "
-                 f"{rounds.index[0]:g} and {rounds.iloc[-1]:+.1f} after round {rounds.index[-1]:g}")
+        text += (
+            f"; on the main Dirichlet split the gap is {rounds.iloc[0]:+.1f} points after round "
+            f"{rounds.index[0]:g} and {rounds.iloc[-1]:+.1f} after round {rounds.index[-1]:g}"
+        )
     return text[0].upper() + text[1:] + f" (mean over {n} repetition{'s' if n != 1 else ''})."
 
 
@@ -757,19 +912,31 @@ def plot_table1(table: pd.DataFrame):
     the paired gap of each layer group to full averaging (red: the group beats full averaging)."""
     splits = [s for s in SPLIT_IDS if s in set(table.split)]
     strategies = list(dict.fromkeys(table.strategy))
-    labels = {r.strategy: f"{r.strategy}{' (claim)' if r.claim else ''}\n[{r.layers}]"
-              for r in table.drop_duplicates("strategy").itertuples()}
+    labels = {
+        r.strategy: f"{r.strategy}{' (claim)' if r.claim else ''}\n[{r.layers}]"
+        for r in table.drop_duplicates("strategy").itertuples()
+    }
     wide = lambda col, rows: table.pivot(index="strategy", columns="split", values=col).loc[rows, splits]
     groups = [s for s in strategies if s not in (FULL, LOCAL)]
     n = int(table.n_repetitions.max())
     fig, (ax_acc, ax_gap) = plotting.panels(2, width=5.0, height=0.55 * len(strategies) + 2.0)
-    plotting.heatmap(ax_acc, wide("mean_accuracy", strategies), spread=wide("sd_accuracy", strategies),
-                     title=f"Table 1: client accuracy on own test data (%)\nmean ± sd over {_seeds(n)}", center=None,
-                     cmap="viridis", cbar_label="accuracy (%)")
+    plotting.heatmap(
+        ax_acc,
+        wide("mean_accuracy", strategies),
+        spread=wide("sd_accuracy", strategies),
+        title=f"Table 1: client accuracy on own test data (%)\nmean ± sd over {_seeds(n)}",
+        center=None,
+        cmap="viridis",
+        cbar_label="accuracy (%)",
+    )
     ax_acc.set_yticklabels([labels[s] for s in strategies], fontsize=7)
-    plotting.heatmap(ax_gap, wide("mean_gap", groups), spread=wide("sd_gap", groups),
-                     title=f"layer group minus full averaging (points)\nmean ± sd over {_seeds(n)} (paired)",
-                     cbar_label="accuracy gap (points)")
+    plotting.heatmap(
+        ax_gap,
+        wide("mean_gap", groups),
+        spread=wide("sd_gap", groups),
+        title=f"layer group minus full averaging (points)\nmean ± sd over {_seeds(n)} (paired)",
+        cbar_label="accuracy gap (points)",
+    )
     ax_gap.set_yticklabels([labels[s] for s in groups], fontsize=7)
     for ax in (ax_acc, ax_gap):
         ax.set_xlabel("split")
@@ -787,20 +954,37 @@ def plot_gaps(gaps: pd.DataFrame, threshold: float = 0.0):
     fig, (ax_c, ax_r) = plotting.panels(2, width=4.8, height=3.4)
     conc, rounds = gaps[gaps.axis == "concentration"], gaps[gaps.axis == "round"]
     if len(conc):
-        plotting.curves(ax_c, conc, x="x", y="gap",
-                        title=f"{group} - full vs concentration ({int(conc.images.max())} images, {_seeds(n)})")
+        plotting.curves(
+            ax_c,
+            conc,
+            x="x",
+            y="gap",
+            title=f"{group} - full vs concentration ({int(conc.images.max())} images, {_seeds(n)})",
+        )
         if "repetition" in conc:
             for _, one in conc.groupby("repetition"):
                 ax_c.plot(one.x, one.gap, color="grey", lw=0.5, alpha=0.6)
         ax_c.set_xscale("log")
     iid = rounds[(rounds.split == "iid") & (rounds.x == rounds.x.max())]
     if len(iid):
-        ax_c.axhline(iid.gap.mean(), color="tab:green", ls=":", lw=1.0,
-                     label=f"IID split, main runs ({int(iid.images.max())} images)")
+        ax_c.axhline(
+            iid.gap.mean(),
+            color="tab:green",
+            ls=":",
+            lw=1.0,
+            label=f"IID split, main runs ({int(iid.images.max())} images)",
+        )
         ax_c.legend(fontsize=7)
     ax_c.set_xlabel("Dirichlet concentration (smaller = more skewed label mix)")
-    plotting.curves(ax_r, rounds, x="x", y="gap", hue="split", title=f"{group} - full vs rounds ({_seeds(n)})",
-                    hue_order=[s for s in SPLIT_IDS if s in set(rounds.split)])
+    plotting.curves(
+        ax_r,
+        rounds,
+        x="x",
+        y="gap",
+        hue="split",
+        title=f"{group} - full vs rounds ({_seeds(n)})",
+        hue_order=[s for s in SPLIT_IDS if s in set(rounds.split)],
+    )
     ax_r.set_xlabel("round (accuracy on a fixed subset of each client's test data)")
     ax_r.legend(fontsize=7, title="split", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     for ax in (ax_c, ax_r):
@@ -820,8 +1004,15 @@ def plot_barriers(barriers: pd.DataFrame, alpha: float = 0.5):
     fig, axes = plotting.panels(2, ncols=1, width=max(6.0, 0.7 * len(columns)), height=3.2, sharex=True)
     for ax, base in zip(axes, ("A", "B")):
         grid = loss[loss.base == base].pivot(index="layer_set", columns="column", values="barrier").loc[rows, columns]
-        plotting.heatmap(ax, grid, title=f"loss barrier between two clients, into {base} (mean over {_seeds(n)})",
-                         fmt=".2f", vmin=-1.0, vmax=1.0, cbar_label="barrier (loss; colours clipped at ±1)")
+        plotting.heatmap(
+            ax,
+            grid,
+            title=f"loss barrier between two clients, into {base} (mean over {_seeds(n)})",
+            fmt=".2f",
+            vmin=-1.0,
+            vmax=1.0,
+            cbar_label="barrier (loss; colours clipped at ±1)",
+        )
         ax.set_xlabel("split / strategy" if base == "B" else "")
         ax.set_ylabel("averaged layer(s)")
     axes[0].tick_params(axis="x", labelbottom=False)
@@ -835,19 +1026,32 @@ def aggregate(st, repetitions: list[int]) -> str:
     plotting.save(plot_table1(aggregate_table1(st.workspace, repetitions)), st.figures_dir / "fig6_federated_table")
     gaps = aggregate_gaps(st.workspace, repetitions)
     plotting.save(plot_gaps(gaps, threshold), st.figures_dir / "fig6_federated_sweep")
-    plotting.save(plot_barriers(aggregate_barriers(st.workspace, repetitions)), st.figures_dir / "fig6_federated_barriers")
+    plotting.save(
+        plot_barriers(aggregate_barriers(st.workspace, repetitions)), st.figures_dir / "fig6_federated_barriers"
+    )
     print("federated repetitions:", sorted(gaps.repetition.unique().tolist()) if "repetition" in gaps else "n/a")
     return gap_summary(gaps, threshold)
 
 
 SPEC = StageSpec(
-    name="federated", notebook="07_federated", config=FederatedConfig,
-    repeats_over="federated", repetitions=(0, 1, 2),
-    reads=(*RUNTIME, *EVALUATION, "report.partial_minus_full_points"), inputs=("data/images.pt",),
+    name="federated",
+    notebook="07_federated",
+    config=FederatedConfig,
+    repeats_over="federated",
+    repetitions=(0, 1, 2),
+    reads=(*RUNTIME, *EVALUATION, "report.partial_minus_full_points"),
+    inputs=("data/images.pt",),
     aggregate_figures=(
         Figure("fig6_federated_table", "Table 1: per-client test accuracy of full, partial and no averaging."),
-        Figure("fig6_federated_sweep", "Table 1, located: partial-minus-full accuracy gap against the Dirichlet "
-               "concentration and against the number of rounds (mean ± sd over repetitions)."),
-        Figure("fig6_federated_barriers", "Table 1 companion: layer-wise barriers between two clients at the end.")),
-    aggregate=aggregate, aggregate_reads=("report.partial_minus_full_points",),
-    claims=tuple(CLAIMS), sanity_checks=tuple(SANITY_CHECKS))
+        Figure(
+            "fig6_federated_sweep",
+            "Table 1, located: partial-minus-full accuracy gap against the Dirichlet "
+            "concentration and against the number of rounds (mean ± sd over repetitions).",
+        ),
+        Figure("fig6_federated_barriers", "Table 1 companion: layer-wise barriers between two clients at the end."),
+    ),
+    aggregate=aggregate,
+    aggregate_reads=("report.partial_minus_full_points",),
+    claims=tuple(CLAIMS),
+    sanity_checks=tuple(SANITY_CHECKS),
+)

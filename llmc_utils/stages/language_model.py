@@ -41,23 +41,24 @@ or test windows no better than the unigram entropy of the training text (`check_
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import pandas as pd
 import torch
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from llmc_utils.core import plotting
-from llmc_utils.stages.layerwise_barriers import Band, cell_metrics
 from llmc_utils.core.claims import Claim, Condition, Premise
-from llmc_utils.core.config import ExistingFile, NonNegativeInt, PositiveInt, Section, checks_environment, Seed
+from llmc_utils.core.config import ExistingFile, NonNegativeInt, PositiveInt, Section, Seed, checks_environment
 from llmc_utils.core.evaluation import FULL, Evaluator, LayerEvaluator, checkpoint_barriers
 from llmc_utils.core.io import read_repetition_tables
 from llmc_utils.core.layers import logical_layers
 from llmc_utils.core.trainer import OptimConfig, TrainingDiverged, load_weights, stale_dir_of, train_members
 from llmc_utils.core.transformer import Block
+from llmc_utils.stages.layerwise_barriers import Band, cell_metrics
 from llmc_utils.stages.spec import EVALUATION, RUNTIME, TRAINING, Figure, StageSpec
 
 STAGE = "language_model"
@@ -95,16 +96,22 @@ class LanguageModelConfig(Section):
         if epochs != sorted(set(epochs)):
             raise ValueError(f"checkpoint_epochs must be strictly increasing, got {epochs}")
         if epochs[-1] != self.optim.epochs:
-            raise ValueError(f"checkpoint_epochs {epochs} must end at optim.epochs = {self.optim.epochs} (the claims "
-                             "and the degeneracy check read the final models); none may go past it")
+            raise ValueError(
+                f"checkpoint_epochs {epochs} must end at optim.epochs = {self.optim.epochs} (the claims "
+                "and the degeneracy check read the final models); none may go past it"
+            )
         if self.same_init_epochs is not None:
             outside = sorted(set(self.same_init_epochs) - set(epochs))
             if outside or epochs[-1] not in self.same_init_epochs:
-                raise ValueError(f"same_init_epochs {self.same_init_epochs} must be checkpoint_epochs {epochs} and "
-                                 "include the last one")
+                raise ValueError(
+                    f"same_init_epochs {self.same_init_epochs} must be checkpoint_epochs {epochs} and "
+                    "include the last one"
+                )
         if self.eval_windows > self.train_windows:
-            raise ValueError(f"eval_windows = {self.eval_windows} exceeds train_windows = {self.train_windows}: the "
-                             "train split is a subset of the training windows")
+            raise ValueError(
+                f"eval_windows = {self.eval_windows} exceeds train_windows = {self.train_windows}: the "
+                "train split is a subset of the training windows"
+            )
         if self.seed_a == self.seed_b:
             raise ValueError("seed_a and seed_b are equal: A and B would be identical")
         return self
@@ -125,8 +132,10 @@ def read_text_file(path: str | Path) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}); convert it first, e.g. "
-                         f"iconv -f LATIN1 -t UTF-8 {path} > {Path(path).with_suffix('.utf8.txt')}") from None
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}); convert it first, e.g. "
+            f"iconv -f LATIN1 -t UTF-8 {path} > {Path(path).with_suffix('.utf8.txt')}"
+        ) from None
 
 
 def load_text(cfg: LanguageModelConfig) -> str:
@@ -139,7 +148,7 @@ def load_text(cfg: LanguageModelConfig) -> str:
         if not path.is_file():
             raise FileNotFoundError(f"language_model.text_file = {cfg.text_file!r} does not exist")
         text = read_text_file(path)
-    return text[:cfg.max_chars] if cfg.max_chars else text
+    return text[: cfg.max_chars] if cfg.max_chars else text
 
 
 class CharTokenizer:
@@ -195,11 +204,17 @@ def prepare(cfg: LanguageModelConfig, repetition: int = 0) -> dict:
     cut = int(len(ids) * (1.0 - cfg.test_fraction))
     seed = cfg.window_seed
     train_x, train_y = windows(ids[:cut], cfg.train_windows, cfg.context, torch.Generator().manual_seed(seed))
-    eval_train = (train_x[:cfg.eval_windows], train_y[:cfg.eval_windows])  # windows the models trained on
+    eval_train = (train_x[: cfg.eval_windows], train_y[: cfg.eval_windows])  # windows the models trained on
     eval_test = windows(ids[cut:], cfg.eval_windows, cfg.context, torch.Generator().manual_seed(seed))
-    return dict(tokenizer=tokenizer, n_chars=len(ids), n_train_chars=cut, train=(train_x, train_y),
-                splits={"train": eval_train, "test": eval_test}, repetition=repetition,
-                unigram_entropy=unigram_entropy(ids[:cut], tokenizer.vocab_size))
+    return dict(
+        tokenizer=tokenizer,
+        n_chars=len(ids),
+        n_train_chars=cut,
+        train=(train_x, train_y),
+        splits={"train": eval_train, "test": eval_test},
+        repetition=repetition,
+        unigram_entropy=unigram_entropy(ids[:cut], tokenizer.vocab_size),
+    )
 
 
 # --------------------------------------------------------------------------------------------------------- model
@@ -254,13 +269,14 @@ def check_not_degenerate(losses: dict[str, float], entropy: float, desc: str, ep
     entropy of the training text: such a model predicts no better than character frequencies."""
     for split, loss in losses.items():
         if not loss < entropy:
-            raise TrainingDiverged(f"{desc}: {split} loss {loss:.3f} nats/char at epoch {epoch} is no better than the "
-                                   f"unigram entropy {entropy:.3f} of the training text; the run degenerated: lower "
-                                   "the learning rate or train longer (language_model.optim in params.yaml)")
+            raise TrainingDiverged(
+                f"{desc}: {split} loss {loss:.3f} nats/char at epoch {epoch} is no better than the "
+                f"unigram entropy {entropy:.3f} of the training text; the run degenerated: lower "
+                "the learning rate or train longer (language_model.optim in params.yaml)"
+            )
 
 
-def train_models(cfg: LanguageModelConfig, prepared: dict, run_root: Path, processes: int = 1
-                 ) -> dict[str, list[Path]]:
+def train_models(cfg: LanguageModelConfig, prepared: dict, run_root: Path, processes: int = 1) -> dict[str, list[Path]]:
     """Train A, B and B' of the repetition `prepared` was made for, with the core trainer (resumes what is on disk);
     {model: checkpoint paths in checkpoint_epochs order}. Each final model must beat the unigram entropy."""
     repetition = prepared["repetition"]
@@ -268,23 +284,56 @@ def train_models(cfg: LanguageModelConfig, prepared: dict, run_root: Path, proce
     x, y = prepared["train"]
     model = make_model()
     # the state-dict keys name the layers: checkpoints of another layout are another configuration (trainer)
-    meta = dict(arch="char_gpt", vocab=prepared["tokenizer"].vocab_size, n_chars=prepared["n_chars"],
-                repetition=repetition, keys=list(model.state_dict()),
-                **cfg.model_dump(include={"context", "d_model", "n_heads", "n_blocks", "train_windows",
-                                          "window_seed", "text_file", "max_chars", "test_fraction"}))
+    meta = dict(
+        arch="char_gpt",
+        vocab=prepared["tokenizer"].vocab_size,
+        n_chars=prepared["n_chars"],
+        repetition=repetition,
+        keys=list(model.state_dict()),
+        **cfg.model_dump(
+            include={
+                "context",
+                "d_model",
+                "n_heads",
+                "n_blocks",
+                "train_windows",
+                "window_seed",
+                "text_file",
+                "max_chars",
+                "test_fraction",
+            }
+        ),
+    )
     evaluator = Evaluator(model, prepared["splits"], cfg.eval_batch_size)
     seeds = model_seeds(cfg)
-    members = {name: dict(init_seed=init_seed, data_seed=data_seed, run_dir=run_root / run_dir_name(name),
-                          stale_dir=stale_dir_of(run_root / run_dir_name(name)),
-                          desc=f"GPT {name} of repetition {repetition}")
-               for name, (init_seed, data_seed) in seeds.items()}
-    paths = train_members(members, processes, make_model=make_model, x=x, y=y, cfg=cfg.optim,
-                          checkpoint_epochs=cfg.checkpoint_epochs, meta=meta)
+    members = {
+        name: dict(
+            init_seed=init_seed,
+            data_seed=data_seed,
+            run_dir=run_root / run_dir_name(name),
+            stale_dir=stale_dir_of(run_root / run_dir_name(name)),
+            desc=f"GPT {name} of repetition {repetition}",
+        )
+        for name, (init_seed, data_seed) in seeds.items()
+    }
+    paths = train_members(
+        members,
+        processes,
+        make_model=make_model,
+        x=x,
+        y=y,
+        cfg=cfg.optim,
+        checkpoint_epochs=cfg.checkpoint_epochs,
+        meta=meta,
+    )
     for name, (init_seed, data_seed) in seeds.items():
         final = evaluator(load_weights(paths[name][-1]))
-        check_not_degenerate({split: m["loss"] for split, m in final.items()}, prepared["unigram_entropy"],
-                             f"GPT {name} of repetition {repetition} (init seed {init_seed}, data seed {data_seed})",
-                             cfg.checkpoint_epochs[-1])
+        check_not_degenerate(
+            {split: m["loss"] for split, m in final.items()},
+            prepared["unigram_entropy"],
+            f"GPT {name} of repetition {repetition} (init seed {init_seed}, data seed {data_seed})",
+            cfg.checkpoint_epochs[-1],
+        )
     return paths
 
 
@@ -293,13 +342,15 @@ def steps_per_epoch(cfg: LanguageModelConfig) -> int:
     return math.ceil(cfg.train_windows / cfg.optim.batch_size)
 
 
-def barriers_over_training(cfg: LanguageModelConfig, prepared: dict,
-                           paths: dict[str, list[Path]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def barriers_over_training(
+    cfg: LanguageModelConfig, prepared: dict, paths: dict[str, list[Path]]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(barriers, endpoints): tidy tables over checkpoints. Barrier rows: both pairs (column `pair`), full + every
     logical layer, both bases, alpha 0.5, train and test windows, loss and error. Endpoint rows: A, B, B' at every
     checkpoint."""
-    evaluator = LayerEvaluator(model_factory(cfg, prepared["tokenizer"].vocab_size)(), prepared["splits"],
-                               batch_size=cfg.eval_batch_size)
+    evaluator = LayerEvaluator(
+        model_factory(cfg, prepared["tokenizer"].vocab_size)(), prepared["splits"], batch_size=cfg.eval_batch_size
+    )
     same_init_epochs = set(cfg.same_init_epochs if cfg.same_init_epochs is not None else cfg.checkpoint_epochs)
     barrier_rows, end_rows = [], []
     for i, epoch in enumerate(cfg.checkpoint_epochs):
@@ -311,8 +362,9 @@ def barriers_over_training(cfg: LanguageModelConfig, prepared: dict,
         for pair, (a, b) in PAIRS.items():
             if pair == "same_init" and epoch not in same_init_epochs:
                 continue
-            rows = checkpoint_barriers(evaluator, epoch, states[a], states[b], logical_layers(states[a]),
-                                       alphas=[0.5], bases=["A", "B"])
+            rows = checkpoint_barriers(
+                evaluator, epoch, states[a], states[b], logical_layers(states[a]), alphas=[0.5], bases=["A", "B"]
+            )
             barrier_rows += [dict(pair=pair, **row, step=where["step"]) for row in rows]
     return pd.DataFrame(barrier_rows), pd.DataFrame(end_rows)
 
@@ -325,14 +377,19 @@ def barrier_curves(barriers: pd.DataFrame, split: str = "train", metric: str = "
     full = sel[sel.layer_set == FULL].groupby(keys).barrier.max().rename("full_barrier")
     single = sel[sel.layer_set != FULL]
     top = single.loc[single.groupby(keys).barrier.idxmax()].set_index(keys)
-    top = top[["barrier", "layer_set", "base"]].rename(columns={"barrier": "max_single_layer_barrier",
-                                                               "layer_set": "max_single_layer",
-                                                               "base": "max_single_layer_base"})
+    top = top[["barrier", "layer_set", "base"]].rename(
+        columns={
+            "barrier": "max_single_layer_barrier",
+            "layer_set": "max_single_layer",
+            "base": "max_single_layer_base",
+        }
+    )
     return pd.concat([full, top], axis=1).reset_index()
 
 
-def repetition_metrics(cfg: LanguageModelConfig, barriers: pd.DataFrame, endpoints: pd.DataFrame,
-                 prepared: dict) -> dict:
+def repetition_metrics(
+    cfg: LanguageModelConfig, barriers: pd.DataFrame, endpoints: pd.DataFrame, prepared: dict
+) -> dict:
     """The flat per-repetition metrics the claims read. At the last checkpoint (train loss, alpha 0.5), per pair
     scheme: full barrier and largest single-layer barrier over layers and both bases (also on test loss); the claim
     scheme's two values again under scheme-free keys, with the full barrier's standard error and every single-layer
@@ -348,51 +405,90 @@ def repetition_metrics(cfg: LanguageModelConfig, barriers: pd.DataFrame, endpoin
     metrics["full_barrier_train_loss"] = metrics[f"{cfg.scheme}_full_barrier_train_loss"]
     metrics["max_single_layer_barrier_train_loss"] = metrics[f"{cfg.scheme}_max_single_layer_barrier_train_loss"]
     scheme = barriers[(barriers.pair == cfg.scheme) & (barriers.epoch == last)]
-    full = scheme[(scheme.layer_set == FULL) & (scheme.split == "train") & (scheme.metric == "loss")
-                  & (scheme.alpha == 0.5)]
+    full = scheme[
+        (scheme.layer_set == FULL) & (scheme.split == "train") & (scheme.metric == "loss") & (scheme.alpha == 0.5)
+    ]
     metrics["full_barrier_train_loss_se"] = float(full.se.iloc[0])
     metrics.update(cell_metrics(scheme, 0.5, last))  # the claim scheme's single layers at the last checkpoint
     final = endpoints[endpoints.epoch == last].set_index(["model", "split"])
     for name in MODELS:
         for split in ("train", "test"):
             metrics[f"final_{split}_loss_{run_dir_name(name)}"] = float(final.loc[(name, split), "loss"])
-    metrics.update(unigram_entropy=float(prepared["unigram_entropy"]), last_epoch=int(last),
-                   last_step=int(last * steps_per_epoch(cfg)),
-                   n_layers=int(barriers[barriers.layer_set != FULL].layer_set.nunique()))
+    metrics.update(
+        unigram_entropy=float(prepared["unigram_entropy"]),
+        last_epoch=int(last),
+        last_step=int(last * steps_per_epoch(cfg)),
+        n_layers=int(barriers[barriers.layer_set != FULL].layer_set.nunique()),
+    )
     return {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}
 
 
 # --------------------------------------------------------------------------------------------------------------- claims
 LM_REGIME = "lm_regime"
 PREMISES = [
-    Premise(LM_REGIME, "Fig. 7 (LM)", "The char-level GPT pairs of language_model.scheme are in the regime the claim is "
-            "about: averaging all layers creates a clear barrier at the end of training", (
-                Condition("full train-loss barrier at the last checkpoint (nats)",
-                          "a clear full barrier between the language models compared", STAGE,
-                          lambda m, c: m["full_barrier_train_loss"], ">=", "clear_barrier", "interval"),)),
+    Premise(
+        LM_REGIME,
+        "Fig. 7 (LM)",
+        "The char-level GPT pairs of language_model.scheme are in the regime the claim is "
+        "about: averaging all layers creates a clear barrier at the end of training",
+        (
+            Condition(
+                "full train-loss barrier at the last checkpoint (nats)",
+                "a clear full barrier between the language models compared",
+                STAGE,
+                lambda m, c: m["full_barrier_train_loss"],
+                ">=",
+                "clear_barrier",
+                "interval",
+            ),
+        ),
+    ),
 ]
 
 LM_RELATIVE = Band("single_layer_relative", full="full_barrier_train_loss", epoch="last_epoch")
 LM_RELATIVE_LOOSE = Band("single_layer_relative_loose", full="full_barrier_train_loss", epoch="last_epoch")
-_LM = ("Char-level GPT pair (scheme: language_model.scheme): in most repetitions, every single-layer barrier at the "
-       "end of training stays below 0.1 / 2.3 of the full barrier, beyond its evaluation error")
+_LM = (
+    "Char-level GPT pair (scheme: language_model.scheme): in most repetitions, every single-layer barrier at the "
+    "end of training stays below 0.1 / 2.3 of the full barrier, beyond its evaluation error"
+)
 _CELL = "inside the band beyond z x its standard error over the evaluation windows"
 CLAIMS = [
-    Claim("Fig. 7 (LM)", _LM, "single-layer barriers near zero (Fig. 1's band: 0.1 against 2.3)", STAGE,
-          LM_RELATIVE.measure, ">", "majority",
-          "fraction of repetitions whose every single layer (both bases, train loss, last checkpoint) lies within "
-          f"+-single_layer_relative x the full barrier, {_CELL}", premise=LM_REGIME, kind="count",
-          null=LM_RELATIVE.null()),
-    Claim("Fig. 7 (LM)", _LM.replace("0.1 / 2.3", "25 %"), "(sensitivity: a band 6x looser than the paper's)", STAGE,
-          LM_RELATIVE_LOOSE.measure, ">", "majority",
-          "fraction of repetitions whose every single layer lies within +-single_layer_relative_loose x the full "
-          f"barrier, {_CELL}", premise=LM_REGIME, kind="count", null=LM_RELATIVE_LOOSE.null(), sensitivity_of=_LM),
+    Claim(
+        "Fig. 7 (LM)",
+        _LM,
+        "single-layer barriers near zero (Fig. 1's band: 0.1 against 2.3)",
+        STAGE,
+        LM_RELATIVE.measure,
+        ">",
+        "majority",
+        "fraction of repetitions whose every single layer (both bases, train loss, last checkpoint) lies within "
+        f"+-single_layer_relative x the full barrier, {_CELL}",
+        premise=LM_REGIME,
+        kind="count",
+        null=LM_RELATIVE.null(),
+    ),
+    Claim(
+        "Fig. 7 (LM)",
+        _LM.replace("0.1 / 2.3", "25 %"),
+        "(sensitivity: a band 6x looser than the paper's)",
+        STAGE,
+        LM_RELATIVE_LOOSE.measure,
+        ">",
+        "majority",
+        "fraction of repetitions whose every single layer lies within +-single_layer_relative_loose x the full "
+        f"barrier, {_CELL}",
+        premise=LM_REGIME,
+        kind="count",
+        null=LM_RELATIVE_LOOSE.null(),
+        sensitivity_of=_LM,
+    ),
 ]
 
 
 # ------------------------------------------------------------------------------------- aggregate over repetitions
 def aggregate_language_model(workspace: str | Path, repetitions: Sequence[int]) -> pd.DataFrame:
-    """Barrier rows of every repetition (results/language_model/repetition_<r>/barriers.csv) with a `repetition` column."""
+    """Barrier rows of every repetition (results/language_model/repetition_<r>/barriers.csv) with a `repetition`
+    column."""
     return read_repetition_tables(workspace, STAGE, "barriers.csv", repetitions)
 
 
@@ -401,8 +497,9 @@ def _checkpoint_labels(table: pd.DataFrame) -> dict[int, str]:
     return {e: f"ep {e}\n(step {s})" for e, s in steps.items()}
 
 
-def layer_barrier_grid(table: pd.DataFrame, pair: str, split: str = "train",
-                       metric: str = "loss") -> tuple[pd.DataFrame, pd.DataFrame]:
+def layer_barrier_grid(
+    table: pd.DataFrame, pair: str, split: str = "train", metric: str = "loss"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Heatmap layout for one pair scheme: rows "full" then every layer in forward order, columns = checkpoints;
     cells = (mean, sd) over repetitions of the larger of the two bases' barriers (alpha 0.5); sd is NaN for one."""
     sel = table[(table.pair == pair) & (table.split == split) & (table.metric == metric) & (table.alpha == 0.5)]
@@ -415,8 +512,9 @@ def layer_barrier_grid(table: pd.DataFrame, pair: str, split: str = "train",
     return mean, sd
 
 
-def plot_language_model(table: pd.DataFrame, scheme: str = "different_init",
-                        heatmap_pairs: Sequence[str] | None = None):
+def plot_language_model(
+    table: pd.DataFrame, scheme: str = "different_init", heatmap_pairs: Sequence[str] | None = None
+):
     """Fig. 7: (left) full and largest single-layer train-loss barrier vs epoch for both pair schemes, mean and
     ±1 sd band over repetitions; (right) layer x checkpoint heatmap (mean ± sd over repetitions) of the barriers of
     the `scheme` pairs (or of each of `heatmap_pairs`). `table`: aggregate_language_model's rows, or one repetition's
@@ -424,23 +522,40 @@ def plot_language_model(table: pd.DataFrame, scheme: str = "different_init",
     heatmap_pairs = list(heatmap_pairs or [scheme])
     curves = barrier_curves(table)
     n_repetitions = curves.repetition.nunique() if "repetition" in curves else 1
-    long = curves.melt(id_vars=[k for k in ("repetition", "pair", "epoch") if k in curves],
-                       value_vars=["full_barrier", "max_single_layer_barrier"], var_name="interpolation",
-                       value_name="barrier")
-    long["interpolation"] = long.interpolation.map({"full_barrier": "full",
-                                                    "max_single_layer_barrier": "max single layer"})
+    long = curves.melt(
+        id_vars=[k for k in ("repetition", "pair", "epoch") if k in curves],
+        value_vars=["full_barrier", "max_single_layer_barrier"],
+        var_name="interpolation",
+        value_name="barrier",
+    )
+    long["interpolation"] = long.interpolation.map(
+        {"full_barrier": "full", "max_single_layer_barrier": "max single layer"}
+    )
     long["pair"] = long.pair.str.replace("_", " ")
     fig, axes = plotting.panels(1 + len(heatmap_pairs), width=7.0, height=6.0)
-    plotting.curves(axes[0], long, x="epoch", y="barrier", hue="pair", style="interpolation",
-                    title=f"train-loss barrier at alpha 0.5\nmean ± 1 sd over {n_repetitions} repetition(s)")
+    plotting.curves(
+        axes[0],
+        long,
+        x="epoch",
+        y="barrier",
+        hue="pair",
+        style="interpolation",
+        title=f"train-loss barrier at alpha 0.5\nmean ± 1 sd over {n_repetitions} repetition(s)",
+    )
     axes[0].axhline(0.0, color="grey", lw=0.8)
     axes[0].set_xlabel(f"epoch ({int(curves.step.max() / max(curves.epoch.max(), 1))} SGD steps each)")
     axes[0].set_ylabel("barrier (nats per character)")
     for ax, pair in zip(axes[1:], heatmap_pairs):
         mean, sd = layer_barrier_grid(table, pair)
-        plotting.heatmap(ax, mean, fmt=".2f", cbar_label="barrier (nats)", spread=sd,
-                         title=f"{pair.replace('_', ' ')} pairs: train-loss barrier per averaged layer\n"
-                               f"larger of the two bases, mean ± sd over {n_repetitions} repetition(s)")
+        plotting.heatmap(
+            ax,
+            mean,
+            fmt=".2f",
+            cbar_label="barrier (nats)",
+            spread=sd,
+            title=f"{pair.replace('_', ' ')} pairs: train-loss barrier per averaged layer\n"
+            f"larger of the two bases, mean ± sd over {n_repetitions} repetition(s)",
+        )
         ax.set_xlabel("checkpoint")
         ax.set_ylabel("averaged layer (full = all)")
     return fig
@@ -463,14 +578,20 @@ def summary(table: pd.DataFrame, scheme: str = "different_init") -> str:
     ratio = (own.max_single_layer_barrier / own.full_barrier.clip(lower=1e-6)).mean()
     counts = own.max_single_layer.value_counts()
     layer, k = counts.index[0], int(counts.iloc[0])
-    others = ", ".join(f"{stat(rows.full_barrier)} nats for {pair.replace('_', ' ')} pairs"
-                       for pair, rows in by_pair.items() if pair != scheme)
-    return (f"Char-level GPT ({n} repetition{'s' * (n > 1)}, last checkpoint: epoch {int(last.epoch.iloc[0])}, "
-            f"step {int(last.step.iloc[0])}): the full train-loss barrier is {stat(own.full_barrier)} nats for "
-            f"{scheme.replace('_', ' ')} pairs" + (f" and {others}" if others else "") +
-            f"; for the {scheme.replace('_', ' ')} pairs the largest single-layer barrier is "
-            f"{stat(own.max_single_layer_barrier)} nats ({ratio:.0%} of the full one on average), carried by {layer} "
-            f"in {k} of {n}.")
+    others = ", ".join(
+        f"{stat(rows.full_barrier)} nats for {pair.replace('_', ' ')} pairs"
+        for pair, rows in by_pair.items()
+        if pair != scheme
+    )
+    return (
+        f"Char-level GPT ({n} repetition{'s' * (n > 1)}, last checkpoint: epoch {int(last.epoch.iloc[0])}, "
+        f"step {int(last.step.iloc[0])}): the full train-loss barrier is {stat(own.full_barrier)} nats for "
+        f"{scheme.replace('_', ' ')} pairs"
+        + (f" and {others}" if others else "")
+        + f"; for the {scheme.replace('_', ' ')} pairs the largest single-layer barrier is "
+        f"{stat(own.max_single_layer_barrier)} nats ({ratio:.0%} of the full one on average), carried by {layer} "
+        f"in {k} of {n}."
+    )
 
 
 def aggregate(st, repetitions: list[int]) -> str:
@@ -483,11 +604,23 @@ def aggregate(st, repetitions: list[int]) -> str:
 
 
 SPEC = StageSpec(
-    name="language_model", notebook="08_language_model", config=LanguageModelConfig,
-    repeats_over="language_model", repetitions=(0, 1, 2), reads=(*RUNTIME, *TRAINING, *EVALUATION),
+    name="language_model",
+    notebook="08_language_model",
+    config=LanguageModelConfig,
+    repeats_over="language_model",
+    repetitions=(0, 1, 2),
+    reads=(*RUNTIME, *TRAINING, *EVALUATION),
     persist=("models/language_model/repetition_{r}",),
-    aggregate_figures=(Figure("fig7_language_model", "Language model: full and largest single-layer barrier of "
-                              "char-level GPT pairs over training, different-init and same-init pairs (mean ± sd over "
-                              "repetitions), and the layer x checkpoint barriers of the claim's scheme."),),
-    aggregate=aggregate, aggregate_reads=("language_model",),
-    claims=tuple(CLAIMS), premises=tuple(PREMISES))
+    aggregate_figures=(
+        Figure(
+            "fig7_language_model",
+            "Language model: full and largest single-layer barrier of "
+            "char-level GPT pairs over training, different-init and same-init pairs (mean ± sd over "
+            "repetitions), and the layer x checkpoint barriers of the claim's scheme.",
+        ),
+    ),
+    aggregate=aggregate,
+    aggregate_reads=("language_model",),
+    claims=tuple(CLAIMS),
+    premises=tuple(PREMISES),
+)

@@ -20,16 +20,17 @@ and language-model stages; its docstring says why it is fast).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
 
 from llmc_utils.core import plotting
-from llmc_utils.core.config import Alpha, NonNegativeInt, PositiveInt, Section
 from llmc_utils.core.claims import Claim, Condition, Null, Premise, SanityCheck, band_unit
+from llmc_utils.core.config import Alpha, NonNegativeInt, PositiveInt, Section
 from llmc_utils.core.evaluation import FULL, Evaluator, LayerEvaluator, checkpoint_barriers
 from llmc_utils.core.io import read_repetition_tables
 from llmc_utils.core.layers import layer_geometry, logical_layers
@@ -62,8 +63,13 @@ class LayerwiseBarriersConfig(Section):
         return self
 
 
-def barrier_table(evaluator: LayerEvaluator, load_pair, epochs: Iterable[int], cfg: LayerwiseBarriersConfig,
-                  progress=lambda it, **kw: it) -> tuple[pd.DataFrame, pd.DataFrame]:
+def barrier_table(
+    evaluator: LayerEvaluator,
+    load_pair,
+    epochs: Iterable[int],
+    cfg: LayerwiseBarriersConfig,
+    progress=lambda it, **kw: it,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(barriers, geometry) over checkpoints; load_pair(epoch) -> (state_a, state_b)."""
     rows, geometry = [], []
     epochs = list(epochs)
@@ -71,8 +77,9 @@ def barrier_table(evaluator: LayerEvaluator, load_pair, epochs: Iterable[int], c
         state_a, state_b = load_pair(epoch)
         layers = logical_layers(state_a, cfg.layer_groups)
         grid = cfg.grid_epochs == "all" or epoch == max(epochs)
-        rows += checkpoint_barriers(evaluator, epoch, state_a, state_b, layers,
-                                    cfg.alphas if grid else [cfg.heatmap_alpha], cfg.bases)
+        rows += checkpoint_barriers(
+            evaluator, epoch, state_a, state_b, layers, cfg.alphas if grid else [cfg.heatmap_alpha], cfg.bases
+        )
         geometry += [dict(epoch=epoch, **row) for row in layer_geometry(state_a, state_b, layers)]
     return pd.DataFrame(rows), pd.DataFrame(geometry)
 
@@ -84,8 +91,15 @@ def max_over_alpha(table: pd.DataFrame) -> pd.DataFrame:
     return table.loc[idx, keys + ["alpha", "barrier"]].rename(columns={"alpha": "argmax_alpha"}).reset_index(drop=True)
 
 
-def wide(table: pd.DataFrame, base: str, split: str = "train", metric: str = "loss", alpha: float = 0.5,
-         value: str = "barrier", rows: str = "layer_set") -> pd.DataFrame:
+def wide(
+    table: pd.DataFrame,
+    base: str,
+    split: str = "train",
+    metric: str = "loss",
+    alpha: float = 0.5,
+    value: str = "barrier",
+    rows: str = "layer_set",
+) -> pd.DataFrame:
     """Heatmap layout: one row per layer set in table order ("full" first), one column per checkpoint epoch."""
     sel = table[(table.base == base) & (table.split == split) & (table.metric == metric)]
     if "alpha" in sel:
@@ -99,9 +113,12 @@ def full_vs_single(table: pd.DataFrame, alpha: float = 0.5, split: str = "train"
     small per-pair series behind DVC's data plot (`dvc plots show`) of Fig. 1's contrast."""
     sel = table[(table.split == split) & (table.metric == metric) & (table.alpha == alpha)]
     is_full = sel.layer_set == FULL
-    return pd.DataFrame({"full": sel[is_full].groupby("epoch").barrier.first(),
-                         "largest_single": sel[~is_full].groupby("epoch").barrier.apply(lambda b: b.abs().max())}
-                        ).reset_index()
+    return pd.DataFrame(
+        {
+            "full": sel[is_full].groupby("epoch").barrier.first(),
+            "largest_single": sel[~is_full].groupby("epoch").barrier.apply(lambda b: b.abs().max()),
+        }
+    ).reset_index()
 
 
 def headline_metrics(table: pd.DataFrame, alpha: float = 0.5, from_epoch: int = 1) -> dict:
@@ -119,11 +136,18 @@ def headline_metrics(table: pd.DataFrame, alpha: float = 0.5, from_epoch: int = 
     grid = loss[(loss.layer_set != FULL) & (loss.epoch >= from_epoch)]
     full_last = float(full[full.epoch == last].barrier.iloc[0])
     worst = single.loc[single.barrier.abs().idxmax()]
-    test_full = table[(table.layer_set == FULL) & (table.epoch == last) & (table.split == "test")
-                      & (table.metric == "loss") & (table.alpha == alpha)]
+    test_full = table[
+        (table.layer_set == FULL)
+        & (table.epoch == last)
+        & (table.split == "test")
+        & (table.metric == "loss")
+        & (table.alpha == alpha)
+    ]
     errors = table[(table.epoch == last) & (table.split == "test") & (table.metric == "error")].iloc[0]
     return dict(
-        last_epoch=last, alpha=alpha, from_epoch=from_epoch,
+        last_epoch=last,
+        alpha=alpha,
+        from_epoch=from_epoch,
         full_barrier_train_loss_last=full_last,
         full_barrier_train_loss_last_se=float(full[full.epoch == last].se.iloc[0]),
         full_barrier_test_loss_last=float(test_full.barrier.iloc[0]),
@@ -131,17 +155,25 @@ def headline_metrics(table: pd.DataFrame, alpha: float = 0.5, from_epoch: int = 
         max_abs_single_layer_barrier_last=float(single_last.barrier.abs().max()),
         max_single_layer_barrier_over_alpha_grid=float(grid.barrier.max()),
         worst_single_layer=f"{worst.layer_set} into {worst.base} at epoch {int(worst.epoch)}",
-        test_error_A_last=float(errors.value_a), test_error_B_last=float(errors.value_b),
-        **cell_metrics(table, alpha, from_epoch))
+        test_error_A_last=float(errors.value_a),
+        test_error_B_last=float(errors.value_b),
+        **cell_metrics(table, alpha, from_epoch),
+    )
 
 
-def cell_metrics(table: pd.DataFrame, alpha: float = 0.5, from_epoch: int = 1, split: str = "train",
-                 metric: str = "loss") -> dict[str, float]:
+def cell_metrics(
+    table: pd.DataFrame, alpha: float = 0.5, from_epoch: int = 1, split: str = "train", metric: str = "loss"
+) -> dict[str, float]:
     """Every single-layer cell of a barrier table (one pair) at `alpha` from `from_epoch` on, as flat metrics:
     cell/<epoch>/<base>/<layer> = barrier and cell_se/<epoch>/<base>/<layer> = its standard error. What the band
     claims read (`Band`), for the layer-wise, language-model and alignment stages alike."""
-    sel = table[(table.split == split) & (table.metric == metric) & (table.alpha == alpha)
-                & (table.layer_set != FULL) & (table.epoch >= from_epoch)]
+    sel = table[
+        (table.split == split)
+        & (table.metric == metric)
+        & (table.alpha == alpha)
+        & (table.layer_set != FULL)
+        & (table.epoch >= from_epoch)
+    ]
     out = {}
     for row in sel.itertuples():
         where = f"{int(row.epoch)}/{row.base}/{row.layer_set}"
@@ -153,8 +185,11 @@ def cell_keys(m: dict, epoch: int | None = None) -> list[str]:
     """The cell/... keys of one unit's metrics (at `epoch`, or all). A row of a table that holds pairs of several
     architectures (the setup study) has NaN in the cells of the other architectures' layers: those are not its
     cells."""
-    keys = [k for k, v in m.items() if k.startswith("cell/") and np.isfinite(v)
-            and (epoch is None or int(k.split("/")[1]) == epoch)]
+    keys = [
+        k
+        for k, v in m.items()
+        if k.startswith("cell/") and np.isfinite(v) and (epoch is None or int(k.split("/")[1]) == epoch)
+    ]
     if not keys:
         raise KeyError("cell/<epoch>/<base>/<layer>" + ("" if epoch is None else f" at epoch {epoch}"))
     return keys
@@ -190,6 +225,7 @@ class Band:
         """The least favourable case of "some single layer is outside the band": in every pair one cell (at random)
         just outside the band, every other cell at 0, each observed with its measured standard error (the full
         barrier of a relative band too)."""
+
         def draw(rng: np.random.Generator, runs: list[dict], cfg) -> list[dict]:
             out = []
             for m in runs:
@@ -201,6 +237,7 @@ class Band:
                     new[self.full] = m[self.full] + rng.normal(0.0, m[self.full + "_se"])
                 out.append(new)
             return out
+
         return Null("in every pair one cell just outside the band, the others at 0, measured standard errors", draw)
 
 
@@ -220,46 +257,100 @@ def noise_floor(evaluator: Evaluator, state: dict, split: str = "train") -> dict
 # was looked at (docs/profiles.md): the claims below are judged only for pairs in it.
 FIG1_REGIME = "fig1_regime"
 PREMISES = [
-    Premise(FIG1_REGIME, "Fig. 1", "The pairs are in the paper's regime: averaging all layers creates a large barrier "
-            "while both endpoints fit the images they were trained on", (
-                Condition("full train-loss barrier at the last checkpoint (nats)",
-                          "1.9-2.3 (-> ln 10) on CIFAR-10 / ResNet18", "layerwise_barriers",
-                          lambda m, c: m["full_barrier_train_loss_last"], ">=", "regime_barrier", "interval"),
-                Condition("train error (%) of A and of B on their own training images, last checkpoint",
-                          "the models fit CIFAR-10's training set (200 epochs)", "layerwise_barriers",
-                          lambda m, c: [m["own_train_error_A_last"], m["own_train_error_B_last"]],
-                          "<=", "fit_train_error", "every"))),
+    Premise(
+        FIG1_REGIME,
+        "Fig. 1",
+        "The pairs are in the paper's regime: averaging all layers creates a large barrier "
+        "while both endpoints fit the images they were trained on",
+        (
+            Condition(
+                "full train-loss barrier at the last checkpoint (nats)",
+                "1.9-2.3 (-> ln 10) on CIFAR-10 / ResNet18",
+                "layerwise_barriers",
+                lambda m, c: m["full_barrier_train_loss_last"],
+                ">=",
+                "regime_barrier",
+                "interval",
+            ),
+            Condition(
+                "train error (%) of A and of B on their own training images, last checkpoint",
+                "the models fit CIFAR-10's training set (200 epochs)",
+                "layerwise_barriers",
+                lambda m, c: [m["own_train_error_A_last"], m["own_train_error_B_last"]],
+                "<=",
+                "fit_train_error",
+                "every",
+            ),
+        ),
+    ),
 ]
 
 FIG1_BAND = Band("single_layer_tolerance")
 FIG1_RELATIVE = Band("single_layer_relative", full="full_barrier_train_loss_last", epoch="last_epoch")
 FIG1_RELATIVE_LOOSE = Band("single_layer_relative_loose", full="full_barrier_train_loss_last", epoch="last_epoch")
-_RELATIVE = ("In most pairs, every single-layer barrier at the last checkpoint stays below 0.1 / 2.3 of the full "
-             "barrier, beyond its evaluation error")
+_RELATIVE = (
+    "In most pairs, every single-layer barrier at the last checkpoint stays below 0.1 / 2.3 of the full "
+    "barrier, beyond its evaluation error"
+)
 _CELL = "inside the band beyond z x its standard error (pairs that cannot tell: undecided)"
 CLAIMS = [
-    Claim("Fig. 1", "In most pairs, every single-layer barrier lies inside the paper's band [-0.1, 0.1], beyond its "
-          "evaluation error", "every single-layer barrier within [-0.1, 0.1]", "layerwise_barriers",
-          FIG1_BAND.measure, ">", "majority",
-          "fraction of pairs whose every single-layer cell (train loss, alpha 0.5, checkpoints from claim_from_epoch, "
-          f"both bases) lies within +-single_layer_tolerance, {_CELL}",
-          premise=FIG1_REGIME, kind="count", null=FIG1_BAND.null()),
-    Claim("Fig. 1", _RELATIVE, "0.1 against a full barrier of 2.3: under 5 %", "layerwise_barriers",
-          FIG1_RELATIVE.measure, ">", "majority",
-          "fraction of pairs whose every single-layer cell at the last checkpoint lies within +-single_layer_relative "
-          f"x the full barrier, {_CELL}", premise=FIG1_REGIME, kind="count", null=FIG1_RELATIVE.null()),
-    Claim("Fig. 1", _RELATIVE.replace("0.1 / 2.3", "25 %"), "(sensitivity: a band 6x looser than the paper's)",
-          "layerwise_barriers", FIG1_RELATIVE_LOOSE.measure, ">", "majority",
-          "fraction of pairs whose every single-layer cell at the last checkpoint lies within "
-          f"+-single_layer_relative_loose x the full barrier, {_CELL}", premise=FIG1_REGIME, kind="count",
-          null=FIG1_RELATIVE_LOOSE.null(), sensitivity_of=_RELATIVE),
+    Claim(
+        "Fig. 1",
+        "In most pairs, every single-layer barrier lies inside the paper's band [-0.1, 0.1], beyond its "
+        "evaluation error",
+        "every single-layer barrier within [-0.1, 0.1]",
+        "layerwise_barriers",
+        FIG1_BAND.measure,
+        ">",
+        "majority",
+        "fraction of pairs whose every single-layer cell (train loss, alpha 0.5, checkpoints from claim_from_epoch, "
+        f"both bases) lies within +-single_layer_tolerance, {_CELL}",
+        premise=FIG1_REGIME,
+        kind="count",
+        null=FIG1_BAND.null(),
+    ),
+    Claim(
+        "Fig. 1",
+        _RELATIVE,
+        "0.1 against a full barrier of 2.3: under 5 %",
+        "layerwise_barriers",
+        FIG1_RELATIVE.measure,
+        ">",
+        "majority",
+        "fraction of pairs whose every single-layer cell at the last checkpoint lies within +-single_layer_relative "
+        f"x the full barrier, {_CELL}",
+        premise=FIG1_REGIME,
+        kind="count",
+        null=FIG1_RELATIVE.null(),
+    ),
+    Claim(
+        "Fig. 1",
+        _RELATIVE.replace("0.1 / 2.3", "25 %"),
+        "(sensitivity: a band 6x looser than the paper's)",
+        "layerwise_barriers",
+        FIG1_RELATIVE_LOOSE.measure,
+        ">",
+        "majority",
+        "fraction of pairs whose every single-layer cell at the last checkpoint lies within "
+        f"+-single_layer_relative_loose x the full barrier, {_CELL}",
+        premise=FIG1_REGIME,
+        kind="count",
+        null=FIG1_RELATIVE_LOOSE.null(),
+        sensitivity_of=_RELATIVE,
+    ),
 ]
 
 SANITY_CHECKS = [
-    SanityCheck("Fig. 1", "Evaluation noise: model A paired with itself on two disjoint halves of the evaluation images "
-                "differs by no more than its standard error predicts", "layerwise_barriers",
-                lambda m, c: abs(m["noise_floor_train_loss"]) / m["noise_floor_se"], "<=", "sanity_z",
-                "|mean train loss on one half - on the other| / its standard error (last checkpoint)"),
+    SanityCheck(
+        "Fig. 1",
+        "Evaluation noise: model A paired with itself on two disjoint halves of the evaluation images "
+        "differs by no more than its standard error predicts",
+        "layerwise_barriers",
+        lambda m, c: abs(m["noise_floor_train_loss"]) / m["noise_floor_se"],
+        "<=",
+        "sanity_z",
+        "|mean train loss on one half - on the other| / its standard error (last checkpoint)",
+    ),
 ]
 
 
@@ -268,8 +359,9 @@ def aggregate(workspace, repetitions) -> pd.DataFrame:
     return read_repetition_tables(workspace, "layerwise_barriers", "barriers.csv", repetitions)
 
 
-def mean_sd_wide(tables: pd.DataFrame, base: str, split: str = "train", metric: str = "loss",
-                 alpha: float = 0.5) -> tuple[pd.DataFrame, pd.DataFrame]:
+def mean_sd_wide(
+    tables: pd.DataFrame, base: str, split: str = "train", metric: str = "loss", alpha: float = 0.5
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Heatmap layout of the mean and the sd across repetitions (sd NaN with a single repetition)."""
     per_seed = [wide(t, base, split, metric, alpha) for _, t in tables.groupby("repetition", sort=True)]
     stacked = pd.concat(per_seed, keys=range(len(per_seed)))
@@ -280,7 +372,19 @@ def mean_sd_wide(tables: pd.DataFrame, base: str, split: str = "train", metric: 
 
 # The paper's Fig. 1 full-averaging row (train loss, ResNet18 without normalization on CIFAR-10, alpha 0.5), read off
 # the published heatmap: {epoch: barrier} over its 200 epochs. Drawn beside ours on a relative-time axis.
-PAPER_FULL_ROW = {0: 0.0, 20: 1.9, 40: 2.1, 60: 2.0, 80: 2.1, 100: 2.2, 120: 2.2, 140: 2.3, 160: 2.3, 180: 2.3, 200: 2.3}
+PAPER_FULL_ROW = {
+    0: 0.0,
+    20: 1.9,
+    40: 2.1,
+    60: 2.0,
+    80: 2.1,
+    100: 2.2,
+    120: 2.2,
+    140: 2.3,
+    160: 2.3,
+    180: 2.3,
+    200: 2.3,
+}
 
 
 def figure(tables: pd.DataFrame, bases, split: str = "train", metric: str = "loss", alpha: float = 0.5):
@@ -293,20 +397,43 @@ def figure(tables: pd.DataFrame, bases, split: str = "train", metric: str = "los
     n = tables.repetition.nunique()
     for ax, base in zip(axes, bases):
         mean, sd = means[base]
-        plotting.heatmap(ax, mean, spread=sd if n > 1 else None, cbar_label=f"{metric} barrier",
-                         title=f"{split} {metric} barrier, into {base} (alpha={alpha}; "
-                               + (f"mean ± sd over {n} pairs)" if n > 1 else "one pair)"))
+        plotting.heatmap(
+            ax,
+            mean,
+            spread=sd if n > 1 else None,
+            cbar_label=f"{metric} barrier",
+            title=f"{split} {metric} barrier, into {base} (alpha={alpha}; "
+            + (f"mean ± sd over {n} pairs)" if n > 1 else "one pair)"),
+        )
         ax.set_xlabel("epoch")
         ax.set_ylabel("averaged layers")
-    full = tables[(tables.layer_set == FULL) & (tables.split == split) & (tables.metric == metric)
-                  & (tables.alpha == alpha) & (tables.base == bases[0])]
+    full = tables[
+        (tables.layer_set == FULL)
+        & (tables.split == split)
+        & (tables.metric == metric)
+        & (tables.alpha == alpha)
+        & (tables.base == bases[0])
+    ]
     full = full.assign(pair=full.repetition.astype(str), training_done=full.epoch / full.epoch.max())
-    plotting.curves(axes[-1], full, x="training_done", y="barrier", hue="pair", errorbar=None,
-                    title=f"full-averaging {split} {metric} barrier, per pair")
+    plotting.curves(
+        axes[-1],
+        full,
+        x="training_done",
+        y="barrier",
+        hue="pair",
+        errorbar=None,
+        title=f"full-averaging {split} {metric} barrier, per pair",
+    )
     if (split, metric) == ("train", "loss"):
         last = max(PAPER_FULL_ROW)
-        axes[-1].plot([e / last for e in PAPER_FULL_ROW], list(PAPER_FULL_ROW.values()), "k--o", ms=3, lw=1.2,
-                      label="paper (ResNet18, CIFAR-10)")
+        axes[-1].plot(
+            [e / last for e in PAPER_FULL_ROW],
+            list(PAPER_FULL_ROW.values()),
+            "k--o",
+            ms=3,
+            lw=1.2,
+            label="paper (ResNet18, CIFAR-10)",
+        )
         axes[-1].legend(fontsize=7)
     axes[-1].set_xlabel("fraction of training (epoch / last epoch)")
     axes[-1].axhline(0, color="grey", lw=0.5)
@@ -320,8 +447,15 @@ def geometry_figure(geometry: pd.DataFrame):
     fig, axes = plotting.panels(2, width=0.9 * geometry.epoch.nunique() + 3, height=0.4 * len(order) + 1.5)
     for ax, (column, fmt) in zip(axes, (("distance", ".1f"), ("cosine", ".2f"))):
         table = geometry.groupby(["layer", "epoch"])[column].mean().unstack().loc[order]
-        plotting.heatmap(ax, table, title=f"per-layer {column} between A and B (mean over pairs)", fmt=fmt,
-                         center=None, cmap="viridis", cbar_label=column)
+        plotting.heatmap(
+            ax,
+            table,
+            title=f"per-layer {column} between A and B (mean over pairs)",
+            fmt=fmt,
+            center=None,
+            cmap="viridis",
+            cbar_label=column,
+        )
     return fig
 
 
@@ -335,9 +469,12 @@ def aggregate_stage(st, repetitions: list[int]) -> None:
         stem = "fig1_layerwise_barriers" + ("" if (split, metric) == ("train", "loss") else f"_{split}_{metric}")
         plotting.save(figure(tables, cfg.bases, split, metric, cfg.heatmap_alpha), st.figures_dir / stem)
     mean, sd = mean_sd_wide(tables, cfg.bases[0], "train", "loss", cfg.heatmap_alpha)
-    save_table(mean.reset_index().melt(id_vars="layer_set", var_name="epoch", value_name="mean_barrier")
-               .merge(sd.reset_index().melt(id_vars="layer_set", var_name="epoch", value_name="sd_barrier")),
-               st.results_dir / "fig1_train_loss_into_A.csv")
+    save_table(
+        mean.reset_index()
+        .melt(id_vars="layer_set", var_name="epoch", value_name="mean_barrier")
+        .merge(sd.reset_index().melt(id_vars="layer_set", var_name="epoch", value_name="sd_barrier")),
+        st.results_dir / "fig1_train_loss_into_A.csv",
+    )
     print(mean.round(2).to_string())
     print("layer sets:", list(mean.index), "checkpoints:", list(mean.columns))
     geometry = read_repetition_tables(st.workspace, "layerwise_barriers", "layer_geometry.csv", repetitions)
@@ -346,16 +483,26 @@ def aggregate_stage(st, repetitions: list[int]) -> None:
 
 
 SPEC = StageSpec(
-    name="layerwise_barriers", notebook="02_layerwise_barriers", config=LayerwiseBarriersConfig,
+    name="layerwise_barriers",
+    notebook="02_layerwise_barriers",
+    config=LayerwiseBarriersConfig,
     repeats_over="train_pairs",
     reads=(*RUNTIME, *EVALUATION, "train_pairs.train_subset", "train_pairs.subset_seed", "train_pairs.scheme"),
     inputs=("data/images.pt", "models/pair/repetition_{r}"),
     aggregate_figures=(
-        Figure("fig1_layerwise_barriers", "Fig. 1: train-loss barrier of full averaging (top row) and of averaging one "
-               "layer, per checkpoint, into A and into B."),
+        Figure(
+            "fig1_layerwise_barriers",
+            "Fig. 1: train-loss barrier of full averaging (top row) and of averaging one "
+            "layer, per checkpoint, into A and into B.",
+        ),
         Figure("fig1_layerwise_barriers_test_loss", "Fig. 1, test loss panel."),
         Figure("fig1_layerwise_barriers_train_error", "Fig. 1, train error panel."),
         Figure("fig1_layerwise_barriers_test_error", "Fig. 1, test error panel."),
-        Figure("fig_layer_geometry", "Appendix: per-layer distance and cosine between A and B over training.")),
-    aggregate=aggregate_stage, aggregate_reads=("layerwise_barriers",),
-    claims=tuple(CLAIMS), sanity_checks=tuple(SANITY_CHECKS), premises=tuple(PREMISES))
+        Figure("fig_layer_geometry", "Appendix: per-layer distance and cosine between A and B over training."),
+    ),
+    aggregate=aggregate_stage,
+    aggregate_reads=("layerwise_barriers",),
+    claims=tuple(CLAIMS),
+    sanity_checks=tuple(SANITY_CHECKS),
+    premises=tuple(PREMISES),
+)

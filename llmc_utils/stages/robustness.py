@@ -29,8 +29,9 @@ interpolation and random directions alike, the gaps' sizes kept.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Literal, Mapping, Sequence
+from typing import Literal
 
 import pandas as pd
 import torch
@@ -60,10 +61,26 @@ class RobustnessConfig(Section):
     data_seed_a: Seed = 1  # ... and see different data orders
     data_seed_b: Seed = 2
     # paper: model A lr1 without augmentation, model B lr2 with augmentation
-    optim_a: OptimConfig = OptimConfig(epochs=8, batch_size=128, lr=0.1, weight_decay=1e-4, schedule="cosine",
-                                       warmup_epochs=1, grad_clip=1.0, augment=False)
-    optim_b: OptimConfig = OptimConfig(epochs=8, batch_size=128, lr=0.03, weight_decay=1e-4, schedule="cosine",
-                                       warmup_epochs=1, grad_clip=1.0, augment=True)
+    optim_a: OptimConfig = OptimConfig(
+        epochs=8,
+        batch_size=128,
+        lr=0.1,
+        weight_decay=1e-4,
+        schedule="cosine",
+        warmup_epochs=1,
+        grad_clip=1.0,
+        augment=False,
+    )
+    optim_b: OptimConfig = OptimConfig(
+        epochs=8,
+        batch_size=128,
+        lr=0.03,
+        weight_decay=1e-4,
+        schedule="cosine",
+        warmup_epochs=1,
+        grad_clip=1.0,
+        augment=True,
+    )
     alphas: list[Alpha] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0], min_length=2)
     random_seeds: SeedList = Field(default_factory=lambda: [0, 1], min_length=1)
     compare_alpha: Alpha = 1.0  # where the headline compares interpolation with random (must be on the alpha grid)
@@ -82,8 +99,10 @@ class RobustnessConfig(Section):
         if self.cnn_alpha == 0.0:
             raise ValueError("cnn_alpha must be > 0 (alpha 0 is the unmoved model: nothing to compare)")
         if self.n_eval > self.n_train:
-            raise ValueError(f"n_eval = {self.n_eval} must not exceed n_train = {self.n_train}: the 'train' curves "
-                             "are measured on images the ViTs trained on")
+            raise ValueError(
+                f"n_eval = {self.n_eval} must not exceed n_train = {self.n_train}: the 'train' curves "
+                "are measured on images the ViTs trained on"
+            )
         if len(set(self.random_seeds)) != len(self.random_seeds):
             raise ValueError(f"random_seeds must be distinct, got {self.random_seeds}")
         if self.optim_a == self.optim_b:
@@ -97,13 +116,17 @@ class RobustnessConfig(Section):
 
 # ----------------------------------------------------------------------------------------------------------- data ---
 
+
 def vit_data(cfg: RobustnessConfig, images, device="cpu") -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(x_train, y_train, evaluation splits) of the ViT pair: `n_train` training images; "train" evaluation = `n_eval`
     of those very images (without augmentation), "test" = `n_eval` test images."""
     x_train, y_train = images.split("train", cfg.n_train, cfg.subset_seed, device=device)
-    splits = {"train": images.split("train", cfg.n_eval, cfg.subset_seed, device=device,
-                                    within=(cfg.n_train, cfg.subset_seed)),
-              "test": images.split("test", cfg.n_eval, cfg.subset_seed, device=device)}
+    splits = {
+        "train": images.split(
+            "train", cfg.n_eval, cfg.subset_seed, device=device, within=(cfg.n_train, cfg.subset_seed)
+        ),
+        "test": images.split("test", cfg.n_eval, cfg.subset_seed, device=device),
+    }
     return x_train, y_train, splits
 
 
@@ -113,11 +136,14 @@ def check_pair_subset(checkpoint: Path, pair_cfg) -> None:
     meta = load_checkpoint(checkpoint, ("meta",))["meta"]
     stored = (meta.get("train_subset"), meta.get("subset_seed"))
     if stored != (pair_cfg.train_subset, pair_cfg.subset_seed):
-        raise CheckpointError(f"{checkpoint} was trained on train_subset/subset_seed {stored}, but train_pairs says "
-                              f"{(pair_cfg.train_subset, pair_cfg.subset_seed)}; rerun the train_pairs stage")
+        raise CheckpointError(
+            f"{checkpoint} was trained on train_subset/subset_seed {stored}, but train_pairs says "
+            f"{(pair_cfg.train_subset, pair_cfg.subset_seed)}; rerun the train_pairs stage"
+        )
 
 
 # ------------------------------------------------------------------------------------------------------- training ---
+
 
 def make_vit(vit_cfg: ViTConfig, image_shape, n_classes: int, device="cpu") -> torch.nn.Module:
     """A fresh TinyViT on `device` (module-level, so functools.partial of it pickles for trainer.train_many)."""
@@ -126,19 +152,44 @@ def make_vit(vit_cfg: ViTConfig, image_shape, n_classes: int, device="cpu") -> t
     return TinyViT(vit_cfg, image_shape, n_classes).to(device)
 
 
-def train_pair(cfg: RobustnessConfig, make_model: Callable[[], torch.nn.Module], x: torch.Tensor, y: torch.Tensor,
-               run_root: Path, processes: int = 1) -> dict[str, Path]:
+def train_pair(
+    cfg: RobustnessConfig,
+    make_model: Callable[[], torch.nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    run_root: Path,
+    processes: int = 1,
+) -> dict[str, Path]:
     """Train the ViT pair with llmc_utils.core.trainer (resumable; A and B side by side when processes > 1, see
     trainer.train_many); returns {"A": final checkpoint, "B": ...}. Checkpoints of another configuration (their meta:
     the ViT, its state-dict layout, which the data set's image size and classes fix, and the training subset) are
     moved to models/stale/."""
-    members = {name: dict(cfg=optim, data_seed=data_seed, checkpoint_epochs=[0, optim.epochs],
-                          run_dir=Path(run_root) / name, stale_dir=stale_dir_of(Path(run_root) / name),
-                          desc=f"ViT {name}")
-               for name, (optim, data_seed) in cfg.members().items()}
-    paths = train_members(members, processes, make_model=make_model, x=x, y=y, init_seed=cfg.init_seed,
-                          meta=dict(arch="vit", vit=cfg.vit.model_dump(), layout=model_layout(make_model()),
-                                    n_train=cfg.n_train, subset_seed=cfg.subset_seed))
+    members = {
+        name: dict(
+            cfg=optim,
+            data_seed=data_seed,
+            checkpoint_epochs=[0, optim.epochs],
+            run_dir=Path(run_root) / name,
+            stale_dir=stale_dir_of(Path(run_root) / name),
+            desc=f"ViT {name}",
+        )
+        for name, (optim, data_seed) in cfg.members().items()
+    }
+    paths = train_members(
+        members,
+        processes,
+        make_model=make_model,
+        x=x,
+        y=y,
+        init_seed=cfg.init_seed,
+        meta=dict(
+            arch="vit",
+            vit=cfg.vit.model_dump(),
+            layout=model_layout(make_model()),
+            n_train=cfg.n_train,
+            subset_seed=cfg.subset_seed,
+        ),
+    )
     return {name: member_paths[-1] for name, member_paths in paths.items()}
 
 
@@ -146,12 +197,16 @@ def check_endpoints(cfg: RobustnessConfig, endpoints: Mapping[str, dict], n_clas
     """trainer.check_not_chance on the final test error of both ViTs, their only trained checkpoint: a degenerate
     model stops the stage."""
     for member, (optim, data_seed) in cfg.members().items():
-        check_not_chance(endpoints[member]["test"]["error"], n_classes,
-                         f"ViT {member} of repetition {repetition} (init seed {cfg.init_seed}, data seed {data_seed})",
-                         optim.epochs)
+        check_not_chance(
+            endpoints[member]["test"]["error"],
+            n_classes,
+            f"ViT {member} of repetition {repetition} (init seed {cfg.init_seed}, data seed {data_seed})",
+            optim.epochs,
+        )
 
 
 # --------------------------------------------------------------------------------------------------------- curves ---
+
 
 def draw_seed(seed: int, layer_index: int, direction: str) -> int:
     """A distinct, reproducible stream per (draw, layer, direction)."""
@@ -174,9 +229,16 @@ def _evaluators(evaluate, tag: str):
     return evaluate, (lambda state, keys: evaluate(state))
 
 
-def layer_curves(evaluate: Callable[[Mapping[str, torch.Tensor]], dict], state_a: StateDict, state_b: StateDict,
-                 layers: Mapping[str, Sequence[str]], alphas: Sequence[float], random_seeds: Sequence[int],
-                 directions: Sequence[str] = tuple(DIRECTIONS), desc: str = "layers") -> pd.DataFrame:
+def layer_curves(
+    evaluate: Callable[[Mapping[str, torch.Tensor]], dict],
+    state_a: StateDict,
+    state_b: StateDict,
+    layers: Mapping[str, Sequence[str]],
+    alphas: Sequence[float],
+    random_seeds: Sequence[int],
+    directions: Sequence[str] = tuple(DIRECTIONS),
+    desc: str = "layers",
+) -> pd.DataFrame:
     """Tidy table: layer x direction x kind (interpolation|random) x draw x alpha x split x metric -> value.
 
     `evaluate(state)` returns {split: {metric: value}} (an evaluation.Evaluator; a LayerEvaluator is used
@@ -195,20 +257,33 @@ def layer_curves(evaluate: Callable[[Mapping[str, torch.Tensor]], dict], state_a
                 for alpha in alphas:
                     # mix(base, target, alpha, keys): base with only layer k moved alpha of the way to target
                     result = at_zero if alpha == 0.0 else partial(mix(base, target, alpha, keys), keys)
-                    rows += [dict(layer=name, layer_index=index, direction=direction, kind=kind, draw=draw,
-                                  alpha=alpha, split=split, metric=metric, value=value)
-                             for split, metrics in result.items() for metric, value in metrics.items()]
+                    rows += [
+                        dict(
+                            layer=name,
+                            layer_index=index,
+                            direction=direction,
+                            kind=kind,
+                            draw=draw,
+                            alpha=alpha,
+                            split=split,
+                            metric=metric,
+                            value=value,
+                        )
+                        for split, metrics in result.items()
+                        for metric, value in metrics.items()
+                    ]
     return pd.DataFrame(rows)
 
 
-def step_norm_mismatch(state_a: StateDict, state_b: StateDict, layers: Mapping[str, Sequence[str]],
-                       random_seeds: Sequence[int]) -> float:
+def step_norm_mismatch(
+    state_a: StateDict, state_b: StateDict, layers: Mapping[str, Sequence[str]], random_seeds: Sequence[int]
+) -> float:
     """Largest |‖random step‖ - ‖interpolation step‖| / ‖interpolation step‖ over layers, directions and draws (the
     absolute difference where the two models coincide on a layer): the equal-norm construction, checked."""
     worst = 0.0
     for direction in DIRECTIONS:
         base, other = (state_a, state_b) if DIRECTIONS[direction] == "A" else (state_b, state_a)
-        for index, (name, keys) in enumerate(layers.items()):
+        for index, keys in enumerate(layers.values()):
             distance = float((flat(other, keys).double() - flat(base, keys).double()).norm())
             for seed in random_seeds:
                 r = random_endpoint(base, other, keys, draw_seed(seed, index, direction))
@@ -233,8 +308,13 @@ def loss_increase(curves: pd.DataFrame, alpha: float, metric: str = "loss") -> p
     return out.reset_index().sort_values(["direction", "split", "layer_index"], ignore_index=True)
 
 
-def checkpoint_comparison(evaluate, pairs: Sequence[tuple[int, StateDict, StateDict]],
-                          layers: Mapping[str, Sequence[str]], alpha: float, random_seeds: Sequence[int]) -> pd.DataFrame:
+def checkpoint_comparison(
+    evaluate,
+    pairs: Sequence[tuple[int, StateDict, StateDict]],
+    layers: Mapping[str, Sequence[str]],
+    alpha: float,
+    random_seeds: Sequence[int],
+) -> pd.DataFrame:
     """The same comparison at one alpha for a pair over training: rows (epoch, layer, direction, kind, draw, split,
     metric, value), kind "base" holding the unmoved model. `pairs` = [(epoch, state_A, state_B), ...]."""
     frames = []
@@ -270,16 +350,26 @@ def select_checkpoints(checkpoints: Mapping[int, tuple[Path, Path]], mode: str) 
 
 # -------------------------------------------------------------------------------------------- per-repetition metrics
 
-def repetition_metrics(endpoints: Mapping[str, dict], vit_summary: pd.DataFrame, cnn_gap: pd.DataFrame | None,
-                 cfg: RobustnessConfig, step_mismatch: float) -> dict[str, float]:
+
+def repetition_metrics(
+    endpoints: Mapping[str, dict],
+    vit_summary: pd.DataFrame,
+    cnn_gap: pd.DataFrame | None,
+    cfg: RobustnessConfig,
+    step_mismatch: float,
+) -> dict[str, float]:
     """The flat metrics of one repetition that the claims read (keys 'group/direction/split/...').
 
     vit_gap/<dir>/<split>/<layer>: ViT gap at compare_alpha; cnn_gap/<dir>/train/<epoch>/<layer>: CNN gap (train
     loss, cnn_alpha) at every trained checkpoint; vit_<metric>/<member>/<split>: the two ViTs; the mean loss increases
     per direction and split; the equal-norm check. No threshold is applied here: the claims apply report.tie_margin.
     """
-    m: dict[str, float] = dict(compare_alpha=float(cfg.compare_alpha), cnn_alpha=float(cfg.cnn_alpha),
-                               n_vit_layers=float(vit_summary.layer.nunique()), max_step_norm_mismatch=step_mismatch)
+    m: dict[str, float] = dict(
+        compare_alpha=float(cfg.compare_alpha),
+        cnn_alpha=float(cfg.cnn_alpha),
+        n_vit_layers=float(vit_summary.layer.nunique()),
+        max_step_norm_mismatch=step_mismatch,
+    )
     m.update(nested_metrics("vit", endpoints))
     for row in vit_summary.itertuples():
         m[f"vit_gap/{row.direction}/{row.split}/{row.layer}"] = float(row.gap)
@@ -297,45 +387,76 @@ def repetition_metrics(endpoints: Mapping[str, dict], vit_summary: pd.DataFrame,
 
 # ------------------------------------------------------------------------------------------------------- claims ---
 
+
 def most_beyond_margin(prefix: str) -> Callable[[dict, object], float]:
     """Measure: 1 when more than report.majority of the metrics under `prefix` (one per layer, or per layer x
     checkpoint) have a gap above report.tie_margin (those count as "toward the other model hurts more than random";
     ties do not), else 0: one repetition, one unit."""
+
     def measure(m: dict, cfg) -> float:
         gaps = [v for k, v in m.items() if k.startswith(prefix)]
         if not gaps:
             raise KeyError(prefix)
         return float(sum(g > cfg.tie_margin for g in gaps) / len(gaps) > cfg.majority)
+
     return measure
 
 
 _PAPER = "the interpolation curve lies above the random-direction curves for most layers"
 _NULL = "interpolation and random directions alike: every measured gap's sign flipped at random"
 CLAIMS: list[Claim] = [
-    *[Claim("Fig. 4", f"ViT pair, {d} ({s} loss): in most repetitions, moving one layer toward the other model hurts "
-                      "more than an equal-norm random move in most layers", _PAPER, STAGE,
-            most_beyond_margin(f"vit_gap/{d}/{s}/"), ">", "majority",
+    *[
+        Claim(
+            "Fig. 4",
+            f"ViT pair, {d} ({s} loss): in most repetitions, moving one layer toward the other model hurts "
+            "more than an equal-norm random move in most layers",
+            _PAPER,
+            STAGE,
+            most_beyond_margin(f"vit_gap/{d}/{s}/"),
+            ">",
+            "majority",
             f"fraction of repetitions where more than `majority` of the layers have a {s}-loss gap (interpolation - "
-            "random increase, alpha = compare_alpha) > tie_margin", kind="count",
-            null=sign_flip_null(f"vit_gap/{d}/{s}/", _NULL))
-      for d in DIRECTIONS for s in SPLITS],
-    *[Claim("Fig. 4 (CNN)", f"CNN pair of Fig. 1, {d}: in most repetitions, toward the other model hurts more than "
-                            "random in most (layer, trained checkpoint) cells", _PAPER, STAGE,
-            most_beyond_margin(f"cnn_gap/{d}/train/"), ">", "majority",
+            "random increase, alpha = compare_alpha) > tie_margin",
+            kind="count",
+            null=sign_flip_null(f"vit_gap/{d}/{s}/", _NULL),
+        )
+        for d in DIRECTIONS
+        for s in SPLITS
+    ],
+    *[
+        Claim(
+            "Fig. 4 (CNN)",
+            f"CNN pair of Fig. 1, {d}: in most repetitions, toward the other model hurts more than "
+            "random in most (layer, trained checkpoint) cells",
+            _PAPER,
+            STAGE,
+            most_beyond_margin(f"cnn_gap/{d}/train/"),
+            ">",
+            "majority",
             "fraction of repetitions where more than `majority` of the (layer, trained checkpoint) cells have a "
-            "train-loss gap (alpha = cnn_alpha) > tie_margin", kind="count",
-            null=sign_flip_null(f"cnn_gap/{d}/train/", _NULL))
-      for d in DIRECTIONS],
+            "train-loss gap (alpha = cnn_alpha) > tie_margin",
+            kind="count",
+            null=sign_flip_null(f"cnn_gap/{d}/train/", _NULL),
+        )
+        for d in DIRECTIONS
+    ],
 ]
 
 SANITY_CHECKS: list[SanityCheck] = [
-    SanityCheck("Fig. 4", "Random directions have exactly the length of the move toward the other model", STAGE,
-                lambda m, c: m["max_step_norm_mismatch"], "<=", "step_norm_tolerance",
-                "max relative |norm(random step) - norm(interpolation step)| (ViT, all layers, both directions)"),
+    SanityCheck(
+        "Fig. 4",
+        "Random directions have exactly the length of the move toward the other model",
+        STAGE,
+        lambda m, c: m["max_step_norm_mismatch"],
+        "<=",
+        "step_norm_tolerance",
+        "max relative |norm(random step) - norm(interpolation step)| (ViT, all layers, both directions)",
+    ),
 ]
 
 
 # ------------------------------------------------------------------------------------------ aggregation, figures ---
+
 
 def aggregate_vit_curves(workspace: str | Path, repetitions: Sequence[int]) -> pd.DataFrame:
     """All repetitions' ViT curves (results/robustness/repetition_<r>/vit_curves.csv) with a `repetition` column."""
@@ -348,11 +469,17 @@ def aggregate_cnn_gaps(workspace: str | Path, repetitions: Sequence[int]) -> pd.
 
 
 def vit_gap_table(curves: pd.DataFrame, alpha: float) -> pd.DataFrame:
-    """Per direction, split, layer: mean and sd over seeds of the gap at `alpha` (curves with a `repetition` column), and
-    "mean ± sd" as text."""
-    gaps = pd.concat([loss_increase(g, alpha).assign(repetition=s) for s, g in curves.groupby("repetition")], ignore_index=True)
-    out = (gaps.groupby(["direction", "split", "layer_index", "layer"]).gap.agg(["mean", "std", "count"])
-           .reset_index().rename(columns={"count": "n_repetitions"}))
+    """Per direction, split, layer: mean and sd over seeds of the gap at `alpha` (curves with a `repetition` column),
+    and "mean ± sd" as text."""
+    gaps = pd.concat(
+        [loss_increase(g, alpha).assign(repetition=s) for s, g in curves.groupby("repetition")], ignore_index=True
+    )
+    out = (
+        gaps.groupby(["direction", "split", "layer_index", "layer"])
+        .gap.agg(["mean", "std", "count"])
+        .reset_index()
+        .rename(columns={"count": "n_repetitions"})
+    )
     out["std"] = out["std"].fillna(0.0)
     out["mean ± sd"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(out["mean"], out["std"])]
     return out
@@ -362,7 +489,9 @@ def _seed_means(df: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, str]:
     """With several seeds: mean over random draws within each seed, so the band is +-1 sd over seeds; with one seed
     the draws stay, so the band is +-1 sd over the random draws."""
     if df.repetition.nunique() > 1:
-        return df.groupby([*keys, "repetition"]).value.mean().reset_index(), f"±1 sd over {df.repetition.nunique()} seeds"
+        return df.groupby(
+            [*keys, "repetition"]
+        ).value.mean().reset_index(), f"±1 sd over {df.repetition.nunique()} seeds"
     return df, "±1 sd over random draws"
 
 
@@ -372,13 +501,23 @@ def fig4_robustness(curves: pd.DataFrame, compare_alpha: float, split: str = "tr
     for a single seed), then per direction the gap (interpolation - random loss increase) at compare_alpha per
     layer, train and test (bars: mean over seeds, error bars: sd). `curves` has a `repetition` column."""
     order = curves.drop_duplicates("layer").sort_values("layer_index").layer.tolist()
-    loss, band = _seed_means(curves[(curves.split == split) & (curves.metric == "loss")],
-                             ["layer", "direction", "kind", "alpha"])
+    loss, band = _seed_means(
+        curves[(curves.split == split) & (curves.metric == "loss")], ["layer", "direction", "kind", "alpha"]
+    )
     fig, axes = plotting.panels(len(order) + 2, ncols=6, width=3.0, height=2.5)
     for ax, name in zip(axes, order):
-        plotting.curves(ax, loss[loss.layer == name], x="alpha", y="value", hue="direction", style="kind",
-                        hue_order=list(DIRECTIONS), style_order=["interpolation", "random"], title=name,
-                        legend=ax is axes[0])
+        plotting.curves(
+            ax,
+            loss[loss.layer == name],
+            x="alpha",
+            y="value",
+            hue="direction",
+            style="kind",
+            hue_order=list(DIRECTIONS),
+            style_order=["interpolation", "random"],
+            title=name,
+            legend=ax is axes[0],
+        )
         ax.set_ylabel(f"{split} loss")
     table = vit_gap_table(curves, compare_alpha)
     for ax, direction in zip(axes[-2:], DIRECTIONS):
@@ -393,8 +532,11 @@ def fig4_robustness(curves: pd.DataFrame, compare_alpha: float, split: str = "tr
         ax.set_title(f"{direction}: interpolation - random\nloss increase", fontsize=8)
         ax.legend(fontsize=6)
     n = curves.repetition.nunique()
-    fig.suptitle(f"Fig. 4  tiny ViT pair: one layer moved toward the other model vs equal-norm random directions "
-                 f"({n} seed{'s' if n > 1 else ''}, {band})", y=1.01)
+    fig.suptitle(
+        f"Fig. 4  tiny ViT pair: one layer moved toward the other model vs equal-norm random directions "
+        f"({n} seed{'s' if n > 1 else ''}, {band})",
+        y=1.01,
+    )
     fig.tight_layout()
     return fig
 
@@ -412,15 +554,27 @@ def fig4_robustness_cnn(gaps: pd.DataFrame, alpha: float, split: str = "train"):
     limit = float(stats["mean"].abs().max()) or 1.0
     for ax, direction in zip(axes, DIRECTIONS):
         part = stats[stats.direction == direction]
-        wide = lambda col: part.pivot(index="layer", columns="epoch", values=col).reindex(
-            index=layers, columns=epochs)
+        wide = lambda col, part=part: part.pivot(index="layer", columns="epoch", values=col).reindex(
+            index=layers, columns=epochs
+        )
         # sd over seeds is NaN with one seed: the cells then show the value alone
-        plotting.heatmap(ax, wide("mean"), title=f"CNN {direction}: alpha={alpha}", fmt=".2f", vmin=-limit,
-                         vmax=limit, spread=wide("std"), cbar_label=f"L(toward other) - mean L(random), {split}")
+        plotting.heatmap(
+            ax,
+            wide("mean"),
+            title=f"CNN {direction}: alpha={alpha}",
+            fmt=".2f",
+            vmin=-limit,
+            vmax=limit,
+            spread=wide("std"),
+            cbar_label=f"L(toward other) - mean L(random), {split}",
+        )
         ax.set_xlabel("checkpoint epoch")
-    fig.suptitle(f"Fig. 4 (CNN pair of Fig. 1): one layer moved toward the other model vs equal-norm random "
-                 f"directions; red = toward the other model is worse ({n} seed{'s' if n > 1 else ''}"
-                 f"{', mean ± sd' if n > 1 else ''})", y=1.02)
+    fig.suptitle(
+        f"Fig. 4 (CNN pair of Fig. 1): one layer moved toward the other model vs equal-norm random "
+        f"directions; red = toward the other model is worse ({n} seed{'s' if n > 1 else ''}"
+        f"{', mean ± sd' if n > 1 else ''})",
+        y=1.02,
+    )
     fig.tight_layout()
     return fig
 
@@ -433,22 +587,42 @@ def aggregate(st, repetitions: list[int]) -> None:
     vit = aggregate_vit_curves(st.workspace, repetitions)
     save_table(vit_gap_table(vit, cfg.compare_alpha), st.results_dir / "fig4_vit_gaps.csv")
     plotting.save(fig4_robustness(vit, cfg.compare_alpha, margin=margin), st.figures_dir / "fig4_robustness")
-    plotting.save(fig4_robustness_cnn(aggregate_cnn_gaps(st.workspace, repetitions), cfg.cnn_alpha),
-                  st.figures_dir / "fig4_robustness_cnn")
+    plotting.save(
+        fig4_robustness_cnn(aggregate_cnn_gaps(st.workspace, repetitions), cfg.cnn_alpha),
+        st.figures_dir / "fig4_robustness_cnn",
+    )
     print("robustness repetitions:", sorted(vit.repetition.unique().tolist()))
     return None
 
 
 SPEC = StageSpec(
-    name="robustness", notebook="05_robustness", config=RobustnessConfig,
-    repeats_over="robustness", repetitions=(0, 1, 2), needs_pairs_of="train_pairs",  # CNN heatmap of pair r
-    reads=(*RUNTIME, *TRAINING, *EVALUATION, "train_pairs.train_subset", "train_pairs.subset_seed",
-           "train_pairs.scheme"),
-    inputs=("data/images.pt", "models/pair/repetition_{r}"), persist=("models/robustness/repetition_{r}",),
+    name="robustness",
+    notebook="05_robustness",
+    config=RobustnessConfig,
+    repeats_over="robustness",
+    repetitions=(0, 1, 2),
+    needs_pairs_of="train_pairs",  # CNN heatmap of pair r
+    reads=(
+        *RUNTIME,
+        *TRAINING,
+        *EVALUATION,
+        "train_pairs.train_subset",
+        "train_pairs.subset_seed",
+        "train_pairs.scheme",
+    ),
+    inputs=("data/images.pt", "models/pair/repetition_{r}"),
+    persist=("models/robustness/repetition_{r}",),
     aggregate_figures=(
-        Figure("fig4_robustness", "Fig. 4: ViT pair, one layer moved toward the other model vs equal-norm random "
-               "directions."),
-        Figure("fig4_robustness_cnn", "Fig. 4 for the CNN pair: interpolation minus random loss per layer and "
-               "checkpoint.")),
-    aggregate=aggregate, aggregate_reads=("robustness", "report.tie_margin"),
-    claims=tuple(CLAIMS), sanity_checks=tuple(SANITY_CHECKS))
+        Figure(
+            "fig4_robustness",
+            "Fig. 4: ViT pair, one layer moved toward the other model vs equal-norm random directions.",
+        ),
+        Figure(
+            "fig4_robustness_cnn", "Fig. 4 for the CNN pair: interpolation minus random loss per layer and checkpoint."
+        ),
+    ),
+    aggregate=aggregate,
+    aggregate_reads=("robustness", "report.tie_margin"),
+    claims=tuple(CLAIMS),
+    sanity_checks=tuple(SANITY_CHECKS),
+)

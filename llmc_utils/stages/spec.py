@@ -17,8 +17,9 @@ code each notebook imports).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from llmc_utils.core.config import Section
 
@@ -106,8 +107,11 @@ class StageSpec:
     def metrics_paths(self) -> tuple[str, ...]:
         if self.metrics is not None:
             return self.metrics
-        return ((f"metrics/{self.section}/repetition_{REPETITION}.json",) if self.repeated
-                else (f"metrics/{self.section}.json",))
+        return (
+            (f"metrics/{self.section}/repetition_{REPETITION}.json",)
+            if self.repeated
+            else (f"metrics/{self.section}.json",)
+        )
 
     def figure_stems(self) -> list[str]:
         return [f.stem for f in self.figures]

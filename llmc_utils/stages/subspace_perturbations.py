@@ -25,9 +25,10 @@ config.repetition_seed.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Callable, Literal, Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -84,8 +85,10 @@ class SubspacePerturbationsConfig(Section):
         if self.data_seed_a == self.data_seed_b:
             raise ValueError("data_seed_a and data_seed_b must differ")
         if self.synthetic_informative > self.synthetic_features:
-            raise ValueError(f"synthetic_informative = {self.synthetic_informative} exceeds synthetic_features = "
-                             f"{self.synthetic_features}")
+            raise ValueError(
+                f"synthetic_informative = {self.synthetic_informative} exceeds synthetic_features = "
+                f"{self.synthetic_features}"
+            )
         if len(set(self.variants)) != len(self.variants) or len(set(self.datasets)) != len(self.datasets):
             raise ValueError("variants and datasets must not repeat")
         return self
@@ -101,9 +104,13 @@ class SubspacePerturbationsConfig(Section):
 def synthetic_data(cfg: SubspacePerturbationsConfig) -> dict[str, torch.Tensor]:
     from sklearn.datasets import make_classification
 
-    x, y = make_classification(n_samples=cfg.synthetic_samples, n_features=cfg.synthetic_features,
-                               n_informative=cfg.synthetic_informative, n_classes=cfg.synthetic_classes,
-                               random_state=cfg.synthetic_seed)
+    x, y = make_classification(
+        n_samples=cfg.synthetic_samples,
+        n_features=cfg.synthetic_features,
+        n_informative=cfg.synthetic_informative,
+        n_classes=cfg.synthetic_classes,
+        random_state=cfg.synthetic_seed,
+    )
     x, y = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.int64)
     n_test = round(cfg.synthetic_test_fraction * len(y))
     return dict(x_train=x[n_test:], y_train=y[n_test:], x_test=x[:n_test], y_test=y[:n_test])
@@ -116,27 +123,60 @@ def fashion_data(cfg: SubspacePerturbationsConfig, images) -> dict[str, torch.Te
 
 
 # the fields that decide what the MLPs train on (a checkpoint's meta): the data sets and the subset drawn from them
-DATA_FIELDS = {"synthetic_samples", "synthetic_features", "synthetic_classes", "synthetic_informative",
-               "synthetic_seed", "synthetic_test_fraction", "fashion_train", "subset_seed"}
+DATA_FIELDS = {
+    "synthetic_samples",
+    "synthetic_features",
+    "synthetic_classes",
+    "synthetic_informative",
+    "synthetic_seed",
+    "synthetic_test_fraction",
+    "fashion_train",
+    "subset_seed",
+}
 
 
-def train_halves(cfg: SubspacePerturbationsConfig, tensors: Mapping[str, torch.Tensor], n_classes: int,
-                 run_root: Path, processes: int = 1) -> tuple[Callable[[], nn.Module], dict[str, list[Path]]]:
+def train_halves(
+    cfg: SubspacePerturbationsConfig,
+    tensors: Mapping[str, torch.Tensor],
+    n_classes: int,
+    run_root: Path,
+    processes: int = 1,
+) -> tuple[Callable[[], nn.Module], dict[str, list[Path]]]:
     """Train A on one half and B on the other (same init); returns (model factory, {member: snapshot paths}).
     `processes`: see trainer.train_many. Checkpoints of another configuration (meta: the MLP and the DATA_FIELDS)
     are moved to models/stale/."""
     x, y = tensors["x_train"], tensors["y_train"]
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.subset_seed))
-    halves = {"A": order[: len(y) // 2], "B": order[len(y) // 2:]}
+    halves = {"A": order[: len(y) // 2], "B": order[len(y) // 2 :]}
     make = partial(MLP, x.shape[1], list(cfg.hidden), n_classes)
-    meta = dict(arch="mlp", in_features=x.shape[1], hidden=list(cfg.hidden), n_classes=n_classes, n=len(y),
-                data=cfg.model_dump(include=DATA_FIELDS))
-    members = {member: dict(x=x[halves[member]], y=y[halves[member]], data_seed=data_seed,
-                            run_dir=Path(run_root) / member, stale_dir=stale_dir_of(Path(run_root) / member),
-                            meta=dict(meta, half=member), desc=f"MLP {member}")
-               for member, data_seed in cfg.data_seeds().items()}
-    return make, train_members(members, processes, make_model=make, cfg=cfg.optim, init_seed=cfg.init_seed,
-                               checkpoint_epochs=cfg.snapshot_epochs())
+    meta = dict(
+        arch="mlp",
+        in_features=x.shape[1],
+        hidden=list(cfg.hidden),
+        n_classes=n_classes,
+        n=len(y),
+        data=cfg.model_dump(include=DATA_FIELDS),
+    )
+    members = {
+        member: dict(
+            x=x[halves[member]],
+            y=y[halves[member]],
+            data_seed=data_seed,
+            run_dir=Path(run_root) / member,
+            stale_dir=stale_dir_of(Path(run_root) / member),
+            meta=dict(meta, half=member),
+            desc=f"MLP {member}",
+        )
+        for member, data_seed in cfg.data_seeds().items()
+    }
+    return make, train_members(
+        members,
+        processes,
+        make_model=make,
+        cfg=cfg.optim,
+        init_seed=cfg.init_seed,
+        checkpoint_epochs=cfg.snapshot_epochs(),
+    )
 
 
 def load_snapshots(paths: Sequence[Path]) -> list[dict[str, torch.Tensor]]:
@@ -144,8 +184,9 @@ def load_snapshots(paths: Sequence[Path]) -> list[dict[str, torch.Tensor]]:
     return [load_weights(p) for p in paths]
 
 
-def snapshot_columns(snapshots_a: Sequence[StateDict], snapshots_b: Sequence[StateDict], variant: Variant
-                     ) -> list[StateDict]:
+def snapshot_columns(
+    snapshots_a: Sequence[StateDict], snapshots_b: Sequence[StateDict], variant: Variant
+) -> list[StateDict]:
     """The states whose span is the training subspace: all snapshots, or the two final models only."""
     if variant == "final_only":
         return [snapshots_a[-1], snapshots_b[-1]]
@@ -184,16 +225,27 @@ def stack(columns: Sequence[StateDict], keys: Sequence[str]) -> torch.Tensor:
     return torch.stack([flat(c, keys).double() for c in columns], dim=1)
 
 
-def directions(columns: Sequence[StateDict], final_a: StateDict, final_b: StateDict, keys: Sequence[str],
-               n_draws: int, seed: int, rtol: float) -> tuple[dict[str, list[torch.Tensor]], int]:
+def directions(
+    columns: Sequence[StateDict],
+    final_a: StateDict,
+    final_b: StateDict,
+    keys: Sequence[str],
+    n_draws: int,
+    seed: int,
+    rtol: float,
+) -> tuple[dict[str, list[torch.Tensor]], int]:
     """{kind: unit vectors over `keys`} and the dimension of the training subspace restricted to `keys`."""
     basis = orthonormal_basis(stack(columns, keys), rtol)
     generator = torch.Generator().manual_seed(seed)
     inside = [subspace_vector(basis, generator) for _ in range(n_draws)]
     outside = [null_space_vector(basis, generator) for _ in range(n_draws)]
     d = unit(flat(final_a, keys).double() - flat(final_b, keys).double())  # +d: A away from B
-    found = {"training subspace": inside, "null space": [v for v in outside if v is not None],
-             TOWARD_B: [-d], AWAY_FROM_B: [d]}
+    found = {
+        "training subspace": inside,
+        "null space": [v for v in outside if v is not None],
+        TOWARD_B: [-d],
+        AWAY_FROM_B: [d],
+    }
     return found, basis.shape[1]
 
 
@@ -204,9 +256,16 @@ def max_cosine(vectors: Sequence[torch.Tensor], columns: torch.Tensor) -> float:
     return max((float(((v @ columns) / norms).abs().max()) for v in vectors), default=0.0)
 
 
-def perturbation_curves(evaluate: Callable[[StateDict], dict], columns: Sequence[StateDict], final_a: StateDict,
-                        final_b: StateDict, sigmas: Sequence[float], n_draws: int, seed: int, rtol: float = 1e-6,
-                        ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def perturbation_curves(
+    evaluate: Callable[[StateDict], dict],
+    columns: Sequence[StateDict],
+    final_a: StateDict,
+    final_b: StateDict,
+    sigmas: Sequence[float],
+    n_draws: int,
+    seed: int,
+    rtol: float = 1e-6,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Perturb model A (final_a) along each kind of direction, for the whole network ("all") and each layer.
 
     Returns (curves: scope x kind x draw x sigma x split x metric -> value, spans: scope -> n_params, subspace rank,
@@ -218,15 +277,23 @@ def perturbation_curves(evaluate: Callable[[StateDict], dict], columns: Sequence
     rows, spans = [], []
     for s_index, (scope, keys) in enumerate(scopes.items()):
         found, rank = directions(columns, final_a, final_b, keys, n_draws, seed * 1000 + s_index, rtol)
-        spans.append(dict(scope=scope, n_params=sum(final_a[k].numel() for k in keys), subspace_rank=rank,
-                          null_max_cosine=max_cosine(found["null space"], stack(columns, keys))))
+        spans.append(
+            dict(
+                scope=scope,
+                n_params=sum(final_a[k].numel() for k in keys),
+                subspace_rank=rank,
+                null_max_cosine=max_cosine(found["null space"], stack(columns, keys)),
+            )
+        )
         for kind, vectors in found.items():
             for draw, v in enumerate(vectors):
                 for sigma in sigmas:
                     result = at_zero if sigma == 0.0 else evaluate(add_flat(final_a, keys, sigma * v))
-                    rows += [dict(scope=scope, kind=kind, draw=draw, sigma=sigma, split=split, metric=metric,
-                                  value=value)
-                             for split, metrics in result.items() for metric, value in metrics.items()]
+                    rows += [
+                        dict(scope=scope, kind=kind, draw=draw, sigma=sigma, split=split, metric=metric, value=value)
+                        for split, metrics in result.items()
+                        for metric, value in metrics.items()
+                    ]
     return pd.DataFrame(rows), pd.DataFrame(spans)
 
 
@@ -237,21 +304,34 @@ def loss_at(curves: pd.DataFrame, sigma: float, metric: str = "loss") -> pd.Data
     return df.groupby(keys).value.agg(["mean", "std"]).reset_index()
 
 
-def check_snapshots(evaluate: Callable[[StateDict], dict], snapshots: Mapping[str, Sequence[StateDict]],
-                    n_classes: int, cfg: SubspacePerturbationsConfig, dataset: str, repetition: int) -> None:
+def check_snapshots(
+    evaluate: Callable[[StateDict], dict],
+    snapshots: Mapping[str, Sequence[StateDict]],
+    n_classes: int,
+    cfg: SubspacePerturbationsConfig,
+    dataset: str,
+    repetition: int,
+) -> None:
     """trainer.check_checkpoints on the test error of every snapshot of both MLPs of one dataset (evaluate(state) ->
     {"test": {"error", ...}}): a degenerate run stops the stage, naming the MLP, its seeds and the epoch."""
     for member, data_seed in cfg.data_seeds().items():
-        errors = {epoch: evaluate(state)["test"]["error"]
-                  for epoch, state in zip(cfg.snapshot_epochs(), snapshots[member], strict=True)}
-        check_checkpoints(errors, n_classes, f"MLP {member} on {dataset}, repetition {repetition} (init seed "
-                          f"{cfg.init_seed}, data seed {data_seed})")
+        errors = {
+            epoch: evaluate(state)["test"]["error"]
+            for epoch, state in zip(cfg.snapshot_epochs(), snapshots[member], strict=True)
+        }
+        check_checkpoints(
+            errors,
+            n_classes,
+            f"MLP {member} on {dataset}, repetition {repetition} (init seed {cfg.init_seed}, data seed {data_seed})",
+        )
 
 
 # -------------------------------------------------------------------------------------------- per-repetition metrics
 
-def repetition_metrics(at_max: pd.DataFrame, spans: pd.DataFrame, endpoints: Mapping[str, Mapping[str, dict]],
-                 sigma_max: float) -> dict[str, float]:
+
+def repetition_metrics(
+    at_max: pd.DataFrame, spans: pd.DataFrame, endpoints: Mapping[str, Mapping[str, dict]], sigma_max: float
+) -> dict[str, float]:
     """The flat metrics of one repetition that the claims read.
 
     loss/<dataset>/<variant>/<scope>/<kind>: mean test loss over draws at the largest sigma (one "panel" per
@@ -274,8 +354,11 @@ NULL_SPACE = "null space"
 
 def panels(m: dict, variant: str) -> list[str]:
     """The loss/<dataset>/<variant>/<scope>/ prefixes of `variant`'s panels that have a null space."""
-    found = [k[:-len(NULL_SPACE)] for k in m if k.startswith("loss/") and k.endswith("/" + NULL_SPACE)
-             and k.split("/")[2] == variant]
+    found = [
+        k[: -len(NULL_SPACE)]
+        for k in m
+        if k.startswith("loss/") and k.endswith("/" + NULL_SPACE) and k.split("/")[2] == variant
+    ]
     if not found:
         raise KeyError(f"loss/<dataset>/{variant}/<scope>/{NULL_SPACE}")
     return found
@@ -284,15 +367,18 @@ def panels(m: dict, variant: str) -> list[str]:
 def most_above_null(variant: str, kind: str) -> Callable[[dict, object], float]:
     """Measure: 1 when in more than report.majority of `variant`'s (dataset, scope) panels `kind`'s test loss at the
     largest sigma exceeds the null space's by more than report.tie_margin, else 0: one repetition, one unit."""
+
     def measure(m: dict, cfg) -> float:
         found = panels(m, variant)
         return float(sum(m[p + kind] - m[p + NULL_SPACE] > cfg.tie_margin for p in found) / len(found) > cfg.majority)
+
     return measure
 
 
 def flip_null(variant: str, kind: str) -> Null:
     """`kind` and the null space alike: each panel's measured loss difference to the null space with its sign
     flipped at random."""
+
     def draw(rng: np.random.Generator, runs: list[dict], _cfg) -> list[dict]:
         out = []
         for m in runs:
@@ -301,34 +387,58 @@ def flip_null(variant: str, kind: str) -> Null:
                 new[p + kind] = m[p + NULL_SPACE] + rng.choice((-1.0, 1.0)) * (m[p + kind] - m[p + NULL_SPACE])
             out.append(new)
         return out
+
     return Null("the direction and the null space alike: each panel's loss difference signed at random", draw)
 
 
 _CLAIM_TEXT = {
-    "training subspace": ("Perturbations inside the training subspace hurt more than null-space ones of the same size",
-                          "training-subspace curves far above the null-space curves"),
-    TOWARD_B: ("Moving A along the averaging direction toward B (-d, what averaging does) hurts more than null-space "
-               "perturbations", "averaging-direction curves above the null-space curves"),
-    AWAY_FROM_B: ("Moving A along the averaging direction away from B (+d) hurts more than null-space perturbations",
-                  "averaging-direction curves above the null-space curves"),
+    "training subspace": (
+        "Perturbations inside the training subspace hurt more than null-space ones of the same size",
+        "training-subspace curves far above the null-space curves",
+    ),
+    TOWARD_B: (
+        "Moving A along the averaging direction toward B (-d, what averaging does) hurts more than null-space "
+        "perturbations",
+        "averaging-direction curves above the null-space curves",
+    ),
+    AWAY_FROM_B: (
+        "Moving A along the averaging direction away from B (+d) hurts more than null-space perturbations",
+        "averaging-direction curves above the null-space curves",
+    ),
 }
 CLAIMS: list[Claim] = [
-    Claim("Fig. 5", f"{_CLAIM_TEXT[kind][0]}, in most panels of most repetitions [subspace: {VARIANT_LABELS[variant]}]",
-          _CLAIM_TEXT[kind][1], STAGE, most_above_null(variant, kind), ">", "majority",
-          f"fraction of repetitions where in more than `majority` of the (dataset, scope) panels the test loss at the "
-          f"largest sigma exceeds the null space's by > tie_margin ({variant})", kind="count",
-          null=flip_null(variant, kind))
-    for variant in ("snapshots", "final_only") for kind in COMPARED
+    Claim(
+        "Fig. 5",
+        f"{_CLAIM_TEXT[kind][0]}, in most panels of most repetitions [subspace: {VARIANT_LABELS[variant]}]",
+        _CLAIM_TEXT[kind][1],
+        STAGE,
+        most_above_null(variant, kind),
+        ">",
+        "majority",
+        f"fraction of repetitions where in more than `majority` of the (dataset, scope) panels the test loss at the "
+        f"largest sigma exceeds the null space's by > tie_margin ({variant})",
+        kind="count",
+        null=flip_null(variant, kind),
+    )
+    for variant in ("snapshots", "final_only")
+    for kind in COMPARED
 ]
 
 SANITY_CHECKS: list[SanityCheck] = [
-    SanityCheck("Fig. 5", "Null-space directions are orthogonal to every snapshot that spans the training subspace",
-                STAGE, lambda m, c: m["null_max_cosine"], "<=", "orthogonality_tolerance",
-                "max |cos(null-space vector, snapshot)| over datasets, variants, scopes"),
+    SanityCheck(
+        "Fig. 5",
+        "Null-space directions are orthogonal to every snapshot that spans the training subspace",
+        STAGE,
+        lambda m, c: m["null_max_cosine"],
+        "<=",
+        "orthogonality_tolerance",
+        "max |cos(null-space vector, snapshot)| over datasets, variants, scopes",
+    ),
 ]
 
 
 # ------------------------------------------------------------------------------------------ aggregation, figure ---
+
 
 def aggregate_curves(workspace: str | Path, repetitions: Sequence[int]) -> pd.DataFrame:
     """All repetitions' curves (results/subspace_perturbations/repetition_<r>/curves.csv) with a `repetition` column."""
@@ -367,13 +477,23 @@ def fig5_subspace_perturbations(curves: pd.DataFrame, scopes: Sequence[str] | No
         for c, scope in enumerate(scopes):
             ax = axes[r * len(scopes) + c]
             part = loss[(loss.dataset == name) & (loss.variant == variant) & (loss.scope == scope)]
-            plotting.curves(ax, part, x="sigma", y="value", hue="kind", hue_order=list(KINDS),
-                            title=f"{name} · {scope}\nsubspace: {VARIANT_LABELS[variant]}",
-                            legend=(r == 0 and c == 0))
+            plotting.curves(
+                ax,
+                part,
+                x="sigma",
+                y="value",
+                hue="kind",
+                hue_order=list(KINDS),
+                title=f"{name} · {scope}\nsubspace: {VARIANT_LABELS[variant]}",
+                legend=(r == 0 and c == 0),
+            )
             ax.title.set_fontsize(7)
             ax.set_ylabel("test loss")
-    fig.suptitle(f"Fig. 5  perturbing model A by sigma x unit vector: training subspace vs null space vs averaging "
-                 f"direction (-d: toward B, +d: away from B)\n{n} seed{'s' if n > 1 else ''}, {band}", y=1.01)
+    fig.suptitle(
+        f"Fig. 5  perturbing model A by sigma x unit vector: training subspace vs null space vs averaging "
+        f"direction (-d: toward B, +d: away from B)\n{n} seed{'s' if n > 1 else ''}, {band}",
+        y=1.01,
+    )
     fig.tight_layout()
     return fig
 
@@ -391,10 +511,22 @@ def aggregate(st, repetitions: list[int]) -> None:
 
 
 SPEC = StageSpec(
-    name="subspace_perturbations", notebook="06_subspace_perturbations", config=SubspacePerturbationsConfig,
-    repeats_over="subspace_perturbations", repetitions=(0, 1, 2), reads=(*RUNTIME, *EVALUATION),
-    inputs=("data/images.pt",), persist=("models/subspace_perturbations/repetition_{r}",),
-    aggregate_figures=(Figure("fig5_subspace_perturbations", "Fig. 5: MLP test loss under training-subspace, "
-                              "null-space and averaging-direction perturbations."),),
-    aggregate=aggregate, aggregate_reads=("subspace_perturbations",),
-    claims=tuple(CLAIMS), sanity_checks=tuple(SANITY_CHECKS))
+    name="subspace_perturbations",
+    notebook="06_subspace_perturbations",
+    config=SubspacePerturbationsConfig,
+    repeats_over="subspace_perturbations",
+    repetitions=(0, 1, 2),
+    reads=(*RUNTIME, *EVALUATION),
+    inputs=("data/images.pt",),
+    persist=("models/subspace_perturbations/repetition_{r}",),
+    aggregate_figures=(
+        Figure(
+            "fig5_subspace_perturbations",
+            "Fig. 5: MLP test loss under training-subspace, null-space and averaging-direction perturbations.",
+        ),
+    ),
+    aggregate=aggregate,
+    aggregate_reads=("subspace_perturbations",),
+    claims=tuple(CLAIMS),
+    sanity_checks=tuple(SANITY_CHECKS),
+)
