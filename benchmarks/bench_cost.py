@@ -12,7 +12,8 @@ random images of the dataset's shape: a forward pass costs the same whatever the
   linear assignments: seconds).
 Throughput is measured here in the same precision the stages run (fp32): a training step at the profile's batch size
 and a forward pass at its evaluation batch size, each the best of a few timed runs after a warm-up. Estimated time =
-FLOPs / measured FLOP/s per stage, per seed (one pair), and the parallelism that brings K seeds under one hour.
+FLOPs / measured FLOP/s per stage, per repetition (one pair), and the parallelism that brings K repetitions under
+one hour.
 The small models (ViT, MLPs, char-level GPT, deep linear nets) are not counted: minutes on one CPU at any profile.
 
     python benchmarks/bench_cost.py --profile paper [--device cuda] [--repetitions 5]
@@ -129,15 +130,15 @@ def main() -> None:
         hours = flops / (train_rate if stage == "train_pairs" else eval_rate) / 3600
         total += hours
         print(f"{stage:22s} {flops / 1e15:11.2f} {hours:11.2f}")
-    print(f"{'per seed (one pair)':22s} {'':11s} {total:11.2f}")
+    print(f"{'per repetition (pair)':22s} {'':11s} {total:11.2f}")
     k = args.repetitions
-    print(f"{k} seeds: {k * total:.1f} device-hours in series")
-    if total <= 1.0:  # each device runs floor(1 / total) whole seeds in an hour
+    print(f"{k} repetitions: {k * total:.1f} device-hours in series")
+    if total <= 1.0:  # each device runs floor(1 / total) whole repetitions in an hour
         print(f"under one hour of wall time: {math.ceil(k / math.floor(1.0 / total))} devices")
-    else:  # seeds are the unit of parallelism (one workspace each): a seed longer than an hour stays that long
+    else:  # repetitions are the unit of parallelism (one workspace each): one longer than an hour stays that long
         print(
-            f"one seed per device ({k} devices): {total:.1f} h of wall time; under one hour is out of reach "
-            "without splitting a seed's stages across devices"
+            f"one repetition per device ({k} devices): {total:.1f} h of wall time; under one hour is out of reach "
+            "without splitting a repetition's stages across devices"
         )
 
 

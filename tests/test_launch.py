@@ -28,11 +28,13 @@ TINY = ["tiny", "--repetitions", "0-1", "--executor", "local", "--set", "runtime
 
 @pytest.fixture(scope="module")
 def snapshot(tmp_path_factory):
-    """A copy of what make_workspace copies from the repository, used as profiles.REPO for the whole module."""
+    """A copy of what make_workspace copies from the repository (and the profiles it reads), used as profiles.REPO
+    for the whole module."""
     repo = tmp_path_factory.mktemp("repo")
-    for name in ("llmc_utils", "notebooks"):
+    for name in ("llmc_utils", "notebooks", "profiles"):
         shutil.copytree(profiles.REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(profiles.REPO / "dvc.yaml", repo / "dvc.yaml")
+    for name in ("dvc.yaml", "params.yaml"):  # params.yaml: the file every profile extends
+        shutil.copy(profiles.REPO / name, repo / name)
     study = Path("results/setup_study/fig1_by_setup.csv")
     (repo / study).parent.mkdir(parents=True)
     shutil.copy(profiles.REPO / study, repo / study)

@@ -2,9 +2,10 @@
 
 Another machine computes training in other last digits (measured: a tiny-profile test error of 72.0 on one CPU and 67.0
 on another for the same commit). So the cells nbval compares may print only facts that rounding cannot change. This test
-proves it: it copies the notebooks and the tiny profile into a scratch tree (so nothing is shared with the main nbval
-run in build/nbval) and runs them under nbval with LLMC_PERTURB_INIT=1e-6, which multiplies every initial weight by 1 +
-1e-6 * noise (llmc_utils.core.trainer.perturb_init). Every checked cell must still match the committed text.
+proves it: it copies the notebooks, the tiny profile and the params.yaml it extends into a scratch tree (so nothing is
+shared with the main nbval run in build/nbval) and runs them under nbval with LLMC_PERTURB_INIT=1e-6, which multiplies
+every initial weight by 1 + 1e-6 * noise (llmc_utils.core.trainer.perturb_init). Every checked cell must still match the
+committed text.
 """
 
 import os
@@ -17,8 +18,9 @@ from tests.conftest import ROOT
 
 def test_notebook_checks_pass_with_perturbed_initial_weights(tmp_path):
     shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    (tmp_path / "tests").mkdir()
+    (tmp_path / "profiles").mkdir()
     shutil.copy(ROOT / "profiles" / "tiny.yaml", tmp_path / "profiles" / "tiny.yaml")
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")  # the file the tiny profile extends
     env = dict(os.environ, LLMC_PERTURB_INIT="1e-6", LLMC_QUIET="1")
     out = subprocess.run(
         [

@@ -341,7 +341,8 @@ def run_queue(
 ) -> dict[int, Path]:
     """Queue one experiment per repetition (`dvc exp run --queue -S repetitions.<list>=[r] -S runtime.device=<device>`,
     devices round robin), start one worker per device (`dvc queue start -j N`), wait, and export each experiment's files
-    to dest/queue_exps/repetition_<r>/ (git archive) for the gather. Seeds with a finished experiment are skipped."""
+    to dest/queue_exps/repetition_<r>/ (git archive) for the gather. Repetitions with a finished experiment are
+    skipped."""
     workspace = queue_workspace(profile_file, dest, with_repetitions(profile_file, overrides, repetitions[:1]), force)
     names = repetition_names(profile_file, overrides)
     done, pending = experiments(workspace), queue_status(workspace)

@@ -374,10 +374,10 @@ def cumulative_figure(fig2: pd.DataFrame, bases, split: str):
 
 
 # ------------------------------------------------------------------ launch: pairs run in separate workspaces
-def gather(workspace: Path, sources: dict[int, Path], seeds: list[int], params: dict) -> None:
-    """The alignment stage ran in each seed workspace on its own pair: concatenate its per-pair tables (their `seed`
-    column), copy its per-pair metrics, and recompute the layer summary and both figures with the functions notebook
-    09 uses, so they show every pair as in a single-machine run."""
+def gather(workspace: Path, sources: dict[int, Path], repetitions: list[int], params: dict) -> None:
+    """The alignment stage ran in each repetition's workspace on its own pair: concatenate its per-pair tables (their
+    `repetition` column), copy its per-pair metrics, and recompute the layer summary and both figures with the functions
+    notebook 09 uses, so they show every pair as in a single-machine run."""
     import matplotlib.pyplot as plt
     import pandas as pd
 
@@ -385,18 +385,18 @@ def gather(workspace: Path, sources: dict[int, Path], seeds: list[int], params: 
     shutil.rmtree(results, ignore_errors=True)
     shutil.rmtree(metrics_dir, ignore_errors=True)
     tables = {}
-    for path in sorted((sources[seeds[0]] / "results" / "alignment").glob("*.csv")):
+    for path in sorted((sources[repetitions[0]] / "results" / "alignment").glob("*.csv")):
         if path.name == "layer_summary.csv":
             continue  # a summary over the pairs: recomputed below
-        frames = [pd.read_csv(sources[r] / "results" / "alignment" / path.name) for r in seeds]
+        frames = [pd.read_csv(sources[r] / "results" / "alignment" / path.name) for r in repetitions]
         if any("repetition" not in f for f in frames):
             raise ValueError(
                 f"results/alignment/{path.name} has no `repetition` column: teach alignment.gather to merge it"
             )
-        tables[path.name] = pd.concat([f[f.repetition == r] for f, r in zip(frames, seeds)], ignore_index=True)
+        tables[path.name] = pd.concat([f[f.repetition == r] for f, r in zip(frames, repetitions)], ignore_index=True)
         save_table(tables[path.name], results / path.name)
     per_pair: dict[int | None, dict] = {}
-    for r in seeds:
+    for r in repetitions:
         copy_output(sources[r], workspace, f"metrics/alignment/repetition_{r}.json")
         per_pair[r] = json.loads((metrics_dir / f"repetition_{r}.json").read_text())
         notebook = sources[r] / "reports" / "executed" / "09_alignment.ipynb"

@@ -808,7 +808,7 @@ SANITY_CHECKS: list[SanityCheck] = [
 ]
 
 
-# ------------------------------------------------------------------------------------------ aggregation over seeds
+# ------------------------------------------------------------------------------------ aggregation over repetitions
 def aggregate_table1(workspace: str | Path, repetitions: Sequence[int]) -> pd.DataFrame:
     """Table 1 over repetitions: split x strategy -> mean and sd over repetitions of each repetition's mean client
     accuracy, and of the paired gap to full averaging (0 for full itself), with the averaged layers and the claim
@@ -844,8 +844,8 @@ def aggregate_gaps(workspace: str | Path, repetitions: Sequence[int]) -> pd.Data
 
 
 def aggregate_barriers(workspace: str | Path, repetitions: Sequence[int]) -> pd.DataFrame:
-    """Layer-wise barriers between the two barrier clients, mean (and sd) over seeds per split x strategy x layer set
-    x base x alpha x metric."""
+    """Layer-wise barriers between the two barrier clients, mean (and sd) over repetitions per split x strategy x layer
+    set x base x alpha x metric."""
     b = read_repetition_tables(workspace, STAGE, "barriers.csv", repetitions)
     keys = ["split", "strategy", "layer_set", "base", "alpha", "metric"]
     return (
@@ -860,9 +860,9 @@ def _span(values: pd.Series, fmt: str) -> str:
 
 
 def gap_summary(gaps: pd.DataFrame, threshold: float = 0.0) -> str:
-    """One sentence, computed from aggregate_gaps (or gap_table of one seed): where the claim group beats full
+    """One sentence, computed from aggregate_gaps (or gap_table of one repetition): where the claim group beats full
     averaging by more than `threshold` points along the concentration sweep, and the gap after the first and the
-    last round on the main Dirichlet split (means over seeds)."""
+    last round on the main Dirichlet split (means over repetitions)."""
     gaps = gaps[gaps.claim] if "claim" in gaps else gaps
     group = ", ".join(sorted(set(gaps.group)))
     n = gaps.repetition.nunique() if "repetition" in gaps else 1
@@ -903,13 +903,13 @@ def gap_summary(gaps: pd.DataFrame, threshold: float = 0.0) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------- figures
-def _seeds(n: int) -> str:
-    return f"{n} seed{'s' if n != 1 else ''}"
+def _repetitions(n: int) -> str:
+    return f"{n} repetition{'s' if n != 1 else ''}"
 
 
 def plot_table1(table: pd.DataFrame):
-    """fig6_federated_table: Table 1 as a heatmap of "mean ± sd over seeds" (accuracy per split x strategy), next to
-    the paired gap of each layer group to full averaging (red: the group beats full averaging)."""
+    """fig6_federated_table: Table 1 as a heatmap of "mean ± sd over repetitions" (accuracy per split x strategy), next
+    to the paired gap of each layer group to full averaging (red: the group beats full averaging)."""
     splits = [s for s in SPLIT_IDS if s in set(table.split)]
     strategies = list(dict.fromkeys(table.strategy))
     labels = {
@@ -924,7 +924,7 @@ def plot_table1(table: pd.DataFrame):
         ax_acc,
         wide("mean_accuracy", strategies),
         spread=wide("sd_accuracy", strategies),
-        title=f"Table 1: client accuracy on own test data (%)\nmean ± sd over {_seeds(n)}",
+        title=f"Table 1: client accuracy on own test data (%)\nmean ± sd over {_repetitions(n)}",
         center=None,
         cmap="viridis",
         cbar_label="accuracy (%)",
@@ -934,7 +934,7 @@ def plot_table1(table: pd.DataFrame):
         ax_gap,
         wide("mean_gap", groups),
         spread=wide("sd_gap", groups),
-        title=f"layer group minus full averaging (points)\nmean ± sd over {_seeds(n)} (paired)",
+        title=f"layer group minus full averaging (points)\nmean ± sd over {_repetitions(n)} (paired)",
         cbar_label="accuracy gap (points)",
     )
     ax_gap.set_yticklabels([labels[s] for s in groups], fontsize=7)
@@ -945,8 +945,8 @@ def plot_table1(table: pd.DataFrame):
 
 
 def plot_gaps(gaps: pd.DataFrame, threshold: float = 0.0):
-    """fig6_federated_sweep: claim-group minus full averaging (points) against the Dirichlet concentration (sweep)
-    and against the number of rounds (main runs, per split); mean over seeds with a ±1 sd band, thin per-seed
+    """fig6_federated_sweep: claim-group minus full averaging (points) against the Dirichlet concentration (sweep) and
+    against the number of rounds (main runs, per split); mean over repetitions with a ±1 sd band, thin per-repetition
     lines; dashed: the claims' threshold; dotted: the IID split's final gap (main runs, concentration -> infinity)."""
     gaps = gaps[gaps.claim] if "claim" in gaps else gaps
     group = ", ".join(sorted(set(gaps.group)))
@@ -959,7 +959,7 @@ def plot_gaps(gaps: pd.DataFrame, threshold: float = 0.0):
             conc,
             x="x",
             y="gap",
-            title=f"{group} - full vs concentration ({int(conc.images.max())} images, {_seeds(n)})",
+            title=f"{group} - full vs concentration ({int(conc.images.max())} images, {_repetitions(n)})",
         )
         if "repetition" in conc:
             for _, one in conc.groupby("repetition"):
@@ -982,7 +982,7 @@ def plot_gaps(gaps: pd.DataFrame, threshold: float = 0.0):
         x="x",
         y="gap",
         hue="split",
-        title=f"{group} - full vs rounds ({_seeds(n)})",
+        title=f"{group} - full vs rounds ({_repetitions(n)})",
         hue_order=[s for s in SPLIT_IDS if s in set(rounds.split)],
     )
     ax_r.set_xlabel("round (accuracy on a fixed subset of each client's test data)")
@@ -994,7 +994,7 @@ def plot_gaps(gaps: pd.DataFrame, threshold: float = 0.0):
 
 
 def plot_barriers(barriers: pd.DataFrame, alpha: float = 0.5):
-    """fig6_federated_barriers: loss barrier (mean over seeds) between the two barrier clients at the end of
+    """fig6_federated_barriers: loss barrier (mean over repetitions) between the two barrier clients at the end of
     training, of the full average and of each single logical layer, into A and into B, per split / strategy."""
     loss = barriers[(barriers.metric == "loss") & (barriers.alpha == alpha)]
     loss = loss.assign(column=loss.split + "/" + loss.strategy)
@@ -1007,7 +1007,7 @@ def plot_barriers(barriers: pd.DataFrame, alpha: float = 0.5):
         plotting.heatmap(
             ax,
             grid,
-            title=f"loss barrier between two clients, into {base} (mean over {_seeds(n)})",
+            title=f"loss barrier between two clients, into {base} (mean over {_repetitions(n)})",
             fmt=".2f",
             vmin=-1.0,
             vmax=1.0,

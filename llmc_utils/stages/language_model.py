@@ -505,8 +505,8 @@ def layer_barrier_grid(
     sel = table[(table.pair == pair) & (table.split == split) & (table.metric == metric) & (table.alpha == 0.5)]
     if "repetition" not in sel:
         sel = sel.assign(repetition=0)
-    per_seed = sel.groupby(["repetition", "layer_set", "epoch"], sort=False).barrier.max().reset_index()
-    by_cell = per_seed.groupby(["layer_set", "epoch"], sort=False).barrier
+    per_repetition = sel.groupby(["repetition", "layer_set", "epoch"], sort=False).barrier.max().reset_index()
+    by_cell = per_repetition.groupby(["layer_set", "epoch"], sort=False).barrier
     order, labels = list(dict.fromkeys(sel.layer_set)), _checkpoint_labels(table)
     mean, sd = (stat.unstack("epoch").loc[order].rename(columns=labels) for stat in (by_cell.mean(), by_cell.std()))
     return mean, sd

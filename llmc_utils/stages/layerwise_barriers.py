@@ -363,10 +363,10 @@ def mean_sd_wide(
     tables: pd.DataFrame, base: str, split: str = "train", metric: str = "loss", alpha: float = 0.5
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Heatmap layout of the mean and the sd across repetitions (sd NaN with a single repetition)."""
-    per_seed = [wide(t, base, split, metric, alpha) for _, t in tables.groupby("repetition", sort=True)]
-    stacked = pd.concat(per_seed, keys=range(len(per_seed)))
+    per_repetition = [wide(t, base, split, metric, alpha) for _, t in tables.groupby("repetition", sort=True)]
+    stacked = pd.concat(per_repetition, keys=range(len(per_repetition)))
     grouped = stacked.groupby(level=1, sort=False)
-    order = per_seed[0].index
+    order = per_repetition[0].index
     return grouped.mean().loc[order], grouped.std(ddof=1).loc[order]
 
 

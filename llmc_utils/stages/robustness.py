@@ -469,8 +469,8 @@ def aggregate_cnn_gaps(workspace: str | Path, repetitions: Sequence[int]) -> pd.
 
 
 def vit_gap_table(curves: pd.DataFrame, alpha: float) -> pd.DataFrame:
-    """Per direction, split, layer: mean and sd over seeds of the gap at `alpha` (curves with a `repetition` column),
-    and "mean ± sd" as text."""
+    """Per direction, split, layer: mean and sd over repetitions of the gap at `alpha` (curves with a `repetition`
+    column), and "mean ± sd" as text."""
     gaps = pd.concat(
         [loss_increase(g, alpha).assign(repetition=s) for s, g in curves.groupby("repetition")], ignore_index=True
     )
@@ -485,23 +485,23 @@ def vit_gap_table(curves: pd.DataFrame, alpha: float) -> pd.DataFrame:
     return out
 
 
-def _seed_means(df: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, str]:
-    """With several seeds: mean over random draws within each seed, so the band is +-1 sd over seeds; with one seed
-    the draws stay, so the band is +-1 sd over the random draws."""
+def _repetition_means(df: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, str]:
+    """With several repetitions: mean over random draws within each repetition, so the band is +-1 sd over
+    repetitions; with one repetition the draws stay, so the band is +-1 sd over the random draws."""
     if df.repetition.nunique() > 1:
         return df.groupby(
             [*keys, "repetition"]
-        ).value.mean().reset_index(), f"±1 sd over {df.repetition.nunique()} seeds"
+        ).value.mean().reset_index(), f"±1 sd over {df.repetition.nunique()} repetitions"
     return df, "±1 sd over random draws"
 
 
 def fig4_robustness(curves: pd.DataFrame, compare_alpha: float, split: str = "train", margin: float | None = None):
     """Fig. 4: one panel per logical layer, `split` loss against alpha (colour = direction, solid = toward the other
-    model, dashed = random directions of equal norm; line = mean, band = +-1 sd over seeds, or over the random draws
-    for a single seed), then per direction the gap (interpolation - random loss increase) at compare_alpha per
-    layer, train and test (bars: mean over seeds, error bars: sd). `curves` has a `repetition` column."""
+    model, dashed = random directions of equal norm; line = mean, band = +-1 sd over repetitions, or over the random
+    draws for a single repetition), then per direction the gap (interpolation - random loss increase) at compare_alpha
+    per layer, train and test (bars: mean over repetitions, error bars: sd). `curves` has a `repetition` column."""
     order = curves.drop_duplicates("layer").sort_values("layer_index").layer.tolist()
-    loss, band = _seed_means(
+    loss, band = _repetition_means(
         curves[(curves.split == split) & (curves.metric == "loss")], ["layer", "direction", "kind", "alpha"]
     )
     fig, axes = plotting.panels(len(order) + 2, ncols=6, width=3.0, height=2.5)
@@ -543,8 +543,8 @@ def fig4_robustness(curves: pd.DataFrame, compare_alpha: float, split: str = "tr
 
 def fig4_robustness_cnn(gaps: pd.DataFrame, alpha: float, split: str = "train"):
     """Fig. 4 for the CNN pair: per direction a heatmap of layers x checkpoints, cell = L(layer moved toward the
-    other model) - mean L(moved as far in random directions) at `alpha`, mean over seeds, annotated "mean ± sd"
-    (sd over seeds). Red: toward the other model is worse. `gaps` has a `repetition` column."""
+    other model) - mean L(moved as far in random directions) at `alpha`, mean over repetitions, annotated "mean ± sd"
+    (sd over repetitions). Red: toward the other model is worse. `gaps` has a `repetition` column."""
     df = gaps[gaps.split == split]
     stats = df.groupby(["direction", "layer", "layer_index", "epoch"]).gap.agg(["mean", "std"]).reset_index()
     layers = stats.drop_duplicates("layer").sort_values("layer_index").layer.tolist()
@@ -557,7 +557,7 @@ def fig4_robustness_cnn(gaps: pd.DataFrame, alpha: float, split: str = "train"):
         wide = lambda col, part=part: part.pivot(index="layer", columns="epoch", values=col).reindex(
             index=layers, columns=epochs
         )
-        # sd over seeds is NaN with one seed: the cells then show the value alone
+        # sd over repetitions is NaN with one repetition: the cells then show the value alone
         plotting.heatmap(
             ax,
             wide("mean"),

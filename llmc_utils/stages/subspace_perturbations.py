@@ -446,29 +446,29 @@ def aggregate_curves(workspace: str | Path, repetitions: Sequence[int]) -> pd.Da
 
 
 def loss_at_table(curves: pd.DataFrame, sigma: float) -> pd.DataFrame:
-    """Per dataset, variant, scope, kind: test loss at `sigma`, mean over draws per seed, then mean, sd and
-    "mean ± sd" over seeds (curves with a `repetition` column)."""
+    """Per dataset, variant, scope, kind: test loss at `sigma`, mean over draws per repetition, then mean,
+    sd and "mean ± sd" over repetitions (curves with a `repetition` column)."""
     df = curves[(curves.sigma == sigma) & (curves.metric == "loss") & (curves.split == "test")]
     keys = ["dataset", "variant", "scope", "kind"]
-    per_seed = df.groupby([*keys, "repetition"], sort=False).value.mean().reset_index()
-    out = per_seed.groupby(keys, sort=False).value.agg(["mean", "std", "count"]).reset_index()
+    per_repetition = df.groupby([*keys, "repetition"], sort=False).value.mean().reset_index()
+    out = per_repetition.groupby(keys, sort=False).value.agg(["mean", "std", "count"]).reset_index()
     out = out.rename(columns={"count": "n_repetitions"})
     out["mean ± sd"] = [f"{m:.3f} ± {0.0 if pd.isna(s) else s:.3f}" for m, s in zip(out["mean"], out["std"])]
     return out
 
 
 def fig5_subspace_perturbations(curves: pd.DataFrame, scopes: Sequence[str] | None = None):
-    """Fig. 5: one row per dataset and variant, one column per scope (whole network, then each layer; `scopes`
-    restricts them); test loss of model A against sigma per kind of direction (the two signs of the averaging
-    direction apart). Line = mean, band = +-1 sd over seeds (for a single seed: over the random draws). `curves` has
-    a `repetition` column."""
+    """Fig. 5: one row per dataset and variant, one column per scope (whole network, then each layer; `scopes` restricts
+    them); test loss of model A against sigma per kind of direction (the two signs of the averaging direction apart).
+    Line = mean, band = +-1 sd over repetitions (for a single repetition: over the random draws). `curves` has a
+    `repetition` column."""
     loss = curves[(curves.metric == "loss") & (curves.split == "test")]
     scopes = [s for s in dict.fromkeys(loss.scope) if scopes is None or s in scopes]  # the order of the table
     rows = list(dict.fromkeys(zip(loss.dataset, loss.variant)))
     keys = ["dataset", "variant", "scope", "kind", "sigma"]
     n = loss.repetition.nunique()
     if n > 1:
-        loss, band = loss.groupby([*keys, "repetition"]).value.mean().reset_index(), f"±1 sd over {n} seeds"
+        loss, band = loss.groupby([*keys, "repetition"]).value.mean().reset_index(), f"±1 sd over {n} repetitions"
     else:
         band = "±1 sd over random draws"
     ncols = len(scopes) if len(scopes) > 1 else 2  # a single scope: the rows wrap into two columns
