@@ -533,8 +533,8 @@ def fig4_robustness(curves: pd.DataFrame, compare_alpha: float, split: str = "tr
         ax.legend(fontsize=6)
     n = curves.repetition.nunique()
     fig.suptitle(
-        f"Fig. 4  tiny ViT pair: one layer moved toward the other model vs equal-norm random directions "
-        f"({n} seed{'s' if n > 1 else ''}, {band})",
+        "Fig. 4  tiny ViT pair: one layer moved toward the other model vs equal-norm random directions "
+        + (f"({band})" if n > 1 else f"(one repetition, {band})"),
         y=1.01,
     )
     fig.tight_layout()
@@ -571,7 +571,7 @@ def fig4_robustness_cnn(gaps: pd.DataFrame, alpha: float, split: str = "train"):
         ax.set_xlabel("checkpoint epoch")
     fig.suptitle(
         f"Fig. 4 (CNN pair of Fig. 1): one layer moved toward the other model vs equal-norm random "
-        f"directions; red = toward the other model is worse ({n} seed{'s' if n > 1 else ''}"
+        f"directions; red = toward the other model is worse ({n} repetition{'s' if n > 1 else ''}"
         f"{', mean ± sd' if n > 1 else ''})",
         y=1.02,
     )

@@ -490,8 +490,8 @@ def fig5_subspace_perturbations(curves: pd.DataFrame, scopes: Sequence[str] | No
             ax.title.set_fontsize(7)
             ax.set_ylabel("test loss")
     fig.suptitle(
-        f"Fig. 5  perturbing model A by sigma x unit vector: training subspace vs null space vs averaging "
-        f"direction (-d: toward B, +d: away from B)\n{n} seed{'s' if n > 1 else ''}, {band}",
+        "Fig. 5  perturbing model A by sigma x unit vector: training subspace vs null space vs averaging "
+        "direction (-d: toward B, +d: away from B)\n" + (band if n > 1 else f"one repetition, {band}"),
         y=1.01,
     )
     fig.tight_layout()
