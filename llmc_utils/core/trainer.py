@@ -18,7 +18,7 @@ Guards: a non-finite loss stops the run at once, and so does a checkpoint about 
 calls `check_checkpoints` on a classifier's error at its checkpoints, so that no checkpoint of a run that ended at
 chance level, or fell back to it, reaches a figure. `perturb_init` lets the test suite prove that no checked output
 depends on the last digits of a training run (LLMC_PERTURB_INIT=1e-6 multiplies every initial weight by 1 + 1e-6 *
-noise; unset everywhere but in that test).
+noise; set only while nbval runs the notebooks, by notebooks/conftest.py).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ PERTURB_ENV = "LLMC_PERTURB_INIT"
 
 def perturb_init(model: torch.nn.Module) -> torch.nn.Module:
     """Multiply every floating-point tensor of a freshly initialised model by 1 + eps * N(0, 1), eps taken from
-    $LLMC_PERTURB_INIT (no-op when unset). It imitates another CPU's rounding: tests run the notebooks with it and
+    $LLMC_PERTURB_INIT (no-op when unset). It imitates another CPU's rounding: nbval runs the notebooks with it and
     their checked outputs must not change. The noise has its own generator, so the global RNG stream is untouched."""
     eps = float(os.environ.get(PERTURB_ENV) or 0.0)
     if eps:
