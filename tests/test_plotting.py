@@ -43,3 +43,14 @@ def test_barrier_heatmaps_share_one_symmetric_scale_on_request():
     plotting.barrier_heatmaps(axes, tables, "train loss barrier")
     assert axes[0].collections[0].get_clim() == (-0.1, 0.5)  # its own range (seaborn centres the colours at zero)
     assert axes[0].get_ylabel() == ""
+
+
+def test_repetition_band_averages_draws_within_repetitions_only_when_there_are_several():
+    draws = pd.DataFrame(
+        {"alpha": [0.5] * 4, "repetition": [0, 0, 1, 1], "draw": [0, 1, 0, 1], "value": [1.0, 3.0, 5.0, 9.0]}
+    )
+    averaged, label = plotting.repetition_band(draws, ["alpha"])
+    assert label == "±1 sd over 2 repetitions"
+    assert averaged.sort_values("repetition").value.tolist() == [2.0, 7.0]  # one row per repetition: its draws' mean
+    one, label = plotting.repetition_band(draws[draws.repetition == 0], ["alpha"])
+    assert label == "±1 sd over random draws" and one.value.tolist() == [1.0, 3.0]  # the draws stay

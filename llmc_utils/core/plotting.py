@@ -128,6 +128,17 @@ def curves(
     return ax
 
 
+def repetition_band(df: pd.DataFrame, keys: Sequence[str]) -> tuple[pd.DataFrame, str]:
+    """What the band of `curves` spans, for a tidy table with a `value` and a `repetition` column and random draws
+    repeated per `keys`: with several repetitions, the draws are averaged within each repetition, so the band is +-1 sd
+    over repetitions; with one, the draws stay and the band is +-1 sd over them. Returns the table and the band's
+    label."""
+    n = df.repetition.nunique()
+    if n > 1:
+        return df.groupby([*keys, "repetition"]).value.mean().reset_index(), f"±1 sd over {n} repetitions"
+    return df, "±1 sd over random draws"
+
+
 def panels(n: int, ncols: int | None = None, width: float = 4.5, height: float = 3.5, **kwargs):
     """A figure with n axes in a grid; returns (fig, flat list of the n axes), spare axes removed."""
     _seaborn()  # the theme applies to every figure, also those drawn without seaborn

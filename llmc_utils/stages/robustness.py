@@ -485,23 +485,13 @@ def vit_gap_table(curves: pd.DataFrame, alpha: float) -> pd.DataFrame:
     return out
 
 
-def _repetition_means(df: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, str]:
-    """With several repetitions: mean over random draws within each repetition, so the band is +-1 sd over
-    repetitions; with one repetition the draws stay, so the band is +-1 sd over the random draws."""
-    if df.repetition.nunique() > 1:
-        return df.groupby(
-            [*keys, "repetition"]
-        ).value.mean().reset_index(), f"±1 sd over {df.repetition.nunique()} repetitions"
-    return df, "±1 sd over random draws"
-
-
 def fig4_robustness(curves: pd.DataFrame, compare_alpha: float, split: str = "train", margin: float | None = None):
     """Fig. 4: one panel per logical layer, `split` loss against alpha (colour = direction, solid = toward the other
     model, dashed = random directions of equal norm; line = mean, band = +-1 sd over repetitions, or over the random
     draws for a single repetition), then per direction the gap (interpolation - random loss increase) at compare_alpha
     per layer, train and test (bars: mean over repetitions, error bars: sd). `curves` has a `repetition` column."""
     order = curves.drop_duplicates("layer").sort_values("layer_index").layer.tolist()
-    loss, band = _repetition_means(
+    loss, band = plotting.repetition_band(
         curves[(curves.split == split) & (curves.metric == "loss")], ["layer", "direction", "kind", "alpha"]
     )
     fig, axes = plotting.panels(len(order) + 2, ncols=6, width=3.0, height=2.5)

@@ -465,12 +465,8 @@ def fig5_subspace_perturbations(curves: pd.DataFrame, scopes: Sequence[str] | No
     loss = curves[(curves.metric == "loss") & (curves.split == "test")]
     scopes = [s for s in dict.fromkeys(loss.scope) if scopes is None or s in scopes]  # the order of the table
     rows = list(dict.fromkeys(zip(loss.dataset, loss.variant)))
-    keys = ["dataset", "variant", "scope", "kind", "sigma"]
     n = loss.repetition.nunique()
-    if n > 1:
-        loss, band = loss.groupby([*keys, "repetition"]).value.mean().reset_index(), f"±1 sd over {n} repetitions"
-    else:
-        band = "±1 sd over random draws"
+    loss, band = plotting.repetition_band(loss, ["dataset", "variant", "scope", "kind", "sigma"])
     ncols = len(scopes) if len(scopes) > 1 else 2  # a single scope: the rows wrap into two columns
     fig, axes = plotting.panels(len(rows) * len(scopes), ncols=ncols, width=3.2, height=2.6)
     for r, (name, variant) in enumerate(rows):
