@@ -15,6 +15,8 @@ import yaml
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.pipeline  # runs stages through DVC: scheduled first (tests/conftest.py)
+
 MODULE, NOTEBOOK, PARAMS = "llmc_utils/stages/layer_norms.py", "notebooks/13_layer_norms.ipynb", "params.yaml"
 
 
@@ -105,6 +107,7 @@ def test_the_notebook_runs_on_a_trained_pair(repo, tmp_path):
 import torch
 from llmc_utils.core.data import ImageData
 from llmc_utils.stages.train_pairs import TrainPairsConfig, train_pair
+
 g = torch.Generator().manual_seed(0)
 x, y = torch.randint(0, 256, (48, 1, 8, 8), dtype=torch.uint8, generator=g), torch.randint(0, 3, (48,), generator=g)
 images = ImageData(name="fake", classes=["a", "b", "c"], train_x=x, train_y=y, test_x=x[:16], test_y=y[:16],

@@ -1,5 +1,6 @@
-"""Scale out (llmc_utils.pipeline.launch): repetitions in workspaces of their own, run by submitit's local executor and
-by DVC's experiment queue, gathered into one claims table; a DVC remote that lets a fresh workspace pull checkpoints.
+"""Scale out (llmc_utils.pipeline.launch): repetitions in workspaces of their own, run by submitit's local executor
+(DVC's experiment queue: tests/test_queue.py), gathered into one claims table; a DVC remote that lets a fresh workspace
+pull checkpoints.
 
 One launch of two tiny repetitions (module fixture, with the gather and a remote) serves the launch, gather, resubmit
 and remote tests. Nothing here compares a trained number: files, repetitions, stages run or skipped, claims and verdict
@@ -10,11 +11,6 @@ resubmit test see changed code.
 import contextlib
 import io
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -23,24 +19,9 @@ import yaml
 from llmc_utils.core.claims import VERDICTS
 from llmc_utils.pipeline import launch, profiles, report
 
+pytestmark = pytest.mark.pipeline  # runs stages through DVC: scheduled first (tests/conftest.py)
+
 TINY = ["tiny", "--repetitions", "0-1", "--executor", "local", "--set", "runtime.num_threads=1"]
-
-
-@pytest.fixture(scope="module")
-def snapshot(tmp_path_factory):
-    """A copy of what make_workspace copies from the repository (and the profiles it reads), used as profiles.REPO
-    for the whole module."""
-    repo = tmp_path_factory.mktemp("repo")
-    for name in ("llmc_utils", "notebooks", "profiles"):
-        shutil.copytree(profiles.REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml"):  # params.yaml: the file every profile extends
-        shutil.copy(profiles.REPO / name, repo / name)
-    study = Path("results/setup_study/fig1_by_setup.csv")
-    (repo / study).parent.mkdir(parents=True)
-    shutil.copy(profiles.REPO / study, repo / study)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(profiles, "REPO", repo)
-        yield repo
 
 
 def run_main(argv) -> tuple[int, str]:
@@ -51,7 +32,7 @@ def run_main(argv) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def launched(snapshot, tmp_path_factory):
+def launched(repo_snapshot, tmp_path_factory):
     dest = tmp_path_factory.mktemp("launch")
     code, out = run_main([*TINY, "--dest", str(dest), "--remote", str(dest / "remote"), "--gather"])
     print(out)
@@ -175,33 +156,3 @@ def test_fresh_workspace_pulls_checkpoints_instead_of_retraining(launched, tmp_p
     assert (ws / "data" / "images.pt").is_file()
     assert "train_pairs@0" in result["ran"]  # its uncached outputs (curves, metrics) were recomputed
     assert launch.state(ws, ["train_pairs@0"]) == "done"
-
-
-def test_queue_runs_one_experiment_per_repetition(snapshot, tmp_path):
-    exported = launch.run_queue(
-        profiles.profile_path("tiny"),
-        [0, 1],
-        tmp_path,
-        ["cpu", "cpu"],
-        {"runtime": {"num_threads": 1}},
-        targets=["train_pairs"],
-        poll_s=2,
-    )
-    for r, tree in exported.items():
-        assert (tree / "metrics" / "train_pairs" / f"repetition_{r}.json").is_file()
-        assert yaml.safe_load((tree / "params.yaml").read_text())["repetitions"]["train_pairs"] == [r]
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    shown = subprocess.run(
-        [sys.executable, "-m", "dvc", "exp", "show", "--json"],
-        cwd=tmp_path / "queue",
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    revs = [rev for row in json.loads(shown) for exp in row.get("experiments") or [] for rev in exp["revs"]]
-    assert {rev["name"] for rev in revs} == {"repetition_0", "repetition_1"}
-    for rev in revs:
-        repetition = rev["name"].split("_")[1]
-        metrics = rev["data"]["metrics"][f"metrics/train_pairs/repetition_{repetition}.json"]
-        assert "data" in metrics and metrics["data"]

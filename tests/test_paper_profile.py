@@ -4,11 +4,14 @@ CIFAR-10 files the test fabricates, through the same DVC stages and notebooks as
 import json
 
 import pandas as pd
+import pytest
 import torch
 
 from llmc_utils.pipeline import profiles
 from llmc_utils.pipeline.params import load_profile, validate_params
 from tests import fabricate
+
+pytestmark = pytest.mark.pipeline  # runs stages through DVC: scheduled first (tests/conftest.py)
 
 TOY = {
     "runtime": {"progress": False, "device": "cpu"},

@@ -38,6 +38,8 @@ from llmc_utils.stages import language_model as lm
 from llmc_utils.stages import train_pairs as pairs
 from tests import fabricate
 
+pytestmark = pytest.mark.pipeline  # runs stages through DVC: scheduled first (tests/conftest.py)
+
 # ------------------------------------------------------------------------------------------- resume without DVC
 
 
