@@ -3,10 +3,6 @@ one experiment per repetition, each exported for the gather. Its own module, so 
 it beside the launch test (tests/test_launch.py). Checks files, names and repetitions, no trained number."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -29,15 +25,7 @@ def test_queue_runs_one_experiment_per_repetition(repo_snapshot, tmp_path):
     for r, tree in exported.items():
         assert (tree / "metrics" / "train_pairs" / f"repetition_{r}.json").is_file()
         assert yaml.safe_load((tree / "params.yaml").read_text())["repetitions"]["train_pairs"] == [r]
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    shown = subprocess.run(
-        [sys.executable, "-m", "dvc", "exp", "show", "--json"],
-        cwd=tmp_path / "queue",
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    shown = profiles.dvc(tmp_path / "queue", "exp", "show", "--json").stdout
     revs = [rev for row in json.loads(shown) for exp in row.get("experiments") or [] for rev in exp["revs"]]
     assert {rev["name"] for rev in revs} == {"repetition_0", "repetition_1"}
     for rev in revs:
