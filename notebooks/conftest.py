@@ -6,15 +6,27 @@ it starts, at a notebook's first cell) and removed after each item, so the unit 
 
 The notebooks run in file order and hand results to each other through build/nbval: under pytest-xdist they are one
 unit of work (NotebookChain), and a run that starts from the first notebook starts from an empty build/nbval (a single
-notebook run while editing it reuses what upstream ones left)."""
+notebook run while editing it reuses what upstream ones left).
 
+nbval's kernels start as the pipeline's do (llmc_utils.pipeline.notebook_engine): one that dies before it answers,
+as when another process took one of its ports meanwhile, is started again."""
+
+import functools
 import os
 import shutil
 from pathlib import Path
 
+import nbval.kernel
 import pytest
 
 from llmc_utils.core.trainer import PERTURB_ENV
+from llmc_utils.pipeline.notebook_engine import retry_kernel_start
+
+# nbval's RunningKernel calls this module-level function; a later nbval without it fails here, loudly
+_nbval_start_new_kernel = nbval.kernel.start_new_kernel
+nbval.kernel.start_new_kernel = functools.wraps(_nbval_start_new_kernel)(
+    lambda *args, **kwargs: retry_kernel_start(lambda: _nbval_start_new_kernel(*args, **kwargs))
+)
 
 PERTURBATION = "1e-6"
 

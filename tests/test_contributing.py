@@ -121,6 +121,8 @@ train_pair(cfg, images, {str(workspace)!r})
     out = subprocess.run(
         [
             papermill,
+            "--engine",
+            "llmc",
             NOTEBOOK,
             str(executed),
             "-p",

@@ -114,12 +114,12 @@ def papermill(spec: StageSpec) -> str:
     nb = spec.notebook
     if spec.repeated:
         return (
-            f"mkdir -p reports/executed/{nb} && papermill notebooks/{nb}.ipynb "
+            f"mkdir -p reports/executed/{nb} && papermill --engine llmc notebooks/{nb}.ipynb "
             f"reports/executed/{nb}/repetition_{R}.ipynb -p params_file params.yaml -p workspace . "
             f"-p repetition {R} -p draw_figures False"
         )
     return (
-        f"mkdir -p reports/executed && papermill notebooks/{nb}.ipynb reports/executed/{nb}.ipynb "
+        f"mkdir -p reports/executed && papermill --engine llmc notebooks/{nb}.ipynb reports/executed/{nb}.ipynb "
         "-p params_file params.yaml -p workspace ."
     )
 
