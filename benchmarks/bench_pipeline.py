@@ -53,12 +53,11 @@ def repro(workspace: Path) -> tuple[list[dict], float, float]:
     """One `dvc repro` of the whole pipeline, as a user runs it: (per-stage rows, total wall s, peak MiB). A stage's
     time runs from DVC's "Running stage" line to the next one (or to the end), so DVC's own start-up is counted once,
     and every stage's share of it (checking its dependencies, writing the lock) is in its row."""
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     start = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "dvc", "repro"],
         cwd=workspace,
-        env=env,
+        env=profiles.dvc_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

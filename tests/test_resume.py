@@ -154,10 +154,6 @@ def kill_tree(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def dvc_env():
-    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-
-
 # stage: (its checkpoint folder for repetition 0, what its notebook prints when model A resumes, its notebook)
 KILLED = {
     "train_pairs": ("models/pair/repetition_0", "train A of pair 0: resuming at epoch 1 of 3 from", "01_train_pairs"),
@@ -190,7 +186,7 @@ def test_killed_dvc_repro_resumes_training(workspace, stage):
     proc = subprocess.Popen(
         [sys.executable, "-m", "dvc", "repro", "-s", f"{stage}@0"],
         cwd=workspace,
-        env=dvc_env(),
+        env=profiles.dvc_env(),
         start_new_session=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

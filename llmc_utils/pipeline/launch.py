@@ -64,7 +64,7 @@ from llmc_utils.core.config import ParamsError
 from llmc_utils.core.io import copy_output
 from llmc_utils.pipeline import registry
 from llmc_utils.pipeline.params import load_profile, merge, validate_params
-from llmc_utils.pipeline.profiles import REPO, check_dest, claim, dvc, make_workspace, profile_path
+from llmc_utils.pipeline.profiles import REPO, check_dest, claim, dvc, dvc_env, make_workspace, profile_path
 
 # the stages that read every repetition (aggregate, report): only the gather workspace runs them
 GATHER_STAGES = tuple(s.name for s in registry.all_specs() if s not in registry.stage_specs())
@@ -171,11 +171,10 @@ def configure_remote(workspace: Path, path: str | Path) -> Path:
 
 def _stream(workspace: Path, *args: str, check: bool = True) -> str:
     """dvc ARGS in `workspace`, its output printed line by line (the job's log shows progress) and returned."""
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     proc = subprocess.Popen(
         [sys.executable, "-m", "dvc", *args],
         cwd=workspace,
-        env=env,
+        env=dvc_env(),
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

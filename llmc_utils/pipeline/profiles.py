@@ -48,10 +48,17 @@ def profile_path(profile: str | Path) -> Path:
     )
 
 
+def dvc_env() -> dict[str, str]:
+    """The environment for a DVC of this Python environment: its bin folder first on PATH, so that the stages' commands
+    find this environment's papermill."""
+    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
 def dvc(workspace: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the DVC of this Python environment in `workspace` (its bin folder first on PATH, for papermill)."""
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    out = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=workspace, env=env, capture_output=True, text=True)
+    """Run the DVC of this Python environment in `workspace` (dvc_env)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=workspace, env=dvc_env(), capture_output=True, text=True
+    )
     if check and out.returncode != 0:
         raise RuntimeError(f"dvc {' '.join(args)} failed in {workspace}:\n{out.stdout}\n{out.stderr}")
     return out
@@ -161,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     print(f"workspace {dest}: dvc repro {' '.join(args.targets)}", flush=True)
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    return subprocess.call([sys.executable, "-m", "dvc", "repro", *args.targets], cwd=dest, env=env)
+    return subprocess.call([sys.executable, "-m", "dvc", "repro", *args.targets], cwd=dest, env=dvc_env())
 
 
 if __name__ == "__main__":
