@@ -40,7 +40,7 @@ def retry_kernel_start(start: Callable[[], T], attempts: int = KERNEL_START_ATTE
             if not is_startup_failure(exc) or attempt == attempts:
                 raise
             log.warning(
-                "kernel failed to start (attempt %d of %d: %s; its own error output is above); "
+                "kernel failed to start (attempt %d of %d: %s; its own error output, where shown, is above); "
                 "starting a fresh kernel on new ports",
                 attempt,
                 attempts,
